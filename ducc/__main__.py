@@ -1,0 +1,5 @@
+import sys
+
+from ducc.cli import main
+
+sys.exit(main())

@@ -1,0 +1,270 @@
+"""The ``ducc`` command: a thin layer over the library (``ducc.services`` wires it from settings)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+import time
+from pathlib import Path
+
+from ducc import __version__, layout
+from ducc.errors import DuccError
+from ducc.model.digest import Digest
+from ducc.model.manifest import Platform
+from ducc.model.reference import Reference
+from ducc.progress import LogProgress
+from ducc.settings import Settings
+
+log = logging.getLogger("ducc")
+
+EXAMPLES = """\
+examples:
+  ducc convert ubuntu:24.04 --root /srv/cvmfs/unpacked
+  ducc convert 127.0.0.1:5000/team/app:1.2 ghcr.io/org/tool:latest --platform linux/arm64
+  ducc check-wishlist wishlist.yaml
+  ducc sync wishlist.yaml --root /srv/cvmfs/unpacked
+  ducc list --root /srv/cvmfs/unpacked
+
+Settings come from DUCC_* environment variables; see the README.
+"""
+
+
+class TerminalProgress(LogProgress):
+    """Stage lines as logs, plus one live line of per-layer bytes on a terminal."""
+
+    def __init__(self, stream=sys.stderr) -> None:  # type: ignore[no-untyped-def]
+        super().__init__()
+        self.stream = stream
+        self.layers: dict[Digest, tuple[int, int | None]] = {}
+        self.lock = threading.Lock()
+        self.last = 0.0
+
+    def stage(self, ref: Reference, stage: str, detail: str = "") -> None:
+        with self.lock:
+            self.stream.write("\r\033[K")
+            if stage not in ("fetching",):
+                self.layers.clear()
+        super().stage(ref, stage, detail)
+
+    def layer(self, digest: Digest, done: int, total: int | None) -> None:
+        with self.lock:
+            self.layers[digest] = (done, total)
+            now = time.monotonic()
+            if now - self.last < 0.2 and done != total:
+                return
+            self.last = now
+            parts = []
+            for d, (got, size) in self.layers.items():
+                if size and got >= size:
+                    continue
+                parts.append(f"{d.short[:8]} {got / 1e6:.1f}/{(size or 0) / 1e6:.1f} MB")
+            self.stream.write("\r\033[K  " + " | ".join(parts[:4]))
+            self.stream.flush()
+
+
+def _setup_logging(args: argparse.Namespace, settings: Settings) -> None:
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else settings.log_level
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+def _progress(args: argparse.Namespace) -> LogProgress:
+    return TerminalProgress() if sys.stderr.isatty() and not args.quiet else LogProgress()
+
+
+def _platform(args: argparse.Namespace, settings: Settings) -> Platform:
+    return Platform.parse(args.platform) if args.platform else settings.platform
+
+
+def cmd_convert(args: argparse.Namespace, settings: Settings) -> int:
+    from ducc.services import build_converter
+
+    converter = build_converter(settings, root=args.root, progress=_progress(args))
+    platform = _platform(args, settings)
+    failures = []
+    for text in args.images:
+        try:
+            ref = Reference.parse(text)
+            result = converter.convert(ref, platform, force=args.force)
+        except DuccError as exc:
+            log.error("%s: %s", text, exc)
+            failures.append((text, str(exc)))
+            continue
+        print(f"{result.state}\t{converter.publisher.name}/{result.path}")
+    if converter.cache is not None:
+        converter.cache.prune()
+    return _summary(len(args.images), failures)
+
+
+def _summary(total: int, failures: list[tuple[str, str]]) -> int:
+    if failures:
+        print(f"\n{len(failures)} of {total} failed:", file=sys.stderr)
+        for what, why in failures:
+            print(f"  {what}: {why}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _load_wishlist(path: str):  # type: ignore[no-untyped-def]
+    from ducc import wishlist
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DuccError(f"cannot read wishlist {path}: {exc.strerror}") from exc
+    return wishlist.load(text)
+
+
+def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
+    from ducc.services import build_converter
+    from ducc.sync import sync
+
+    wishes = _load_wishlist(args.wishlist)
+    converter = build_converter(settings, root=args.root, progress=_progress(args))
+    report = sync(wishes, converter.client, converter.convert, concurrency=settings.sync_concurrency)
+    counts: dict[str, int] = {}
+    for result in report.results:
+        counts[result.state] = counts.get(result.state, 0) + 1
+    print(
+        f"synced {len(report.results) + len(report.failures)} images: "
+        + ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+        + (f", {len(report.failures)} failed" if report.failures else "")
+    )
+    if converter.cache is not None:
+        converter.cache.prune()
+    return _summary(len(report.results) + len(report.failures), report.failures)
+
+
+def cmd_check_wishlist(args: argparse.Namespace, settings: Settings) -> int:
+    from ducc.services import build_client
+    from ducc.sync import SyncReport, plan
+
+    wishes = _load_wishlist(args.wishlist)
+    print(f"wishlist OK: version {wishes.version}, {len(wishes.wishes)} entries"
+          + (f", repository {wishes.cvmfs_repo}" if wishes.cvmfs_repo else ""))
+    if args.no_expand:
+        for wish in wishes.wishes:
+            print(f"  {wish.text}  ->  {', '.join(map(str, wish.platforms))}")
+        return 0
+    report = SyncReport()
+    for ref, platform in plan(wishes, build_client(settings), report):
+        print(f"  {ref}\t{platform}\t{layout.tag_link(ref, platform)}")
+    return _summary(len(wishes.wishes), report.failures)
+
+
+def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
+    from ducc.services import build_publisher
+
+    publisher = build_publisher(settings, args.root)
+    for path, flat in sorted(publisher.published()):
+        print(f"{path}\t{flat.name[:12] if flat.exists() else '(dangling)'}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
+    from ducc.services import build_publisher
+
+    publisher = build_publisher(settings, args.root)
+    ref = Reference.parse(args.image)
+    platform = _platform(args, settings)
+    record = publisher.read_record(ref, platform)
+    if record is None:
+        print(f"{ref} ({platform}) is not published in {publisher.name}", file=sys.stderr)
+        return 1
+    config_raw = publisher.read_record_file(ref, platform, layout.RECORD_CONFIG)
+    config = json.loads(config_raw) if config_raw else {}
+    container = config.get("config") or {}
+    out = {
+        "reference": str(ref),
+        "platform": str(platform),
+        "path": str(publisher.root / layout.tag_link(ref, platform)),
+        "flat": str(publisher.root / layout.flat_dir(record.config_digest)),
+        "tag_digest": str(record.tag_digest) if record.tag_digest else None,
+        "config_digest": str(record.config_digest),
+        "layers": [
+            {"digest": str(d.digest), "size": d.size, "path": str(publisher.root / layout.layerfs(d.digest))}
+            for d in record.manifest.layers
+        ],
+        "env": container.get("Env") or [],
+        "entrypoint": container.get("Entrypoint"),
+        "cmd": container.get("Cmd"),
+        "working_dir": container.get("WorkingDir") or "",
+        "user": container.get("User") or "",
+        "labels": container.get("Labels") or {},
+        "converted": (record.details or {}).get("converted_at"),
+    }
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ducc",
+        description="Convert container images from Docker/OCI registries into unpacked, deduplicated "
+        "root filesystems in a CernVM-FS repository (or any directory).",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"ducc {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_root(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--root", type=Path, help="repository root (default: $DUCC_ROOT)")
+
+    p = sub.add_parser("convert", help="convert images now", description="Pull, unpack and publish images.")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="e.g. ubuntu:24.04, ghcr.io/org/img:tag, reg:5000/a/b@sha256:…")
+    with_root(p)
+    p.add_argument("--platform", help="os/arch[/variant] to take from multi-arch images (default: $DUCC_PLATFORM or linux/amd64)")
+    p.add_argument("--force", action="store_true", help="convert even if the tag is already published at this digest")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("sync", help="convert everything a wishlist asks for",
+                       description="Expand the wishlist (tag globs against the registry) and convert what changed. "
+                       "Failures are listed at the end; the exit status is 1 if any image failed.")
+    p.add_argument("wishlist", help="wishlist.yaml (DUCC recipe v1)")
+    with_root(p)
+    p.set_defaults(func=cmd_sync)
+
+    p = sub.add_parser("check-wishlist", help="validate a wishlist and print what it would convert")
+    p.add_argument("wishlist")
+    p.add_argument("--no-expand", action="store_true", help="do not ask registries for tags")
+    p.set_defaults(func=cmd_check_wishlist)
+
+    p = sub.add_parser("list", help="list published images")
+    with_root(p)
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("inspect", help="show a published image: config, layers, paths")
+    p.add_argument("image")
+    with_root(p)
+    p.add_argument("--platform")
+    p.set_defaults(func=cmd_inspect)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        print(f"ducc: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(args, settings)
+    try:
+        return int(args.func(args, settings))
+    except DuccError as exc:
+        print(f"ducc: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("ducc: interrupted; nothing half-published (staging is cleaned on the next run)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,314 @@
+"""The use case: one image reference → published in the repository.
+
+Order of work, and what each step promises:
+
+1. resolve   the tag's current digest (one HEAD). If the record in ``.metadata``
+             matches it and its flat root exists, stop: nothing to do.
+2. fetch     manifest (platform chosen from an index), config; both verified.
+3. unpack    every layer not yet published, in parallel, streamed from the
+             registry (or the blob cache) through digest and diff_id checks into
+             a staging directory. Hardlinks to lower layers are resolved base
+             first. Layers are published as they complete the set.
+4. flatten   unless a flat root with this config digest exists: merge the
+             layers into a staged flat root, publish it.
+5. publish   point the tag at the flat root, then write the record (last).
+
+A failure at any step leaves no part of this image visible: staged trees are
+discarded, and a layer is published only after its whole stream was verified.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ducc import __version__, layout
+from ducc.cache import BlobCache, CacheWriter
+from ducc.errors import (
+    DuccError,
+    InvalidManifest,
+    NoMatchingPlatform,
+    RegistryUnavailable,
+    UnsafeLayer,
+    UnsupportedLayer,
+)
+from ducc.model.digest import Digest
+from ducc.model.manifest import DEFAULT_PLATFORM, Descriptor, ImageConfig, Index, Manifest, Platform
+from ducc.model.reference import Reference
+from ducc.progress import LogProgress, Progress
+from ducc.publish import Publisher
+from ducc.registry.client import RegistryClient
+from ducc.unpack.apply import LayerReport, resolve_lower_links, unpack_layer
+from ducc.unpack.compression import decompressed
+from ducc.unpack.flatten import flatten
+from ducc.tree import remove_tree
+from ducc.verify import VerifyingReader
+
+log = logging.getLogger(__name__)
+
+# Applied to every flat root before it is published (``ducc.singularity`` adds its files here).
+FlatHook = Callable[[Path, ImageConfig], None]
+
+
+@dataclass
+class ConversionResult:
+    reference: Reference
+    platform: Platform
+    state: str  # "published" or "unchanged"
+    tag_digest: Digest | None = None
+    config_digest: Digest | None = None
+    layers_unpacked: int = 0
+    layers_reused: int = 0
+    flat_reused: bool = False
+    bytes_fetched: int = 0
+    seconds: float = 0.0
+    skipped_entries: list[str] = field(default_factory=list)
+    path: str = ""
+
+
+@dataclass
+class Image:
+    """What the registry serves for a reference on one platform."""
+
+    reference: Reference
+    platform: Platform
+    tag_digest: Digest
+    manifest: Manifest
+    config: ImageConfig
+
+    @property
+    def layers(self) -> tuple[tuple[Descriptor, Digest], ...]:
+        """(blob descriptor, diff_id) pairs, base layer first."""
+        return tuple(zip(self.manifest.layers, self.config.diff_ids))
+
+
+def fetch_image(client: RegistryClient, ref: Reference, platform: Platform, tag_digest: Digest) -> Image:
+    """Manifest and config of ``ref`` at ``tag_digest``, for ``platform``, verified and checked for consistency."""
+    top = client.get_manifest(ref, str(tag_digest))
+    if isinstance(top, Index):
+        chosen = top.select(platform)
+        manifest = client.get_manifest(ref, str(chosen.digest))
+        if not isinstance(manifest, Manifest):
+            raise InvalidManifest(f"{ref}: index entry {chosen.digest} is not an image manifest")
+    else:
+        manifest = top
+    config = ImageConfig.parse(client.get_blob(ref, manifest.config.digest))
+    if not isinstance(top, Index) and config.architecture:
+        offered = Platform(config.os or "linux", config.architecture)
+        if not offered.matches(Platform(platform.os, platform.architecture)):
+            raise NoMatchingPlatform(f"{ref} is a single {offered} image; {platform} was asked for")
+    if len(config.diff_ids) != len(manifest.layers):
+        raise InvalidManifest(
+            f"{ref}: manifest has {len(manifest.layers)} layers but config lists {len(config.diff_ids)} diff_ids"
+        )
+    return Image(ref, platform, tag_digest, manifest, config)
+
+
+class Converter:
+    """Converts references into one repository. Collaborators are passed in (see ``ducc.services``)."""
+
+    def __init__(
+        self,
+        client: RegistryClient,
+        publisher: Publisher,
+        *,
+        cache: BlobCache | None = None,
+        progress: Progress | None = None,
+        parallel_layers: int = 3,
+        flat_hooks: Sequence[FlatHook] = (),
+    ) -> None:
+        self.client = client
+        self.publisher = publisher
+        self.cache = cache
+        self.progress = progress or LogProgress()
+        self.parallel_layers = max(1, parallel_layers)
+        self.flat_hooks = tuple(flat_hooks)
+
+    # -- the use case --------------------------------------------------------------------
+
+    def convert(self, ref: Reference, platform: Platform = DEFAULT_PLATFORM, *, force: bool = False) -> ConversionResult:
+        started = time.monotonic()
+        self.progress.stage(ref, "resolving")
+        tag_digest = self.client.resolve(ref)
+        result = ConversionResult(ref, platform, "published", tag_digest=tag_digest,
+                                  path=str(layout.tag_link(ref, platform)))
+        record = self.publisher.read_record(ref, platform)
+        if (
+            not force
+            and record is not None
+            and record.tag_digest == tag_digest
+            and self.publisher.has_flat(record.config_digest)
+        ):
+            result.state = "unchanged"
+            result.config_digest = record.config_digest
+            result.seconds = time.monotonic() - started
+            self.progress.stage(ref, "unchanged", f"{tag_digest.short} already published")
+            return result
+
+        image = fetch_image(self.client, ref, platform, tag_digest)
+        result.config_digest = image.config.digest
+        with self.publisher.staging() as stage:
+            self._publish_layers(image, stage, result)
+            with self.publisher.transaction(ref) as txn:
+                if self.publisher.has_flat(image.config.digest):
+                    result.flat_reused = True
+                else:
+                    self.progress.stage(ref, "flattening")
+                    flat = stage / "flat"
+                    flat.mkdir()
+                    flatten([self.publisher.layer_source(d.digest) for d, _ in image.layers], flat)
+                    for hook in self.flat_hooks:
+                        hook(flat, image.config)
+                    (flat / layout.CATALOG).touch(mode=0o644)
+                    txn.add_flat(image.config.digest, flat)
+                self.progress.stage(ref, "publishing")
+                txn.point_tag(ref, platform, image.config.digest)
+                txn.write_record(ref, platform, self._record_files(image))
+        result.seconds = time.monotonic() - started
+        self.progress.stage(
+            ref, "published",
+            f"{result.layers_unpacked} layers unpacked, {result.layers_reused} reused, "
+            f"flat {'reused' if result.flat_reused else 'built'}, {result.seconds:.1f}s",
+        )
+        return result
+
+    # -- layers --------------------------------------------------------------------------
+
+    def _publish_layers(self, image: Image, stage: Path, result: ConversionResult) -> None:
+        missing: dict[Digest, tuple[Descriptor, Digest]] = {}
+        for descriptor, diff_id in image.layers:
+            if self.publisher.has_layer(descriptor.digest):
+                result.layers_reused += 1
+            elif descriptor.digest not in missing:
+                missing[descriptor.digest] = (descriptor, diff_id)
+        if not missing:
+            return
+        self.progress.stage(image.reference, "fetching", f"{len(missing)} of {len(image.layers)} layers")
+        reports: dict[Digest, LayerReport] = {}
+        with ThreadPoolExecutor(max_workers=min(self.parallel_layers, len(missing))) as pool:
+            futures = {
+                digest: pool.submit(self._unpack_with_retries, image.reference, descriptor, diff_id, stage)
+                for digest, (descriptor, diff_id) in missing.items()
+            }
+            errors = []
+            for digest, future in futures.items():
+                try:
+                    reports[digest], fetched = future.result()
+                    result.bytes_fetched += fetched
+                except BaseException as exc:  # collected so every worker finishes before staging is removed
+                    errors.append(exc)
+            if errors:
+                raise errors[0]
+
+        # Hardlinks into lower layers need those layers whole: resolve base first, then publish.
+        lowers: list[Path] = []
+        with self.publisher.transaction(image.reference) as txn:
+            for descriptor, _ in image.layers:
+                digest = descriptor.digest
+                if digest in reports:
+                    staged = stage / digest.hex
+                    report = reports.pop(digest)
+                    if report.pending:
+                        resolve_lower_links(staged / "layerfs", report.pending, lowers)
+                    result.skipped_entries.extend(report.skipped)
+                    txn.add_layer(digest, staged)
+                    result.layers_unpacked += 1
+                lowers.append(self.publisher.layer_source(digest))
+
+    def _unpack_with_retries(
+        self, ref: Reference, descriptor: Descriptor, diff_id: Digest, stage: Path
+    ) -> tuple[LayerReport, int]:
+        attempts = max(1, self.client.retry.attempts)
+        for attempt in range(attempts):
+            try:
+                return self._unpack(ref, descriptor, diff_id, stage)
+            except RegistryUnavailable as exc:
+                if attempt + 1 == attempts:
+                    raise
+                delay = self.client.retry.delay(attempt, exc.retry_after)
+                log.warning("layer %s: %s; retrying in %.1fs", descriptor.digest.short, exc, delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _unpack(self, ref: Reference, descriptor: Descriptor, diff_id: Digest, stage: Path) -> tuple[LayerReport, int]:
+        """Stream one blob through both digest checks into ``stage/<hex>/layerfs``."""
+        digest = descriptor.digest
+        staged = stage / digest.hex
+        if staged.exists():
+            remove_tree(staged)
+        (staged / "layerfs").mkdir(parents=True)
+        cached = self.cache.get(digest) if self.cache else None
+        writer: CacheWriter | None = None
+        fetched = 0
+
+        def on_read(chunk: bytes) -> None:
+            nonlocal fetched
+            fetched += len(chunk)
+            if writer is not None:
+                writer.write(chunk)
+            self.progress.layer(digest, fetched, descriptor.size)
+
+        try:
+            if cached is not None:
+                with open(cached, "rb") as source:
+                    report = self._apply(source, descriptor, diff_id, staged, on_read)
+                return report, 0
+            with self.client.open_blob(ref, digest) as source:
+                if self.cache is not None:
+                    writer = self.cache.writer(digest)
+                report = self._apply(source, descriptor, diff_id, staged, on_read)
+            if writer is not None:
+                writer.commit()
+            return report, fetched
+        except BaseException:
+            if writer is not None:
+                writer.abandon()
+            raise
+
+    def _apply(self, source, descriptor: Descriptor, diff_id: Digest, staged: Path, on_read) -> LayerReport:  # type: ignore[no-untyped-def]
+        compressed = VerifyingReader(
+            source, descriptor.digest, what=f"layer {descriptor.digest}", size=descriptor.size, on_read=on_read
+        )
+        try:
+            with decompressed(compressed) as tar_stream:
+                uncompressed = VerifyingReader(
+                    tar_stream, diff_id, what=f"uncompressed layer {descriptor.digest.short} (diff_id)"
+                )
+                report = unpack_layer(uncompressed, staged / "layerfs")
+                uncompressed.verify()
+        except (UnsafeLayer, RegistryUnavailable):
+            raise
+        except (DuccError, OSError, EOFError, ValueError) as exc:
+            # A blob that broke off or lied surfaces here as a bad tar or gzip stream:
+            # the compressed digest says whether the blob is at fault (it is checked first).
+            compressed.verify()
+            if isinstance(exc, DuccError):
+                raise
+            raise UnsupportedLayer(f"layer {descriptor.digest} could not be read: {exc}") from exc
+        compressed.verify()
+        return report
+
+    # -- record --------------------------------------------------------------------------
+
+    def _record_files(self, image: Image) -> dict[str, bytes]:
+        details = {
+            "reference": str(image.reference),
+            "platform": str(image.platform),
+            "tag_digest": str(image.tag_digest),
+            "manifest_digest": str(image.manifest.digest),
+            "config_digest": str(image.config.digest),
+            "layers": [str(d.digest) for d in image.manifest.layers],
+            "converted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "converted_by": f"ducc {__version__}",
+        }
+        return {
+            layout.RECORD_CONFIG: image.config.raw,
+            layout.RECORD_DETAILS: (json.dumps(details, indent=2) + "\n").encode(),
+            layout.RECORD_MANIFEST: image.manifest.raw,
+        }

@@ -1,0 +1,104 @@
+"""Every error ducc raises on purpose, in one tree.
+
+Callers decide what to do from attributes, never from message text:
+
+- ``temporary`` is True when the same operation may succeed later (a registry
+  outage, a 429, a dropped connection); the queue retries those with backoff.
+  Everything else is permanent: retrying would fail the same way.
+- ``DuccError.__str__`` is a sentence for an operator; it never contains a
+  secret.
+
+::
+
+    DuccError
+    ├── InvalidReference          an image reference that cannot be parsed
+    ├── InvalidDigest
+    ├── InvalidManifest           a manifest, index or config that breaks the spec
+    ├── NoMatchingPlatform        an index without the requested platform
+    ├── RegistryError             the registry answered, but not with what we asked for
+    │   ├── AuthenticationError   401/403 after trying every credential we have
+    │   ├── NotFound              404 for a manifest, blob or repository
+    │   └── RegistryUnavailable   5xx, 429, timeouts, refused connections (temporary)
+    ├── DigestMismatch            bytes that do not hash to the digest that names them
+    ├── UnsafeLayer               a tar entry that would land outside the root
+    ├── UnsupportedLayer          a media type or compression ducc cannot apply
+    ├── WishlistError             a wishlist that does not validate
+    └── PublishError              the publisher could not make the image visible
+"""
+
+from __future__ import annotations
+
+
+class DuccError(Exception):
+    """Base class; ``temporary`` says whether a retry may succeed."""
+
+    temporary: bool = False
+
+
+class InvalidReference(DuccError, ValueError):
+    pass
+
+
+class InvalidDigest(DuccError, ValueError):
+    pass
+
+
+class InvalidManifest(DuccError, ValueError):
+    pass
+
+
+class NoMatchingPlatform(DuccError):
+    pass
+
+
+class RegistryError(DuccError):
+    """The registry answered with something other than what was asked for."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class AuthenticationError(RegistryError):
+    pass
+
+
+class NotFound(RegistryError):
+    pass
+
+
+class RegistryUnavailable(RegistryError):
+    """The registry could not be reached or asked us to come back later."""
+
+    temporary = True
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
+
+
+class DigestMismatch(DuccError):
+    """Content that does not hash to the digest that names it; nothing built from it is published."""
+
+    def __init__(self, what: str, expected: object, actual: object) -> None:
+        super().__init__(f"{what}: expected {expected}, got {actual}")
+        self.expected = expected
+        self.actual = actual
+
+
+class UnsafeLayer(DuccError):
+    """A layer entry that would write outside the root, or through a symlink."""
+
+
+class UnsupportedLayer(DuccError):
+    pass
+
+
+class WishlistError(DuccError, ValueError):
+    pass
+
+
+class PublishError(DuccError):
+    pass

@@ -1,0 +1,81 @@
+"""Every path inside a repository (DESIGN §4), relative to its root. Pure: nothing here touches disk.
+
+::
+
+    <registry>/<repository>:<tag>        relative symlink → .flat/xx/<config-digest>
+    .flat/xx/<config-digest>/            complete root filesystem
+    .layers/xx/<layer-digest>/layerfs/   one unpacked layer (keyed by its compressed digest)
+    .metadata/<registry>/<repository>:<tag>/manifest.json   written last
+    .multiarch/<arch>[:<variant>]/...    the same, for platforms other than linux/amd64
+
+Digest-only references are published as ``<repository>@sha256:<hex>``.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from pathlib import PurePosixPath
+
+from ducc.model.digest import Digest
+from ducc.model.manifest import DEFAULT_PLATFORM, Platform
+from ducc.model.reference import Reference
+
+LAYERS = PurePosixPath(".layers")
+FLAT = PurePosixPath(".flat")
+METADATA = PurePosixPath(".metadata")
+MULTIARCH = PurePosixPath(".multiarch")
+CATALOG = ".cvmfscatalog"
+RECORD_MANIFEST = "manifest.json"  # its presence means "this tag is converted"
+RECORD_DETAILS = "ducc.json"
+RECORD_CONFIG = "config.json"
+STAGING = PurePosixPath(".ducc-staging")
+
+
+def layer_dir(digest: Digest) -> PurePosixPath:
+    return LAYERS / digest.prefix / digest.hex
+
+
+def layerfs(digest: Digest) -> PurePosixPath:
+    return layer_dir(digest) / "layerfs"
+
+
+def flat_dir(config_digest: Digest) -> PurePosixPath:
+    return FLAT / config_digest.prefix / config_digest.hex
+
+
+def platform_prefix(platform: Platform) -> PurePosixPath:
+    """Empty for the default platform, ``.multiarch/<arch>[:<variant>]`` otherwise."""
+    if platform.matches(DEFAULT_PLATFORM) and platform.variant is None:
+        return PurePosixPath()
+    name = platform.architecture + (f":{platform.variant}" if platform.variant else "")
+    if platform.os != "linux":
+        name = f"{platform.os}-{name}"
+    return MULTIARCH / name
+
+
+def image_name(ref: Reference) -> str:
+    """``<repository>:<tag>``, or ``<repository>@sha256:<hex>`` for a digest-only reference."""
+    if ref.tag is not None:
+        return f"{ref.repository}:{ref.tag}"
+    return f"{ref.repository}@{ref.digest}"
+
+
+def tag_link(ref: Reference, platform: Platform = DEFAULT_PLATFORM) -> PurePosixPath:
+    return platform_prefix(platform) / ref.registry / image_name(ref)
+
+
+def metadata_dir(ref: Reference, platform: Platform = DEFAULT_PLATFORM) -> PurePosixPath:
+    return platform_prefix(platform) / METADATA / ref.registry / image_name(ref)
+
+
+def link_target(ref: Reference, platform: Platform, config_digest: Digest) -> str:
+    """What the tag symlink holds: the flat root, relative to the link's directory."""
+    return posixpath.relpath(str(flat_dir(config_digest)), str(tag_link(ref, platform).parent))
+
+
+def catalog_markers(layer_digests: list[Digest], config_digest: Digest) -> list[PurePosixPath]:
+    """Nested-catalog markers for one image: the shards, each layer and the flat root."""
+    markers = {LAYERS / CATALOG, FLAT / CATALOG, FLAT / config_digest.prefix / CATALOG}
+    for digest in layer_digests:
+        markers.add(LAYERS / digest.prefix / CATALOG)
+    return sorted(markers)

@@ -1,0 +1,207 @@
+"""The ``directory`` publisher: a plain tree (local disk, NFS, Lustre), the embedded default.
+
+Atomicity comes from ``rename(2)``: trees are built under ``<root>/.ducc-staging``
+(same filesystem) and renamed into place; tag links are swapped with
+``symlink`` + ``rename``. A crash leaves at worst a staging directory, which
+the next run removes (a staging directory is in use while its ``.lock`` is
+flock'ed by a live process, so concurrent runs never remove each other's).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ducc import layout
+from ducc.errors import PublishError
+from ducc.model.digest import Digest
+from ducc.model.manifest import Platform
+from ducc.model.reference import Reference
+from ducc.publish import Record
+from ducc.tree import remove_tree
+
+log = logging.getLogger(__name__)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+class DirectoryTransaction:
+    def __init__(self, publisher: DirectoryPublisher) -> None:
+        self.publisher = publisher
+        self.root = publisher.root
+
+    def _markers(self, *relative: layout.PurePosixPath) -> None:
+        for marker in relative:
+            path = self.root / marker
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.touch(mode=0o644)
+
+    def _rename_into_place(self, staged: Path, target: Path) -> bool:
+        """True if ``staged`` became ``target``; False if another writer got there first."""
+        if target.exists():
+            return False
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(staged, target)
+        except OSError as exc:
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                return False
+            raise PublishError(f"cannot move {staged} to {target}: {exc}") from exc
+        return True
+
+    def add_layer(self, digest: Digest, staged: Path) -> None:
+        self._markers(layout.LAYERS / layout.CATALOG, layout.LAYERS / digest.prefix / layout.CATALOG)
+        (staged / layout.CATALOG).touch(mode=0o644)
+        if self._rename_into_place(staged, self.root / layout.layer_dir(digest)):
+            log.info("published layer %s", digest.short)
+
+    def add_flat(self, config_digest: Digest, staged: Path) -> None:
+        self._markers(layout.FLAT / layout.CATALOG, layout.FLAT / config_digest.prefix / layout.CATALOG)
+        if self._rename_into_place(staged, self.root / layout.flat_dir(config_digest)):
+            log.info("published flat root %s", config_digest.short)
+
+    def point_tag(self, ref: Reference, platform: Platform, config_digest: Digest) -> None:
+        link = self.root / layout.tag_link(ref, platform)
+        target = layout.link_target(ref, platform, config_digest)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink() and os.readlink(link) == target:
+            return
+        if link.exists() and not link.is_symlink():
+            raise PublishError(f"{link} exists and is not a symlink; refusing to replace it")
+        tmp = link.with_name(f".{link.name}.{secrets.token_hex(4)}.tmp")
+        os.symlink(target, tmp)
+        os.replace(tmp, link)
+
+    def write_record(self, ref: Reference, platform: Platform, files: dict[str, bytes]) -> None:
+        directory = self.root / layout.metadata_dir(ref, platform)
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, data in files.items():
+            if name != layout.RECORD_MANIFEST:
+                _write_atomic(directory / name, data)
+        _write_atomic(directory / layout.RECORD_MANIFEST, files[layout.RECORD_MANIFEST])
+
+
+class DirectoryPublisher:
+    """Publishes into the directory ``root`` (created if missing)."""
+
+    def __init__(self, root: Path) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.root = root.resolve()
+        self.name = str(self.root)
+        self._staging_root = self.root / layout.STAGING
+
+    def has_layer(self, digest: Digest) -> bool:
+        return (self.root / layout.layerfs(digest)).is_dir()
+
+    def layer_source(self, digest: Digest) -> Path:
+        return self.root / layout.layerfs(digest)
+
+    def has_flat(self, config_digest: Digest) -> bool:
+        return (self.root / layout.flat_dir(config_digest)).is_dir()
+
+    def read_record(self, ref: Reference, platform: Platform) -> Record | None:
+        directory = self.root / layout.metadata_dir(ref, platform)
+        try:
+            manifest_raw = (directory / layout.RECORD_MANIFEST).read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            details = (directory / layout.RECORD_DETAILS).read_bytes()
+        except FileNotFoundError:
+            details = None
+        try:
+            return Record.parse(manifest_raw, details)
+        except ValueError as exc:
+            log.warning("ignoring unreadable record %s: %s", directory, exc)
+            return None
+
+    def read_record_file(self, ref: Reference, platform: Platform, name: str) -> bytes | None:
+        try:
+            return (self.root / layout.metadata_dir(ref, platform) / name).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def sweep_staging(self) -> int:
+        """Remove staging directories left by crashed runs; returns how many."""
+        removed = 0
+        if not self._staging_root.is_dir():
+            return 0
+        for entry in self._staging_root.iterdir():
+            if not entry.is_dir() or entry.is_symlink():
+                continue
+            lock_path = entry / ".lock"
+            try:
+                fd = os.open(lock_path, os.O_RDWR)
+            except FileNotFoundError:
+                fd = None
+            try:
+                if fd is not None:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue  # a live run owns it
+                remove_tree(entry)
+                removed += 1
+            finally:
+                if fd is not None:
+                    os.close(fd)
+        if removed:
+            log.info("removed %d staging directories left by interrupted runs", removed)
+        return removed
+
+    @contextmanager
+    def staging(self) -> Iterator[Path]:
+        self._staging_root.mkdir(parents=True, exist_ok=True)
+        self.sweep_staging()
+        path = self._staging_root / f"{os.getpid()}-{secrets.token_hex(6)}"
+        path.mkdir(mode=0o755)
+        fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield path
+        finally:
+            try:
+                remove_tree(path)
+            finally:
+                os.close(fd)
+
+    @contextmanager
+    def transaction(self, ref: Reference) -> Iterator[DirectoryTransaction]:
+        self._staging_root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self._staging_root / "publish.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield DirectoryTransaction(self)
+        finally:
+            os.close(fd)
+
+    def published(self) -> Iterator[tuple[str, Path]]:
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            rel = os.path.relpath(dirpath, self.root)
+            if rel == ".":
+                dirnames[:] = [d for d in dirnames if not d.startswith(".") or d == ".multiarch"]
+            elif rel.startswith((".flat", ".layers", ".metadata", ".ducc-staging")):
+                dirnames[:] = []
+                continue
+            for name in dirnames + filenames:
+                path = Path(dirpath) / name
+                if path.is_symlink():
+                    yield os.path.relpath(path, self.root), path.resolve()
+            dirnames[:] = [d for d in dirnames if not (Path(dirpath) / d).is_symlink()]
+            if rel.startswith(".multiarch"):
+                dirnames[:] = [d for d in dirnames if d != ".metadata"]

@@ -1,0 +1,1 @@
+"""Registry I/O: challenge parsing, keychains and the HTTP client."""

@@ -1,0 +1,116 @@
+"""Credentials for registries: the Keychain protocol and its sources.
+
+A Keychain answers "which username/password for this registry host?". ducc
+asks it only after a registry challenged a request, and sends what it returns
+only to that host or to the token realm the host named.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str = field(repr=False)
+
+    def __repr__(self) -> str:  # never print the secret, even in a traceback
+        return f"Credentials(username={self.username!r}, password=***)"
+
+
+class Keychain(Protocol):
+    def credentials(self, host: str) -> Credentials | None: ...
+
+
+def read_secret(env: Mapping[str, str], name: str) -> str | None:
+    """``NAME`` from the environment, or the content of the file named by ``NAME_FILE``."""
+    value = env.get(name)
+    if value:
+        return value
+    path = env.get(f"{name}_FILE")
+    if path:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read().strip()
+    return None
+
+
+@dataclass(frozen=True)
+class StaticKeychain:
+    """Fixed credentials for a set of hosts (from settings or tests)."""
+
+    entries: Mapping[str, Credentials]
+
+    def credentials(self, host: str) -> Credentials | None:
+        return self.entries.get(host)
+
+
+class EnvKeychain(StaticKeychain):
+    """``DUCC_REGISTRY_USER`` + ``DUCC_REGISTRY_PASSWORD`` (or ``_FILE``) for the hosts in ``DUCC_REGISTRY_HOSTS``.
+
+    The hosts list is required: a password is never offered to a registry it was not meant for.
+    """
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        entries: dict[str, Credentials] = {}
+        user = env.get("DUCC_REGISTRY_USER")
+        if user:
+            password = read_secret(env, "DUCC_REGISTRY_PASSWORD") or ""
+            hosts = [h.strip() for h in env.get("DUCC_REGISTRY_HOSTS", "").split(",") if h.strip()]
+            if not hosts:
+                log.warning("DUCC_REGISTRY_USER is set but DUCC_REGISTRY_HOSTS is empty: credentials unused")
+            for host in hosts:
+                entries[host] = Credentials(user, password)
+        super().__init__(entries)
+
+
+class DockerConfigKeychain:
+    """``~/.docker/config.json`` (or ``$DOCKER_CONFIG``): auths, credsStore and credHelpers."""
+
+    def __init__(self, config_path: str | None = None) -> None:
+        from docker import auth  # imported here: only this keychain needs the docker package
+
+        self._auth = auth
+        self._config = auth.load_config(config_path=config_path)
+
+    def credentials(self, host: str) -> Credentials | None:
+        name = "docker.io" if host in ("registry-1.docker.io", "registry.hub.docker.com") else host
+        try:
+            entry = self._config.resolve_authconfig(name)
+        except Exception as exc:  # a broken credential helper must not stop anonymous pulls
+            log.warning("docker credential lookup for %s failed: %s", host, exc)
+            return None
+        if not entry:
+            return None
+        username = entry.get("Username") or entry.get("username")
+        password = entry.get("Password") or entry.get("password") or entry.get("IdentityToken")
+        if username and password:
+            return Credentials(username, password)
+        return None
+
+
+@dataclass(frozen=True)
+class ChainKeychain:
+    """The first answer of several keychains, in order."""
+
+    keychains: tuple[Keychain, ...]
+
+    @classmethod
+    def of(cls, keychains: Iterable[Keychain]) -> ChainKeychain:
+        return cls(tuple(keychains))
+
+    def credentials(self, host: str) -> Credentials | None:
+        for keychain in self.keychains:
+            found = keychain.credentials(host)
+            if found:
+                return found
+        return None
+
+
+ANONYMOUS = StaticKeychain({})

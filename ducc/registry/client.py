@@ -1,0 +1,396 @@
+"""The registry HTTP API (OCI distribution spec) over ``requests``.
+
+Promises:
+
+- Plain HTTP only for loopback hosts and the hosts in ``insecure`` (Docker's
+  rule); HTTPS everywhere else.
+- Credentials are sent only after a challenge, only to the challenging host or
+  to the token realm it named; ``requests`` drops ``Authorization`` on a
+  redirect to another host, which is how blob downloads reach object storage.
+- Every request is retried on connection errors, timeouts, 5xx and 429 with
+  exponential backoff; ``Retry-After`` is honoured. Exhausted retries raise
+  ``RegistryUnavailable`` (temporary). 401/403 raise ``AuthenticationError``,
+  404 ``NotFound`` (both permanent).
+- Manifests are verified against the digest they were asked by, and against
+  ``Docker-Content-Digest``. Blobs are verified by the caller while streaming
+  (see ``ducc.verify``): the client never holds a layer in memory.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import ipaddress
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin
+
+import requests
+import urllib3
+
+from ducc import __version__
+from ducc.errors import (
+    AuthenticationError,
+    DigestMismatch,
+    InvalidManifest,
+    NotFound,
+    RegistryError,
+    RegistryUnavailable,
+)
+from ducc.model import mediatypes
+from ducc.model.digest import Digest
+from ducc.model.manifest import Index, Manifest, parse_manifest
+from ducc.model.reference import Reference
+from ducc.registry.auth import ANONYMOUS, Keychain
+from ducc.registry.challenge import parse_challenges
+
+log = logging.getLogger(__name__)
+
+MAX_MANIFEST_BYTES = 4 << 20
+MAX_CONFIG_BYTES = 16 << 20
+_STREAM_ERRORS = (
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    urllib3.exceptions.HTTPError,
+    OSError,
+)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently a request is retried."""
+
+    attempts: int = 5
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.max_delay * 4)
+        backoff = min(self.base_delay * (2**attempt), self.max_delay)
+        return backoff * (0.5 + random.random() / 2)
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value)
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+def is_loopback(host: str) -> bool:
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    name = name.strip("[]")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+class BlobStream:
+    """An open blob download; ``read`` turns transport failures into ``RegistryUnavailable``."""
+
+    def __init__(self, response: requests.Response, what: str) -> None:
+        self._response = response
+        self._what = what
+        length = response.headers.get("Content-Length")
+        self.size = int(length) if length and length.isdigit() else None
+
+    def read(self, n: int = -1, /) -> bytes:
+        try:
+            return self._response.raw.read(n if n >= 0 else None, decode_content=False) or b""
+        except _STREAM_ERRORS as exc:
+            raise RegistryUnavailable(f"download of {self._what} broke off: {exc}") from exc
+
+
+class RegistryClient:
+    """One client per process; thread-safe for concurrent downloads."""
+
+    def __init__(
+        self,
+        *,
+        keychain: Keychain = ANONYMOUS,
+        insecure: Iterable[str] = (),
+        retry: RetryPolicy = RetryPolicy(),
+        timeout: tuple[float, float] = (10.0, 60.0),
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.keychain = keychain
+        self.insecure = frozenset(insecure)
+        self.retry = retry
+        self.timeout = timeout
+        self._session = session or requests.Session()
+        self._session.headers["User-Agent"] = f"ducc/{__version__}"
+        self._sleep = sleep
+        self._authorization: dict[tuple[str, str], str] = {}
+        self._lock = threading.Lock()
+
+    # -- transport -----------------------------------------------------------------------
+
+    def base_url(self, host: str) -> str:
+        plain = is_loopback(host) or host in self.insecure
+        return f"{'http' if plain else 'https'}://{host}"
+
+    def _send(self, method: str, url: str, what: str, **kwargs: Any) -> requests.Response:
+        """One request with retries on transport errors, 5xx and 429; other statuses are returned."""
+        last: Exception | None = None
+        for attempt in range(self.retry.attempts):
+            retry_after = None
+            try:
+                response = self._session.request(method, url, timeout=self.timeout, **kwargs)
+            except _STREAM_ERRORS as exc:
+                last = RegistryUnavailable(f"{what}: {exc.__class__.__name__}: {exc}")
+            else:
+                if response.status_code != 429 and response.status_code < 500:
+                    return response
+                retry_after = _retry_after(response)
+                last = RegistryUnavailable(
+                    f"{what}: HTTP {response.status_code}",
+                    status=response.status_code,
+                    retry_after=retry_after,
+                )
+                response.close()
+            if attempt + 1 < self.retry.attempts:
+                delay = self.retry.delay(attempt, retry_after)
+                log.info("%s; retrying in %.1fs (attempt %d/%d)", last, delay, attempt + 2, self.retry.attempts)
+                self._sleep(delay)
+            if "data" in kwargs and hasattr(kwargs["data"], "seek"):
+                kwargs["data"].seek(0)
+        assert last is not None
+        raise last
+
+    def _request(
+        self,
+        method: str,
+        ref: Reference,
+        path: str,
+        *,
+        what: str,
+        actions: str = "pull",
+        url: str | None = None,
+        headers: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> requests.Response:
+        """A request to ``ref``'s registry that answers auth challenges once, then maps errors."""
+        host = ref.api_host
+        scope = f"repository:{ref.repository}:{actions}"
+        url = url or f"{self.base_url(host)}/v2/{ref.repository}/{path}"
+        for authenticated in (False, True):
+            request_headers = dict(headers or {})
+            token = self._authorization.get((host, scope))
+            if token:
+                request_headers["Authorization"] = token
+            response = self._send(method, url, what, headers=request_headers, **kwargs)
+            if response.status_code == 401 and not authenticated:
+                challenge = response.headers.get("WWW-Authenticate", "")
+                response.close()
+                self._authenticate(host, scope, challenge, what)
+                continue
+            break
+        status = response.status_code
+        if status < 400:
+            return response
+        detail = _error_detail(response)
+        response.close()
+        if status in (401, 403):
+            raise AuthenticationError(f"{what}: HTTP {status} {detail}".strip(), status=status)
+        if status == 404:
+            raise NotFound(f"{what}: not found {detail}".strip(), status=status)
+        raise RegistryError(f"{what}: HTTP {status} {detail}".strip(), status=status)
+
+    def _authenticate(self, host: str, scope: str, header: str, what: str) -> None:
+        try:
+            challenges = parse_challenges(header)
+        except ValueError as exc:
+            raise AuthenticationError(f"{what}: unreadable WWW-Authenticate header: {exc}") from exc
+        credentials = self.keychain.credentials(host)
+        for challenge in challenges:
+            if challenge.scheme == "bearer" and challenge.realm:
+                params = {k: v for k, v in challenge.params.items() if k in ("service",)}
+                params["scope"] = challenge.params.get("scope", scope)
+                auth = (credentials.username, credentials.password) if credentials else None
+                response = self._send("GET", challenge.realm, f"token for {host}", params=params, auth=auth)
+                if response.status_code != 200:
+                    response.close()
+                    raise AuthenticationError(
+                        f"{what}: token service {challenge.realm} answered HTTP {response.status_code}"
+                        + ("" if credentials else " (no credentials configured for this registry)"),
+                        status=response.status_code,
+                    )
+                try:
+                    body = response.json()
+                    token = body.get("token") or body.get("access_token")
+                except ValueError:
+                    token = None
+                if not token:
+                    raise AuthenticationError(f"{what}: token service {challenge.realm} returned no token")
+                with self._lock:
+                    self._authorization[(host, scope)] = f"Bearer {token}"
+                return
+            if challenge.scheme == "basic":
+                if credentials is None:
+                    raise AuthenticationError(f"{what}: registry {host} requires credentials; none configured")
+                raw = f"{credentials.username}:{credentials.password}".encode()
+                with self._lock:
+                    self._authorization[(host, scope)] = "Basic " + base64.b64encode(raw).decode()
+                return
+        raise AuthenticationError(f"{what}: registry {host} asked for unsupported authentication")
+
+    # -- reading -------------------------------------------------------------------------
+
+    def resolve(self, ref: Reference) -> Digest:
+        """The digest the registry serves for ``ref`` now (a HEAD; falls back to GET)."""
+        if ref.digest:
+            return ref.digest
+        response = self._request(
+            "HEAD",
+            ref,
+            f"manifests/{ref.selector}",
+            what=f"manifest of {ref}",
+            headers={"Accept": ", ".join(mediatypes.MANIFEST_ACCEPT)},
+        )
+        header = response.headers.get("Docker-Content-Digest")
+        response.close()
+        if header:
+            try:
+                return Digest.parse(header)
+            except ValueError:
+                pass
+        return self.get_manifest(ref).digest
+
+    def get_manifest(self, ref: Reference, selector: str | None = None) -> Manifest | Index:
+        """The manifest or index at ``selector`` (default: ``ref``'s digest or tag), verified."""
+        selector = selector or ref.selector
+        response = self._request(
+            "GET",
+            ref,
+            f"manifests/{selector}",
+            what=f"manifest {ref.name}:{selector}" if ":" not in selector else f"manifest {ref.name}@{selector}",
+            headers={"Accept": ", ".join(mediatypes.MANIFEST_ACCEPT)},
+        )
+        with response:
+            raw = _read_limited(response, MAX_MANIFEST_BYTES, f"manifest of {ref}")
+        actual = Digest.of(raw)
+        if selector.startswith("sha256:") and Digest.parse(selector) != actual:
+            raise DigestMismatch(f"manifest {ref.name}", selector, actual)
+        announced = response.headers.get("Docker-Content-Digest", "")
+        if announced.startswith("sha256:") and announced != str(actual):
+            raise DigestMismatch(f"manifest {ref} (Docker-Content-Digest)", announced, actual)
+        return parse_manifest(raw, response.headers.get("Content-Type"))
+
+    @contextmanager
+    def open_blob(self, ref: Reference, digest: Digest) -> Iterator[BlobStream]:
+        """Stream a blob; the caller verifies it (``VerifyingReader``) while consuming it."""
+        what = f"blob {digest} of {ref.name}"
+        response = self._request("GET", ref, f"blobs/{digest}", what=what, stream=True)
+        try:
+            yield BlobStream(response, what)
+        finally:
+            response.close()
+
+    def get_blob(self, ref: Reference, digest: Digest, limit: int = MAX_CONFIG_BYTES) -> bytes:
+        """A small blob (a config) read whole and verified."""
+        with self.open_blob(ref, digest) as stream:
+            data = bytearray()
+            while chunk := stream.read(1 << 16):
+                data += chunk
+                if len(data) > limit:
+                    raise InvalidManifest(f"blob {digest} is larger than {limit} bytes")
+        actual = Digest.of(bytes(data))
+        if actual != digest:
+            raise DigestMismatch(f"blob of {ref.name}", digest, actual)
+        return bytes(data)
+
+    def list_tags(self, ref: Reference) -> list[str]:
+        """Every tag of ``ref.repository``, following ``Link`` pagination."""
+        tags: list[str] = []
+        url: str | None = f"{self.base_url(ref.api_host)}/v2/{ref.repository}/tags/list?n=1000"
+        seen = set()
+        while url and url not in seen:
+            seen.add(url)
+            response = self._request("GET", ref, "", url=url, what=f"tags of {ref.name}")
+            with response:
+                try:
+                    body = response.json()
+                except ValueError as exc:
+                    raise RegistryError(f"tags of {ref.name}: response is not JSON") from exc
+            tags.extend(t for t in (body.get("tags") or []) if isinstance(t, str))
+            next_link = response.links.get("next", {}).get("url")
+            url = urljoin(url, next_link) if next_link else None
+        return tags
+
+    # -- writing -------------------------------------------------------------------------
+
+    def blob_exists(self, ref: Reference, digest: Digest) -> bool:
+        try:
+            self._request("HEAD", ref, f"blobs/{digest}", what=f"blob {digest}", actions="pull,push").close()
+        except NotFound:
+            return False
+        return True
+
+    def push_blob(self, ref: Reference, digest: Digest, data: bytes | Path) -> None:
+        """Upload one blob monolithically (POST then PUT); skipped if the registry has it."""
+        if self.blob_exists(ref, digest):
+            return
+        response = self._request(
+            "POST", ref, "blobs/uploads/", what=f"upload of {digest}", actions="pull,push"
+        )
+        location = response.headers.get("Location")
+        response.close()
+        if not location:
+            raise RegistryError(f"upload of {digest}: registry gave no Location")
+        url = urljoin(f"{self.base_url(ref.api_host)}/v2/", location)
+        url += ("&" if "?" in url else "?") + f"digest={digest}"
+        headers = {"Content-Type": "application/octet-stream"}
+        if isinstance(data, Path):
+            with data.open("rb") as body:
+                headers["Content-Length"] = str(data.stat().st_size)
+                self._request("PUT", ref, "", url=url, what=f"upload of {digest}", actions="pull,push",
+                              headers=headers, data=body).close()
+        else:
+            self._request("PUT", ref, "", url=url, what=f"upload of {digest}", actions="pull,push",
+                          headers=headers, data=data).close()
+
+    def push_manifest(self, ref: Reference, raw: bytes, media_type: str) -> Digest:
+        """PUT a manifest at ``ref``'s tag (or digest); returns its digest."""
+        self._request(
+            "PUT", ref, f"manifests/{ref.tag or ref.digest}", what=f"manifest of {ref}", actions="pull,push",
+            headers={"Content-Type": media_type}, data=raw,
+        ).close()
+        return Digest.of(raw)
+
+
+def _read_limited(response: requests.Response, limit: int, what: str) -> bytes:
+    data = bytearray()
+    try:
+        for chunk in response.iter_content(1 << 16):
+            data += chunk
+            if len(data) > limit:
+                raise InvalidManifest(f"{what} is larger than {limit} bytes")
+    except _STREAM_ERRORS as exc:
+        raise RegistryUnavailable(f"{what}: download broke off: {exc}") from exc
+    return bytes(data)
+
+
+def _error_detail(response: requests.Response) -> str:
+    """The registry's own error code and message, if it sent the spec's error body."""
+    try:
+        errors = response.json().get("errors") or []
+        return "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors if isinstance(e, dict))[:300]
+    except (ValueError, AttributeError):
+        return ""

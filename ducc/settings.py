@@ -1,0 +1,76 @@
+"""Settings from ``DUCC_*`` environment variables (secrets also from ``DUCC_*_FILE``), in one frozen value.
+
+| variable | meaning | default |
+|---|---|---|
+| DUCC_ROOT | repository root for the directory publisher | ``$XDG_DATA_HOME/ducc/root`` |
+| DUCC_CACHE_DIR | blob cache (``off`` disables) | ``$XDG_CACHE_HOME/ducc`` |
+| DUCC_CACHE_MAX_BYTES | blob cache budget | 10 GiB |
+| DUCC_PLATFORM | default platform | ``linux/amd64`` |
+| DUCC_INSECURE_REGISTRIES | hosts reached over plain HTTP (loopback always is) | |
+| DUCC_PARALLEL_LAYERS | layers fetched and unpacked at once, per image | 3 |
+| DUCC_SYNC_CONCURRENCY | images checked/converted at once by ``sync`` | 4 |
+| DUCC_RETRY_ATTEMPTS | attempts per registry request | 5 |
+| DUCC_REGISTRY_USER / _PASSWORD(_FILE) / _HOSTS | credentials and the hosts they are for | |
+| DOCKER_CONFIG | directory of a Docker ``config.json`` to take credentials from | ``~/.docker`` |
+| DUCC_LOG_LEVEL | ``DEBUG`` ``INFO`` ``WARNING`` | ``INFO`` |
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ducc.model.manifest import Platform
+
+
+def _data_home(env: Mapping[str, str]) -> Path:
+    return Path(env.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+
+
+def _cache_home(env: Mapping[str, str]) -> Path:
+    return Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    value = env.get(name)
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be an integer, not {value!r}") from exc
+
+
+@dataclass(frozen=True)
+class Settings:
+    root: Path
+    cache_dir: Path | None
+    cache_max_bytes: int
+    platform: Platform
+    insecure_registries: frozenset[str]
+    parallel_layers: int
+    sync_concurrency: int
+    retry_attempts: int
+    log_level: str
+    env: Mapping[str, str] = field(repr=False, default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        cache = env.get("DUCC_CACHE_DIR", str(_cache_home(env) / "ducc"))
+        return cls(
+            root=Path(env.get("DUCC_ROOT") or _data_home(env) / "ducc" / "root"),
+            cache_dir=None if cache.lower() in ("", "off", "none") else Path(cache),
+            cache_max_bytes=_int(env, "DUCC_CACHE_MAX_BYTES", 10 << 30),
+            platform=Platform.parse(env.get("DUCC_PLATFORM") or "linux/amd64"),
+            insecure_registries=frozenset(
+                h.strip() for h in env.get("DUCC_INSECURE_REGISTRIES", "").split(",") if h.strip()
+            ),
+            parallel_layers=_int(env, "DUCC_PARALLEL_LAYERS", 3),
+            sync_concurrency=_int(env, "DUCC_SYNC_CONCURRENCY", 4),
+            retry_attempts=_int(env, "DUCC_RETRY_ATTEMPTS", 5),
+            log_level=(env.get("DUCC_LOG_LEVEL") or "INFO").upper(),
+            env=env,
+        )

@@ -1,0 +1,86 @@
+"""The use case: a wishlist → the conversions it needs.
+
+Every wish is expanded (tag globs against the registry's tag list, one listing
+per repository), then each (reference, platform) is converted; an unchanged
+tag costs one manifest HEAD. A failure of one image is recorded and the others
+go on; the report lists every outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from ducc.convert import ConversionResult
+from ducc.errors import DuccError
+from ducc.model.manifest import Platform
+from ducc.model.reference import Reference
+from ducc.registry.client import RegistryClient
+from ducc.wishlist import Wishlist
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SyncReport:
+    results: list[ConversionResult] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (what, why)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def plan(wishlist: Wishlist, client: RegistryClient, report: SyncReport) -> list[tuple[Reference, Platform]]:
+    """Every (reference, platform) the wishlist asks for now; expansion failures go to ``report``."""
+    tags_of: dict[tuple[str, str], list[str]] = {}
+    work: list[tuple[Reference, Platform]] = []
+    seen = set()
+    for wish in wishlist.wishes:
+        tags: list[str] = []
+        if wish.is_pattern:
+            key = (wish.registry, wish.repository)
+            if key not in tags_of:
+                try:
+                    tags_of[key] = client.list_tags(wish.repository_reference)
+                except DuccError as exc:
+                    report.failures.append((wish.text, f"cannot list tags: {exc}"))
+                    continue
+            tags = tags_of[key]
+            if not wish.expand(tags):
+                log.warning("%s matches no tag", wish.text)
+        for ref in wish.expand(tags):
+            for platform in wish.platforms:
+                if (str(ref), platform) not in seen:
+                    seen.add((str(ref), platform))
+                    work.append((ref, platform))
+    return work
+
+
+def sync(
+    wishlist: Wishlist,
+    client: RegistryClient,
+    convert: Callable[[Reference, Platform], ConversionResult],
+    *,
+    concurrency: int = 4,
+) -> SyncReport:
+    report = SyncReport()
+    work = plan(wishlist, client, report)
+    log.info("wishlist: %d images to check", len(work))
+
+    def one(item: tuple[Reference, Platform]) -> None:
+        ref, platform = item
+        try:
+            report.results.append(convert(ref, platform))
+        except DuccError as exc:
+            log.error("%s (%s): %s", ref, platform, exc)
+            report.failures.append((f"{ref} ({platform})", str(exc)))
+        except Exception as exc:  # one broken image must not stop the others
+            log.exception("%s (%s): unexpected error", ref, platform)
+            report.failures.append((f"{ref} ({platform})", f"{exc.__class__.__name__}: {exc}"))
+
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        list(pool.map(one, work))
+    return report

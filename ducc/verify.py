@@ -1,0 +1,86 @@
+"""Readers that hash what flows through them, so digests are checked while streaming.
+
+Nothing is buffered: a layer passes through these a chunk at a time on its way
+to the unpacker. The caller calls ``verify()`` after the consumer is done; it
+drains whatever the consumer left (tar padding, trailing zeros) before hashing
+the whole, so a short or padded stream cannot slip through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import BinaryIO, Protocol
+
+from ducc.errors import DigestMismatch
+from ducc.model.digest import Digest
+
+CHUNK = 1 << 20
+
+
+class Readable(Protocol):
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+class VerifyingReader:
+    """Wraps ``source``; ``verify()`` raises DigestMismatch unless the bytes read hash to ``digest``.
+
+    ``size`` (when known) is enforced too; ``on_read`` sees every chunk (progress, tee to cache).
+    """
+
+    def __init__(
+        self,
+        source: Readable,
+        digest: Digest,
+        *,
+        what: str,
+        size: int | None = None,
+        on_read: Callable[[bytes], None] | None = None,
+    ) -> None:
+        self._source = source
+        self.digest = digest
+        self.what = what
+        self.size = size
+        self._hash = digest.hasher()
+        self._on_read = on_read
+        self.bytes_read = 0
+
+    def read(self, n: int = -1, /) -> bytes:
+        data = self._source.read(n if n is not None and n >= 0 else CHUNK * 64)
+        if data:
+            self._hash.update(data)
+            self.bytes_read += len(data)
+            if self._on_read is not None:
+                self._on_read(data)
+        return data
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def drain(self) -> None:
+        while self.read(CHUNK):
+            pass
+
+    def verify(self) -> None:
+        self.drain()
+        actual = Digest(self.digest.algorithm, self._hash.hexdigest())
+        if self.size is not None and self.bytes_read != self.size:
+            raise DigestMismatch(
+                f"{self.what} {self.digest}: size", f"{self.size} bytes", f"{self.bytes_read} bytes"
+            )
+        if actual != self.digest:
+            raise DigestMismatch(f"{self.what} content", self.digest, actual)
+
+
+def copy_stream(source: Readable, sink: BinaryIO, chunk: int = CHUNK) -> int:
+    total = 0
+    while True:
+        data = source.read(chunk)
+        if not data:
+            return total
+        sink.write(data)
+        total += len(data)

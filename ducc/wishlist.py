@@ -1,0 +1,194 @@
+"""Wishlists (DUCC's recipe format, version 1): load, validate, expand. Pure: tags come in as a list.
+
+::
+
+    version: 1
+    user: cvmfsunpacker
+    cvmfs_repo: unpacked.cern.ch
+    output_format: '$(scheme)://registry.example.org/thin/$(image)'
+    input:
+      - 'https://registry.hub.docker.com/library/ubuntu:24.04'
+      - 'https://registry.hub.docker.com/atlas/analysisbase:21.2.*'
+
+ducc extensions (a DUCC v1 file needs none of them): a top-level ``platforms``
+list, and input entries written as mappings
+``{image: REF, platforms: [...], exclude: [GLOB, ...]}``.
+Wildcards (``*``, ``?``, ``[...]``) are allowed only in the tag and match the
+whole tag with shell-glob semantics.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from ducc.errors import InvalidReference, WishlistError
+from ducc.model.manifest import DEFAULT_PLATFORM, Platform
+from ducc.model.reference import Reference, split_reference
+
+DEFAULT_OUTPUT_FORMAT = "$(scheme)://$(registry)/$(repository)_thin:$(tag)"
+_GLOB_CHARS = frozenset("*?[")
+_TAG_PATTERN = re.compile(r"^[A-Za-z0-9_.*?\[\]!-]{1,128}$")
+
+
+@dataclass(frozen=True)
+class Wish:
+    """One input line: a reference whose tag may be a glob."""
+
+    text: str
+    registry: str
+    repository: str
+    tag: str | None
+    digest: str | None
+    scheme: str
+    platforms: tuple[Platform, ...]
+    exclude: tuple[str, ...] = ()
+
+    @property
+    def is_pattern(self) -> bool:
+        return self.tag is not None and any(c in _GLOB_CHARS for c in self.tag)
+
+    @property
+    def repository_reference(self) -> Reference:
+        """A reference to the repository (any tag), to list its tags with."""
+        return Reference(self.registry, self.repository, "latest")
+
+    def matches(self, tag: str) -> bool:
+        if self.tag is None or not fnmatch.fnmatchcase(tag, self.tag):
+            return False
+        return not any(fnmatch.fnmatchcase(tag, pattern) for pattern in self.exclude)
+
+    def expand(self, tags: Iterable[str]) -> list[Reference]:
+        """The references this wish stands for, given the repository's tags (ignored unless a pattern)."""
+        if not self.is_pattern:
+            from ducc.model.digest import Digest
+
+            digest = Digest.parse(self.digest) if self.digest else None
+            return [Reference(self.registry, self.repository, self.tag, digest, self.scheme)]
+        return [
+            Reference(self.registry, self.repository, tag, None, self.scheme)
+            for tag in sorted(set(tags))
+            if self.matches(tag)
+        ]
+
+
+@dataclass(frozen=True)
+class Wishlist:
+    version: int
+    user: str | None
+    cvmfs_repo: str | None
+    output_format: str
+    wishes: tuple[Wish, ...] = field(default_factory=tuple)
+
+
+def _platforms(value: Any, where: str, default: tuple[Platform, ...]) -> tuple[Platform, ...]:
+    if value is None:
+        return default
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise WishlistError(f"{where}: platforms must be a non-empty list like ['linux/amd64']")
+    try:
+        return tuple(Platform.parse(str(p)) for p in value)
+    except ValueError as exc:
+        raise WishlistError(f"{where}: {exc}") from exc
+
+
+def parse_wish(text: str, platforms: tuple[Platform, ...], exclude: tuple[str, ...] = (), where: str = "") -> Wish:
+    try:
+        parts = split_reference(text)
+    except InvalidReference as exc:
+        raise WishlistError(f"{where}{exc}") from exc
+    tag = parts.tag
+    if tag is None and parts.digest is None:
+        tag = "latest"
+    if tag is not None and not _TAG_PATTERN.match(tag):
+        raise WishlistError(f"{where}{text!r}: tag {tag!r} has characters a tag or tag glob cannot have")
+    if tag is not None and parts.digest is not None and any(c in _GLOB_CHARS for c in tag):
+        raise WishlistError(f"{where}{text!r}: a digest cannot be combined with a tag glob")
+    if tag is not None and not any(c in _GLOB_CHARS for c in tag):
+        try:
+            Reference(parts.registry, parts.repository, tag, parts.digest)
+        except InvalidReference as exc:
+            raise WishlistError(f"{where}{exc}") from exc
+    return Wish(
+        text=text,
+        registry=parts.registry,
+        repository=parts.repository,
+        tag=tag,
+        digest=str(parts.digest) if parts.digest else None,
+        scheme=parts.scheme or "https",
+        platforms=platforms,
+        exclude=exclude,
+    )
+
+
+def load(text: str) -> Wishlist:
+    """Parse and validate a wishlist; every problem is a WishlistError naming the entry."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise WishlistError(f"wishlist is not valid YAML: {exc}") from exc
+    if not isinstance(data, Mapping):
+        raise WishlistError("wishlist must be a mapping with version, input, ...")
+    version = data.get("version")
+    if version != 1:
+        raise WishlistError(f"wishlist version {version!r} is not supported (expected 1)")
+    unknown = set(data) - {"version", "user", "cvmfs_repo", "output_format", "input", "platforms"}
+    if unknown:
+        raise WishlistError(f"unknown wishlist keys: {', '.join(sorted(map(str, unknown)))}")
+    output_format = data.get("output_format") or DEFAULT_OUTPUT_FORMAT
+    if not isinstance(output_format, str):
+        raise WishlistError("output_format must be a string")
+    default_platforms = _platforms(data.get("platforms"), "platforms", (DEFAULT_PLATFORM,))
+    entries = data.get("input")
+    if not isinstance(entries, list) or not entries:
+        raise WishlistError("wishlist input must be a non-empty list of image references")
+    wishes = []
+    for number, entry in enumerate(entries, 1):
+        where = f"input #{number}: "
+        if isinstance(entry, str):
+            wishes.append(parse_wish(entry, default_platforms, where=where))
+        elif isinstance(entry, Mapping) and isinstance(entry.get("image"), str):
+            unknown = set(entry) - {"image", "platforms", "exclude"}
+            if unknown:
+                raise WishlistError(f"{where}unknown keys {', '.join(sorted(map(str, unknown)))}")
+            exclude = entry.get("exclude") or []
+            if isinstance(exclude, str):
+                exclude = [exclude]
+            if not isinstance(exclude, list) or not all(isinstance(e, str) for e in exclude):
+                raise WishlistError(f"{where}exclude must be a list of tag globs")
+            platforms = _platforms(entry.get("platforms"), where.rstrip(": "), default_platforms)
+            wishes.append(parse_wish(entry["image"], platforms, tuple(exclude), where=where))
+        else:
+            raise WishlistError(f"{where}must be an image reference string or a mapping with 'image'")
+    user = data.get("user")
+    repo = data.get("cvmfs_repo")
+    return Wishlist(1, str(user) if user else None, str(repo) if repo else None, output_format, tuple(wishes))
+
+
+def thin_name(output_format: str, ref: Reference, scheme: str = "https") -> str:
+    """``output_format`` with DUCC's variables substituted for ``ref``."""
+    image = ref.repository + (f":{ref.tag}" if ref.tag else f"@{ref.digest}")
+    values = {
+        "scheme": scheme,
+        "registry": ref.registry,
+        "repository": ref.repository,
+        "tag": ref.tag or "",
+        "digest": str(ref.digest) if ref.digest else "",
+        "reference": ref.tag or str(ref.digest or ""),
+        "image": image,
+    }
+
+    def substitute(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in values:
+            raise WishlistError(f"output_format: unknown variable $({name})")
+        return values[name]
+
+    return re.sub(r"\$\((\w+)\)", substitute, output_format)

@@ -1,0 +1,67 @@
+"""Shared fixtures: real registry processes and ducc's client for them."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ducc.model.reference import Reference
+from ducc.registry.auth import Credentials, StaticKeychain
+from ducc.registry.client import RegistryClient, RetryPolicy
+from tests.support.processes import Registry, start_registry
+
+_names = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """One real ``docker-registry`` for the whole session; tests use distinct repository names."""
+    reg = start_registry(tmp_path_factory.mktemp("registry"))
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture(scope="session")
+def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """A real registry that demands Basic auth (htpasswd)."""
+    reg = start_registry(tmp_path_factory.mktemp("auth-registry"), username="ducc", password="s3cr3t-pw")
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture
+def client() -> RegistryClient:
+    return RegistryClient(retry=RetryPolicy(attempts=3, base_delay=0.05, max_delay=0.2))
+
+
+@pytest.fixture
+def auth_client(auth_registry: Registry) -> RegistryClient:
+    keychain = StaticKeychain({auth_registry.host: Credentials("ducc", "s3cr3t-pw")})
+    return RegistryClient(keychain=keychain, retry=RetryPolicy(attempts=3, base_delay=0.05, max_delay=0.2))
+
+
+@pytest.fixture
+def unique_ref(registry: Registry, request: pytest.FixtureRequest):
+    """A function giving a fresh reference in the session registry: ``unique_ref("tag")``."""
+
+    def make(tag: str = "v1", host: str | None = None) -> Reference:
+        name = request.node.name.lower().split("[")[0].replace("_", "-")[:60]
+        return Reference.parse(f"{host or registry.host}/t{next(_names)}/{name}:{tag}")
+
+    return make
+
+
+@pytest.fixture(autouse=True)
+def _ducc_logs(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="ducc")
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    path = tmp_path / "repo"
+    path.mkdir()
+    return path

@@ -1,0 +1,103 @@
+"""Real server processes for tests, each on a free loopback port, stopped when the test session ends."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 20.0, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before listening on {port}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+@dataclass
+class Registry:
+    """A running ``docker-registry`` (CNCF distribution) process."""
+
+    host: str
+    process: subprocess.Popen
+    directory: Path
+    username: str | None = None
+    password: str | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def registry_binary() -> str:
+    found = shutil.which("docker-registry") or shutil.which("registry")
+    if not found:
+        raise RuntimeError("docker-registry is not installed: run ./bootstrap.sh (apt package docker-registry)")
+    return found
+
+
+def start_registry(directory: Path, *, username: str | None = None, password: str | None = None,
+                   notifications: dict | None = None) -> Registry:
+    """Start a registry storing under ``directory``; with Basic auth (htpasswd) if a username is given."""
+    import json
+
+    import bcrypt
+
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config: dict = {
+        "version": 0.1,
+        "log": {"level": "warn", "accesslog": {"disabled": True}},
+        "storage": {"filesystem": {"rootdirectory": str(directory / "data")}, "delete": {"enabled": True}},
+        "http": {"addr": f"127.0.0.1:{port}", "secret": "ducc-tests"},
+    }
+    if username:
+        hashed = bcrypt.hashpw((password or "").encode(), bcrypt.gensalt(rounds=5)).decode()
+        (directory / "htpasswd").write_text(f"{username}:{hashed}\n")
+        config["auth"] = {"htpasswd": {"realm": "ducc-test", "path": str(directory / "htpasswd")}}
+    if notifications:
+        config["notifications"] = notifications
+    config_path = directory / "config.yml"
+    config_path.write_text(json.dumps(config))  # JSON is YAML
+    log = open(directory / "registry.log", "ab")
+    process = subprocess.Popen(
+        [registry_binary(), "serve", str(config_path)], stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "OTEL_TRACES_EXPORTER": "none"},
+    )
+    wait_for_port(port, process=process)
+    registry = Registry(f"127.0.0.1:{port}", process, directory, username, password)
+    # The API answers once storage is ready.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{registry.url}/v2/", timeout=2).status_code in (200, 401):
+                return registry
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.05)
+    registry.stop()
+    raise TimeoutError("registry did not answer /v2/")
