@@ -49,7 +49,7 @@ def unique_ref(registry: Registry, request: pytest.FixtureRequest):
     """A function giving a fresh reference in the session registry: ``unique_ref("tag")``."""
 
     def make(tag: str = "v1", host: str | None = None) -> Reference:
-        name = request.node.name.lower().split("[")[0].replace("_", "-")[:60]
+        name = request.node.name.lower().split("[")[0].replace("_", "-")[:50].strip("-")
         return Reference.parse(f"{host or registry.host}/t{next(_names)}/{name}:{tag}")
 
     return make

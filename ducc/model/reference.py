@@ -11,7 +11,7 @@ its API lives on ``registry-1.docker.io``.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from ducc.errors import InvalidReference
 from ducc.model.digest import Digest
@@ -101,7 +101,7 @@ class Reference:
     repository: str
     tag: str | None = None
     digest: Digest | None = None
-    scheme: str | None = None
+    scheme: str | None = field(default=None, compare=False)  # a hint from DUCC's URL form only
 
     def __post_init__(self) -> None:
         if self.tag is None and self.digest is None:

@@ -35,6 +35,22 @@ class FlattenReport:
     copied: int = 0
 
 
+def _only_whiteouts(directory: str) -> bool:
+    """True if ``directory`` holds whiteout markers and nothing else (at any depth); an empty one does not."""
+    found = False
+    with os.scandir(directory) as scan:
+        for entry in scan:
+            if entry.is_dir(follow_symlinks=False):
+                if not _only_whiteouts(entry.path):
+                    return False
+                found = True
+            elif entry.name.startswith(WHITEOUT_PREFIX):
+                found = True
+            else:
+                return False
+    return found
+
+
 class _Flattener:
     def __init__(self, dest: Path) -> None:
         self.dest = str(dest)
@@ -89,6 +105,8 @@ class _Flattener:
                     if not existing_dir:
                         self.clear(target)
                 if not existing_dir:
+                    if _only_whiteouts(entry.path):
+                        continue  # deletions inside a directory no lower layer has: nothing to show
                     os.mkdir(target, 0o700)
                     self.report.directories += 1
                 st = entry.stat(follow_symlinks=False)

@@ -1,0 +1,183 @@
+"""A fault-injecting HTTP proxy in front of a real registry.
+
+Rules match requests by method and a regex on the path, act a number of
+times, then step aside. Every request is recorded (method, path, headers), so
+tests can assert what the client did (only a HEAD, no Authorization leaked).
+"""
+
+from __future__ import annotations
+
+import http.client
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class Rule:
+    method: str | None
+    path: re.Pattern[str]
+    action: str  # status | truncate | corrupt | redirect
+    times: int
+    status: int = 503
+    headers: dict[str, str] = field(default_factory=dict)
+    keep_bytes: int = 0
+    location: Callable[[str], str] | None = None
+
+    def matches(self, method: str, path: str) -> bool:
+        return self.times != 0 and (self.method in (None, method)) and bool(self.path.search(path))
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    headers: dict[str, str]
+
+
+class FaultProxy:
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.rules: list[Rule] = []
+        self.seen: list[Seen] = []
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def handle_any(self) -> None:
+                proxy.handle(self)
+
+            do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = handle_any
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.server.server_address[1]}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    # -- rules -------------------------------------------------------------------------
+
+    def add(self, action: str, path: str, *, method: str | None = "GET", times: int = 1, **kwargs: object) -> Rule:
+        rule = Rule(method, re.compile(path), action, times, **kwargs)  # type: ignore[arg-type]
+        with self.lock:
+            self.rules.append(rule)
+        return rule
+
+    def requests(self, method: str | None = None, path: str = "") -> list[Seen]:
+        with self.lock:
+            return [s for s in self.seen if (method is None or s.method == method) and re.search(path, s.path)]
+
+    def _rule_for(self, method: str, path: str, headers: dict[str, str]) -> Rule | None:
+        with self.lock:
+            self.seen.append(Seen(method, path, headers))
+            for rule in self.rules:
+                if rule.matches(method, path):
+                    rule.times -= 1
+                    return rule
+        return None
+
+    # -- handling ----------------------------------------------------------------------
+
+    def handle(self, h: BaseHTTPRequestHandler) -> None:
+        rule = self._rule_for(h.command, h.path, dict(h.headers.items()))
+        length = int(h.headers.get("Content-Length") or 0)
+        body = h.rfile.read(length) if length else None
+        if rule is not None and rule.action == "status":
+            payload = b'{"errors":[{"code":"UNAVAILABLE","message":"injected"}]}'
+            h.send_response(rule.status)
+            for k, v in rule.headers.items():
+                h.send_header(k, v)
+            h.send_header("Content-Length", str(len(payload)))
+            h.end_headers()
+            if h.command != "HEAD":
+                h.wfile.write(payload)
+            return
+        if rule is not None and rule.action == "redirect":
+            assert rule.location is not None
+            h.send_response(307)
+            h.send_header("Location", rule.location(h.path))
+            h.send_header("Content-Length", "0")
+            h.end_headers()
+            return
+        conn = http.client.HTTPConnection(self.upstream, timeout=60)
+        headers = {k: v for k, v in h.headers.items() if k.lower() not in ("host", "connection")}
+        headers["Host"] = self.host
+        conn.request(h.command, h.path, body=body, headers=headers)
+        response = conn.getresponse()
+        data = response.read()
+        h.send_response(response.status)
+        for k, v in response.getheaders():
+            if k.lower() in ("connection", "transfer-encoding", "content-length"):
+                continue
+            if k.lower() == "location":
+                v = v.replace(self.upstream, self.host)
+            h.send_header(k, v)
+        announced = response.getheader("Content-Length")
+        if rule is not None and rule.action == "corrupt" and data:
+            data = bytes([data[0] ^ 0xFF]) + data[1:]
+        if rule is not None and rule.action == "truncate":
+            h.send_header("Content-Length", str(len(data)))
+            h.send_header("Connection", "close")
+            h.end_headers()
+            h.wfile.write(data[: rule.keep_bytes])
+            h.wfile.flush()
+            h.close_connection = True
+            return
+        h.send_header("Content-Length", announced if h.command == "HEAD" and announced else str(len(data)))
+        h.end_headers()
+        if h.command != "HEAD":
+            h.wfile.write(data)
+        conn.close()
+
+
+class RecordingServer:
+    """A plain HTTP server that serves blobs fetched from a registry and records request headers
+    (the "object storage" a registry redirects blob downloads to)."""
+
+    def __init__(self, upstream: str) -> None:
+        self.seen: list[dict[str, str]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                outer.seen.append({k: v for k, v in self.headers.items()})
+                conn = http.client.HTTPConnection(upstream, timeout=60)
+                conn.request("GET", self.path, headers={"Authorization": outer.upstream_auth} if outer.upstream_auth else {})
+                response = conn.getresponse()
+                data = response.read()
+                self.send_response(response.status)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.upstream_auth = ""
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

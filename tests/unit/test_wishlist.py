@@ -1,0 +1,81 @@
+import pytest
+
+from ducc.errors import WishlistError
+from ducc.model.manifest import Platform
+from ducc.model.reference import Reference
+from ducc.wishlist import load, thin_name
+
+DUCC_V1 = """
+version: 1
+user: cvmfsunpacker
+cvmfs_repo: unpacked.cern.ch
+output_format: '$(scheme)://registry.example.org/thin/$(image)'
+input:
+  - 'https://registry.hub.docker.com/library/ubuntu:24.04'
+  - 'https://registry.hub.docker.com/atlas/analysisbase:21.2.*'
+"""
+
+
+def test_a_ducc_v1_wishlist_loads_unchanged():
+    wishlist = load(DUCC_V1)
+    assert wishlist.cvmfs_repo == "unpacked.cern.ch" and wishlist.user == "cvmfsunpacker"
+    ubuntu, atlas = wishlist.wishes
+    assert not ubuntu.is_pattern and atlas.is_pattern
+    assert ubuntu.expand([]) == [Reference.parse("ubuntu:24.04")]
+    assert atlas.platforms == (Platform("linux", "amd64"),)
+
+
+GLOBS = [
+    ("21.2.*", ["21.2.1", "21.2.10", "21.20.1", "21.2", "x21.2.1"], ["21.2.1", "21.2.10"]),
+    ("v?", ["v1", "v10", "v"], ["v1"]),
+    ("[0-9]*", ["1.0", "latest", "9"], ["1.0", "9"]),
+    ("1.0", ["1.0", "1x0"], ["1.0"]),
+    ("a.b*", ["a.b", "aXb", "a.bc"], ["a.b", "a.bc"]),
+]
+
+
+@pytest.mark.parametrize("pattern,tags,expected", GLOBS, ids=[g[0] for g in GLOBS])
+def test_tag_globs_match_the_whole_tag_with_shell_semantics(pattern, tags, expected):
+    wish = load(f"version: 1\ninput: ['reg.example.org/a/b:{pattern}']").wishes[0]
+    assert [r.tag for r in wish.expand(tags)] == sorted(expected)
+
+
+def test_extensions_platforms_and_exclusions():
+    text = """
+version: 1
+platforms: [linux/amd64, linux/arm64]
+input:
+  - image: reg.example.org/a/b:1.*
+    exclude: ['*-rc*']
+  - image: reg.example.org/a/c:2
+    platforms: [linux/arm64]
+"""
+    b, c = load(text).wishes
+    assert [r.tag for r in b.expand(["1.0", "1.1-rc1", "2.0"])] == ["1.0"]
+    assert len(b.platforms) == 2 and c.platforms == (Platform("linux", "arm64"),)
+
+
+BAD = [
+    ("version: 2\ninput: [a]", "version"),
+    ("version: 1\ninput: []", "non-empty"),
+    ("version: 1\ninput: ['UPPER/x']", "input #1"),
+    ("version: 1\ninput: ['a/b:bad tag']", "input #1"),
+    ("version: 1\ninput: [{image: a, colour: red}]", "unknown keys"),
+    ("version: 1\ninput: [a]\nextra: 1", "unknown wishlist keys"),
+    (": :", "YAML"),
+    ("version: 1\nplatforms: [linux]\ninput: [a]", "os/arch"),
+]
+
+
+@pytest.mark.parametrize("text,message", BAD, ids=[b[1] for b in BAD])
+def test_invalid_wishlists_say_what_is_wrong(text, message):
+    with pytest.raises(WishlistError, match=message):
+        load(text)
+
+
+def test_thin_names_substitute_duccs_variables():
+    ref = Reference.parse("registry.hub.docker.com/library/ubuntu:24.04")
+    assert thin_name("$(scheme)://registry.example.org/thin/$(image)", ref) == "https://registry.example.org/thin/library/ubuntu:24.04"
+    assert thin_name("$(scheme)://$(registry)/$(repository)_thin:$(tag)", ref) == "https://registry.hub.docker.com/library/ubuntu_thin:24.04"
+    with pytest.raises(WishlistError):
+        thin_name("$(nope)", ref)
