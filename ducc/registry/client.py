@@ -316,10 +316,10 @@ class RegistryClient:
             raise DigestMismatch(f"blob of {ref.name}", digest, actual)
         return bytes(data)
 
-    def list_tags(self, ref: Reference) -> list[str]:
+    def list_tags(self, ref: Reference, page_size: int = 1000) -> list[str]:
         """Every tag of ``ref.repository``, following ``Link`` pagination."""
         tags: list[str] = []
-        url: str | None = f"{self.base_url(ref.api_host)}/v2/{ref.repository}/tags/list?n=1000"
+        url: str | None = f"{self.base_url(ref.api_host)}/v2/{ref.repository}/tags/list?n={page_size}"
         seen = set()
         while url and url not in seen:
             seen.add(url)

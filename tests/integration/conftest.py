@@ -12,3 +12,13 @@ from ducc.registry.client import RegistryClient
 @pytest.fixture
 def converter(client: RegistryClient, root: Path) -> Converter:
     return Converter(client, DirectoryPublisher(root))
+
+
+@pytest.fixture
+def converter_factory(root: Path):
+    """A converter into ``root`` with the given client."""
+
+    def make(client: RegistryClient) -> Converter:
+        return Converter(client, DirectoryPublisher(root))
+
+    return make

@@ -113,6 +113,9 @@ class FaultProxy:
             h.send_header("Content-Length", "0")
             h.end_headers()
             return
+        if rule is not None and rule.action == "paginate":
+            self._paginate(h, rule)
+            return
         conn = http.client.HTTPConnection(self.upstream, timeout=60)
         headers = {k: v for k, v in h.headers.items() if k.lower() not in ("host", "connection")}
         headers["Host"] = self.host
@@ -142,6 +145,34 @@ class FaultProxy:
         if h.command != "HEAD":
             h.wfile.write(data)
         conn.close()
+
+
+    def _paginate(self, h: BaseHTTPRequestHandler, rule: Rule) -> None:
+        """Serve the registry's tag list in pages of ``rule.keep_bytes`` tags, with ``Link`` headers,
+        like registries that paginate (distribution 3, Docker Hub, Harbor)."""
+        import json
+        from urllib.parse import parse_qs, urlsplit
+
+        parts = urlsplit(h.path)
+        query = parse_qs(parts.query)
+        conn = http.client.HTTPConnection(self.upstream, timeout=60)
+        conn.request("GET", parts.path, headers={k: v for k, v in h.headers.items() if k.lower() == "authorization"})
+        upstream = conn.getresponse()
+        body = json.loads(upstream.read())
+        conn.close()
+        tags = sorted(body.get("tags") or [])
+        last = query.get("last", [""])[0]
+        page_size = rule.keep_bytes
+        remaining = [t for t in tags if t > last]
+        page = remaining[:page_size]
+        payload = json.dumps({"name": body.get("name"), "tags": page}).encode()
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        if len(remaining) > page_size:
+            h.send_header("Link", f'<{parts.path}?last={page[-1]}&n={page_size}>; rel="next"')
+        h.send_header("Content-Length", str(len(payload)))
+        h.end_headers()
+        h.wfile.write(payload)
 
 
 class RecordingServer:
