@@ -216,6 +216,12 @@ class Converter:
                     report = reports.pop(digest)
                     if report.pending:
                         resolve_lower_links(staged / "layerfs", report.pending, lowers)
+                    if report.skipped:
+                        shown = ", ".join(report.skipped[:6]) + (", ..." if len(report.skipped) > 6 else "")
+                        log.warning(
+                            "%s: layer %s: skipped %d device nodes/FIFOs (an unprivileged writer cannot publish them): %s",
+                            image.reference, digest.short, len(report.skipped), shown,
+                        )
                     result.skipped_entries.extend(report.skipped)
                     txn.add_layer(digest, staged)
                     result.layers_unpacked += 1

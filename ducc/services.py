@@ -32,7 +32,7 @@ def build_client(settings: Settings) -> RegistryClient:
 
 
 def build_publisher(settings: Settings, root: Path | None = None) -> DirectoryPublisher:
-    return DirectoryPublisher(root or settings.root)
+    return DirectoryPublisher(root or settings.root, durable=settings.fsync)
 
 
 def build_converter(

@@ -12,6 +12,7 @@
 | DUCC_RETRY_ATTEMPTS | attempts per registry request | 5 |
 | DUCC_REGISTRY_USER / _PASSWORD(_FILE) / _HOSTS | credentials and the hosts they are for | |
 | DOCKER_CONFIG | directory of a Docker ``config.json`` to take credentials from | ``~/.docker`` |
+| DUCC_FSYNC | ``1``: flush the filesystem before each record (power-loss safety) | off |
 | DUCC_LOG_LEVEL | ``DEBUG`` ``INFO`` ``WARNING`` | ``INFO`` |
 """
 
@@ -54,6 +55,7 @@ class Settings:
     sync_concurrency: int
     retry_attempts: int
     log_level: str
+    fsync: bool = False
     env: Mapping[str, str] = field(repr=False, default_factory=dict)
 
     @classmethod
@@ -72,5 +74,6 @@ class Settings:
             sync_concurrency=_int(env, "DUCC_SYNC_CONCURRENCY", 4),
             retry_attempts=_int(env, "DUCC_RETRY_ATTEMPTS", 5),
             log_level=(env.get("DUCC_LOG_LEVEL") or "INFO").upper(),
+            fsync=env.get("DUCC_FSYNC", "").lower() in ("1", "true", "yes", "on"),
             env=env,
         )

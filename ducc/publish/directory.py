@@ -33,8 +33,6 @@ def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     with open(tmp, "wb") as fh:
         fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
@@ -88,6 +86,8 @@ class DirectoryTransaction:
         os.replace(tmp, link)
 
     def write_record(self, ref: Reference, platform: Platform, files: dict[str, bytes]) -> None:
+        if self.publisher.durable:
+            os.sync()  # the image's data reaches the disk before the record that declares it converted
         directory = self.root / layout.metadata_dir(ref, platform)
         directory.mkdir(parents=True, exist_ok=True)
         for name, data in files.items():
@@ -97,9 +97,14 @@ class DirectoryTransaction:
 
 
 class DirectoryPublisher:
-    """Publishes into the directory ``root`` (created if missing)."""
+    """Publishes into the directory ``root`` (created if missing).
 
-    def __init__(self, root: Path) -> None:
+    Renames make every step safe against a crash of ducc itself. ``durable`` also
+    makes it safe against a power loss: the filesystem is flushed before each record.
+    """
+
+    def __init__(self, root: Path, *, durable: bool = False) -> None:
+        self.durable = durable
         root.mkdir(parents=True, exist_ok=True)
         self.root = root.resolve()
         self.name = str(self.root)

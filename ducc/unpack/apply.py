@@ -187,10 +187,10 @@ class _Unpacker:
             self.hardlink(rel, member)
         elif member.ischr() or member.isblk() or member.isfifo():
             kind = "FIFO" if member.isfifo() else "device node"
-            log.warning("skipping %s %s: it cannot be published by an unprivileged writer", kind, rel)
+            log.debug("skipping %s %s: it cannot be published by an unprivileged writer", kind, rel)
             self.report.skipped.append(rel)
         else:
-            log.warning("skipping %s: unsupported tar entry type %r", rel, member.type)
+            log.debug("skipping %s: unsupported tar entry type %r", rel, member.type)
             self.report.skipped.append(rel)
 
     def finish(self) -> None:
