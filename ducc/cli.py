@@ -8,6 +8,7 @@ import logging
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ducc import __version__, layout
@@ -76,7 +77,14 @@ def _progress(args: argparse.Namespace) -> LogProgress:
 
 
 def _platform(args: argparse.Namespace, settings: Settings) -> Platform:
-    return Platform.parse(args.platform) if args.platform else settings.platform
+    return args.platform or settings.platform
+
+
+def _platform_arg(text: str) -> Platform:
+    try:
+        return Platform.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def cmd_convert(args: argparse.Namespace, settings: Settings) -> int:
@@ -149,10 +157,25 @@ def cmd_check_wishlist(args: argparse.Namespace, settings: Settings) -> int:
         for wish in wishes.wishes:
             print(f"  {wish.text}  ->  {', '.join(map(str, wish.platforms))}")
         return 0
+    client = build_client(settings)
     report = SyncReport()
-    for ref, platform in plan(wishes, build_client(settings), report):
-        print(f"  {ref}\t{platform}\t{layout.tag_link(ref, platform)}")
-    return _summary(len(wishes.wishes), report.failures)
+    work = plan(wishes, client, report)
+    unexpanded = len(report.failures)
+
+    def check(item: tuple[Reference, Platform]) -> str:
+        ref, platform = item
+        try:
+            state = client.resolve(ref).short
+        except DuccError as exc:
+            report.failures.append((str(ref), str(exc)))
+            state = "UNAVAILABLE"
+        return f"  {ref}\t{platform}\t{state}\t{layout.tag_link(ref, platform)}"
+
+    with ThreadPoolExecutor(max_workers=max(1, settings.sync_concurrency)) as pool:
+        for line in pool.map(check, work):
+            print(line)
+    print(f"{len(work)} images would be kept converted")
+    return _summary(len(work) + unexpanded, report.failures)
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
@@ -219,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="convert images now", description="Pull, unpack and publish images.")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="e.g. ubuntu:24.04, ghcr.io/org/img:tag, reg:5000/a/b@sha256:…")
     with_root(p)
-    p.add_argument("--platform", help="os/arch[/variant] to take from multi-arch images (default: $DUCC_PLATFORM or linux/amd64)")
+    p.add_argument("--platform", type=_platform_arg, help="os/arch[/variant] to take from multi-arch images (default: $DUCC_PLATFORM or linux/amd64)")
     p.add_argument("--force", action="store_true", help="convert even if the tag is already published at this digest")
     p.set_defaults(func=cmd_convert)
 
@@ -242,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="show a published image: config, layers, paths")
     p.add_argument("image")
     with_root(p)
-    p.add_argument("--platform")
+    p.add_argument("--platform", type=_platform_arg)
     p.set_defaults(func=cmd_inspect)
     return parser
 

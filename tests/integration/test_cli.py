@@ -1,0 +1,126 @@
+"""The ``ducc`` command as an operator runs it: a real process, a real registry, a real root."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ducc import layout
+from ducc.model.reference import Reference
+from tests.support.images import File, ImageSpec, Layer, push_image
+from tests.support.proxy import FaultProxy
+
+
+def ducc(*args: str, root: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "DUCC_ROOT": str(root), "DUCC_CACHE_DIR": "off", "DUCC_RETRY_ATTEMPTS": "2", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "ducc", *args], env=full_env, capture_output=True, text=True, timeout=300)
+
+
+def spec(content: bytes) -> ImageSpec:
+    return ImageSpec(layers=[Layer([File("content", content)])], cmd=["/bin/true"])
+
+
+def test_help_lists_every_command():
+    done = subprocess.run([sys.executable, "-m", "ducc", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0
+    for command in ("convert", "sync", "check-wishlist", "list", "inspect"):
+        assert command in done.stdout
+    assert "examples:" in done.stdout
+
+
+def test_convert_publishes_and_prints_the_path(client, unique_ref, root):
+    ref = unique_ref()
+    push_image(client, ref, spec(b"cli"))
+    done = ducc("convert", str(ref), root=root)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\t")[0] == "published"
+    assert (root / layout.tag_link(ref) / "content").read_bytes() == b"cli"
+    again = ducc("convert", str(ref), root=root)
+    assert again.stdout.startswith("unchanged")
+
+
+def test_convert_reports_each_failure_and_still_converts_the_others(client, unique_ref, root):
+    good = unique_ref("good")
+    push_image(client, good, spec(b"good"))
+    missing = unique_ref("missing")
+    done = ducc("convert", str(missing), "Not A Reference", str(good), root=root)
+    assert done.returncode == 1
+    assert "2 of 3 failed" in done.stderr and "not found" in done.stderr and "Not A Reference" in done.stderr
+    assert (root / layout.tag_link(good) / "content").read_bytes() == b"good"
+
+
+def test_sync_expands_tag_globs_and_fails_at_the_end_for_broken_entries(client, unique_ref, root, tmp_path):
+    ref = unique_ref("1.0")
+    for tag in ("1.0", "1.1", "1.10", "2.0", "1.1-rc1"):
+        push_image(client, ref.with_tag(tag), spec(tag.encode()))
+    wishlist = tmp_path / "wishlist.yaml"
+    wishlist.write_text(f"""
+version: 1
+user: tester
+cvmfs_repo: test.example.org
+input:
+  - 'https://{ref.registry}/{ref.repository}:1.?'
+  - image: '{ref.registry}/{ref.repository}:1.1*'
+    exclude: ['*-rc*']
+  - '{ref.registry}/{ref.repository}-does-not-exist:1'
+""")
+    checked = ducc("check-wishlist", str(wishlist), root=root)
+    assert checked.returncode == 1  # the missing repository is reported
+    listed = [line for line in checked.stdout.splitlines() if line.startswith(f"  {ref.registry}/{ref.repository}:")]
+    assert len(listed) == 3  # 1.0, 1.1, 1.10 (1.1 once, 1.1-rc1 excluded, 2.0 not matched)
+    assert "does-not-exist" in checked.stderr
+    done = ducc("sync", str(wishlist), root=root)
+    assert done.returncode == 1
+    assert "3 published" in done.stdout and "1 failed" in done.stdout
+    published = sorted(p.name for p in (root / ref.registry / ref.repository).parent.iterdir())
+    name = ref.repository.rsplit("/", 1)[1]
+    assert published == [f"{name}:1.0", f"{name}:1.1", f"{name}:1.10"]
+    again = ducc("sync", str(wishlist), root=root)
+    assert "3 unchanged" in again.stdout
+
+
+def test_check_wishlist_rejects_an_invalid_file_with_the_entry_named(tmp_path, root):
+    wishlist = tmp_path / "bad.yaml"
+    wishlist.write_text("version: 1\ninput:\n  - ok/image:1\n  - 'Bad Image'\n")
+    done = ducc("check-wishlist", str(wishlist), "--no-expand", root=root)
+    assert done.returncode == 1 and "input #2" in done.stderr
+
+
+def test_inspect_reports_config_layers_and_paths(client, unique_ref, root):
+    ref = unique_ref()
+    push_image(client, ref, ImageSpec(layers=[Layer([File("x", b"x")])], entrypoint=["/bin/app"], cmd=["--help"],
+                                      working_dir="/work", user="1000:1000", labels={"org.example": "yes"}))
+    assert ducc("convert", str(ref), root=root).returncode == 0
+    done = ducc("inspect", str(ref), root=root)
+    info = json.loads(done.stdout)
+    assert info["entrypoint"] == ["/bin/app"] and info["cmd"] == ["--help"]
+    assert info["working_dir"] == "/work" and info["user"] == "1000:1000" and info["labels"] == {"org.example": "yes"}
+    assert Path(info["path"]).resolve() == Path(info["flat"]).resolve()
+    assert all(Path(l["path"]).is_dir() for l in info["layers"])
+    listed = ducc("list", root=root)
+    assert str(layout.tag_link(ref)) in listed.stdout
+
+
+def test_registry_outage_exits_non_zero_with_a_clear_message(registry, unique_ref, root):
+    proxy = FaultProxy(registry.host)
+    try:
+        proxy.add("status", "/v2/", method=None, times=-1, status=503)
+        ref = Reference(proxy.host, unique_ref().repository, "v1")
+        done = ducc("convert", str(ref), root=root, env={"DUCC_RETRY_ATTEMPTS": "2"})
+        assert done.returncode == 1
+        assert "HTTP 503" in done.stderr
+        assert "Traceback" not in done.stderr
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.parametrize("argv", [["convert"], ["convert", "x", "--platform", "linux"], ["nope"]],
+                         ids=["no-image", "bad-platform", "unknown-command"])
+def test_usage_errors_exit_2_or_explain(argv, root):
+    done = ducc(*argv, root=root)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
