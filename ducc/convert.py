@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ducc import __version__, layout
@@ -44,11 +44,11 @@ from ducc.model.reference import Reference
 from ducc.progress import LogProgress, Progress
 from ducc.publish import Publisher
 from ducc.registry.client import RegistryClient
+from ducc.tree import remove_tree
 from ducc.unpack.apply import LayerReport, resolve_lower_links, unpack_layer
 from ducc.unpack.compression import decompressed
 from ducc.unpack.flatten import flatten
-from ducc.tree import remove_tree
-from ducc.verify import VerifyingReader
+from ducc.verify import Readable, VerifyingReader
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class Image:
     @property
     def layers(self) -> tuple[tuple[Descriptor, Digest], ...]:
         """(blob descriptor, diff_id) pairs, base layer first."""
-        return tuple(zip(self.manifest.layers, self.config.diff_ids))
+        return tuple(zip(self.manifest.layers, self.config.diff_ids, strict=True))
 
 
 def fetch_image(client: RegistryClient, ref: Reference, platform: Platform, tag_digest: Digest) -> Image:
@@ -262,13 +262,13 @@ class Converter:
 
         try:
             if cached is not None:
-                with open(cached, "rb") as source:
-                    report = self._apply(source, descriptor, diff_id, staged, on_read)
+                with open(cached, "rb") as cached_file:
+                    report = self._apply(cached_file, descriptor, diff_id, staged, on_read)
                 return report, 0
-            with self.client.open_blob(ref, digest) as source:
+            with self.client.open_blob(ref, digest) as stream:
                 if self.cache is not None:
                     writer = self.cache.writer(digest)
-                report = self._apply(source, descriptor, diff_id, staged, on_read)
+                report = self._apply(stream, descriptor, diff_id, staged, on_read)
             if writer is not None:
                 writer.commit()
             return report, fetched
@@ -277,7 +277,14 @@ class Converter:
                 writer.abandon()
             raise
 
-    def _apply(self, source, descriptor: Descriptor, diff_id: Digest, staged: Path, on_read) -> LayerReport:  # type: ignore[no-untyped-def]
+    def _apply(
+        self,
+        source: Readable,
+        descriptor: Descriptor,
+        diff_id: Digest,
+        staged: Path,
+        on_read: Callable[[bytes], None],
+    ) -> LayerReport:
         compressed = VerifyingReader(
             source, descriptor.digest, what=f"layer {descriptor.digest}", size=descriptor.size, on_read=on_read
         )
@@ -310,7 +317,7 @@ class Converter:
             "manifest_digest": str(image.manifest.digest),
             "config_digest": str(image.config.digest),
             "layers": [str(d.digest) for d in image.manifest.layers],
-            "converted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "converted_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "converted_by": f"ducc {__version__}",
         }
         return {

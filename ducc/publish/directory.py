@@ -16,7 +16,7 @@ import os
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from ducc import layout
 from ducc.errors import PublishError
@@ -42,7 +42,7 @@ class DirectoryTransaction:
         self.publisher = publisher
         self.root = publisher.root
 
-    def _markers(self, *relative: layout.PurePosixPath) -> None:
+    def _markers(self, *relative: PurePosixPath) -> None:
         for marker in relative:
             path = self.root / marker
             if not path.exists():

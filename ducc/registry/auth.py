@@ -8,7 +8,6 @@ only to that host or to the token realm the host named.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol

@@ -75,7 +75,7 @@ class RetryPolicy:
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
         if retry_after is not None:
             return min(max(retry_after, 0.0), self.max_delay * 4)
-        backoff = min(self.base_delay * (2**attempt), self.max_delay)
+        backoff = min(self.base_delay * 2.0**attempt, self.max_delay)
         return backoff * (0.5 + random.random() / 2)
 
 
@@ -86,8 +86,11 @@ def _retry_after(response: requests.Response) -> float | None:
     try:
         return float(value)
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value)
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+        try:
+            parsed = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return max(0.0, float(parsed.timestamp()) - time.time())
 
 
 def is_loopback(host: str) -> bool:

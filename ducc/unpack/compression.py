@@ -60,14 +60,17 @@ def decompressed(source: Readable) -> Iterator[Readable]:
     kind = sniff(head)
     peeked = _Peeked(head, source)
     if kind == "gzip":
-        reader = isal.igzip_threaded.open(peeked, "rb", threads=1, block_size=1 << 20)
+        reader = isal.igzip_threaded.open(peeked, "rb", threads=1, block_size=1 << 20)  # type: ignore[no-untyped-call]
         try:
             yield reader
         finally:
             reader.close()
     elif kind == "zstd":
         with zstandard.ZstdDecompressor().stream_reader(
-            peeked, read_size=1 << 20, read_across_frames=True, closefd=False
+            peeked,  # type: ignore[arg-type]  # any object with read() works
+            read_size=1 << 20,
+            read_across_frames=True,
+            closefd=False,
         ) as reader:
             yield reader
     elif kind == "none":

@@ -101,7 +101,7 @@ def test_inspect_reports_config_layers_and_paths(client, unique_ref, root):
     assert info["entrypoint"] == ["/bin/app"] and info["cmd"] == ["--help"]
     assert info["working_dir"] == "/work" and info["user"] == "1000:1000" and info["labels"] == {"org.example": "yes"}
     assert Path(info["path"]).resolve() == Path(info["flat"]).resolve()
-    assert all(Path(l["path"]).is_dir() for l in info["layers"])
+    assert all(Path(layer["path"]).is_dir() for layer in info["layers"])
     listed = ducc("list", root=root)
     assert str(layout.tag_link(ref)) in listed.stdout
 

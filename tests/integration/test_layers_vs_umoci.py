@@ -13,7 +13,17 @@ import pytest
 
 from ducc import layout
 from tests.support.images import (
-    Device, Dir, Fifo, File, Hardlink, ImageSpec, Layer, Opaque, Symlink, Whiteout, push_image,
+    Device,
+    Dir,
+    Fifo,
+    File,
+    Hardlink,
+    ImageSpec,
+    Layer,
+    Opaque,
+    Symlink,
+    Whiteout,
+    push_image,
 )
 from tests.support.trees import hardlink_groups, snapshot, umoci_rootfs
 

@@ -16,7 +16,6 @@ import io
 import json
 import tarfile
 from dataclasses import dataclass, field
-from typing import Union
 
 import zstandard
 
@@ -86,7 +85,7 @@ class Raw:
     mode: int = 0o644
 
 
-Entry = Union[File, Dir, Symlink, Hardlink, Whiteout, Opaque, Fifo, Device, Raw]
+Entry = File | Dir | Symlink | Hardlink | Whiteout | Opaque | Fifo | Device | Raw
 
 
 @dataclass(frozen=True)
@@ -187,7 +186,7 @@ class BuiltImage:
 
     @property
     def layer_digests(self) -> list[Digest]:
-        return [Digest.parse(l["digest"]) for l in json.loads(self.manifest)["layers"]]
+        return [Digest.parse(layer["digest"]) for layer in json.loads(self.manifest)["layers"]]
 
 
 def build(spec: ImageSpec) -> BuiltImage:

@@ -21,7 +21,7 @@ def test_the_spec_example_manifest_parses():
     manifest = parse_manifest(_payload("oci-manifest.json"))
     assert isinstance(manifest, Manifest)
     assert manifest.config.digest.hex.startswith("b5b2b2c5")
-    assert [l.size for l in manifest.layers] == [32654]
+    assert [layer.size for layer in manifest.layers] == [32654]
 
 
 def test_the_spec_example_index_selects_amd64_by_default():
