@@ -47,13 +47,14 @@ from ducc.registry.client import RegistryClient
 from ducc.tree import remove_tree
 from ducc.unpack.apply import LayerReport, resolve_lower_links, unpack_layer
 from ducc.unpack.compression import decompressed
+from ducc.unpack.extend import add_singularity
 from ducc.unpack.flatten import flatten
 from ducc.verify import Readable, VerifyingReader
 
 log = logging.getLogger(__name__)
 
-# Applied to every flat root before it is published (``ducc.singularity`` adds its files here).
-FlatHook = Callable[[Path, ImageConfig], None]
+# Applied to every flat root before it is published; returns the paths it added.
+FlatHook = Callable[[Path, ImageConfig], object]
 
 
 @dataclass
@@ -121,7 +122,7 @@ class Converter:
         cache: BlobCache | None = None,
         progress: Progress | None = None,
         parallel_layers: int = 3,
-        flat_hooks: Sequence[FlatHook] = (),
+        flat_hooks: Sequence[FlatHook] = (add_singularity,),
     ) -> None:
         self.client = client
         self.publisher = publisher

@@ -262,3 +262,49 @@ def push_index(client: RegistryClient, ref: Reference, specs: list[ImageSpec], e
     index = json.dumps({"schemaVersion": 2, "mediaType": mediatypes.OCI_INDEX, "manifests": entries}).encode()
     client.push_manifest(ref, index, mediatypes.OCI_INDEX)
     return {"index": index, "images": built_by_platform}
+
+
+def host_programs_layer(programs: list[str]) -> Layer:
+    """A layer holding real programs of this machine with the shared libraries they load,
+    at their real paths, plus every symlink on the way (usrmerge's ``/bin -> usr/bin`` and the like),
+    so tests can run commands inside converted images without any network."""
+    import os
+    import subprocess
+
+    needed: set[str] = set()
+    for program in programs:
+        needed.add(program)
+        out = subprocess.run(["ldd", program], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            parts = line.split()
+            for part in parts:
+                if part.startswith("/"):
+                    needed.add(part)
+    entries: dict[str, Entry] = {}
+
+    def add_path(path: str) -> None:
+        """Record every symlink met while resolving ``path`` and the file it ends at."""
+        current = "/"
+        parts = [p for p in path.split("/") if p]
+        while parts:
+            part = parts.pop(0)
+            candidate = os.path.join(current, part)
+            if os.path.islink(candidate):
+                target = os.readlink(candidate)
+                entries.setdefault(candidate.lstrip("/"), Symlink(candidate.lstrip("/"), target))
+                resolved = os.path.normpath(os.path.join(current, target)) if not target.startswith("/") else target
+                parts = [p for p in resolved.split("/") if p] + parts
+                current = "/"
+                continue
+            current = candidate
+            if os.path.isdir(current):
+                entries.setdefault(current.lstrip("/"), Dir(current.lstrip("/")))
+        rel = current.lstrip("/")
+        if rel not in entries:
+            with open(current, "rb") as fh:
+                entries[rel] = File(rel, fh.read(), 0o755)
+
+    for path in sorted(needed):
+        add_path(path)
+    ordered = sorted(entries.values(), key=lambda e: (not isinstance(e, Dir), e.path))  # type: ignore[union-attr]
+    return Layer(list(ordered))
