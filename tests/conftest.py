@@ -13,6 +13,7 @@ from ducc.model.reference import Reference
 from ducc.registry.auth import Credentials, StaticKeychain
 from ducc.registry.client import RegistryClient, RetryPolicy
 from tests.support.processes import Registry, start_registry
+from tests.support.tokens import ISSUER, SERVICE, TokenServer
 
 _names = itertools.count()
 
@@ -31,6 +32,18 @@ def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry
     reg = start_registry(tmp_path_factory.mktemp("auth-registry"), username="ducc", password="s3cr3t-pw")
     yield reg
     reg.stop()
+
+
+@pytest.fixture(scope="session")
+def token_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Registry, TokenServer]]:
+    """A real registry in Bearer-token mode, with its token service."""
+    directory = tmp_path_factory.mktemp("token-registry")
+    tokens = TokenServer(directory, "ducc", "t0ken-pw")
+    reg = start_registry(directory, token={"realm": tokens.realm, "service": SERVICE, "issuer": ISSUER,
+                                           "rootcertbundle": str(tokens.cert_path)})
+    yield reg, tokens
+    reg.stop()
+    tokens.stop()
 
 
 @pytest.fixture

@@ -124,3 +124,34 @@ def test_registry_outage_exits_non_zero_with_a_clear_message(registry, unique_re
 def test_usage_errors_exit_2_or_explain(argv, root):
     done = ducc(*argv, root=root)
     assert done.returncode != 0 and "Traceback" not in done.stderr
+
+
+def test_credentials_from_a_docker_config_file(auth_registry, auth_client, root, tmp_path):
+    import base64
+
+    ref = Reference.parse(f"{auth_registry.host}/team/from-docker-config:1")
+    push_image(auth_client, ref, spec(b"docker-config"))
+    docker = tmp_path / "docker"
+    docker.mkdir()
+    (docker / "config.json").write_text(json.dumps(
+        {"auths": {auth_registry.host: {"auth": base64.b64encode(b"ducc:s3cr3t-pw").decode()}}}))
+    done = ducc("-v", "convert", str(ref), root=root, env={"DOCKER_CONFIG": str(docker)})
+    assert done.returncode == 0, done.stderr
+    assert "s3cr3t-pw" not in done.stderr + done.stdout
+    without = ducc("convert", str(ref), "--force", root=tmp_path / "other", env={"DOCKER_CONFIG": str(tmp_path)})
+    assert without.returncode == 1 and "requires credentials" in without.stderr
+
+
+def test_credentials_from_the_environment_and_a_password_file(auth_registry, auth_client, root, tmp_path):
+    ref = Reference.parse(f"{auth_registry.host}/team/from-env:1")
+    push_image(auth_client, ref, spec(b"env"))
+    secret = tmp_path / "password"
+    secret.write_text("s3cr3t-pw\n")
+    env = {"DUCC_REGISTRY_USER": "ducc", "DUCC_REGISTRY_PASSWORD_FILE": str(secret), "DUCC_REGISTRY_HOSTS": auth_registry.host,
+           "DOCKER_CONFIG": str(tmp_path)}
+    done = ducc("-v", "convert", str(ref), root=root, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "s3cr3t-pw" not in done.stderr + done.stdout
+    elsewhere = {**env, "DUCC_REGISTRY_HOSTS": "other.example.org"}
+    refused = ducc("convert", str(ref), root=tmp_path / "other", env=elsewhere)
+    assert refused.returncode == 1  # the password is not offered to a host it was not given for

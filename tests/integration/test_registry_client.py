@@ -126,3 +126,51 @@ def test_blob_redirect_to_another_host_does_not_leak_authorization(auth_registry
         assert any("Authorization" in s.headers for s in auth_proxy.requests("GET", "/manifests/"))
     finally:
         storage.stop()
+
+
+def test_bearer_token_auth_with_credentials_pulls_and_pushes(token_registry, converter_factory, caplog):
+    from ducc.registry.auth import Credentials, StaticKeychain
+
+    registry, tokens = token_registry
+    client = RegistryClient(keychain=StaticKeychain({registry.host: Credentials("ducc", "t0ken-pw")}),
+                            retry=RetryPolicy(attempts=2, base_delay=0.01))
+    ref = Reference.parse(f"{registry.host}/team/tokened:1")
+    push_image(client, ref, SIMPLE)
+    assert converter_factory(client).convert(ref).state == "published"
+    assert tokens.requests and all(h.get("Authorization", "").startswith("Basic ") for h in tokens.requests)
+    assert "t0ken-pw" not in caplog.text
+
+
+def test_bearer_token_anonymous_pull_of_a_public_repository(token_registry, converter_factory):
+    from ducc.registry.auth import Credentials, StaticKeychain
+
+    registry, _ = token_registry
+    pusher = RegistryClient(keychain=StaticKeychain({registry.host: Credentials("ducc", "t0ken-pw")}))
+    public = Reference.parse(f"{registry.host}/public/open:1")
+    private = Reference.parse(f"{registry.host}/team/closed:1")
+    push_image(pusher, public, SIMPLE)
+    push_image(pusher, private, SIMPLE)
+    anonymous = RegistryClient(retry=RetryPolicy(attempts=1))
+    assert converter_factory(anonymous).convert(public).state == "published"
+    with pytest.raises(AuthenticationError):
+        anonymous.resolve(private)
+
+
+def test_bearer_token_service_refusing_wrong_credentials_is_an_authentication_error(token_registry):
+    from ducc.registry.auth import Credentials, StaticKeychain
+
+    registry, _ = token_registry
+    client = RegistryClient(keychain=StaticKeychain({registry.host: Credentials("ducc", "nope")}), retry=RetryPolicy(attempts=1))
+    with pytest.raises(AuthenticationError, match="token service") as error:
+        client.resolve(Reference.parse(f"{registry.host}/team/tokened:1"))
+    assert "nope" not in str(error.value)
+
+
+def test_plain_http_only_for_loopback_and_listed_registries():
+    client = RegistryClient(insecure=["registry.lan:5000"])
+    assert client.base_url("127.0.0.1:5000") == "http://127.0.0.1:5000"
+    assert client.base_url("localhost:5000") == "http://localhost:5000"
+    assert client.base_url("[::1]:5000") == "http://[::1]:5000"
+    assert client.base_url("registry.lan:5000") == "http://registry.lan:5000"
+    assert client.base_url("ghcr.io") == "https://ghcr.io"
+    assert client.base_url("127.0.0.1.example.org") == "https://127.0.0.1.example.org"

@@ -61,8 +61,9 @@ def registry_binary() -> str:
 
 
 def start_registry(directory: Path, *, username: str | None = None, password: str | None = None,
-                   notifications: dict | None = None) -> Registry:
-    """Start a registry storing under ``directory``; with Basic auth (htpasswd) if a username is given."""
+                   notifications: dict | None = None, token: dict | None = None) -> Registry:
+    """Start a registry storing under ``directory``; with Basic auth (htpasswd) if a username is given,
+    with Bearer-token auth if ``token`` (realm, service, issuer, rootcertbundle) is given."""
     import json
 
     import bcrypt
@@ -79,6 +80,8 @@ def start_registry(directory: Path, *, username: str | None = None, password: st
         hashed = bcrypt.hashpw((password or "").encode(), bcrypt.gensalt(rounds=5)).decode()
         (directory / "htpasswd").write_text(f"{username}:{hashed}\n")
         config["auth"] = {"htpasswd": {"realm": "ducc-test", "path": str(directory / "htpasswd")}}
+    if token:
+        config["auth"] = {"token": token}
     if notifications:
         config["notifications"] = notifications
     config_path = directory / "config.yml"
