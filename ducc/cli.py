@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import threading
 import time
@@ -28,6 +29,8 @@ examples:
   ducc check-wishlist wishlist.yaml
   ducc sync wishlist.yaml --root /srv/cvmfs/unpacked
   ducc list --root /srv/cvmfs/unpacked
+  ducc serve --root /srv/cvmfs/unpacked --wishlist wishlist.yaml   # everything, one machine
+  ducc submit ubuntu:24.04 && ducc status ubuntu:24.04 --wait 600
 
 Settings come from DUCC_* environment variables; see the README.
 """
@@ -132,7 +135,8 @@ def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
 
     wishes = _load_wishlist(args.wishlist)
     converter = build_converter(settings, root=args.root, progress=_progress(args))
-    report = sync(wishes, converter.client, converter.convert, concurrency=settings.sync_concurrency)
+    report = sync(wishes, converter.client, converter.convert, concurrency=settings.sync_concurrency,
+                  per_registry=settings.registry_concurrency)
     counts: dict[str, int] = {}
     for result in report.results:
         counts[result.state] = counts.get(result.state, 0) + 1
@@ -223,6 +227,118 @@ def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+JOB_ID = re.compile(r"^[0-9a-f]{8,16}-[0-9a-f]{10}$")
+EXIT_PENDING = 75  # EX_TEMPFAIL: not finished yet
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    from ducc.services import build_queue
+
+    queue = build_queue(settings)
+    platform = _platform(args, settings)
+    for text in args.images:
+        ref = Reference.parse(text)
+        job_id, into = queue.submit(str(ref), str(platform), "cli")
+        note = f" (coalesced into {into})" if into else ""
+        print(f"{ref} ({platform}): job {job_id}{note}", file=sys.stderr)
+        print(job_id)
+    return 0
+
+
+def _print_job(job) -> None:  # type: ignore[no-untyped-def]
+    print(f"job {job.id}: {job.image} ({job.platform}) from {job.source}: {job.state.upper()}")
+    for event in job.events:
+        suffix = f" [{event['job']}]" if event.get("job") else ""
+        print(f"  {_when(event['at'])}  {event['state']:<11} {event.get('detail', '')}{suffix}")
+    if job.bytes:
+        print(f"  bytes fetched so far: {job.bytes}")
+    if job.error:
+        print(f"  error: {job.error}" + (" (temporary)" if job.temporary else ""))
+    if job.result.get("path"):
+        print(f"  path: {job.result['path']}")
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from ducc.services import build_job_store, build_publisher
+
+    jobs = build_job_store(settings)
+    deadline = time.monotonic() + (args.wait or 0)
+    platform = _platform(args, settings)
+    while True:
+        if JOB_ID.match(args.target):
+            job = jobs.get(args.target)
+        else:
+            ref = Reference.parse(args.target)
+            found = [j for j in jobs.for_image(str(ref)) if j.platform == str(platform)]
+            job = found[0] if found else None
+            if job is None:
+                record = build_publisher(settings, args.root).read_record(ref, platform)
+                if record is not None:
+                    print(f"{ref} ({platform}) is published (no job on record): config {record.config_digest.short}")
+                    return 0
+        if job is None:
+            print(f"ducc: no job or published image for {args.target}", file=sys.stderr)
+            return 1
+        if job.finished or time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
+    _print_job(job)
+    if job.state == "published":
+        return 0
+    return 1 if job.state == "failed" else EXIT_PENDING
+
+
+def cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
+    from ducc.services import build_job_store
+
+    for job in build_job_store(settings).recent_jobs(args.limit):
+        took = f"{job.updated_at - job.received_at:7.1f}s"
+        print(f"{job.id}  {_when(job.received_at)}  {job.state:<10} {took}  {job.source:<9} {job.image} ({job.platform})"
+              + (f"  -> {job.coalesced_into}" if job.coalesced_into else "")
+              + (f"  {job.error}" if job.error else ""))
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from ducc.broker import create_celery
+    from ducc.tasks import register
+
+    app = register(create_celery(settings), settings)
+    concurrency = args.concurrency or settings.worker_concurrency
+    app.worker_main(["worker", f"--loglevel={settings.log_level}", f"--concurrency={concurrency}", "-Q", "ducc",
+                     "--without-gossip", "--without-mingle", "-n", args.name])
+    return 0
+
+
+def cmd_beat(args: argparse.Namespace, settings: Settings) -> int:
+    from ducc.broker import create_celery
+
+    app = create_celery(settings)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    app.start(["beat", f"--loglevel={settings.log_level}", "--schedule", str(settings.state_dir / "beat-schedule")])
+    return 0
+
+
+def cmd_web(args: argparse.Namespace, settings: Settings) -> int:
+    import os
+
+    listen = args.listen or settings.listen
+    os.execvp(sys.executable, [sys.executable, "-m", "gunicorn", "--bind", listen, "--workers", str(args.workers),
+                               "--access-logfile", "-", "--graceful-timeout", "10", "webhooks.wsgi:app"])
+    return 0  # pragma: no cover - exec does not return
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from ducc.embedded import serve
+
+    return serve(settings, root=args.root or settings.root, wishlist=args.wishlist or settings.wishlist,
+                 web=not args.no_web)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ducc",
@@ -258,6 +374,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-expand", action="store_true", help="do not ask registries for tags")
     p.set_defaults(func=cmd_check_wishlist)
 
+    p = sub.add_parser("serve", help="run the whole service on this machine (Redis, worker, beat, web)",
+                       description="Run everything in one command: an embedded Redis under DUCC_STATE_DIR unless "
+                       "DUCC_REDIS_URL is set, a worker, the scheduler (nightly wishlist sync) and the web app.")
+    with_root(p)
+    p.add_argument("--wishlist", type=Path, help="wishlist to sync on DUCC_SYNC_SCHEDULE (default $DUCC_WISHLIST)")
+    p.add_argument("--no-web", action="store_true", help="do not run the web app")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("submit", help="queue conversions; prints one job id per image")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--platform", type=_platform_arg)
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("status", help="the timeline of a job (by id) or of an image's latest job",
+                       description="Exit status: 0 published, 1 failed or unknown, 75 not finished yet.")
+    p.add_argument("target", metavar="JOB_ID|IMAGE")
+    p.add_argument("--wait", type=float, default=0, metavar="SECONDS", help="wait up to SECONDS for the job to finish")
+    p.add_argument("--platform", type=_platform_arg)
+    with_root(p)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("jobs", help="recent jobs, newest first")
+    p.add_argument("--limit", type=int, default=30)
+    p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("worker", help="run a conversion worker (production; needs DUCC_REDIS_URL)")
+    p.add_argument("--concurrency", type=int, help="conversions at once (default $DUCC_WORKER_CONCURRENCY)")
+    p.add_argument("--name", default="ducc@%h", help="worker node name")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("beat", help="run the scheduler: wishlist sync on DUCC_SYNC_SCHEDULE, reconciliation")
+    p.set_defaults(func=cmd_beat)
+
+    p = sub.add_parser("web", help="run the web app under gunicorn on DUCC_LISTEN")
+    p.add_argument("--listen", help="host:port (default $DUCC_LISTEN)")
+    p.add_argument("--workers", type=int, default=2)
+    p.set_defaults(func=cmd_web)
+
     p = sub.add_parser("list", help="list published images")
     with_root(p)
     p.set_defaults(func=cmd_list)
@@ -284,6 +438,9 @@ def main(argv: list[str] | None = None) -> int:
     except DuccError as exc:
         print(f"ducc: {exc}", file=sys.stderr)
         return 1
+    except ValueError as exc:  # settings that do not make sense, e.g. no DUCC_REDIS_URL for submit
+        print(f"ducc: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("ducc: interrupted; nothing half-published (staging is cleaned on the next run)", file=sys.stderr)
         return 130

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -111,6 +113,18 @@ def fetch_image(client: RegistryClient, ref: Reference, platform: Platform, tag_
     return Image(ref, platform, tag_digest, manifest, config)
 
 
+class LocalLocks:
+    """One lock per layer digest within this process (the service passes Redis leases instead)."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[Digest, threading.Lock] = {}
+
+    def __call__(self, digest: Digest) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(digest, threading.Lock())
+
+
 class Converter:
     """Converts references into one repository. Collaborators are passed in (see ``ducc.services``)."""
 
@@ -123,6 +137,7 @@ class Converter:
         progress: Progress | None = None,
         parallel_layers: int = 3,
         flat_hooks: Sequence[FlatHook] = (add_singularity,),
+        layer_lock: Callable[[Digest], AbstractContextManager[object]] | None = None,
     ) -> None:
         self.client = client
         self.publisher = publisher
@@ -130,37 +145,53 @@ class Converter:
         self.progress = progress or LogProgress()
         self.parallel_layers = max(1, parallel_layers)
         self.flat_hooks = tuple(flat_hooks)
+        self.layer_lock = layer_lock or LocalLocks()
 
     # -- the use case --------------------------------------------------------------------
 
-    def convert(self, ref: Reference, platform: Platform = DEFAULT_PLATFORM, *, force: bool = False) -> ConversionResult:
-        started = time.monotonic()
-        self.progress.stage(ref, "resolving")
+    def is_current(self, ref: Reference, platform: Platform = DEFAULT_PLATFORM) -> tuple[bool, Digest]:
+        """Whether ``ref`` is published at the digest the registry serves now (one manifest HEAD)."""
         tag_digest = self.client.resolve(ref)
-        result = ConversionResult(ref, platform, "published", tag_digest=tag_digest,
-                                  path=str(layout.tag_link(ref, platform)))
         record = self.publisher.read_record(ref, platform)
-        if (
-            not force
-            and record is not None
+        current = (
+            record is not None
             and record.tag_digest == tag_digest
             and self.publisher.has_flat(record.config_digest)
-        ):
+        )
+        return current, tag_digest
+
+    def convert(
+        self,
+        ref: Reference,
+        platform: Platform = DEFAULT_PLATFORM,
+        *,
+        force: bool = False,
+        progress: Progress | None = None,
+    ) -> ConversionResult:
+        """Publish ``ref`` for ``platform`` unless it is already current; see the module docstring."""
+        progress = progress or self.progress
+        started = time.monotonic()
+        progress.stage(ref, "resolving")
+        current, tag_digest = self.is_current(ref, platform)
+        result = ConversionResult(ref, platform, "published", tag_digest=tag_digest,
+                                  path=str(layout.tag_link(ref, platform)))
+        if current and not force:
+            record = self.publisher.read_record(ref, platform)
             result.state = "unchanged"
-            result.config_digest = record.config_digest
+            result.config_digest = record.config_digest if record else None
             result.seconds = time.monotonic() - started
-            self.progress.stage(ref, "unchanged", f"{tag_digest.short} already published")
+            progress.stage(ref, "unchanged", f"{tag_digest.short} already published")
             return result
 
         image = fetch_image(self.client, ref, platform, tag_digest)
         result.config_digest = image.config.digest
         with self.publisher.staging() as stage:
-            self._publish_layers(image, stage, result)
+            self._publish_layers(image, stage, result, progress)
             with self.publisher.transaction(ref) as txn:
                 if self.publisher.has_flat(image.config.digest):
                     result.flat_reused = True
                 else:
-                    self.progress.stage(ref, "flattening")
+                    progress.stage(ref, "flattening")
                     flat = stage / "flat"
                     flat.mkdir()
                     flatten([self.publisher.layer_source(d.digest) for d, _ in image.layers], flat)
@@ -168,11 +199,11 @@ class Converter:
                         hook(flat, image.config)
                     (flat / layout.CATALOG).touch(mode=0o644)
                     txn.add_flat(image.config.digest, flat)
-                self.progress.stage(ref, "publishing")
+                progress.stage(ref, "publishing")
                 txn.point_tag(ref, platform, image.config.digest)
                 txn.write_record(ref, platform, self._record_files(image))
         result.seconds = time.monotonic() - started
-        self.progress.stage(
+        progress.stage(
             ref, "published",
             f"{result.layers_unpacked} layers unpacked, {result.layers_reused} reused, "
             f"flat {'reused' if result.flat_reused else 'built'}, {result.seconds:.1f}s",
@@ -181,7 +212,7 @@ class Converter:
 
     # -- layers --------------------------------------------------------------------------
 
-    def _publish_layers(self, image: Image, stage: Path, result: ConversionResult) -> None:
+    def _publish_layers(self, image: Image, stage: Path, result: ConversionResult, progress: Progress) -> None:
         missing: dict[Digest, tuple[Descriptor, Digest]] = {}
         for descriptor, diff_id in image.layers:
             if self.publisher.has_layer(descriptor.digest):
@@ -190,51 +221,75 @@ class Converter:
                 missing[descriptor.digest] = (descriptor, diff_id)
         if not missing:
             return
-        self.progress.stage(image.reference, "fetching", f"{len(missing)} of {len(image.layers)} layers")
+        progress.stage(image.reference, "fetching", f"{len(missing)} of {len(image.layers)} layers")
         reports: dict[Digest, LayerReport] = {}
         with ThreadPoolExecutor(max_workers=min(self.parallel_layers, len(missing))) as pool:
             futures = {
-                digest: pool.submit(self._unpack_with_retries, image.reference, descriptor, diff_id, stage)
+                digest: pool.submit(self._obtain_layer, image.reference, descriptor, diff_id, stage, progress)
                 for digest, (descriptor, diff_id) in missing.items()
             }
             errors = []
             for digest, future in futures.items():
                 try:
-                    reports[digest], fetched = future.result()
-                    result.bytes_fetched += fetched
+                    report, fetched = future.result()
                 except BaseException as exc:  # collected so every worker finishes before staging is removed
                     errors.append(exc)
+                    continue
+                result.bytes_fetched += fetched
+                if report is None:
+                    result.layers_reused += 1
+                else:
+                    reports[digest] = report
+                    result.layers_unpacked += 1
+                    result.skipped_entries.extend(report.skipped)
             if errors:
                 raise errors[0]
 
-        # Hardlinks into lower layers need those layers whole: resolve base first, then publish.
+        # Hardlinks into lower layers need those layers whole: resolve them base first, then publish.
+        progress.stage(image.reference, "unpacking", f"{len(reports)} layers verified and published")
         lowers: list[Path] = []
-        with self.publisher.transaction(image.reference) as txn:
-            for descriptor, _ in image.layers:
-                digest = descriptor.digest
-                if digest in reports:
-                    staged = stage / digest.hex
-                    report = reports.pop(digest)
-                    if report.pending:
-                        resolve_lower_links(staged / "layerfs", report.pending, lowers)
-                    if report.skipped:
-                        shown = ", ".join(report.skipped[:6]) + (", ..." if len(report.skipped) > 6 else "")
-                        log.warning(
-                            "%s: layer %s: skipped %d device nodes/FIFOs (an unprivileged writer cannot publish them): %s",
-                            image.reference, digest.short, len(report.skipped), shown,
-                        )
-                    result.skipped_entries.extend(report.skipped)
-                    txn.add_layer(digest, staged)
-                    result.layers_unpacked += 1
-                lowers.append(self.publisher.layer_source(digest))
+        for descriptor, _ in image.layers:
+            report = reports.get(descriptor.digest)
+            if report is not None and report.pending and not self.publisher.has_layer(descriptor.digest):
+                resolve_lower_links(stage / descriptor.digest.hex / "layerfs", report.pending, lowers)
+                self._commit_layer(image.reference, descriptor.digest, stage, report)
+            lowers.append(self.publisher.layer_source(descriptor.digest))
+
+    def _obtain_layer(
+        self, ref: Reference, descriptor: Descriptor, diff_id: Digest, stage: Path, progress: Progress
+    ) -> tuple[LayerReport | None, int]:
+        """Unpack one layer unless another conversion publishes it first (None: reused).
+
+        The layer lock makes concurrent conversions that share a layer fetch it once: the
+        second waits, then finds it published. A layer whose hardlinks reach into lower
+        layers is published later, base first, by the caller.
+        """
+        digest = descriptor.digest
+        with self.layer_lock(digest):
+            if self.publisher.has_layer(digest):
+                return None, 0
+            report, fetched = self._unpack_with_retries(ref, descriptor, diff_id, stage, progress)
+            if not report.pending:
+                self._commit_layer(ref, digest, stage, report)
+            return report, fetched
+
+    def _commit_layer(self, ref: Reference, digest: Digest, stage: Path, report: LayerReport) -> None:
+        if report.skipped:
+            shown = ", ".join(report.skipped[:6]) + (", ..." if len(report.skipped) > 6 else "")
+            log.warning(
+                "%s: layer %s: skipped %d device nodes/FIFOs (an unprivileged writer cannot publish them): %s",
+                ref, digest.short, len(report.skipped), shown,
+            )
+        with self.publisher.transaction(ref) as txn:
+            txn.add_layer(digest, stage / digest.hex)
 
     def _unpack_with_retries(
-        self, ref: Reference, descriptor: Descriptor, diff_id: Digest, stage: Path
+        self, ref: Reference, descriptor: Descriptor, diff_id: Digest, stage: Path, progress: Progress
     ) -> tuple[LayerReport, int]:
         attempts = max(1, self.client.retry.attempts)
         for attempt in range(attempts):
             try:
-                return self._unpack(ref, descriptor, diff_id, stage)
+                return self._unpack(ref, descriptor, diff_id, stage, progress)
             except RegistryUnavailable as exc:
                 if attempt + 1 == attempts:
                     raise
@@ -243,7 +298,9 @@ class Converter:
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
-    def _unpack(self, ref: Reference, descriptor: Descriptor, diff_id: Digest, stage: Path) -> tuple[LayerReport, int]:
+    def _unpack(
+        self, ref: Reference, descriptor: Descriptor, diff_id: Digest, stage: Path, progress: Progress
+    ) -> tuple[LayerReport, int]:
         """Stream one blob through both digest checks into ``stage/<hex>/layerfs``."""
         digest = descriptor.digest
         staged = stage / digest.hex
@@ -259,7 +316,7 @@ class Converter:
             fetched += len(chunk)
             if writer is not None:
                 writer.write(chunk)
-            self.progress.layer(digest, fetched, descriptor.size)
+            progress.layer(digest, fetched, descriptor.size)
 
         try:
             if cached is not None:

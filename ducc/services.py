@@ -3,12 +3,19 @@ the workers and the web app) so every process is wired the same way; no module k
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from pathlib import Path
 
+import redis
+
+from ducc.broker import build_redis, create_celery
 from ducc.cache import BlobCache
 from ducc.convert import Converter
+from ducc.jobs import JobStore
+from ducc.model.digest import Digest
 from ducc.progress import LogProgress, Progress
 from ducc.publish.directory import DirectoryPublisher
+from ducc.queue import Queue
 from ducc.registry.auth import ChainKeychain, DockerConfigKeychain, EnvKeychain, Keychain
 from ducc.registry.client import RegistryClient, RetryPolicy
 from ducc.settings import Settings
@@ -31,8 +38,31 @@ def build_client(settings: Settings) -> RegistryClient:
     )
 
 
-def build_publisher(settings: Settings, root: Path | None = None) -> DirectoryPublisher:
-    return DirectoryPublisher(root or settings.root, durable=settings.fsync)
+def build_publisher(
+    settings: Settings, root: Path | None = None, redis_client: redis.Redis | None = None
+) -> DirectoryPublisher:
+    root = (root or settings.root).resolve()
+    lock = None
+    if redis_client is not None:
+        from ducc.locks import lease
+
+        client = redis_client
+
+        def lock() -> AbstractContextManager[None]:  # writes into one repository are serialised across hosts
+            return lease(client, f"publish:{root}", seconds=60)
+
+    return DirectoryPublisher(root, durable=settings.fsync, lock=lock)
+
+
+def build_job_store(settings: Settings, redis_client: redis.Redis | None = None) -> JobStore:
+    return JobStore(redis_client or build_redis(settings), ttl=settings.job_ttl)
+
+
+def build_queue(settings: Settings, redis_client: redis.Redis | None = None) -> Queue:
+    """What submitters (the CLI, the web app) need: the job store and a way to send tasks, no converter."""
+    client = redis_client or build_redis(settings)
+    app = create_celery(settings)
+    return Queue(client, JobStore(client, ttl=settings.job_ttl), lambda name, args: app.send_task(name, args=args))
 
 
 def build_converter(
@@ -41,12 +71,23 @@ def build_converter(
     root: Path | None = None,
     client: RegistryClient | None = None,
     progress: Progress | None = None,
+    redis_client: redis.Redis | None = None,
 ) -> Converter:
     cache = BlobCache(settings.cache_dir / "blobs", settings.cache_max_bytes) if settings.cache_dir else None
+    layer_lock = None
+    if redis_client is not None:
+        from ducc.locks import lease
+
+        shared = redis_client
+
+        def layer_lock(digest: Digest) -> AbstractContextManager[None]:  # one fetch per layer across workers
+            return lease(shared, f"layer:{digest}", seconds=60)
+
     return Converter(
         client or build_client(settings),
-        build_publisher(settings, root),
+        build_publisher(settings, root, redis_client),
         cache=cache,
         progress=progress or LogProgress(),
         parallel_layers=settings.parallel_layers,
+        layer_lock=layer_lock,
     )

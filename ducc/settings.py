@@ -13,6 +13,16 @@
 | DUCC_REGISTRY_USER / _PASSWORD(_FILE) / _HOSTS | credentials and the hosts they are for | |
 | DOCKER_CONFIG | directory of a Docker ``config.json`` to take credentials from | ``~/.docker`` |
 | DUCC_FSYNC | ``1``: flush the filesystem before each record (power-loss safety) | off |
+| DUCC_REDIS_URL | broker, locks and job status; unset: ``ducc serve`` runs its own Redis | |
+| DUCC_STATE_DIR | embedded Redis data, beat schedule | ``$XDG_STATE_HOME/ducc`` |
+| DUCC_WISHLIST | wishlist the scheduled sync reads | |
+| DUCC_SYNC_SCHEDULE | cron expression of the wishlist sync | ``0 3 * * *`` |
+| DUCC_LISTEN | address of the web app | ``127.0.0.1:8080`` |
+| DUCC_WORKER_CONCURRENCY | conversions one worker runs at once | 2 |
+| DUCC_REGISTRY_CONCURRENCY | manifest checks at once per registry during a sync | 8 |
+| DUCC_JOB_RETRY_BASE | seconds before the first retry of a temporary failure (doubling, at most 1 h) | 30 |
+| DUCC_JOB_MAX_ATTEMPTS | attempts of a job before it fails for good | 8 |
+| DUCC_JOB_TTL | seconds job records are kept | 14 days |
 | DUCC_LOG_LEVEL | ``DEBUG`` ``INFO`` ``WARNING`` | ``INFO`` |
 """
 
@@ -28,6 +38,10 @@ from ducc.model.manifest import Platform
 
 def _data_home(env: Mapping[str, str]) -> Path:
     return Path(env.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+
+
+def _state_home(env: Mapping[str, str]) -> Path:
+    return Path(env.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
 
 
 def _cache_home(env: Mapping[str, str]) -> Path:
@@ -56,6 +70,16 @@ class Settings:
     retry_attempts: int
     log_level: str
     fsync: bool = False
+    redis_url: str | None = None
+    state_dir: Path = Path("/var/lib/ducc")
+    wishlist: Path | None = None
+    sync_schedule: str = "0 3 * * *"
+    listen: str = "127.0.0.1:8080"
+    worker_concurrency: int = 2
+    registry_concurrency: int = 8
+    job_ttl: int = 14 * 86400
+    job_retry_base: int = 30
+    job_max_attempts: int = 8
     env: Mapping[str, str] = field(repr=False, default_factory=dict)
 
     @classmethod
@@ -75,5 +99,15 @@ class Settings:
             retry_attempts=_int(env, "DUCC_RETRY_ATTEMPTS", 5),
             log_level=(env.get("DUCC_LOG_LEVEL") or "INFO").upper(),
             fsync=env.get("DUCC_FSYNC", "").lower() in ("1", "true", "yes", "on"),
+            redis_url=env.get("DUCC_REDIS_URL") or None,
+            state_dir=Path(env.get("DUCC_STATE_DIR") or _state_home(env) / "ducc"),
+            wishlist=Path(env["DUCC_WISHLIST"]) if env.get("DUCC_WISHLIST") else None,
+            sync_schedule=env.get("DUCC_SYNC_SCHEDULE") or "0 3 * * *",
+            listen=env.get("DUCC_LISTEN") or "127.0.0.1:8080",
+            worker_concurrency=_int(env, "DUCC_WORKER_CONCURRENCY", 2),
+            registry_concurrency=_int(env, "DUCC_REGISTRY_CONCURRENCY", 8),
+            job_ttl=_int(env, "DUCC_JOB_TTL", 14 * 86400),
+            job_retry_base=_int(env, "DUCC_JOB_RETRY_BASE", 30),
+            job_max_attempts=_int(env, "DUCC_JOB_MAX_ATTEMPTS", 8),
             env=env,
         )

@@ -9,6 +9,7 @@ go on; the report lists every outcome.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class SyncReport:
     results: list[ConversionResult] = field(default_factory=list)
+    outcomes: list[tuple[str, str]] = field(default_factory=list)  # (image, what happened)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (what, why)
 
     @property
@@ -59,28 +61,63 @@ def plan(wishlist: Wishlist, client: RegistryClient, report: SyncReport) -> list
     return work
 
 
+def check_all(
+    wishlist: Wishlist,
+    client: RegistryClient,
+    check: Callable[[Reference, Platform], str],
+    *,
+    per_registry: int = 8,
+    total: int = 16,
+) -> SyncReport:
+    """Run ``check`` for every planned image: at most ``per_registry`` at once against one registry
+    (registries rate-limit), ``total`` at once overall. One image failing never stops the others."""
+    report = SyncReport()
+    work = plan(wishlist, client, report)
+    log.info("wishlist: %d images to check", len(work))
+    limits: dict[str, threading.BoundedSemaphore] = {}
+    for ref, _ in work:
+        limits.setdefault(ref.api_host, threading.BoundedSemaphore(max(1, per_registry)))
+    lock = threading.Lock()
+
+    def one(item: tuple[Reference, Platform]) -> None:
+        ref, platform = item
+        try:
+            with limits[ref.api_host]:
+                outcome = check(ref, platform)
+            with lock:
+                report.outcomes.append((f"{ref} ({platform})", outcome))
+        except DuccError as exc:
+            log.error("%s (%s): %s", ref, platform, exc)
+            with lock:
+                report.failures.append((f"{ref} ({platform})", str(exc)))
+        except Exception as exc:  # one broken image must not stop the others
+            log.exception("%s (%s): unexpected error", ref, platform)
+            with lock:
+                report.failures.append((f"{ref} ({platform})", f"{exc.__class__.__name__}: {exc}"))
+
+    with ThreadPoolExecutor(max_workers=max(1, total)) as pool:
+        list(pool.map(one, work))
+    return report
+
+
 def sync(
     wishlist: Wishlist,
     client: RegistryClient,
     convert: Callable[[Reference, Platform], ConversionResult],
     *,
     concurrency: int = 4,
+    per_registry: int = 8,
 ) -> SyncReport:
-    report = SyncReport()
-    work = plan(wishlist, client, report)
-    log.info("wishlist: %d images to check", len(work))
+    """Convert what changed, inline (the ``ducc sync`` command); the service queues instead (``ducc.tasks``)."""
+    results: list[ConversionResult] = []
+    lock = threading.Lock()
 
-    def one(item: tuple[Reference, Platform]) -> None:
-        ref, platform = item
-        try:
-            report.results.append(convert(ref, platform))
-        except DuccError as exc:
-            log.error("%s (%s): %s", ref, platform, exc)
-            report.failures.append((f"{ref} ({platform})", str(exc)))
-        except Exception as exc:  # one broken image must not stop the others
-            log.exception("%s (%s): unexpected error", ref, platform)
-            report.failures.append((f"{ref} ({platform})", f"{exc.__class__.__name__}: {exc}"))
+    def check(ref: Reference, platform: Platform) -> str:
+        result = convert(ref, platform)
+        with lock:
+            results.append(result)
+        return result.state
 
-    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        list(pool.map(one, work))
+    report = check_all(wishlist, client, check, per_registry=per_registry, total=concurrency)
+    report.results = results
     return report

@@ -14,8 +14,8 @@ import fcntl
 import logging
 import os
 import secrets
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path, PurePosixPath
 
 from ducc import layout
@@ -103,8 +103,15 @@ class DirectoryPublisher:
     makes it safe against a power loss: the filesystem is flushed before each record.
     """
 
-    def __init__(self, root: Path, *, durable: bool = False) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        durable: bool = False,
+        lock: Callable[[], AbstractContextManager[None]] | None = None,
+    ) -> None:
         self.durable = durable
+        self._lock = lock
         root.mkdir(parents=True, exist_ok=True)
         self.root = root.resolve()
         self.name = str(self.root)
@@ -187,13 +194,16 @@ class DirectoryPublisher:
 
     @contextmanager
     def transaction(self, ref: Reference) -> Iterator[DirectoryTransaction]:
+        """Writers are serialised by an flock on the root (one host) and, where the service passes
+        one, a Redis lease (many hosts sharing the root)."""
         self._staging_root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self._staging_root / "publish.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield DirectoryTransaction(self)
-        finally:
-            os.close(fd)
+        with self._lock() if self._lock else nullcontext():
+            fd = os.open(self._staging_root / "publish.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield DirectoryTransaction(self)
+            finally:
+                os.close(fd)
 
     def published(self) -> Iterator[tuple[str, Path]]:
         for dirpath, dirnames, filenames in os.walk(self.root):

@@ -1,0 +1,200 @@
+"""Job status in Redis: every request's id and timeline (DESIGN §10), queryable by id or image.
+
+A job is a hash ``ducc:job:<id>`` plus a list of timeline events
+``ducc:job:<id>:events``; both expire (``ttl``) so Redis never fills up, and
+both are rebuilt from nothing if Redis is lost (the repository stays the
+source of truth for what is published).
+
+States, in order: received, queued, resolving, fetching, unpacking,
+flattening, publishing, then published or failed (retrying in between for
+temporary errors). A request coalesced onto another job records
+``coalesced_into`` and reports that job's state and outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+FINAL_STATES = frozenset({"published", "failed"})
+ACTIVE_STATES = frozenset({"resolving", "fetching", "unpacking", "flattening", "publishing"})
+PREFIX = "ducc"
+
+
+def new_job_id() -> str:
+    """Sortable by time, unguessable: ``<ms since epoch, hex>-<random>``."""
+    return f"{int(time.time() * 1000):x}-{secrets.token_hex(5)}"
+
+
+def image_key(image: str, platform: str) -> str:
+    return f"{image}|{platform}"
+
+
+@dataclass
+class Job:
+    id: str
+    image: str
+    platform: str
+    source: str
+    state: str
+    received_at: float
+    updated_at: float
+    error: str = ""
+    temporary: bool = False
+    attempts: int = 0
+    bytes: int = 0
+    coalesced_into: str = ""
+    result: dict[str, Any] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINAL_STATES
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "image": self.image, "platform": self.platform, "source": self.source,
+            "state": self.state, "received_at": self.received_at, "updated_at": self.updated_at,
+            "error": self.error or None, "temporary": self.temporary, "attempts": self.attempts,
+            "bytes": self.bytes, "coalesced_into": self.coalesced_into or None, "result": self.result,
+            "timeline": self.events,
+        }
+
+
+class JobStore:
+    """Reads and writes job records; one instance per process, built by ``ducc.services``."""
+
+    def __init__(self, client: redis.Redis, *, ttl: int = 14 * 86400, recent: int = 1000) -> None:
+        self.redis = client
+        self.ttl = ttl
+        self.recent = recent
+
+    def _key(self, job_id: str) -> str:
+        return f"{PREFIX}:job:{job_id}"
+
+    # -- writing ------------------------------------------------------------------------
+
+    def create(self, image: str, platform: str, source: str, job_id: str | None = None) -> str:
+        job_id = job_id or new_job_id()
+        now = time.time()
+        pipe = self.redis.pipeline()
+        pipe.hset(self._key(job_id), mapping={
+            "id": job_id, "image": image, "platform": platform, "source": source,
+            "state": "received", "received_at": now, "updated_at": now,
+        })
+        pipe.rpush(self._key(job_id) + ":events", json.dumps({"state": "received", "at": now, "detail": source}))
+        pipe.expire(self._key(job_id), self.ttl)
+        pipe.expire(self._key(job_id) + ":events", self.ttl)
+        pipe.zadd(f"{PREFIX}:jobs:recent", {job_id: now})
+        pipe.zremrangebyrank(f"{PREFIX}:jobs:recent", 0, -self.recent - 1)
+        pipe.lpush(f"{PREFIX}:jobs:image:{image}", job_id)
+        pipe.ltrim(f"{PREFIX}:jobs:image:{image}", 0, 49)
+        pipe.expire(f"{PREFIX}:jobs:image:{image}", self.ttl)
+        pipe.execute()
+        return job_id
+
+    def event(self, job_id: str, state: str, detail: str = "", **fields: Any) -> None:
+        """Append a timeline event and move the job to ``state``."""
+        now = time.time()
+        mapping: dict[str, str | int | float] = {"state": state, "updated_at": now}
+        for name, value in fields.items():
+            if isinstance(value, (dict, list)):
+                mapping[name] = json.dumps(value)
+            else:
+                mapping[name] = value if isinstance(value, (int, float)) else str(value)
+        pipe = self.redis.pipeline()
+        pipe.hset(self._key(job_id), mapping=mapping)  # type: ignore[arg-type]  # redis-py's Mapping key is invariant
+        pipe.rpush(self._key(job_id) + ":events", json.dumps({"state": state, "at": now, "detail": detail}))
+        pipe.expire(self._key(job_id), self.ttl)
+        pipe.expire(self._key(job_id) + ":events", self.ttl)
+        pipe.execute()
+
+    def set_bytes(self, job_id: str, count: int) -> None:
+        self.redis.hset(self._key(job_id), mapping={"bytes": count, "updated_at": time.time()})
+
+    def coalesce(self, job_id: str, into: str) -> None:
+        self.event(job_id, "queued", f"coalesced into {into} (same image already queued)", coalesced_into=into)
+
+    # -- reading ------------------------------------------------------------------------
+
+    def get(self, job_id: str, *, follow: bool = True) -> Job | None:
+        """The job; a coalesced job reports the state, outcome and timeline of the job it joined."""
+        raw = self.redis.hgetall(self._key(job_id))
+        if not raw:
+            return None
+        job = self._decode({str(k): str(v) for k, v in raw.items()})
+        job.events = [json.loads(e) for e in self.redis.lrange(self._key(job_id) + ":events", 0, -1)]
+        if follow and job.coalesced_into:
+            target = self.get(job.coalesced_into, follow=True)
+            if target is not None:
+                job.state, job.error, job.temporary = target.state, target.error, target.temporary
+                job.result, job.bytes, job.attempts = target.result, target.bytes, target.attempts
+                job.events = job.events + [dict(e, job=target.id) for e in target.events if e["state"] != "received"]
+        return job
+
+    def _decode(self, raw: dict[str, str]) -> Job:
+        return Job(
+            id=raw["id"], image=raw.get("image", ""), platform=raw.get("platform", ""), source=raw.get("source", ""),
+            state=raw.get("state", "received"), received_at=float(raw.get("received_at", 0)),
+            updated_at=float(raw.get("updated_at", 0)), error=raw.get("error", ""),
+            temporary=raw.get("temporary") in ("1", "True", "true"), attempts=int(raw.get("attempts", 0) or 0),
+            bytes=int(raw.get("bytes", 0) or 0), coalesced_into=raw.get("coalesced_into", ""),
+            result=json.loads(raw["result"]) if raw.get("result") else {},
+        )
+
+    def for_image(self, image: str) -> list[Job]:
+        jobs = (self.get(str(job_id)) for job_id in self.redis.lrange(f"{PREFIX}:jobs:image:{image}", 0, -1))
+        return [job for job in jobs if job is not None]
+
+    def recent_jobs(self, limit: int = 50) -> list[Job]:
+        ids = self.redis.zrevrange(f"{PREFIX}:jobs:recent", 0, limit - 1)
+        jobs = (self.get(str(job_id)) for job_id in ids)
+        return [job for job in jobs if job is not None]
+
+    def unfinished(self) -> Iterator[Job]:
+        """Jobs not yet published or failed (and not coalesced), oldest first: what reconciliation looks at."""
+        for job_id in self.redis.zrange(f"{PREFIX}:jobs:recent", 0, -1):
+            job = self.get(str(job_id), follow=False)
+            if job is not None and not job.finished and not job.coalesced_into:
+                yield job
+
+    # -- worker leases ------------------------------------------------------------------
+
+    def touch_lease(self, job_id: str, seconds: int) -> None:
+        """A running job renews this; when it lapses the worker is presumed dead."""
+        self.redis.set(f"{PREFIX}:lease:{job_id}", "1", ex=seconds)
+
+    def lease_alive(self, job_id: str) -> bool:
+        return bool(self.redis.exists(f"{PREFIX}:lease:{job_id}"))
+
+    def drop_lease(self, job_id: str) -> None:
+        self.redis.delete(f"{PREFIX}:lease:{job_id}")
+
+
+class JobProgress:
+    """Progress of a conversion recorded in its job's timeline (stages) and byte count (throttled)."""
+
+    def __init__(self, store: JobStore, job_id: str, interval: float = 1.0) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.interval = interval
+        self.layers: dict[object, int] = {}
+        self.last = 0.0
+
+    def stage(self, ref: object, stage: str, detail: str = "") -> None:
+        if stage in ("published", "unchanged"):
+            return  # the task records the outcome itself, with the result
+        self.store.event(self.job_id, stage, detail)
+
+    def layer(self, digest: object, done: int, total: int | None) -> None:
+        self.layers[digest] = done
+        now = time.monotonic()
+        if now - self.last >= self.interval or (total is not None and done >= total):
+            self.last = now
+            self.store.set_bytes(self.job_id, sum(self.layers.values()))
