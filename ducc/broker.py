@@ -57,7 +57,7 @@ def create_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         beat_schedule={
             "wishlist-sync": {"task": SYNC_TASK, "schedule": parse_cron(settings.sync_schedule)},
-            "reconcile": {"task": RECONCILE_TASK, "schedule": 30.0},
+            "reconcile": {"task": RECONCILE_TASK, "schedule": float(settings.job_lease)},
         },
         timezone="UTC",
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -186,6 +187,7 @@ class JobProgress:
         self.interval = interval
         self.layers: dict[object, int] = {}
         self.last = 0.0
+        self.lock = threading.Lock()  # layers report from several threads
 
     def stage(self, ref: object, stage: str, detail: str = "") -> None:
         if stage in ("published", "unchanged"):
@@ -193,8 +195,9 @@ class JobProgress:
         self.store.event(self.job_id, stage, detail)
 
     def layer(self, digest: object, done: int, total: int | None) -> None:
-        self.layers[digest] = done
-        now = time.monotonic()
-        if now - self.last >= self.interval or (total is not None and done >= total):
-            self.last = now
-            self.store.set_bytes(self.job_id, sum(self.layers.values()))
+        with self.lock:
+            self.layers[digest] = done
+            now = time.monotonic()
+            if now - self.last >= self.interval or (total is not None and done >= total):
+                self.last = now
+                self.store.set_bytes(self.job_id, sum(self.layers.values()))

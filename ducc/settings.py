@@ -22,6 +22,7 @@
 | DUCC_REGISTRY_CONCURRENCY | manifest checks at once per registry during a sync | 8 |
 | DUCC_JOB_RETRY_BASE | seconds before the first retry of a temporary failure (doubling, at most 1 h) | 30 |
 | DUCC_JOB_MAX_ATTEMPTS | attempts of a job before it fails for good | 8 |
+| DUCC_JOB_LEASE | seconds after which a silent worker's job is requeued (renewed every third) | 30 |
 | DUCC_JOB_TTL | seconds job records are kept | 14 days |
 | DUCC_LOG_LEVEL | ``DEBUG`` ``INFO`` ``WARNING`` | ``INFO`` |
 """
@@ -80,6 +81,7 @@ class Settings:
     job_ttl: int = 14 * 86400
     job_retry_base: int = 30
     job_max_attempts: int = 8
+    job_lease: int = 30
     env: Mapping[str, str] = field(repr=False, default_factory=dict)
 
     @classmethod
@@ -109,5 +111,6 @@ class Settings:
             job_ttl=_int(env, "DUCC_JOB_TTL", 14 * 86400),
             job_retry_base=_int(env, "DUCC_JOB_RETRY_BASE", 30),
             job_max_attempts=_int(env, "DUCC_JOB_MAX_ATTEMPTS", 8),
+            job_lease=max(3, _int(env, "DUCC_JOB_LEASE", 30)),
             env=env,
         )

@@ -38,9 +38,6 @@ from ducc.settings import Settings
 
 log = logging.getLogger(__name__)
 
-JOB_LEASE = 30  # seconds a running job's lease lasts without renewal
-
-
 @dataclass
 class Runtime:
     """The collaborators of one worker process, built on first use from settings (``ducc.services``)."""
@@ -67,13 +64,13 @@ class Runtime:
         return build_converter(self.settings, redis_client=self.redis)
 
 
-def _heartbeat(jobs: JobStore, job_id: str, stop: threading.Event) -> None:
+def _heartbeat(jobs: JobStore, job_id: str, seconds: int, stop: threading.Event) -> None:
     while True:
         try:
-            jobs.touch_lease(job_id, JOB_LEASE)
+            jobs.touch_lease(job_id, seconds)
         except redis.RedisError as exc:
             log.warning("job %s: cannot renew its lease: %s", job_id, exc)
-        if stop.wait(JOB_LEASE / 3):
+        if stop.wait(seconds / 3):
             return
 
 
@@ -91,7 +88,7 @@ def run_conversion(rt: Runtime, job_id: str, task: Task) -> str:
     with lease(rt.redis, f"image:{image_key(job.image, job.platform)}", seconds=60):
         rt.queue.started(job_id, job.image, job.platform)
         stop = threading.Event()
-        beat = threading.Thread(target=_heartbeat, args=(rt.jobs, job_id, stop), daemon=True)
+        beat = threading.Thread(target=_heartbeat, args=(rt.jobs, job_id, rt.settings.job_lease, stop), daemon=True)
         beat.start()
         attempts = job.attempts + 1
         try:
@@ -168,7 +165,7 @@ def run_sync(rt: Runtime) -> dict[str, Any]:
 
 def run_reconcile(rt: Runtime) -> int:
     """Requeue jobs whose worker died; returns how many."""
-    if not try_lease(rt.redis, "reconcile", 10):
+    if not try_lease(rt.redis, "reconcile", max(1, rt.settings.job_lease // 3)):
         return 0
     requeued = 0
     now = time.time()

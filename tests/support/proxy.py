@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -143,7 +144,14 @@ class FaultProxy:
         h.send_header("Content-Length", announced if h.command == "HEAD" and announced else str(len(data)))
         h.end_headers()
         if h.command != "HEAD":
-            h.wfile.write(data)
+            if rule is not None and rule.action == "slow":
+                # keep_bytes per 0.1 s: a slow link, so tests can act in the middle of a download
+                for offset in range(0, len(data), max(1, rule.keep_bytes)):
+                    h.wfile.write(data[offset : offset + rule.keep_bytes])
+                    h.wfile.flush()
+                    time.sleep(0.1)
+            else:
+                h.wfile.write(data)
         conn.close()
 
 

@@ -1,0 +1,279 @@
+"""The service with real parts: a redis-server, ``ducc worker`` processes (Celery, never eager),
+the CLI, and the effects that matter: published trees and job timelines."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ducc import layout
+from ducc.jobs import JobStore
+from ducc.model.reference import Reference
+from ducc.queue import Queue, QueueUnavailable
+from ducc.settings import Settings
+from tests.support.images import Dir, File, ImageSpec, Layer, push_image
+from tests.support.proxy import FaultProxy
+from tests.support.service import DuccProcess, RedisServer, service_env, start_redis
+
+ORDER = ["received", "queued", "resolving", "fetching", "unpacking", "flattening", "publishing", "published"]
+BASE = Layer([Dir("etc"), File("etc/os-release", b"ID=service-test\n"), Dir("usr"), File("usr/lib.so", os.urandom(200_000))])
+
+
+@pytest.fixture
+def redis_server(tmp_path) -> RedisServer:
+    server = start_redis(tmp_path / "redis")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def service(tmp_path, redis_server, root):
+    """Start ``ducc worker`` processes on demand; stops them all at the end."""
+    started: list[DuccProcess] = []
+
+    def worker(name: str = "w1", **extra: str) -> DuccProcess:
+        env = service_env(root, redis_server.url, tmp_path / "state", **extra)
+        proc = DuccProcess(["worker", "--name", f"{name}@%h", "--concurrency", "2"], env, tmp_path / f"{name}.log").start()
+        started.append(proc)
+        proc.wait_for_log("ready.")
+        return proc
+
+    yield worker
+    for proc in started:
+        proc.stop()
+
+
+def settings_for(redis_server: RedisServer, root: Path) -> Settings:
+    return Settings.from_env({"DUCC_REDIS_URL": redis_server.url, "DUCC_ROOT": str(root), "HOME": os.environ.get("HOME", "/root")})
+
+
+def queue_for(redis_server: RedisServer, root: Path) -> Queue:
+    from ducc.services import build_queue
+
+    return build_queue(settings_for(redis_server, root))
+
+
+def wait_finished(jobs: JobStore, job_ids: list[str], timeout: float = 120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [jobs.get(j) for j in job_ids]
+        if all(j is not None and j.finished for j in found):
+            return found
+        time.sleep(0.2)
+    raise TimeoutError(f"jobs not finished: {[(j.id, j.state) for j in found if j and not j.finished]}")
+
+
+def ducc_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ducc", *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_a_submitted_image_is_published_with_its_whole_timeline(client, unique_ref, redis_server, service, root, tmp_path):
+    ref = unique_ref()
+    push_image(client, ref, ImageSpec(layers=[BASE, Layer([File("app", b"v1")])]))
+    service()
+    env = service_env(root, redis_server.url, tmp_path / "state")
+    submitted = ducc_cli("submit", str(ref), env=env)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip().splitlines()[-1]
+    status = ducc_cli("status", job_id, "--wait", "120", env=env)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "PUBLISHED" in status.stdout
+    job = JobStore(redis_server.client()).get(job_id)
+    assert [e["state"] for e in job.events] == ORDER
+    assert job.result["changed"] is True and job.result["layers_unpacked"] == 2
+    assert job.bytes > 200_000
+    assert (root / layout.tag_link(ref) / "app").read_bytes() == b"v1"
+    by_image = ducc_cli("status", str(ref), env=env)
+    assert by_image.returncode == 0 and job_id in by_image.stdout
+    listed = ducc_cli("jobs", env=env)
+    assert job_id in listed.stdout and "published" in listed.stdout
+
+
+def test_requests_for_an_image_already_queued_are_coalesced(client, unique_ref, redis_server, service, root):
+    ref = unique_ref()
+    push_image(client, ref, ImageSpec(layers=[BASE, Layer([File("app", b"once")])]))
+    queue = queue_for(redis_server, root)
+    first, into = queue.submit(str(ref), "linux/amd64", "test")
+    assert into is None
+    second, into2 = queue.submit(str(ref), "linux/amd64", "test")
+    third, into3 = queue.submit(str(ref), "linux/amd64", "registry")
+    assert into2 == first and into3 == first
+    worker = service()
+    jobs = JobStore(redis_server.client())
+    finished = wait_finished(jobs, [first, second, third])
+    assert [j.state for j in finished] == ["published"] * 3
+    assert all(j.result == finished[0].result for j in finished)
+    assert worker.log().count("Task ducc.convert[") >= 1
+    assert worker.log().count("received") == 1  # one task for three requests
+
+
+def test_a_request_arriving_while_the_image_converts_gets_its_own_job(client, unique_ref, redis_server, service, root, registry):
+    proxy = FaultProxy(registry.host)
+    try:
+        ref = Reference(proxy.host, unique_ref().repository, "v1")
+        built = push_image(client, ref, ImageSpec(layers=[BASE, Layer([File("app", b"first")])]))
+        proxy.add("slow", f"/blobs/{built.layer_digests[0]}", times=1, keep_bytes=20_000)
+        service()
+        queue = queue_for(redis_server, root)
+        jobs = JobStore(redis_server.client())
+        first, _ = queue.submit(str(ref), "linux/amd64", "test")
+        deadline = time.monotonic() + 30
+        while jobs.get(first).state not in ("fetching", "unpacking") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        push_image(client, ref, ImageSpec(layers=[BASE, Layer([File("app", b"second")])]))  # the tag moves meanwhile
+        second, into = queue.submit(str(ref), "linux/amd64", "test")
+        assert into is None  # the first already resolved: it cannot stand for the new push
+        wait_finished(jobs, [first, second])
+        assert (root / layout.tag_link(ref) / "app").read_bytes() == b"second"
+    finally:
+        proxy.stop()
+
+
+def test_two_workers_convert_many_images_at_once_without_duplicate_work(client, unique_ref, redis_server, service, root):
+    refs = [unique_ref(f"t{i}") for i in range(6)]
+    for i, ref in enumerate(refs):
+        push_image(client, ref, ImageSpec(layers=[BASE, Layer([File("which", str(i).encode())])]))
+    service("w1")
+    service("w2")
+    queue = queue_for(redis_server, root)
+    ids = []
+    for ref in refs + refs:  # every image asked for twice
+        ids.append(queue.submit(str(ref), "linux/amd64", "test")[0])
+    jobs = JobStore(redis_server.client())
+    finished = wait_finished(jobs, ids, timeout=180)
+    assert all(j.state == "published" for j in finished), [(j.image, j.error) for j in finished]
+    for i, ref in enumerate(refs):
+        assert (root / layout.tag_link(ref) / "which").read_bytes() == str(i).encode()
+    distinct = {j.coalesced_into or j.id: j for j in finished}
+    unpacked = sum(j.result.get("layers_unpacked", 0) for j in distinct.values())
+    assert unpacked == 1 + len(refs)  # the shared base once, each top layer once
+    assert [p for p in (root / layout.STAGING).iterdir() if p.is_dir()] == []
+
+
+def test_a_temporary_registry_failure_is_retried_and_the_reason_recorded(client, unique_ref, redis_server, service, root, registry):
+    proxy = FaultProxy(registry.host)
+    try:
+        ref = Reference(proxy.host, unique_ref().repository, "v1")
+        push_image(client, ref, ImageSpec(layers=[Layer([File("x", b"x")])]))
+        proxy.add("status", "/manifests/", method=None, times=3, status=503)
+        service(DUCC_RETRY_ATTEMPTS="1")
+        queue = queue_for(redis_server, root)
+        job_id, _ = queue.submit(str(ref), "linux/amd64", "test")
+        (job,) = wait_finished(JobStore(redis_server.client()), [job_id], timeout=120)
+        assert job.state == "published"
+        retries = [e for e in job.events if e["state"] == "retrying"]
+        assert retries and "503" in retries[0]["detail"]
+        assert job.attempts >= 2
+    finally:
+        proxy.stop()
+
+
+def test_a_permanent_failure_is_not_retried_and_says_why(unique_ref, redis_server, service, root, tmp_path):
+    service()
+    ref = unique_ref("never-pushed")
+    queue = queue_for(redis_server, root)
+    job_id, _ = queue.submit(str(ref), "linux/amd64", "test")
+    (job,) = wait_finished(JobStore(redis_server.client()), [job_id])
+    assert job.state == "failed" and "not found" in job.error and not job.temporary and job.attempts == 1
+    env = service_env(root, redis_server.url, tmp_path / "state")
+    assert ducc_cli("status", job_id, env=env).returncode == 1
+
+
+def test_an_accepted_request_is_never_answered_when_the_queue_is_down(tmp_path, root):
+    server = start_redis(tmp_path / "redis-down")
+    queue = queue_for(server, root)
+    server.stop()
+    with pytest.raises(QueueUnavailable):
+        queue.submit("127.0.0.1:1/a/b:1", "linux/amd64", "test")
+
+
+def test_sync_task_queues_exactly_the_image_whose_tag_moved(client, unique_ref, redis_server, service, root, tmp_path):
+    refs = [unique_ref(f"s{i}") for i in range(3)]
+    for ref in refs:
+        push_image(client, ref, ImageSpec(layers=[BASE, Layer([File("v", b"1")])]))
+    wishlist = tmp_path / "wishlist.yaml"
+    wishlist.write_text("version: 1\ninput:\n" + "".join(f"  - '{r}'\n" for r in refs))
+    service(DUCC_WISHLIST=str(wishlist))
+    from ducc.broker import create_celery
+
+    settings = settings_for(redis_server, root)
+    app = create_celery(settings)
+    jobs = JobStore(redis_server.client())
+
+    def run_sync_and_wait(expected_new: int) -> list:
+        before = {j.id for j in jobs.recent_jobs(100)}
+        app.send_task("ducc.sync")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            new = [j for j in jobs.recent_jobs(100) if j.id not in before]
+            if len(new) >= expected_new and all(j.finished for j in new):
+                time.sleep(1)  # nothing more arrives
+                return [j for j in jobs.recent_jobs(100) if j.id not in before]
+            time.sleep(0.2)
+        raise TimeoutError("sync did not finish")
+
+    assert {j.image for j in run_sync_and_wait(3)} == {str(r) for r in refs}
+    assert run_sync_and_wait(0) == []
+    push_image(client, refs[1], ImageSpec(layers=[BASE, Layer([File("v", b"2")])]))
+    moved = run_sync_and_wait(1)
+    assert [j.image for j in moved] == [str(refs[1])]
+    assert (root / layout.tag_link(refs[1]) / "v").read_bytes() == b"2"
+
+
+def test_sigkill_of_the_whole_service_mid_conversion_loses_nothing(client, unique_ref, registry, root, tmp_path):
+    """``ducc serve`` (embedded Redis, worker, beat) is killed with SIGKILL while a large image downloads;
+    after a restart the accepted request ends published, and no partial image is ever visible."""
+    proxy = FaultProxy(registry.host)
+    state = tmp_path / "state"
+    env = service_env(root, None, state, DUCC_JOB_LEASE="4")
+    serve = DuccProcess(["serve", "--no-web"], env, tmp_path / "serve.log")
+    try:
+        ref = Reference(proxy.host, unique_ref().repository, "big")
+        files = [File(f"many/f{i:05d}", os.urandom(1500)) for i in range(3000)]
+        built = push_image(client, ref, ImageSpec(layers=[BASE, Layer([Dir("many"), *files], compression="none")]))
+        proxy.add("slow", f"/blobs/{built.layer_digests[1]}", times=1, keep_bytes=200_000)
+        serve.start()
+        serve.wait_for_log("ready.")
+        url = f"unix://{state / 'redis' / 'redis.sock'}"
+        submitted = ducc_cli("submit", str(ref), env={**env, "DUCC_REDIS_URL": url})
+        assert submitted.returncode == 0, submitted.stderr
+        job_id = submitted.stdout.strip().splitlines()[-1]
+
+        partial: list[str] = []
+        watching = threading.Event()
+
+        def watch() -> None:  # a user looking at the public path the whole time
+            link = root / layout.tag_link(ref)
+            while not watching.is_set():
+                if link.exists():
+                    count = len(list((link / "many").iterdir())) if (link / "many").is_dir() else 0
+                    if count != 3000:
+                        partial.append(f"{count} files visible")
+                time.sleep(0.02)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        deadline = time.monotonic() + 60
+        while "fetching" not in ducc_cli("status", job_id, env={**env, "DUCC_REDIS_URL": url}).stdout:
+            assert time.monotonic() < deadline, serve.log()[-2000:]
+            time.sleep(0.1)
+        serve.kill_group(9)
+        assert not (root / layout.tag_link(ref)).exists()
+        serve.start()  # same state directory: the embedded Redis reloads its append-only file
+        done = ducc_cli("status", job_id, "--wait", "120", env={**env, "DUCC_REDIS_URL": url})
+        watching.set()
+        watcher.join()
+        assert done.returncode == 0, done.stdout + serve.log()[-3000:]
+        assert "requeued" in done.stdout
+        assert partial == []
+        assert len(list((root / layout.tag_link(ref) / "many").iterdir())) == 3000
+    finally:
+        serve.stop()
+        proxy.stop()
