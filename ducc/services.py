@@ -49,7 +49,7 @@ def build_publisher(
         client = redis_client
 
         def lock() -> AbstractContextManager[None]:  # writes into one repository are serialised across hosts
-            return lease(client, f"publish:{root}", seconds=60)
+            return lease(client, f"publish:{root}", seconds=settings.job_lease)
 
     return DirectoryPublisher(root, durable=settings.fsync, lock=lock)
 
@@ -81,7 +81,7 @@ def build_converter(
         shared = redis_client
 
         def layer_lock(digest: Digest) -> AbstractContextManager[None]:  # one fetch per layer across workers
-            return lease(shared, f"layer:{digest}", seconds=60)
+            return lease(shared, f"layer:{digest}", seconds=settings.job_lease)
 
     return Converter(
         client or build_client(settings),

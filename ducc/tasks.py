@@ -85,7 +85,7 @@ def run_conversion(rt: Runtime, job_id: str, task: Task) -> str:
         log.info("job %s is running on another worker", job_id)
         return "running"
     ref, platform = Reference.parse(job.image), Platform.parse(job.platform)
-    with lease(rt.redis, f"image:{image_key(job.image, job.platform)}", seconds=60):
+    with lease(rt.redis, f"image:{image_key(job.image, job.platform)}", seconds=rt.settings.job_lease):
         rt.queue.started(job_id, job.image, job.platform)
         stop = threading.Event()
         beat = threading.Thread(target=_heartbeat, args=(rt.jobs, job_id, rt.settings.job_lease, stop), daemon=True)

@@ -149,29 +149,29 @@ class DirectoryPublisher:
             return None
 
     def sweep_staging(self) -> int:
-        """Remove staging directories left by crashed runs; returns how many."""
+        """Remove staging directories left by crashed runs; returns how many.
+
+        A staging directory ``X`` is in use while ``X.lock`` beside it is flock'ed; its creator
+        takes that lock *before* creating ``X``, so a sweeper can never see an unlocked live one.
+        """
         removed = 0
         if not self._staging_root.is_dir():
             return 0
         for entry in self._staging_root.iterdir():
-            if not entry.is_dir() or entry.is_symlink():
+            if entry.suffix == ".lock" or entry.name == "publish.lock" or not entry.is_dir() or entry.is_symlink():
                 continue
-            lock_path = entry / ".lock"
+            lock_path = entry.with_name(entry.name + ".lock")
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
             try:
-                fd = os.open(lock_path, os.O_RDWR)
-            except FileNotFoundError:
-                fd = None
-            try:
-                if fd is not None:
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    except BlockingIOError:
-                        continue  # a live run owns it
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live run owns it
                 remove_tree(entry)
+                lock_path.unlink(missing_ok=True)
                 removed += 1
             finally:
-                if fd is not None:
-                    os.close(fd)
+                os.close(fd)
         if removed:
             log.info("removed %d staging directories left by interrupted runs", removed)
         return removed
@@ -181,14 +181,16 @@ class DirectoryPublisher:
         self._staging_root.mkdir(parents=True, exist_ok=True)
         self.sweep_staging()
         path = self._staging_root / f"{os.getpid()}-{secrets.token_hex(6)}"
-        path.mkdir(mode=0o755)
-        fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        lock_path = path.with_name(path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
+            path.mkdir(mode=0o755)
             yield path
         finally:
             try:
                 remove_tree(path)
+                lock_path.unlink(missing_ok=True)
             finally:
                 os.close(fd)
 

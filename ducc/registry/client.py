@@ -369,6 +369,15 @@ class RegistryClient:
             self._request("PUT", ref, "", url=url, what=f"upload of {digest}", actions="pull,push",
                           headers=headers, data=data).close()
 
+    def mount_blob(self, ref: Reference, digest: Digest, from_repository: str) -> bool:
+        """Link a blob the registry already holds in another repository; False if it would need an upload."""
+        response = self._request(
+            "POST", ref, f"blobs/uploads/?mount={digest}&from={from_repository}",
+            what=f"mount of {digest} from {from_repository}", actions="pull,push",
+        )
+        response.close()
+        return response.status_code == 201
+
     def push_manifest(self, ref: Reference, raw: bytes, media_type: str) -> Digest:
         """PUT a manifest at ``ref``'s tag (or digest); returns its digest."""
         self._request(

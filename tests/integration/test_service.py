@@ -3,7 +3,6 @@ the CLI, and the effects that matter: published trees and job timelines."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
