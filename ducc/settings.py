@@ -24,6 +24,8 @@
 | DUCC_JOB_MAX_ATTEMPTS | attempts of a job before it fails for good | 8 |
 | DUCC_JOB_LEASE | seconds after which a silent worker's job is requeued (renewed every third) | 30 |
 | DUCC_JOB_TTL | seconds job records are kept | 14 days |
+| DUCC_ALLOW | comma-separated globs of images webhooks and the API may convert | |
+| DUCC_WEBHOOK_MAX_BYTES | largest request body the web app reads | 1 MiB |
 | DUCC_LOG_LEVEL | ``DEBUG`` ``INFO`` ``WARNING`` | ``INFO`` |
 """
 
@@ -35,6 +37,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ducc.model.manifest import Platform
+
+
+def read_secret(env: Mapping[str, str], name: str) -> str | None:
+    """``NAME`` from the environment, or the content of the file named by ``NAME_FILE`` (trailing newline dropped)."""
+    value = env.get(name)
+    if value:
+        return value
+    path = env.get(f"{name}_FILE")
+    if path:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read().strip()
+    return None
 
 
 def _data_home(env: Mapping[str, str]) -> Path:
@@ -82,6 +96,8 @@ class Settings:
     job_retry_base: int = 30
     job_max_attempts: int = 8
     job_lease: int = 30
+    allow: tuple[str, ...] = ()
+    webhook_max_bytes: int = 1 << 20
     env: Mapping[str, str] = field(repr=False, default_factory=dict)
 
     @classmethod
@@ -112,5 +128,7 @@ class Settings:
             job_retry_base=_int(env, "DUCC_JOB_RETRY_BASE", 30),
             job_max_attempts=_int(env, "DUCC_JOB_MAX_ATTEMPTS", 8),
             job_lease=max(3, _int(env, "DUCC_JOB_LEASE", 30)),
+            allow=tuple(p.strip() for p in env.get("DUCC_ALLOW", "").split(",") if p.strip()),
+            webhook_max_bytes=_int(env, "DUCC_WEBHOOK_MAX_BYTES", 1 << 20),
             env=env,
         )

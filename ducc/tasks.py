@@ -31,6 +31,7 @@ from ducc.convert import Converter
 from ducc.errors import DuccError, WishlistError
 from ducc.jobs import ACTIVE_STATES, JobProgress, JobStore, image_key
 from ducc.locks import lease, try_lease
+from ducc.metrics import record_conversion
 from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
 from ducc.queue import CONVERT_TASK, RECONCILE_TASK, SYNC_TASK, Queue
@@ -91,6 +92,7 @@ def run_conversion(rt: Runtime, job_id: str, task: Task) -> str:
         beat = threading.Thread(target=_heartbeat, args=(rt.jobs, job_id, rt.settings.job_lease, stop), daemon=True)
         beat.start()
         attempts = job.attempts + 1
+        started = time.monotonic()
         try:
             result = rt.converter.convert(ref, platform, progress=JobProgress(rt.jobs, job_id))
         except DuccError as exc:
@@ -102,11 +104,13 @@ def run_conversion(rt: Runtime, job_id: str, task: Task) -> str:
                 raise task.retry(countdown=delay) from exc
             log.error("job %s (%s) failed: %s", job_id, job.image, exc)
             rt.jobs.event(job_id, "failed", str(exc), error=str(exc), temporary=int(exc.temporary), attempts=attempts)
+            record_conversion(rt.redis, "failed", time.monotonic() - started)
             return "failed"
         except Exception as exc:
             log.exception("job %s (%s): unexpected error", job_id, job.image)
             rt.jobs.event(job_id, "failed", f"internal error: {exc.__class__.__name__}: {exc}",
                           error=f"internal error: {exc}", temporary=0, attempts=attempts)
+            record_conversion(rt.redis, "failed", time.monotonic() - started)
             return "failed"
         finally:
             stop.set()
@@ -127,6 +131,7 @@ def run_conversion(rt: Runtime, job_id: str, task: Task) -> str:
         "seconds": round(result.seconds, 3),
         "skipped_entries": len(result.skipped_entries),
     })
+    record_conversion(rt.redis, result.state, result.seconds)
     log.info("job %s: %s published (%s)", job_id, job.image, detail)
     return "published"
 

@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ducc.settings import read_secret
+
 log = logging.getLogger(__name__)
 
 
@@ -26,18 +28,6 @@ class Credentials:
 
 class Keychain(Protocol):
     def credentials(self, host: str) -> Credentials | None: ...
-
-
-def read_secret(env: Mapping[str, str], name: str) -> str | None:
-    """``NAME`` from the environment, or the content of the file named by ``NAME_FILE``."""
-    value = env.get(name)
-    if value:
-        return value
-    path = env.get(f"{name}_FILE")
-    if path:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read().strip()
-    return None
 
 
 @dataclass(frozen=True)

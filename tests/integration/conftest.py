@@ -22,3 +22,13 @@ def converter_factory(root: Path):
         return Converter(client, DirectoryPublisher(root))
 
     return make
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A real redis-server on a free loopback port."""
+    from tests.support.service import start_redis
+
+    server = start_redis(tmp_path / "redis")
+    yield server
+    server.stop()

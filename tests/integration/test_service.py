@@ -26,13 +26,6 @@ BASE = Layer([Dir("etc"), File("etc/os-release", b"ID=service-test\n"), Dir("usr
 
 
 @pytest.fixture
-def redis_server(tmp_path) -> RedisServer:
-    server = start_redis(tmp_path / "redis")
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def service(tmp_path, redis_server, root):
     """Start ``ducc worker`` processes on demand; stops them all at the end."""
     started: list[DuccProcess] = []

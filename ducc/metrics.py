@@ -1,0 +1,62 @@
+"""Prometheus metrics kept in Redis, so every web process, worker and host adds to the same numbers
+and any web process can serve them (gunicorn runs several).
+
+- ``ducc_webhook_requests_total{source,outcome}``  accepted, coalesced, duplicate, ignored, unauthorized,
+  bad_request, unavailable
+- ``ducc_queue_depth``                              tasks waiting in the broker
+- ``ducc_jobs_in_flight``                           tasks taken by a worker and not yet acknowledged
+- ``ducc_conversions_total{result}``                published, unchanged, failed
+- ``ducc_conversion_duration_seconds``              histogram of conversion wall time
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import redis
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+PREFIX = "ducc:metrics"
+BUCKETS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+QUEUE = "ducc"
+
+
+def record_request(client: redis.Redis, source: str, outcome: str, count: int = 1) -> None:
+    client.hincrby(f"{PREFIX}:requests", f"{source}|{outcome}", count)
+
+
+def record_conversion(client: redis.Redis, result: str, seconds: float) -> None:
+    pipe = client.pipeline()
+    pipe.hincrby(f"{PREFIX}:conversions", result, 1)
+    for bound in BUCKETS:
+        if seconds <= bound:
+            pipe.hincrby(f"{PREFIX}:duration", f"le={bound}", 1)
+    pipe.hincrby(f"{PREFIX}:duration", "count", 1)
+    pipe.hincrbyfloat(f"{PREFIX}:duration", "sum", seconds)
+    pipe.execute()
+
+
+class RedisCollector(Collector):
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+        requests = CounterMetricFamily("ducc_webhook_requests", "Webhook and API requests by source and outcome",
+                                       labels=["source", "outcome"])
+        for field, value in sorted(self.redis.hgetall(f"{PREFIX}:requests").items()):
+            source, _, outcome = str(field).partition("|")
+            requests.add_metric([source, outcome], float(value))
+        yield requests
+        yield GaugeMetricFamily("ducc_queue_depth", "Tasks waiting in the broker", value=float(self.redis.llen(QUEUE)))
+        yield GaugeMetricFamily("ducc_jobs_in_flight", "Tasks taken by a worker and not yet acknowledged",
+                                value=float(self.redis.hlen("unacked")))
+        conversions = CounterMetricFamily("ducc_conversions", "Finished conversions by result", labels=["result"])
+        for result, value in sorted(self.redis.hgetall(f"{PREFIX}:conversions").items()):
+            conversions.add_metric([str(result)], float(value))
+        yield conversions
+        raw = {str(k): float(v) for k, v in self.redis.hgetall(f"{PREFIX}:duration").items()}
+        buckets = [(str(bound), raw.get(f"le={bound}", 0.0)) for bound in BUCKETS]
+        buckets.append(("+Inf", raw.get("count", 0.0)))
+        yield HistogramMetricFamily("ducc_conversion_duration_seconds", "Wall time of conversions",
+                                    buckets=buckets, sum_value=raw.get("sum", 0.0))

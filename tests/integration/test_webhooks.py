@@ -1,0 +1,265 @@
+"""The web app with a real Redis behind it: authentication, policy, bad input, duplicates, the REST API,
+metrics and the status page; and end to end, a real registry notifying the app under gunicorn while a
+real worker converts."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ducc import layout
+from ducc.jobs import JobStore
+from ducc.settings import Settings
+from tests.support.images import File, ImageSpec, Layer, push_image
+from tests.support.processes import free_port, start_registry, wait_for_port
+from tests.support.service import DuccProcess, service_env
+from webhooks import create_app
+
+PAYLOADS = Path(__file__).resolve().parents[3] / "shared" / "reference" / "payloads"
+TOKEN = "webhook-token-7f3a"
+EVENTS_V1 = "application/vnd.docker.distribution.events.v1+json"
+EVENTS_V2 = "application/vnd.docker.distribution.events.v2+json"
+
+
+def payload(name: str) -> dict:
+    path = PAYLOADS / name
+    if not path.exists():
+        pytest.skip(f"reference payload {path} not present on this machine")
+    data = json.loads(path.read_text())
+    return data["body"] if "content_type" in data else data
+
+
+def manifest_push(repository: str = "allowed/app", tag: str = "v1", host: str = "127.0.0.1:5000", event_id: str | None = None) -> dict:
+    body = copy.deepcopy(payload("distribution-2.8-real-manifest-push.json"))
+    event = body["events"][0]
+    event["target"]["repository"], event["target"]["tag"], event["request"]["host"] = repository, tag, host
+    event["id"] = event_id or os.urandom(8).hex()
+    return body
+
+
+@pytest.fixture
+def app_settings(redis_server, root, tmp_path) -> Settings:
+    return Settings.from_env({
+        "HOME": os.environ.get("HOME", "/root"), "DUCC_REDIS_URL": redis_server.url, "DUCC_ROOT": str(root),
+        "DUCC_WEBHOOK_TOKEN": TOKEN, "DUCC_ALLOW": "127.0.0.1:5000/allowed/*,registry.hub.docker.com/svendowideit/*",
+        "DUCC_WEBHOOK_MAX_BYTES": "65536", "DUCC_STATE_DIR": str(tmp_path / "state"),
+    })
+
+
+@pytest.fixture
+def web(app_settings):
+    app = create_app(app_settings)
+    app.testing = True
+    return app.test_client()
+
+
+def jobs_count(redis_server) -> int:
+    return len(JobStore(redis_server.client()).recent_jobs(1000))
+
+
+def post(web, path: str, body, *, token: str | None = TOKEN, content_type: str = "application/json", query: str = ""):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    return web.post(path + query, data=data, headers=headers, content_type=content_type)
+
+
+def test_a_registry_push_is_queued_with_both_event_content_types(web, redis_server):
+    for content_type in (EVENTS_V1, EVENTS_V2):
+        response = post(web, "/webhooks/registry", manifest_push(tag=content_type[-7:-5]), content_type=content_type)
+        assert response.status_code == 202, response.json
+        (accepted,) = response.json["accepted"]
+        assert accepted["image"].startswith("127.0.0.1:5000/allowed/app:")
+        job = JobStore(redis_server.client()).get(accepted["job"])
+        assert job.state == "queued" and job.source == "registry"
+
+
+def test_batched_events_are_each_decided(web):
+    body = manifest_push()
+    body["events"] += manifest_push(tag="v2")["events"] + payload("distribution-2.8-real-blob-push.json")["events"]
+    body["events"] += manifest_push(repository="forbidden/app")["events"]
+    response = post(web, "/webhooks/registry", body, content_type=EVENTS_V1)
+    assert response.status_code == 202
+    assert len(response.json["accepted"]) == 2
+    reasons = [i["reason"] for i in response.json["ignored"]]
+    assert any("not a manifest push" in r for r in reasons) and any("not allowed" in r for r in reasons)
+
+
+@pytest.mark.parametrize("path,name,image", [
+    ("/webhooks/dockerhub", "dockerhub-push.json", "registry.hub.docker.com/svendowideit/testhook:latest"),
+    ("/webhooks/harbor", "harbor-push-artifact.json", None),
+    ("/webhooks/quay", "quay-repo-push.json", None),
+], ids=["dockerhub", "harbor", "quay"])
+def test_each_sender_is_parsed_and_policy_applies(web, path, name, image):
+    response = post(web, path, payload(name), token=None, query=f"?token={TOKEN}")
+    if image:
+        assert response.status_code == 202 and response.json["accepted"][0]["image"] == image
+    else:  # outside DUCC_ALLOW: acknowledged, ignored, with the reason
+        assert response.status_code == 200 and response.json["accepted"] == []
+        assert "not allowed" in response.json["ignored"][0]["reason"]
+
+
+BAD = {
+    "missing_token": dict(token=None, expect=401),
+    "wrong_token": dict(token="nope", expect=401),
+    "malformed_json": dict(body=b'{"events": [', expect=400),
+    "not_utf8": dict(body=b'{"events": "\xff"}', expect=400),
+    "nan": dict(body=b'{"events": NaN}', expect=400),
+    "duplicate_keys": dict(body=b'{"events": [], "events": []}', expect=400),
+    "wrong_content_type": dict(content_type="text/plain", expect=415),
+    "oversize_body": dict(body=b'{"events": [' + b'{},' * 40000 + b'{}]}', expect=413),
+    "missing_fields": dict(body={"events": [{"action": "push"}]}, expect=400),
+    "not_an_envelope": dict(body=[1, 2], expect=400),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
+def test_bad_input_gets_the_documented_status_and_nothing_is_queued(case, web, redis_server, caplog):
+    spec = BAD[case]
+    before = jobs_count(redis_server)
+    response = post(web, "/webhooks/registry", spec.get("body", manifest_push()), token=spec.get("token", TOKEN),
+                    content_type=spec.get("content_type", EVENTS_V1))
+    assert response.status_code == spec["expect"]
+    assert response.json["error"]
+    assert jobs_count(redis_server) == before
+    if spec["expect"] == 401:
+        assert "nope" not in caplog.text and TOKEN not in caplog.text
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_events_for_deleted_tags_are_acknowledged_and_ignored(web, redis_server):
+    body = manifest_push()
+    body["events"][0]["action"] = "delete"
+    before = jobs_count(redis_server)
+    response = post(web, "/webhooks/registry", body, content_type=EVENTS_V1)
+    assert response.status_code == 200 and response.json["accepted"] == []
+    assert jobs_count(redis_server) == before
+
+
+def test_a_redelivered_event_and_a_second_push_of_a_waiting_image_coalesce(web, redis_server):
+    body = manifest_push(tag="dup", event_id="event-1")
+    first = post(web, "/webhooks/registry", body, content_type=EVENTS_V1).json["accepted"][0]
+    again = post(web, "/webhooks/registry", body, content_type=EVENTS_V1).json["accepted"][0]
+    assert again["duplicate_delivery"] and again["job"] == first["job"]
+    other = post(web, "/webhooks/registry", manifest_push(tag="dup", event_id="event-2"), content_type=EVENTS_V1).json["accepted"][0]
+    assert other["coalesced_into"] == first["job"]
+    assert JobStore(redis_server.client()).get(other["job"]).state == "queued"
+
+
+def test_queue_down_answers_503_so_the_sender_retries(app_settings, redis_server):
+    app = create_app(app_settings)
+    client = app.test_client()
+    redis_server.stop()
+    response = post(client, "/webhooks/registry", manifest_push(), content_type=EVENTS_V1)
+    assert response.status_code == 503 and response.headers["Retry-After"]
+    assert client.get("/healthz").status_code == 503
+
+
+def test_rest_api_submits_reports_and_refuses_what_policy_forbids(web):
+    response = post(web, "/api/v1/conversions", {"image": "127.0.0.1:5000/allowed/api:1"})
+    assert response.status_code == 202
+    job_id = response.json["id"]
+    status = web.get(f"/api/v1/conversions/{job_id}")
+    assert status.status_code == 200 and status.json["state"] == "queued"
+    assert [e["state"] for e in status.json["timeline"]] == ["received", "queued"]
+    assert post(web, "/api/v1/conversions", {"image": "ghcr.io/not/allowed:1"}).status_code == 403
+    assert post(web, "/api/v1/conversions", {"image": "127.0.0.1:5000/allowed/api:1"}, token="bad").status_code == 401
+    assert post(web, "/api/v1/conversions", {"image": "Not A Ref"}).status_code == 400
+    assert post(web, "/api/v1/conversions", {"img": "x"}).status_code == 400
+    assert web.get("/api/v1/conversions/unknown").status_code == 404
+    images = web.get("/api/v1/images?ref=127.0.0.1:5000/allowed/api:1")
+    assert images.status_code == 200 and images.json["published"] is False and images.json["jobs"][0]["id"] == job_id
+
+
+def test_metrics_count_requests_by_source_and_outcome(web):
+    post(web, "/webhooks/registry", manifest_push(), content_type=EVENTS_V1)
+    post(web, "/webhooks/registry", manifest_push(), token="wrong", content_type=EVENTS_V1)
+    text = web.get("/metrics").get_data(as_text=True)
+    assert 'ducc_webhook_requests_total{outcome="accepted",source="registry"} 1.0' in text
+    assert 'ducc_webhook_requests_total{outcome="unauthorized",source="registry"} 1.0' in text
+    assert "ducc_queue_depth" in text and "ducc_conversion_duration_seconds_bucket" in text
+
+
+def test_status_page_lists_recent_jobs(web):
+    job_id = post(web, "/webhooks/registry", manifest_push(tag="page"), content_type=EVENTS_V1).json["accepted"][0]["job"]
+    page = web.get("/")
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    html = page.get_data(as_text=True)
+    assert job_id in html and "127.0.0.1:5000/allowed/app:page" in html
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=20,
+)
+SHAPED = st.fixed_dictionaries({"events": st.lists(st.fixed_dictionaries({
+    "action": st.sampled_from(["push", "pull", "delete", 3]),
+    "target": st.dictionaries(st.sampled_from(["repository", "tag", "mediaType", "digest"]), JSON | st.text(max_size=30)),
+    "request": st.dictionaries(st.sampled_from(["host", "id"]), JSON | st.text(max_size=30)),
+}), max_size=3)})
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=JSON | SHAPED, path=st.sampled_from(["/webhooks/registry", "/webhooks/dockerhub", "/webhooks/harbor",
+                                                  "/webhooks/quay", "/api/v1/conversions"]))
+def test_random_json_never_causes_a_500(web, body, path):
+    content_type = EVENTS_V1 if path.endswith("registry") else "application/json"
+    response = post(web, path, body, content_type=content_type)
+    assert response.status_code < 500, response.get_data(as_text=True)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=st.binary(max_size=300))
+def test_random_bytes_never_cause_a_500(web, raw):
+    assert post(web, "/webhooks/registry", raw, content_type=EVENTS_V1).status_code in (400, 413)
+
+
+def test_end_to_end_registry_notification_to_published(client, registry, redis_server, root, tmp_path):
+    """A real docker-registry notifies the app (under gunicorn, with its Authorization header); skopeo
+    pushes; a real worker converts. An image outside the policy is acknowledged and not converted."""
+    port = free_port()
+    notify = start_registry(tmp_path / "notifying", notifications={"endpoints": [{
+        "name": "ducc", "url": f"http://127.0.0.1:{port}/webhooks/registry", "timeout": "2s", "threshold": 5,
+        "backoff": "1s", "headers": {"Authorization": [f"Bearer {TOKEN}"]}}]})
+    env = service_env(root, redis_server.url, tmp_path / "state", DUCC_WEBHOOK_TOKEN=TOKEN,
+                      DUCC_ALLOW=f"{notify.host}/allowed/*", DUCC_LISTEN=f"127.0.0.1:{port}")
+    web_process = DuccProcess(["web", "--workers", "2"], env, tmp_path / "web.log").start()
+    worker = DuccProcess(["worker", "--concurrency", "1"], env, tmp_path / "worker.log").start()
+    try:
+        wait_for_port(port, process=web_process.process)
+        worker.wait_for_log("ready.")
+        source = f"{registry.host}/e2e/source:v1"
+        from ducc.model.reference import Reference
+
+        push_image(client, Reference.parse(source), ImageSpec(layers=[Layer([File("hello", b"pushed with skopeo\n")])]))
+        for target in (f"{notify.host}/allowed/app:v1", f"{notify.host}/forbidden/app:v1"):
+            subprocess.run(["skopeo", "copy", "-q", "--src-tls-verify=false", "--dest-tls-verify=false",
+                            f"docker://{source}", f"docker://{target}"], check=True, capture_output=True)
+        allowed = Reference.parse(f"{notify.host}/allowed/app:v1")
+        deadline = time.monotonic() + 60
+        while not (root / layout.tag_link(allowed) / "hello").exists():
+            assert time.monotonic() < deadline, web_process.log()[-2000:] + worker.log()[-2000:]
+            time.sleep(0.2)
+        assert (root / layout.tag_link(allowed) / "hello").read_bytes() == b"pushed with skopeo\n"
+        images = requests.get(f"http://127.0.0.1:{port}/api/v1/images", params={"ref": str(allowed)}, timeout=5).json()
+        assert images["jobs"] and images["jobs"][0]["source"] == "registry"
+        time.sleep(1)
+        forbidden = Reference.parse(f"{notify.host}/forbidden/app:v1")
+        assert not (root / layout.tag_link(forbidden)).exists()
+        assert JobStore(redis_server.client()).for_image(str(forbidden)) == []
+        metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        assert 'outcome="ignored",source="registry"' in metrics
+        assert 'ducc_conversions_total{result="published"} 1.0' in metrics
+    finally:
+        web_process.stop()
+        worker.stop()
+        notify.stop()

@@ -1,0 +1,75 @@
+"""What may be converted: images matching ``DUCC_ALLOW`` globs or an entry of the wishlist.
+
+``DUCC_ALLOW`` is a comma-separated list of shell globs matched against the
+full reference (``registry.example.org/team/*`` allows every repository and
+tag under ``team/``; a pattern without a tag also matches any tag). The
+wishlist allows exactly what it would convert (tag globs included). With
+neither, nothing is allowed: ducc fails closed.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ducc.errors import WishlistError
+from ducc.model.manifest import Platform
+from ducc.model.reference import Reference
+from ducc.wishlist import Wishlist, load
+
+log = logging.getLogger(__name__)
+
+
+class Policy:
+    def __init__(self, allow: list[str], wishlist_path: Path | None = None) -> None:
+        self.allow = [pattern.strip() for pattern in allow if pattern.strip()]
+        self.wishlist_path = wishlist_path
+        self._wishlist: Wishlist | None = None
+        self._mtime: float | None = None
+        if not self.allow and wishlist_path is None:
+            log.warning("no DUCC_ALLOW and no wishlist: every conversion request will be refused by policy")
+
+    def _wishes(self) -> Wishlist | None:
+        """The wishlist, re-read when its file changes; an unreadable one allows nothing (and says so)."""
+        if self.wishlist_path is None:
+            return None
+        try:
+            mtime = os.stat(self.wishlist_path).st_mtime
+        except OSError as exc:
+            log.error("policy: cannot read wishlist %s: %s", self.wishlist_path, exc)
+            return None
+        if mtime != self._mtime:
+            try:
+                self._wishlist = load(self.wishlist_path.read_text(encoding="utf-8"))
+            except (OSError, WishlistError) as exc:
+                log.error("policy: wishlist %s is invalid, it allows nothing: %s", self.wishlist_path, exc)
+                self._wishlist = None
+            self._mtime = mtime
+        return self._wishlist
+
+    def decide(self, ref: Reference) -> Decision:
+        """Whether ``ref`` may be converted, why, and for which platforms (a wishlist entry may name them)."""
+        full, name = str(ref), ref.name
+        for pattern in self.allow:
+            if fnmatch.fnmatchcase(full, pattern) or fnmatch.fnmatchcase(name, pattern):
+                return Decision(True, f"DUCC_ALLOW {pattern}")
+        wishes = self._wishes()
+        if wishes is not None:
+            for wish in wishes.wishes:
+                if (wish.registry, wish.repository) != (ref.registry, ref.repository):
+                    continue
+                if (ref.tag is not None and wish.matches(ref.tag)) or (
+                    ref.digest is not None and wish.digest == str(ref.digest)
+                ):
+                    return Decision(True, f"wishlist entry {wish.text}", wish.platforms)
+        return Decision(False, "matches neither DUCC_ALLOW nor the wishlist")
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    why: str
+    platforms: tuple[Platform, ...] = ()

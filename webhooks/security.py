@@ -1,0 +1,56 @@
+"""Webhook and API tokens: read from the environment or files, compared in constant time, never logged.
+
+``DUCC_WEBHOOK_TOKEN`` (or ``DUCC_WEBHOOK_TOKEN_FILE``) serves every source;
+``DUCC_WEBHOOK_TOKEN_<SOURCE>`` (REGISTRY, DOCKERHUB, HARBOR, QUAY, API; also
+``_FILE``) gives one source its own. A request carries it as
+``Authorization: Bearer <token>`` (Harbor may send the bare token) or, for
+senders that cannot set headers (Docker Hub, Quay), as ``?token=``.
+With no token configured a source refuses everything: ducc fails closed.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+
+from ducc.settings import read_secret
+
+SOURCES = ("registry", "dockerhub", "harbor", "quay", "api")
+
+
+class Tokens:
+    def __init__(self, by_source: Mapping[str, list[str]]) -> None:
+        self._by_source = {source: [t.encode() for t in tokens if t] for source, tokens in by_source.items()}
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Tokens:
+        common = read_secret(env, "DUCC_WEBHOOK_TOKEN")
+        by_source: dict[str, list[str]] = {}
+        for source in SOURCES:
+            own = read_secret(env, f"DUCC_WEBHOOK_TOKEN_{source.upper()}")
+            by_source[source] = [own] if own else ([common] if common else [])
+        return cls(by_source)
+
+    def configured(self, source: str) -> bool:
+        return bool(self._by_source.get(source))
+
+    def check(self, source: str, presented: str | None) -> bool:
+        """True if ``presented`` is a token of ``source``; every candidate is compared in constant time."""
+        if not presented:
+            return False
+        given = presented.encode()
+        ok = False
+        for token in self._by_source.get(source, []):
+            ok |= hmac.compare_digest(given, token)
+        return ok
+
+
+def presented_token(authorization: str | None, query_token: str | None) -> str | None:
+    if authorization:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() == "bearer" and value:
+            return value.strip()
+        if not value:
+            return scheme.strip()  # Harbor's "auth header" may be the bare token
+        return None
+    return query_token or None
