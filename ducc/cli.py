@@ -242,10 +242,10 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     platform = _platform(args, settings)
     for text in args.images:
         ref = Reference.parse(text)
-        job_id, into = queue.submit(str(ref), str(platform), "cli")
-        note = f" (coalesced into {into})" if into else ""
-        print(f"{ref} ({platform}): job {job_id}{note}", file=sys.stderr)
-        print(job_id)
+        submission = queue.submit(str(ref), str(platform), "cli")
+        note = f" (coalesced into {submission.into})" if submission.into else ""
+        print(f"{ref} ({platform}): job {submission.job_id}{note}", file=sys.stderr)
+        print(submission.job_id)
     return 0
 
 

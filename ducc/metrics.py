@@ -1,9 +1,9 @@
 """Prometheus metrics kept in Redis, so every web process, worker and host adds to the same numbers
 and any web process can serve them (gunicorn runs several).
 
-- ``ducc_webhook_requests_total{source,outcome}``  accepted, coalesced, duplicate, ignored, unauthorized,
-  bad_request, unavailable
-- ``ducc_queue_depth``                              tasks waiting in the broker
+- ``ducc_webhook_requests_total{source,outcome}``  accepted, coalesced, duplicate (counted by the queue),
+  ignored, unauthorized, bad_request, unavailable
+- ``ducc_queue_depth``                              jobs waiting for a worker (incoming and in the broker)
 - ``ducc_jobs_in_flight``                           tasks taken by a worker and not yet acknowledged
 - ``ducc_conversions_total{result}``                published, unchanged, failed
 - ``ducc_conversion_duration_seconds``              histogram of conversion wall time
@@ -16,6 +16,8 @@ from collections.abc import Iterator
 import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+
+from ducc.queue import INCOMING
 
 PREFIX = "ducc:metrics"
 BUCKETS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
@@ -48,7 +50,8 @@ class RedisCollector(Collector):
             source, _, outcome = str(field).partition("|")
             requests.add_metric([source, outcome], float(value))
         yield requests
-        yield GaugeMetricFamily("ducc_queue_depth", "Tasks waiting in the broker", value=float(self.redis.llen(QUEUE)))
+        waiting = self.redis.llen(QUEUE) + self.redis.llen(INCOMING)
+        yield GaugeMetricFamily("ducc_queue_depth", "Jobs waiting for a worker", value=float(waiting))
         yield GaugeMetricFamily("ducc_jobs_in_flight", "Tasks taken by a worker and not yet acknowledged",
                                 value=float(self.redis.hlen("unacked")))
         conversions = CounterMetricFamily("ducc_conversions", "Finished conversions by result", labels=["result"])

@@ -1,39 +1,102 @@
 """Submitting conversion requests: one job per request, one conversion per image at a time.
 
-``submit`` records the request (it is "accepted" once this returns), then
-either coalesces it onto a job for the same image and platform that is still
-waiting in the queue (both ids then report that job's outcome) or sends a new
-task. Once a worker starts a job it clears the "waiting" mark *before*
-resolving the tag, so a request that arrives later gets a job of its own and
-sees the registry as it is then. Nothing here converts: the web process
-imports this module and stays light.
+``Queue.submit`` is one Redis round trip (a Lua script, atomic): it records the
+job (the request is "accepted" once this returns), answers a redelivered event
+with the job it created the first time, coalesces onto a job of the same image
+and platform that is still waiting (both ids then report that job's outcome),
+or appends the job to ``ducc:incoming``. A ``Dispatcher`` in every worker
+moves incoming jobs to Celery (``ducc.convert``): the web process never pays
+for building Celery messages and needs nothing but Redis.
+
+Once a worker starts a job it clears the "waiting" mark *before* resolving
+the tag, so a request that arrives later gets a job of its own and sees the
+registry as it is then.
+
+Delivery is at least once: a dispatcher that dies between taking a job and
+sending it leaves the job in ``ducc:dispatching``, and reconciliation puts it
+back. A job sent twice is harmless: the task skips finished and running jobs.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import redis
 
 from ducc.errors import DuccError
-from ducc.jobs import PREFIX, JobStore, image_key
+from ducc.jobs import PREFIX, JobStore, image_key, new_job_id
 
 log = logging.getLogger(__name__)
 
 CONVERT_TASK = "ducc.convert"
 SYNC_TASK = "ducc.sync"
 RECONCILE_TASK = "ducc.reconcile"
+INCOMING = f"{PREFIX}:incoming"
+DISPATCHING = f"{PREFIX}:dispatching"
 WAITING_TTL = 24 * 3600
+EVENT_TTL = 24 * 3600
+
+_SUBMIT = """
+local prefix, job_id, image, platform, source = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local now, ttl, waiting_ttl, event_key, recent = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9], tonumber(ARGV[10])
+if event_key ~= '' then
+  local seen = redis.call('GET', event_key)
+  if seen then
+    redis.call('HINCRBY', prefix .. ':metrics:requests', source .. '|duplicate', 1)
+    return {'duplicate', seen}
+  end
+end
+local job = prefix .. ':job:' .. job_id
+local events = job .. ':events'
+local by_image = prefix .. ':jobs:image:' .. image
+redis.call('HSET', job, 'id', job_id, 'image', image, 'platform', platform, 'source', source,
+           'state', 'queued', 'received_at', now, 'updated_at', now)
+redis.call('RPUSH', events, cjson.encode({state = 'received', at = tonumber(now), detail = source}))
+redis.call('ZADD', prefix .. ':jobs:recent', now, job_id)
+redis.call('ZREMRANGEBYRANK', prefix .. ':jobs:recent', 0, -recent - 1)
+redis.call('LPUSH', by_image, job_id)
+redis.call('LTRIM', by_image, 0, 49)
+redis.call('EXPIRE', by_image, ttl)
+local waiting = prefix .. ':waiting:' .. image .. '|' .. platform
+local existing = redis.call('SET', waiting, job_id, 'NX', 'EX', waiting_ttl, 'GET')
+local outcome, target
+if existing and redis.call('EXISTS', prefix .. ':job:' .. existing) == 1 then
+  redis.call('HSET', job, 'coalesced_into', existing)
+  redis.call('RPUSH', events, cjson.encode({state = 'queued', at = tonumber(now),
+             detail = 'coalesced into ' .. existing .. ' (same image already queued)'}))
+  outcome, target = 'coalesced', existing
+else
+  if existing then redis.call('SET', waiting, job_id, 'EX', waiting_ttl) end
+  redis.call('RPUSH', events, cjson.encode({state = 'queued', at = tonumber(now), detail = 'from ' .. source}))
+  redis.call('LPUSH', prefix .. ':incoming', job_id)
+  outcome, target = 'accepted', job_id
+end
+redis.call('EXPIRE', job, ttl)
+redis.call('EXPIRE', events, ttl)
+if event_key ~= '' then redis.call('SET', event_key, job_id, 'EX', tonumber(ARGV[11])) end
+redis.call('HINCRBY', prefix .. ':metrics:requests', source .. '|' .. outcome, 1)
+return {outcome, target}
+"""
 
 # Compare-and-delete: a worker clears the waiting mark only if it is still its own job's.
 _CLEAR_IF_MINE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
 class QueueUnavailable(DuccError):
-    """The broker did not take the request; the sender should retry (HTTP 503)."""
+    """The request could not be recorded; the sender should retry (HTTP 503)."""
 
     temporary = True
+
+
+@dataclass(frozen=True)
+class Submission:
+    job_id: str
+    outcome: str  # accepted | coalesced | duplicate
+    into: str | None = None  # the job this one reports (coalesced or duplicate delivery)
 
 
 def waiting_key(image: str, platform: str) -> str:
@@ -41,42 +104,78 @@ def waiting_key(image: str, platform: str) -> str:
 
 
 class Queue:
-    def __init__(self, client: redis.Redis, jobs: JobStore, send: Callable[[str, list[str]], None]) -> None:
+    def __init__(self, client: redis.Redis, jobs: JobStore) -> None:
         self.redis = client
         self.jobs = jobs
-        self._send = send
+        self._submit = client.register_script(_SUBMIT)
 
-    def submit(self, image: str, platform: str, source: str) -> tuple[str, str | None]:
-        """Accept a request for ``image`` on ``platform``; returns (job id, id it was coalesced into or None)."""
+    def submit(self, image: str, platform: str, source: str, event_id: str | None = None) -> Submission:
+        """Accept a request for ``image`` on ``platform`` (one atomic round trip)."""
+        job_id = new_job_id()
+        event_key = f"{PREFIX}:event:{source}:{event_id}" if event_id else ""
         try:
-            job_id = self.jobs.create(image, platform, source)
-            answer = self.redis.set(waiting_key(image, platform), job_id, nx=True, ex=WAITING_TTL, get=True)
-            existing = str(answer) if isinstance(answer, (str, bytes)) else None
+            outcome, target = self._submit(args=[
+                PREFIX, job_id, image, platform, source, f"{time.time():.6f}", self.jobs.ttl, WAITING_TTL, event_key,
+                self.jobs.recent, EVENT_TTL,
+            ])
         except redis.RedisError as exc:
             raise QueueUnavailable(f"cannot record the request: {exc}") from exc
-        if existing and existing != job_id and self.jobs.get(existing, follow=False) is not None:
-            self.jobs.coalesce(job_id, existing)
-            log.info("job %s (%s %s from %s) coalesced into %s", job_id, image, platform, source, existing)
-            return job_id, existing
-        if existing:  # a stale mark (its job expired): take it over
-            self.redis.set(waiting_key(image, platform), job_id, ex=WAITING_TTL)
-        self.enqueue(job_id, "queued", f"from {source}")
+        outcome, target = str(outcome), str(target)
+        if outcome == "duplicate":
+            log.info("%s event %s for %s delivered again: job %s", source, event_id, image, target)
+            return Submission(target, outcome, target)
+        if outcome == "coalesced":
+            log.info("job %s (%s %s from %s) coalesced into %s", job_id, image, platform, source, target)
+            return Submission(job_id, outcome, target)
         log.info("job %s: %s (%s) queued from %s", job_id, image, platform, source)
-        return job_id, None
+        return Submission(job_id, outcome)
 
-    def enqueue(self, job_id: str, state: str = "queued", detail: str = "") -> None:
-        """Send (or send again) the task for an existing job."""
-        try:
-            self._send(CONVERT_TASK, [job_id])
-        except Exception as exc:  # kombu raises many types; all mean "not queued"
-            job = self.jobs.get(job_id, follow=False)
-            if job is not None:
-                self.redis.eval(_CLEAR_IF_MINE, 1, waiting_key(job.image, job.platform), job_id)
-                self.jobs.event(job_id, "failed", f"queue unavailable: {exc}", error=f"queue unavailable: {exc}",
-                                temporary=1)
-            raise QueueUnavailable(f"the queue did not accept job {job_id}: {exc}") from exc
-        self.jobs.event(job_id, state, detail)
+    def requeue(self, job_id: str, detail: str) -> None:
+        """Queue an existing job again (reconciliation)."""
+        self.jobs.event(job_id, "queued", detail)
+        self.redis.lpush(INCOMING, job_id)
 
     def started(self, job_id: str, image: str, platform: str) -> None:
         """Called by the worker before it resolves: later requests must not coalesce onto this job."""
         self.redis.eval(_CLEAR_IF_MINE, 1, waiting_key(image, platform), job_id)
+
+    def depth(self) -> int:
+        return int(self.redis.llen(INCOMING))
+
+
+class Dispatcher:
+    """Moves jobs from ``ducc:incoming`` to Celery; run by every worker in a thread."""
+
+    def __init__(self, client: redis.Redis, send: Callable[[str, list[str]], object]) -> None:
+        self.redis = client
+        self.send = send
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.step(timeout=1)
+            except redis.RedisError as exc:
+                log.warning("dispatcher: Redis unavailable (%s); retrying", exc)
+                stop.wait(1.0)
+            except Exception:  # never let the dispatcher die: jobs would wait until reconciliation
+                log.exception("dispatcher: could not send a job; it stays in %s for reconciliation", DISPATCHING)
+                stop.wait(1.0)
+
+    def step(self, timeout: int = 1) -> str | None:
+        job_id = self.redis.blmove(INCOMING, DISPATCHING, max(1, int(timeout)), "RIGHT", "LEFT")
+        if job_id is None:
+            return None
+        job = str(job_id)
+        self.send(CONVERT_TASK, [job])
+        self.redis.lrem(DISPATCHING, 1, job)
+        return job
+
+    def recover(self) -> int:
+        """Put back every job left in ``ducc:dispatching`` (a dispatcher died holding it); returns how many.
+
+        A job that was in fact sent is sent twice, which the task tolerates.
+        """
+        moved = 0
+        while self.redis.lmove(DISPATCHING, INCOMING, "RIGHT", "LEFT") is not None:
+            moved += 1
+        return moved

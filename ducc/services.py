@@ -8,7 +8,7 @@ from pathlib import Path
 
 import redis
 
-from ducc.broker import build_redis, create_celery
+from ducc.broker import build_redis
 from ducc.cache import BlobCache
 from ducc.convert import Converter
 from ducc.jobs import JobStore
@@ -59,10 +59,9 @@ def build_job_store(settings: Settings, redis_client: redis.Redis | None = None)
 
 
 def build_queue(settings: Settings, redis_client: redis.Redis | None = None) -> Queue:
-    """What submitters (the CLI, the web app) need: the job store and a way to send tasks, no converter."""
+    """What submitters (the CLI, the web app) need: Redis only, no converter, no Celery."""
     client = redis_client or build_redis(settings)
-    app = create_celery(settings)
-    return Queue(client, JobStore(client, ttl=settings.job_ttl), lambda name, args: app.send_task(name, args=args))
+    return Queue(client, JobStore(client, ttl=settings.job_ttl))
 
 
 def build_converter(

@@ -34,7 +34,7 @@ from ducc.locks import lease, try_lease
 from ducc.metrics import record_conversion
 from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
-from ducc.queue import CONVERT_TASK, RECONCILE_TASK, SYNC_TASK, Queue
+from ducc.queue import CONVERT_TASK, DISPATCHING, INCOMING, RECONCILE_TASK, SYNC_TASK, Dispatcher, Queue
 from ducc.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class Runtime:
 
     @cached_property
     def queue(self) -> Queue:
-        return Queue(self.redis, self.jobs, lambda name, args: self.app.send_task(name, args=args))
+        return Queue(self.redis, self.jobs)
 
     @cached_property
     def converter(self) -> Converter:
@@ -156,8 +156,7 @@ def run_sync(rt: Runtime) -> dict[str, Any]:
         current, _ = rt.converter.is_current(ref, platform)
         if current:
             return "unchanged"
-        job_id, _ = rt.queue.submit(str(ref), str(platform), "wishlist")
-        queued.append(job_id)
+        queued.append(rt.queue.submit(str(ref), str(platform), "wishlist").job_id)
         return "queued"
 
     report = check_all(wishes, rt.converter.client, check, per_registry=rt.settings.registry_concurrency)
@@ -169,7 +168,7 @@ def run_sync(rt: Runtime) -> dict[str, Any]:
 
 
 def run_reconcile(rt: Runtime) -> int:
-    """Requeue jobs whose worker died; returns how many."""
+    """Requeue jobs whose worker died and jobs a dispatcher dropped; returns how many."""
     if not try_lease(rt.redis, "reconcile", max(1, rt.settings.job_lease // 3)):
         return 0
     requeued = 0
@@ -177,14 +176,36 @@ def run_reconcile(rt: Runtime) -> int:
     for job in rt.jobs.unfinished():
         if rt.jobs.lease_alive(job.id):
             continue
-        stale_received = job.state == "received" and now - job.received_at > 60
         lost = job.state in ACTIVE_STATES
         overdue_retry = job.state == "retrying" and now - job.updated_at > rt.settings.job_retry_base * 2 ** job.attempts + 60
-        if stale_received or lost or overdue_retry:
+        if lost or overdue_retry:
             log.warning("job %s (%s) was %s with no live worker: requeued", job.id, job.image, job.state)
-            rt.queue.enqueue(job.id, "queued", f"requeued: its worker stopped while {job.state}")
+            rt.queue.requeue(job.id, f"requeued: its worker stopped while {job.state}")
+            requeued += 1
+    # Jobs a dispatcher took but did not hand to Celery: seen there at two reconciliations in a row.
+    current = {str(j) for j in rt.redis.lrange(DISPATCHING, 0, -1)}
+    seen_key = f"{DISPATCHING}:seen"
+    previous = {str(j) for j in rt.redis.smembers(seen_key)}
+    pipe = rt.redis.pipeline()
+    pipe.delete(seen_key)
+    if current:
+        pipe.sadd(seen_key, *current)
+        pipe.expire(seen_key, rt.settings.job_lease * 4)
+    pipe.execute()
+    for job_id in current & previous:
+        if rt.redis.lrem(DISPATCHING, 1, job_id):
+            rt.redis.lpush(INCOMING, job_id)
+            log.warning("job %s was dropped by a dispatcher: queued again", job_id)
             requeued += 1
     return requeued
+
+
+def start_dispatcher(rt: Runtime) -> threading.Event:
+    """Run a dispatcher thread in this (worker main) process; set the returned event to stop it."""
+    stop = threading.Event()
+    dispatcher = Dispatcher(rt.redis, lambda name, args: rt.app.send_task(name, args=args))
+    threading.Thread(target=dispatcher.run, args=(stop,), name="ducc-dispatcher", daemon=True).start()
+    return stop
 
 
 def register(app: Celery, settings: Settings) -> Celery:
@@ -203,11 +224,12 @@ def register(app: Celery, settings: Settings) -> Celery:
     def reconcile() -> int:
         return run_reconcile(rt)
 
-    def reconcile_at_start(sender: object = None, **_: object) -> None:
+    def at_start(sender: object = None, **_: object) -> None:
+        start_dispatcher(rt)
         try:
             run_reconcile(rt)
         except Exception:  # never keep a worker from starting
             log.exception("reconciliation at start-up failed")
 
-    worker_ready.connect(reconcile_at_start, weak=False)
+    worker_ready.connect(at_start, weak=False)
     return app

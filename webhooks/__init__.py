@@ -33,7 +33,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException
 
 from ducc import layout
-from ducc.broker import build_redis, create_celery
+from ducc.broker import build_redis
 from ducc.errors import InvalidReference
 from ducc.jobs import JobStore
 from ducc.metrics import RedisCollector, record_request
@@ -48,7 +48,6 @@ from webhooks.sources import Parsed, PayloadError, dockerhub, harbor, quay, regi
 log = logging.getLogger("ducc.web")
 
 JSON_TYPES = frozenset({"application/json"})
-EVENT_TTL = 24 * 3600
 
 
 class BadRequest(Exception):
@@ -89,10 +88,7 @@ def create_app(
     settings = settings or Settings.from_env()
     client = redis_client or build_redis(settings)
     job_store = jobs or JobStore(client, ttl=settings.job_ttl)
-    if queue is None:
-        celery = create_celery(settings)
-        queue = Queue(client, job_store, lambda name, args: celery.send_task(name, args=args))
-    submit_queue = queue
+    submit_queue = queue or Queue(client, job_store)
     token_check = tokens or Tokens.from_env(settings.env)
     rules = policy or Policy(list(settings.allow), settings.wishlist)
     metrics = CollectorRegistry(auto_describe=False)
@@ -129,19 +125,19 @@ def create_app(
             raise BadRequest(400, f"malformed JSON: {exc}") from exc
 
     def submit(source: str, ref: Reference, platforms: tuple[Platform, ...], event_id: str | None) -> list[dict[str, Any]]:
-        """Queue ``ref``; a delivery seen before (same event id) reports the job it created then."""
-        key = f"ducc:event:{source}:{event_id}" if event_id else None
+        """Queue ``ref`` (the queue counts the outcome); a redelivered event reports the job it created first."""
         try:
-            if key and (seen := client.get(key)):
-                count(source, "duplicate")
-                return [{"image": str(ref), "job": str(seen), "duplicate_delivery": True}]
             out = []
             for platform in platforms or (settings.platform,):
-                job_id, into = submit_queue.submit(str(ref), str(platform), source)
-                count(source, "coalesced" if into else "accepted")
-                out.append({"image": str(ref), "platform": str(platform), "job": job_id, "coalesced_into": into})
-            if key:
-                client.set(key, out[0]["job"], ex=EVENT_TTL)
+                # one event may stand for several platforms: each gets its own delivery key
+                key = f"{event_id}|{platform}" if event_id else None
+                sub = submit_queue.submit(str(ref), str(platform), source, key)
+                entry: dict[str, Any] = {"image": str(ref), "platform": str(platform), "job": sub.job_id}
+                if sub.outcome == "duplicate":
+                    entry["duplicate_delivery"] = True
+                else:
+                    entry["coalesced_into"] = sub.into
+                out.append(entry)
             return out
         except (QueueUnavailable, redis.RedisError) as exc:
             count(source, "unavailable")
@@ -229,7 +225,7 @@ def create_app(
         accepted = submit("api", ref, platforms or decision.platforms, None)
         first = accepted[0]
         return jsonify({"id": first["job"], "image": str(ref), "platform": first["platform"],
-                        "coalesced_into": first["coalesced_into"], "jobs": accepted,
+                        "coalesced_into": first.get("coalesced_into"), "jobs": accepted,
                         "status": f"/api/v1/conversions/{first['job']}"}), 202
 
     @app.get("/api/v1/conversions/<job_id>")

@@ -92,11 +92,12 @@ def test_requests_for_an_image_already_queued_are_coalesced(client, unique_ref, 
     ref = unique_ref()
     push_image(client, ref, ImageSpec(layers=[BASE, Layer([File("app", b"once")])]))
     queue = queue_for(redis_server, root)
-    first, into = queue.submit(str(ref), "linux/amd64", "test")
-    assert into is None
-    second, into2 = queue.submit(str(ref), "linux/amd64", "test")
-    third, into3 = queue.submit(str(ref), "linux/amd64", "registry")
-    assert into2 == first and into3 == first
+    first = queue.submit(str(ref), "linux/amd64", "test")
+    assert first.into is None and first.outcome == "accepted"
+    second = queue.submit(str(ref), "linux/amd64", "test")
+    third = queue.submit(str(ref), "linux/amd64", "registry")
+    assert second.into == first.job_id and third.into == first.job_id
+    first, second, third = first.job_id, second.job_id, third.job_id
     worker = service()
     jobs = JobStore(redis_server.client())
     finished = wait_finished(jobs, [first, second, third])
@@ -115,13 +116,14 @@ def test_a_request_arriving_while_the_image_converts_gets_its_own_job(client, un
         service()
         queue = queue_for(redis_server, root)
         jobs = JobStore(redis_server.client())
-        first, _ = queue.submit(str(ref), "linux/amd64", "test")
+        first = queue.submit(str(ref), "linux/amd64", "test").job_id
         deadline = time.monotonic() + 30
         while jobs.get(first).state not in ("fetching", "unpacking") and time.monotonic() < deadline:
             time.sleep(0.05)
         push_image(client, ref, ImageSpec(layers=[BASE, Layer([File("app", b"second")])]))  # the tag moves meanwhile
-        second, into = queue.submit(str(ref), "linux/amd64", "test")
-        assert into is None  # the first already resolved: it cannot stand for the new push
+        later = queue.submit(str(ref), "linux/amd64", "test")
+        assert later.into is None  # the first already resolved: it cannot stand for the new push
+        second = later.job_id
         wait_finished(jobs, [first, second])
         assert (root / layout.tag_link(ref) / "app").read_bytes() == b"second"
     finally:
@@ -137,7 +139,7 @@ def test_two_workers_convert_many_images_at_once_without_duplicate_work(client, 
     queue = queue_for(redis_server, root)
     ids = []
     for ref in refs + refs:  # every image asked for twice
-        ids.append(queue.submit(str(ref), "linux/amd64", "test")[0])
+        ids.append(queue.submit(str(ref), "linux/amd64", "test").job_id)
     jobs = JobStore(redis_server.client())
     finished = wait_finished(jobs, ids, timeout=180)
     assert all(j.state == "published" for j in finished), [(j.image, j.error) for j in finished]
@@ -157,7 +159,7 @@ def test_a_temporary_registry_failure_is_retried_and_the_reason_recorded(client,
         proxy.add("status", "/manifests/", method=None, times=3, status=503)
         service(DUCC_RETRY_ATTEMPTS="1")
         queue = queue_for(redis_server, root)
-        job_id, _ = queue.submit(str(ref), "linux/amd64", "test")
+        job_id = queue.submit(str(ref), "linux/amd64", "test").job_id
         (job,) = wait_finished(JobStore(redis_server.client()), [job_id], timeout=120)
         assert job.state == "published"
         retries = [e for e in job.events if e["state"] == "retrying"]
@@ -171,7 +173,7 @@ def test_a_permanent_failure_is_not_retried_and_says_why(unique_ref, redis_serve
     service()
     ref = unique_ref("never-pushed")
     queue = queue_for(redis_server, root)
-    job_id, _ = queue.submit(str(ref), "linux/amd64", "test")
+    job_id = queue.submit(str(ref), "linux/amd64", "test").job_id
     (job,) = wait_finished(JobStore(redis_server.client()), [job_id])
     assert job.state == "failed" and "not found" in job.error and not job.temporary and job.attempts == 1
     env = service_env(root, redis_server.url, tmp_path / "state")
