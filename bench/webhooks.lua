@@ -2,7 +2,13 @@
 -- each with its own event id and one of TAGS tags, so some requests coalesce and none is a duplicate.
 local template = nil
 local counter = 0
-local tags = tonumber(os.getenv("BENCH_TAGS") or "2000")
+local threads = 0
+
+setup = function(thread)
+  threads = threads + 1
+  thread:set("thread_id", threads)
+end
+local tags = tonumber(os.getenv("BENCH_TAGS") or "100000")
 local token = os.getenv("BENCH_TOKEN")
 local host = os.getenv("BENCH_IMAGE_HOST") or "127.0.0.1:5000"
 
@@ -10,12 +16,12 @@ init = function(args)
   local f = assert(io.open(os.getenv("BENCH_PAYLOAD"), "r"))
   template = f:read("*all")
   f:close()
-  math.randomseed(os.time() + (args[1] and tonumber(args[1]) or 0))
+  math.randomseed(os.time() * 100 + thread_id)
 end
 
 request = function()
   counter = counter + 1
-  local id = string.format("%08x-%d-%d", math.random(0, 0x7fffffff), counter, math.random(0, 1e9))
+  local id = string.format("%d-%d-%08x", thread_id, counter, math.random(0, 0x7fffffff))
   local tag = "t" .. tostring(math.random(1, tags))
   local body = template:gsub("__ID__", id):gsub("__TAG__", tag):gsub("__HOST__", host)
   return wrk.format("POST", "/webhooks/registry", {

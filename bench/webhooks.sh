@@ -3,7 +3,7 @@
 # real registry notification payloads; then push-to-published latency of the 1-layer Debian base image
 # through a real registry's notifications and a real worker.
 #
-# usage: bench/webhooks.sh [WORKDIR]   (BENCH_SECONDS=20 BENCH_CONNECTIONS=16 BENCH_WEB_WORKERS=3;
+# usage: bench/webhooks.sh [WORKDIR]   (BENCH_SECONDS=20 BENCH_CONNECTIONS=8 BENCH_WEB_WORKERS=2;
 #                                       BENCH_REGISTRY=host:port to reuse a registry with bench/debian)
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -14,4 +14,4 @@ py="$here/.venv/bin/python"
 command -v wrk >/dev/null || { echo "wrk is missing: run ./bootstrap.sh" >&2; exit 2; }
 . "$here/bench/registry.sh"
 "$py" "$here/bench/webhooks.py" --registry "$reg" --work "$work" --seconds "${BENCH_SECONDS:-20}" \
-  --connections "${BENCH_CONNECTIONS:-16}" --web-workers "${BENCH_WEB_WORKERS:-3}"
+  --connections "${BENCH_CONNECTIONS:-8}" --web-workers "${BENCH_WEB_WORKERS:-2}"

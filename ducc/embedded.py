@@ -1,9 +1,10 @@
 """``ducc serve``: the whole service on one machine in one command.
 
 Runs, as child processes it supervises: an embedded Redis (``redis-server`` on
-a unix socket under ``DUCC_STATE_DIR``, append-only file fsynced on every
-write, so an accepted request survives a crash) unless ``DUCC_REDIS_URL`` is
-set; a worker; beat (the nightly wishlist sync and reconciliation); and the
+a unix socket under ``DUCC_STATE_DIR``, with an append-only file written before
+every answer, so an accepted request survives any process crash; fsynced every
+second, or on every write with ``DUCC_REDIS_FSYNC=always``) unless
+``DUCC_REDIS_URL`` is set; a worker; beat (the nightly wishlist sync and reconciliation); and the
 web app under gunicorn on ``DUCC_LISTEN``. A child that dies is restarted;
 SIGTERM/SIGINT stop everything in order. Children die with the supervisor
 (PR_SET_PDEATHSIG), so nothing is left behind whatever happens to it.
@@ -66,21 +67,21 @@ class Child:
             self.process.wait()
 
 
-def redis_config(state: Path) -> list[str]:
+def redis_config(state: Path, fsync: str) -> list[str]:
     socket = state / "redis.sock"
     return [
         "--port", "0", "--unixsocket", str(socket), "--unixsocketperm", "700",
-        "--dir", str(state), "--appendonly", "yes", "--appendfsync", "always",
+        "--dir", str(state), "--appendonly", "yes", "--appendfsync", fsync,
         "--save", "", "--daemonize", "no", "--loglevel", "warning",
     ]
 
 
-def start_redis(state: Path) -> tuple[Child, str]:
+def start_redis(state: Path, fsync: str = "everysec") -> tuple[Child, str]:
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed (./bootstrap.sh installs it) and DUCC_REDIS_URL is not set")
     state.mkdir(parents=True, exist_ok=True)
-    child = Child("redis", [binary, *redis_config(state)], dict(os.environ))
+    child = Child("redis", [binary, *redis_config(state, fsync)], dict(os.environ))
     child.start()
     url = f"unix://{state / 'redis.sock'}"
     deadline = time.monotonic() + 30
@@ -102,7 +103,7 @@ def serve(settings: Settings, *, root: Path, wishlist: Path | None, web: bool = 
         env["DUCC_WISHLIST"] = str(wishlist.resolve())
     children: list[Child] = []
     if not settings.redis_url:
-        redis_child, url = start_redis(settings.state_dir / "redis")
+        redis_child, url = start_redis(settings.state_dir / "redis", settings.redis_fsync)
         children.append(redis_child)
         env["DUCC_REDIS_URL"] = url
         log.info("embedded Redis at %s (data in %s)", url, settings.state_dir / "redis")

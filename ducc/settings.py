@@ -14,6 +14,7 @@
 | DOCKER_CONFIG | directory of a Docker ``config.json`` to take credentials from | ``~/.docker`` |
 | DUCC_FSYNC | ``1``: flush the filesystem before each record (power-loss safety) | off |
 | DUCC_REDIS_URL | broker, locks and job status; unset: ``ducc serve`` runs its own Redis | |
+| DUCC_REDIS_FSYNC | embedded Redis: ``everysec`` (survives any crash of a process; a power cut may lose the last second) or ``always`` (survives that too, slower) | everysec |
 | DUCC_STATE_DIR | embedded Redis data, beat schedule | ``$XDG_STATE_HOME/ducc`` |
 | DUCC_WISHLIST | wishlist the scheduled sync reads | |
 | DUCC_SYNC_SCHEDULE | cron expression of the wishlist sync | ``0 3 * * *`` |
@@ -73,6 +74,13 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer, not {value!r}") from exc
 
 
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    value = (env.get(name) or default).lower()
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     root: Path
@@ -86,6 +94,7 @@ class Settings:
     log_level: str
     fsync: bool = False
     redis_url: str | None = None
+    redis_fsync: str = "everysec"
     state_dir: Path = Path("/var/lib/ducc")
     wishlist: Path | None = None
     sync_schedule: str = "0 3 * * *"
@@ -118,6 +127,7 @@ class Settings:
             log_level=(env.get("DUCC_LOG_LEVEL") or "INFO").upper(),
             fsync=env.get("DUCC_FSYNC", "").lower() in ("1", "true", "yes", "on"),
             redis_url=env.get("DUCC_REDIS_URL") or None,
+            redis_fsync=_choice(env, "DUCC_REDIS_FSYNC", ("everysec", "always"), "everysec"),
             state_dir=Path(env.get("DUCC_STATE_DIR") or _state_home(env) / "ducc"),
             wishlist=Path(env["DUCC_WISHLIST"]) if env.get("DUCC_WISHLIST") else None,
             sync_schedule=env.get("DUCC_SYNC_SCHEDULE") or "0 3 * * *",
