@@ -222,6 +222,7 @@ def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
         "user": container.get("User") or "",
         "labels": container.get("Labels") or {},
         "converted": (record.details or {}).get("converted_at"),
+        "added_by_ducc": _additions(publisher.root / layout.flat_dir(record.config_digest)),
     }
     print(json.dumps(out, indent=2))
     return 0
@@ -337,6 +338,16 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     return serve(settings, root=args.root or settings.root, wishlist=args.wishlist or settings.wishlist,
                  web=not args.no_web)
+
+
+def _additions(flat: Path) -> list[str]:
+    """What ducc added to a flat root, as it recorded it there (``.singularity.d/ducc.json``)."""
+    from ducc.unpack.extend import RECORD
+
+    try:
+        return list(json.loads((flat / RECORD).read_text())["added"])
+    except (OSError, ValueError, KeyError):
+        return []
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -102,6 +102,7 @@ def test_inspect_reports_config_layers_and_paths(client, unique_ref, root):
     assert info["working_dir"] == "/work" and info["user"] == "1000:1000" and info["labels"] == {"org.example": "yes"}
     assert Path(info["path"]).resolve() == Path(info["flat"]).resolve()
     assert all(Path(layer["path"]).is_dir() for layer in info["layers"])
+    assert ".singularity.d/runscript" in info["added_by_ducc"] and "etc/hosts" in info["added_by_ducc"]
     listed = ducc("list", root=root)
     assert str(layout.tag_link(ref)) in listed.stdout
 
