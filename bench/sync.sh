@@ -5,10 +5,5 @@
 #
 # usage: bench/sync.sh [WORKDIR]        (BENCH_REGISTRY=host:port to reuse a registry)
 set -euo pipefail
-here=$(cd "$(dirname "$0")/.." && pwd)
-work=${1:-/var/tmp/ducc-bench}
-mkdir -p "$work"
-py="$here/.venv/bin/python"
-[ -x "$py" ] || { echo "run ./bootstrap.sh first" >&2; exit 2; }
-. "$here/bench/registry.sh"
+. "$(dirname "$0")/common.sh"
 "$py" "$here/bench/sync.py" --registry "$reg" --work "$work" --entries "${BENCH_ENTRIES:-600}"

@@ -6,12 +6,7 @@
 # usage: bench/webhooks.sh [WORKDIR]   (BENCH_SECONDS=20 BENCH_CONNECTIONS=8 BENCH_WEB_WORKERS=2;
 #                                       BENCH_REGISTRY=host:port to reuse a registry with bench/debian)
 set -euo pipefail
-here=$(cd "$(dirname "$0")/.." && pwd)
-work=${1:-/var/tmp/ducc-bench}
-mkdir -p "$work"
-py="$here/.venv/bin/python"
-[ -x "$py" ] || { echo "run ./bootstrap.sh first" >&2; exit 2; }
 command -v wrk >/dev/null || { echo "wrk is missing: run ./bootstrap.sh" >&2; exit 2; }
-. "$here/bench/registry.sh"
+. "$(dirname "$0")/common.sh"
 "$py" "$here/bench/webhooks.py" --registry "$reg" --work "$work" --seconds "${BENCH_SECONDS:-20}" \
   --connections "${BENCH_CONNECTIONS:-8}" --web-workers "${BENCH_WEB_WORKERS:-2}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import re
@@ -236,10 +237,20 @@ def _when(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
+def _broker_settings(settings: Settings) -> Settings:
+    """Settings that reach Redis: DUCC_REDIS_URL, or the embedded Redis of a ``ducc serve`` on this machine."""
+    if settings.redis_url:
+        return settings
+    socket = settings.state_dir / "redis" / "redis.sock"
+    if socket.exists():
+        return dataclasses.replace(settings, redis_url=f"unix://{socket}")
+    raise ValueError(f"DUCC_REDIS_URL is not set and no ducc serve runs here (no {socket})")
+
+
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     from ducc.services import build_queue
 
-    queue = build_queue(settings)
+    queue = build_queue(_broker_settings(settings))
     platform = _platform(args, settings)
     for text in args.images:
         ref = Reference.parse(text)
@@ -266,7 +277,7 @@ def _print_job(job) -> None:  # type: ignore[no-untyped-def]
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from ducc.services import build_job_store, build_publisher
 
-    jobs = build_job_store(settings)
+    jobs = build_job_store(_broker_settings(settings))
     deadline = time.monotonic() + (args.wait or 0)
     platform = _platform(args, settings)
     while True:
@@ -296,7 +307,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
     from ducc.services import build_job_store
 
-    for job in build_job_store(settings).recent_jobs(args.limit):
+    for job in build_job_store(_broker_settings(settings)).recent_jobs(args.limit):
         took = f"{job.updated_at - job.received_at:7.1f}s"
         print(f"{job.id}  {_when(job.received_at)}  {job.state:<10} {took}  {job.source:<9} {job.image} ({job.platform})"
               + (f"  -> {job.coalesced_into}" if job.coalesced_into else "")

@@ -16,7 +16,7 @@ import logging
 import os
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -72,21 +72,8 @@ class _Extender:
             current = path
         return current
 
-    def file(self, rel: str, content: bytes, mode: int) -> None:
-        parent_rel, _, name = rel.rpartition("/")
-        parent = self.directory(parent_rel) if parent_rel else self.flat
-        target = parent / name
-        if target.is_dir() and not target.is_symlink():
-            raise _InTheWay(f"{rel} is a directory in the image")
-        tmp = parent / f".{name}.ducc-{secrets.token_hex(4)}"
-        with _writable(parent):
-            with open(tmp, "xb") as fh:  # "x": a new inode, never an existing file
-                fh.write(content)
-            os.chmod(tmp, mode)
-            os.replace(tmp, target)
-        self.added.append(rel)
-
-    def symlink(self, rel: str, target: str) -> None:
+    def _replace(self, rel: str, create: Callable[[Path], None]) -> None:
+        """Create ``rel`` under a temporary name with ``create`` and rename it over whatever was there."""
         parent_rel, _, name = rel.rpartition("/")
         parent = self.directory(parent_rel) if parent_rel else self.flat
         path = parent / name
@@ -94,9 +81,20 @@ class _Extender:
             raise _InTheWay(f"{rel} is a directory in the image")
         tmp = parent / f".{name}.ducc-{secrets.token_hex(4)}"
         with _writable(parent):
-            os.symlink(target, tmp)
+            create(tmp)
             os.replace(tmp, path)
         self.added.append(rel)
+
+    def file(self, rel: str, content: bytes, mode: int) -> None:
+        def create(tmp: Path) -> None:
+            with open(tmp, "xb") as fh:  # "x": a new inode, never an existing file
+                fh.write(content)
+            os.chmod(tmp, mode)
+
+        self._replace(rel, create)
+
+    def symlink(self, rel: str, target: str) -> None:
+        self._replace(rel, lambda tmp: os.symlink(target, tmp))
 
     def attempt(self, what: str, action, *args) -> None:  # type: ignore[no-untyped-def]
         try:

@@ -267,6 +267,8 @@ def test_sigkill_of_the_whole_service_mid_conversion_loses_nothing(client, uniqu
         assert done.returncode == 0, done.stdout + serve.log()[-3000:]
         assert "requeued" in done.stdout
         assert partial == []
+        found = ducc_cli("jobs", env=env)  # no DUCC_REDIS_URL: the CLI finds the embedded Redis of ducc serve
+        assert found.returncode == 0 and job_id in found.stdout, found.stderr
         assert len(list((root / layout.tag_link(ref) / "many").iterdir())) == 3000
     finally:
         serve.stop()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import redis
 
-from tests.support.processes import free_port, wait_for_port
+from tests.support.processes import free_port, stop_process, wait_for_port
 
 
 @dataclass
@@ -26,11 +26,7 @@ class RedisServer:
         return redis.Redis.from_url(self.url, decode_responses=True)
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        stop_process(self.process)
 
 
 def start_redis(directory: Path) -> RedisServer:

@@ -1,7 +1,13 @@
-# Sourced by the benchmarks: a registry holding the real Debian images of ../shared/bench/make-images.sh.
-# Sets $reg (host:port). Reuses BENCH_REGISTRY if given; otherwise starts docker-registry on a free
+# Sourced by the benchmarks with the caller's arguments: sets $here (the checkout), $work (WORKDIR, the
+# first argument, default /var/tmp/ducc-bench), $py (the virtualenv's python) and $reg (host:port of a
+# registry holding the real Debian images of ../shared/bench/make-images.sh). Reuses BENCH_REGISTRY if given; otherwise starts docker-registry on a free
 # loopback port under $work and, if the images are missing, pushes the OCI layout kept under
 # $DUCC_BENCH_IMAGES (default /var/tmp/ducc-bench/images) or builds it (debootstrap + apt: needs root).
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+work=${1:-/var/tmp/ducc-bench}
+mkdir -p "$work"
+py="$here/.venv/bin/python"
+[ -x "$py" ] || { echo "run ./bootstrap.sh first" >&2; exit 2; }
 registry_pid=""
 cleanup_registry() { [ -n "$registry_pid" ] && kill "$registry_pid" 2>/dev/null || true; }
 trap cleanup_registry EXIT
