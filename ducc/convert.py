@@ -44,7 +44,7 @@ from ducc.model.digest import Digest
 from ducc.model.manifest import DEFAULT_PLATFORM, Descriptor, ImageConfig, Index, Manifest, Platform
 from ducc.model.reference import Reference
 from ducc.progress import LogProgress, Progress
-from ducc.publish import Publisher
+from ducc.publish import Publisher, Record
 from ducc.registry.client import RegistryClient
 from ducc.tree import remove_tree
 from ducc.unpack.apply import LayerReport, resolve_lower_links, unpack_layer
@@ -151,14 +151,16 @@ class Converter:
 
     def is_current(self, ref: Reference, platform: Platform = DEFAULT_PLATFORM) -> tuple[bool, Digest]:
         """Whether ``ref`` is published at the digest the registry serves now (one manifest HEAD)."""
+        record, tag_digest = self._current_record(ref, platform)
+        return record is not None, tag_digest
+
+    def _current_record(self, ref: Reference, platform: Platform) -> tuple[Record | None, Digest]:
+        """The record of ``ref`` if it matches what the registry serves now, and that digest."""
         tag_digest = self.client.resolve(ref)
         record = self.publisher.read_record(ref, platform)
-        current = (
-            record is not None
-            and record.tag_digest == tag_digest
-            and self.publisher.has_flat(record.config_digest)
-        )
-        return current, tag_digest
+        if record is None or record.tag_digest != tag_digest or not self.publisher.has_flat(record.config_digest):
+            return None, tag_digest
+        return record, tag_digest
 
     def convert(
         self,
@@ -172,13 +174,12 @@ class Converter:
         progress = progress or self.progress
         started = time.monotonic()
         progress.stage(ref, "resolving")
-        current, tag_digest = self.is_current(ref, platform)
+        record, tag_digest = self._current_record(ref, platform)
         result = ConversionResult(ref, platform, "published", tag_digest=tag_digest,
                                   path=str(layout.tag_link(ref, platform)))
-        if current and not force:
-            record = self.publisher.read_record(ref, platform)
+        if record is not None and not force:
             result.state = "unchanged"
-            result.config_digest = record.config_digest if record else None
+            result.config_digest = record.config_digest
             result.seconds = time.monotonic() - started
             progress.stage(ref, "unchanged", f"{tag_digest.short} already published")
             return result
@@ -187,18 +188,21 @@ class Converter:
         result.config_digest = image.config.digest
         with self.publisher.staging() as stage:
             self._publish_layers(image, stage, result, progress)
+            flat: Path | None = None
+            if self.publisher.has_flat(image.config.digest):
+                result.flat_reused = True
+            else:
+                # Built outside the repository lock: only the commits below are serialised.
+                progress.stage(ref, "flattening")
+                flat = stage / "flat"
+                flat.mkdir()
+                flatten([self.publisher.layer_source(d.digest) for d, _ in image.layers], flat)
+                for hook in self.flat_hooks:
+                    hook(flat, image.config)
+                (flat / layout.CATALOG).touch(mode=0o644)
             with self.publisher.transaction(ref) as txn:
-                if self.publisher.has_flat(image.config.digest):
-                    result.flat_reused = True
-                else:
-                    progress.stage(ref, "flattening")
-                    flat = stage / "flat"
-                    flat.mkdir()
-                    flatten([self.publisher.layer_source(d.digest) for d, _ in image.layers], flat)
-                    for hook in self.flat_hooks:
-                        hook(flat, image.config)
-                    (flat / layout.CATALOG).touch(mode=0o644)
-                    txn.add_flat(image.config.digest, flat)
+                if flat is not None:
+                    txn.add_flat(image.config.digest, flat)  # a twin built meanwhile by another worker wins
                 progress.stage(ref, "publishing")
                 txn.point_tag(ref, platform, image.config.digest)
                 txn.write_record(ref, platform, self._record_files(image))
