@@ -85,7 +85,11 @@ def run_conversion(rt: Runtime, job_id: str, task: Task) -> str:
     if job.state in ACTIVE_STATES and rt.jobs.lease_alive(job_id):
         log.info("job %s is running on another worker", job_id)
         return "running"
-    ref, platform = Reference.parse(job.image), Platform.parse(job.platform)
+    try:
+        ref, platform = Reference.parse(job.image), Platform.parse(job.platform)
+    except ValueError as exc:  # submitters validate; a record edited by hand must still end somewhere
+        rt.jobs.event(job_id, "failed", str(exc), error=str(exc), temporary=0, attempts=job.attempts + 1)
+        return "failed"
     with lease(rt.redis, f"image:{image_key(job.image, job.platform)}", seconds=rt.settings.job_lease):
         rt.queue.started(job_id, job.image, job.platform)
         stop = threading.Event()

@@ -47,10 +47,10 @@ class Tokens:
 
 def presented_token(authorization: str | None, query_token: str | None) -> str | None:
     if authorization:
-        scheme, _, value = authorization.partition(" ")
-        if scheme.lower() == "bearer" and value:
-            return value.strip()
+        scheme, _, value = authorization.strip().partition(" ")
+        if scheme.lower() == "bearer":
+            return value.strip() or None
         if not value:
-            return scheme.strip()  # Harbor's "auth header" may be the bare token
+            return scheme  # Harbor's "auth header" may be the bare token
         return None
     return query_token or None

@@ -24,6 +24,7 @@ def test_token_is_taken_from_the_bearer_header_a_bare_header_or_the_query():
     assert presented_token("abc", None) == "abc"
     assert presented_token(None, "q") == "q"
     assert presented_token("Basic dXNlcjpwdw==", "q") is None
+    assert presented_token("Bearer ", None) is None and presented_token("Bearer", None) is None
 
 
 def test_policy_allows_globs_and_wishlist_entries_and_fails_closed(tmp_path: Path):
