@@ -339,8 +339,11 @@ def cmd_web(args: argparse.Namespace, settings: Settings) -> int:
     import os
 
     listen = args.listen or settings.listen
+    # The access log shows the path without the query string: Docker Hub and Quay send their token as ?token=.
+    access_format = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms "%(a)s"'
     os.execvp(sys.executable, [sys.executable, "-m", "gunicorn", "--bind", listen, "--workers", str(args.workers),
-                               "--access-logfile", "-", "--graceful-timeout", "10", "webhooks.wsgi:app"])
+                               "--access-logfile", "-", "--access-logformat", access_format,
+                               "--graceful-timeout", "10", "webhooks.wsgi:app"])
     return 0  # pragma: no cover - exec does not return
 
 

@@ -256,9 +256,13 @@ def test_end_to_end_registry_notification_to_published(client, registry, redis_s
         forbidden = Reference.parse(f"{notify.host}/forbidden/app:v1")
         assert not (root / layout.tag_link(forbidden)).exists()
         assert JobStore(redis_server.client()).for_image(str(forbidden)) == []
+        hub = requests.post(f"http://127.0.0.1:{port}/webhooks/dockerhub", params={"token": TOKEN},
+                            json=payload("dockerhub-push.json"), timeout=5)
+        assert hub.status_code == 200  # outside the policy here: acknowledged and ignored
         metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
         assert 'outcome="ignored",source="registry"' in metrics
         assert 'ducc_conversions_total{result="published"} 1.0' in metrics
+        assert "/webhooks/dockerhub" in web_process.log() and TOKEN not in web_process.log()
     finally:
         web_process.stop()
         worker.stop()
