@@ -1,9 +1,10 @@
 """Job status in Redis: every request's id and timeline (DESIGN §10), queryable by id or image.
 
 A job is a hash ``ducc:job:<id>`` plus a list of timeline events
-``ducc:job:<id>:events``; both expire (``ttl``) so Redis never fills up, and
-both are rebuilt from nothing if Redis is lost (the repository stays the
-source of truth for what is published).
+``ducc:job:<id>:events``; both expire (``ttl``) so Redis never fills up. Jobs
+are created by ``ducc.queue`` (atomically with their queueing); everything
+after that is written here. Losing Redis loses no published data: the
+repository stays the source of truth, and the next wishlist sync converges.
 
 States, in order: received, queued, resolving, fetching, unpacking,
 flattening, publishing, then published or failed (retrying in between for
@@ -26,6 +27,7 @@ import redis
 FINAL_STATES = frozenset({"published", "failed"})
 ACTIVE_STATES = frozenset({"resolving", "fetching", "unpacking", "flattening", "publishing"})
 PREFIX = "ducc"
+ACTIVE = f"{PREFIX}:jobs:active"
 
 
 def new_job_id() -> str:
@@ -81,27 +83,12 @@ class JobStore:
 
     # -- writing ------------------------------------------------------------------------
 
-    def create(self, image: str, platform: str, source: str, job_id: str | None = None) -> str:
-        job_id = job_id or new_job_id()
-        now = time.time()
-        pipe = self.redis.pipeline()
-        pipe.hset(self._key(job_id), mapping={
-            "id": job_id, "image": image, "platform": platform, "source": source,
-            "state": "received", "received_at": now, "updated_at": now,
-        })
-        pipe.rpush(self._key(job_id) + ":events", json.dumps({"state": "received", "at": now, "detail": source}))
-        pipe.expire(self._key(job_id), self.ttl)
-        pipe.expire(self._key(job_id) + ":events", self.ttl)
-        pipe.zadd(f"{PREFIX}:jobs:recent", {job_id: now})
-        pipe.zremrangebyrank(f"{PREFIX}:jobs:recent", 0, -self.recent - 1)
-        pipe.lpush(f"{PREFIX}:jobs:image:{image}", job_id)
-        pipe.ltrim(f"{PREFIX}:jobs:image:{image}", 0, 49)
-        pipe.expire(f"{PREFIX}:jobs:image:{image}", self.ttl)
-        pipe.execute()
-        return job_id
-
     def event(self, job_id: str, state: str, detail: str = "", **fields: Any) -> None:
-        """Append a timeline event and move the job to ``state``."""
+        """Append a timeline event and move the job to ``state``.
+
+        Jobs a worker has started and not finished are also kept in ``ducc:jobs:active``, which
+        reconciliation walks: it finds an interrupted job however many jobs came after it.
+        """
         now = time.time()
         mapping: dict[str, str | int | float] = {"state": state, "updated_at": now}
         for name, value in fields.items():
@@ -114,13 +101,14 @@ class JobStore:
         pipe.rpush(self._key(job_id) + ":events", json.dumps({"state": state, "at": now, "detail": detail}))
         pipe.expire(self._key(job_id), self.ttl)
         pipe.expire(self._key(job_id) + ":events", self.ttl)
+        if state in ACTIVE_STATES or state == "retrying":
+            pipe.sadd(ACTIVE, job_id)
+        elif state in FINAL_STATES:
+            pipe.srem(ACTIVE, job_id)
         pipe.execute()
 
     def set_bytes(self, job_id: str, count: int) -> None:
         self.redis.hset(self._key(job_id), mapping={"bytes": count, "updated_at": time.time()})
-
-    def coalesce(self, job_id: str, into: str) -> None:
-        self.event(job_id, "queued", f"coalesced into {into} (same image already queued)", coalesced_into=into)
 
     # -- reading ------------------------------------------------------------------------
 
@@ -159,10 +147,12 @@ class JobStore:
         return [job for job in jobs if job is not None]
 
     def unfinished(self) -> Iterator[Job]:
-        """Jobs not yet published or failed (and not coalesced), oldest first: what reconciliation looks at."""
-        for job_id in self.redis.zrange(f"{PREFIX}:jobs:recent", 0, -1):
+        """Jobs a worker started and did not finish: what reconciliation looks at."""
+        for job_id in self.redis.smembers(ACTIVE):
             job = self.get(str(job_id), follow=False)
-            if job is not None and not job.finished and not job.coalesced_into:
+            if job is None or job.finished:
+                self.redis.srem(ACTIVE, job_id)  # expired or already done
+            elif not job.coalesced_into:
                 yield job
 
     # -- worker leases ------------------------------------------------------------------

@@ -18,10 +18,6 @@ from redis.exceptions import LockError
 log = logging.getLogger(__name__)
 
 
-class LeaseLost(RuntimeError):
-    pass
-
-
 @contextmanager
 def lease(client: redis.Redis, name: str, *, seconds: float = 60.0, wait: float | None = None) -> Iterator[None]:
     """Hold the lease ``name``; ``wait`` seconds at most to get it (None: as long as it takes)."""

@@ -139,9 +139,6 @@ class Queue:
         """Called by the worker before it resolves: later requests must not coalesce onto this job."""
         self.redis.eval(_CLEAR_IF_MINE, 1, waiting_key(image, platform), job_id)
 
-    def depth(self) -> int:
-        return int(self.redis.llen(INCOMING))
-
 
 class Dispatcher:
     """Moves jobs from ``ducc:incoming`` to Celery; run by every worker in a thread."""

@@ -9,7 +9,7 @@ the whole, so a short or padded stream cannot slip through.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 from ducc.errors import DigestMismatch
 from ducc.model.digest import Digest
@@ -74,13 +74,3 @@ class VerifyingReader:
             )
         if actual != self.digest:
             raise DigestMismatch(f"{self.what} content", self.digest, actual)
-
-
-def copy_stream(source: Readable, sink: BinaryIO, chunk: int = CHUNK) -> int:
-    total = 0
-    while True:
-        data = source.read(chunk)
-        if not data:
-            return total
-        sink.write(data)
-        total += len(data)

@@ -273,3 +273,22 @@ def test_sigkill_of_the_whole_service_mid_conversion_loses_nothing(client, uniqu
     finally:
         serve.stop()
         proxy.stop()
+
+
+def test_reconciliation_finds_an_interrupted_job_behind_a_thousand_newer_ones(redis_server, root):
+    from ducc.broker import create_celery
+    from ducc.queue import INCOMING
+    from ducc.tasks import Runtime, run_reconcile
+
+    settings = settings_for(redis_server, root)
+    rt = Runtime(settings, create_celery(settings))
+    interrupted = rt.queue.submit("127.0.0.1:1/lost/image:1", "linux/amd64", "test").job_id
+    client = redis_server.client()
+    client.lrem(INCOMING, 1, interrupted)  # a worker took it ...
+    rt.jobs.event(interrupted, "fetching", "")  # ... started, and died without renewing its lease
+    for i in range(1100):
+        rt.queue.submit(f"127.0.0.1:1/other/image:{i}", "linux/amd64", "test")
+    assert run_reconcile(rt) == 1
+    assert interrupted in client.lrange(INCOMING, 0, -1)
+    job = rt.jobs.get(interrupted)
+    assert job.state == "queued" and "requeued" in job.events[-1]["detail"]
