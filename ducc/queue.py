@@ -8,9 +8,12 @@ or appends the job to ``ducc:incoming``. A ``Dispatcher`` in every worker
 moves incoming jobs to Celery (``ducc.convert``): the web process never pays
 for building Celery messages and needs nothing but Redis.
 
-Once a worker starts a job it clears the "waiting" mark *before* resolving
-the tag, so a request that arrives later gets a job of its own and sees the
-registry as it is then.
+A request for an image that is being converted coalesces onto the running
+job too, but that job has already resolved the tag: the request leaves a
+"recheck" mark, and the job checks the tag again (one HEAD; a conversion if
+it moved) before it finishes. Checking the mark and ceasing to be the
+running job is one atomic step, so no request can slip in between and be
+answered with an image older than its push.
 
 Delivery is at least once: a dispatcher that dies between taking a job and
 sending it leaves the job in ``ducc:dispatching``, and reconciliation puts it
@@ -62,15 +65,23 @@ redis.call('LPUSH', by_image, job_id)
 redis.call('LTRIM', by_image, 0, 49)
 redis.call('EXPIRE', by_image, ttl)
 local waiting = prefix .. ':waiting:' .. image .. '|' .. platform
-local existing = redis.call('SET', waiting, job_id, 'NX', 'EX', waiting_ttl, 'GET')
+local running = prefix .. ':running:' .. image .. '|' .. platform
 local outcome, target
-if existing and redis.call('EXISTS', prefix .. ':job:' .. existing) == 1 then
-  redis.call('HSET', job, 'coalesced_into', existing)
-  redis.call('RPUSH', events, cjson.encode({state = 'queued', at = tonumber(now),
-             detail = 'coalesced into ' .. existing .. ' (same image already queued)'}))
-  outcome, target = 'coalesced', existing
+local function coalesce(into, why)
+  redis.call('HSET', job, 'coalesced_into', into)
+  redis.call('RPUSH', events, cjson.encode({state = 'queued', at = tonumber(now), detail = 'coalesced into ' .. into .. ' (' .. why .. ')'}))
+  outcome, target = 'coalesced', into
+end
+local queued = redis.call('GET', waiting)
+local converting = redis.call('GET', running)
+if queued and redis.call('EXISTS', prefix .. ':job:' .. queued) == 1 then
+  coalesce(queued, 'same image already queued')
+elseif converting and redis.call('EXISTS', prefix .. ':job:' .. converting) == 1 then
+  -- the running job has resolved the tag already: it must look again before it finishes
+  redis.call('SET', prefix .. ':recheck:' .. image .. '|' .. platform, '1', 'EX', waiting_ttl)
+  coalesce(converting, 'same image converting; it checks the tag again before it finishes')
 else
-  if existing then redis.call('SET', waiting, job_id, 'EX', waiting_ttl) end
+  redis.call('SET', waiting, job_id, 'EX', waiting_ttl)
   redis.call('RPUSH', events, cjson.encode({state = 'queued', at = tonumber(now), detail = 'from ' .. source}))
   redis.call('LPUSH', prefix .. ':incoming', job_id)
   outcome, target = 'accepted', job_id
@@ -82,8 +93,24 @@ redis.call('HINCRBY', prefix .. ':metrics:requests', source .. '|' .. outcome, 1
 return {outcome, target}
 """
 
-# Compare-and-delete: a worker clears the waiting mark only if it is still its own job's.
-_CLEAR_IF_MINE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+# A worker starting a job: it is no longer waiting (if the mark is still its own), it is running.
+_STARTED = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+redis.call('SET', KEYS[2], ARGV[1], 'EX', tonumber(ARGV[2]))
+return 1
+"""
+# A live worker keeps its running mark.
+_RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2])) end return 0"
+# A worker about to finish: if a request arrived meanwhile (recheck), it must look again (1);
+# otherwise it stops being the running job (0), atomically, so no request can slip in between.
+_FINISH = """
+if ARGV[2] == '1' and redis.call('GET', KEYS[2]) then
+  redis.call('DEL', KEYS[2])
+  return 1
+end
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 class QueueUnavailable(DuccError):
@@ -101,6 +128,14 @@ class Submission:
 
 def waiting_key(image: str, platform: str) -> str:
     return f"{PREFIX}:waiting:{image_key(image, platform)}"
+
+
+def running_key(image: str, platform: str) -> str:
+    return f"{PREFIX}:running:{image_key(image, platform)}"
+
+
+def recheck_key(image: str, platform: str) -> str:
+    return f"{PREFIX}:recheck:{image_key(image, platform)}"
 
 
 class Queue:
@@ -135,9 +170,20 @@ class Queue:
         self.jobs.event(job_id, "queued", detail)
         self.redis.lpush(INCOMING, job_id)
 
-    def started(self, job_id: str, image: str, platform: str) -> None:
-        """Called by the worker before it resolves: later requests must not coalesce onto this job."""
-        self.redis.eval(_CLEAR_IF_MINE, 1, waiting_key(image, platform), job_id)
+    def started(self, job_id: str, image: str, platform: str, lease: int) -> None:
+        """Called by the worker before it resolves: later requests coalesce onto it as a running job
+        (and make it check the tag again), no longer as a waiting one."""
+        self.redis.eval(_STARTED, 2, waiting_key(image, platform), running_key(image, platform), job_id, lease)
+
+    def renew(self, job_id: str, image: str, platform: str, lease: int) -> None:
+        self.redis.eval(_RENEW, 1, running_key(image, platform), job_id, lease)
+
+    def finish(self, job_id: str, image: str, platform: str, *, recheck: bool = True) -> bool:
+        """True if a request arrived during the conversion and the tag must be checked again;
+        otherwise the job stops being the running one. ``recheck=False`` (on failure) only stops it."""
+        again = self.redis.eval(_FINISH, 2, running_key(image, platform), recheck_key(image, platform), job_id,
+                                "1" if recheck else "0")
+        return bool(again)
 
 
 class Dispatcher:

@@ -29,7 +29,7 @@ from celery.signals import worker_ready
 from ducc.broker import build_redis
 from ducc.convert import Converter
 from ducc.errors import DuccError, WishlistError
-from ducc.jobs import ACTIVE_STATES, JobProgress, JobStore, image_key
+from ducc.jobs import ACTIVE_STATES, Job, JobProgress, JobStore, image_key
 from ducc.locks import lease, try_lease
 from ducc.metrics import record_conversion
 from ducc.model.manifest import Platform
@@ -65,12 +65,14 @@ class Runtime:
         return build_converter(self.settings, redis_client=self.redis)
 
 
-def _heartbeat(jobs: JobStore, job_id: str, seconds: int, stop: threading.Event) -> None:
+def _heartbeat(rt: Runtime, job: Job, stop: threading.Event) -> None:
+    seconds = rt.settings.job_lease
     while True:
         try:
-            jobs.touch_lease(job_id, seconds)
+            rt.jobs.touch_lease(job.id, seconds)
+            rt.queue.renew(job.id, job.image, job.platform, seconds)
         except redis.RedisError as exc:
-            log.warning("job %s: cannot renew its lease: %s", job_id, exc)
+            log.warning("job %s: cannot renew its lease: %s", job.id, exc)
         if stop.wait(seconds / 3):
             return
 
@@ -91,15 +93,24 @@ def run_conversion(rt: Runtime, job_id: str, task: Task) -> str:
         rt.jobs.event(job_id, "failed", str(exc), error=str(exc), temporary=0, attempts=job.attempts + 1)
         return "failed"
     with lease(rt.redis, f"image:{image_key(job.image, job.platform)}", seconds=rt.settings.job_lease):
-        rt.queue.started(job_id, job.image, job.platform)
+        rt.queue.started(job_id, job.image, job.platform, rt.settings.job_lease)
         stop = threading.Event()
-        beat = threading.Thread(target=_heartbeat, args=(rt.jobs, job_id, rt.settings.job_lease, stop), daemon=True)
+        beat = threading.Thread(target=_heartbeat, args=(rt, job, stop), daemon=True)
         beat.start()
         attempts = job.attempts + 1
         started = time.monotonic()
+        changed = False
         try:
-            result = rt.converter.convert(ref, platform, progress=JobProgress(rt.jobs, job_id))
+            progress = JobProgress(rt.jobs, job_id)
+            result = rt.converter.convert(ref, platform, progress=progress)
+            changed = result.state == "published"
+            while rt.queue.finish(job_id, job.image, job.platform):
+                log.info("job %s: a request for %s arrived during the conversion: checking the tag again", job_id, job.image)
+                rt.jobs.event(job_id, "resolving", "a request arrived during the conversion: checking the tag again")
+                result = rt.converter.convert(ref, platform, progress=progress)
+                changed = changed or result.state == "published"
         except DuccError as exc:
+            rt.queue.finish(job_id, job.image, job.platform, recheck=False)
             if exc.temporary and attempts < rt.settings.job_max_attempts:
                 delay = min(rt.settings.job_retry_base * 2 ** (attempts - 1), 3600)
                 log.warning("job %s (%s): %s; retry %d in %ds", job_id, job.image, exc, attempts, delay)
@@ -111,6 +122,7 @@ def run_conversion(rt: Runtime, job_id: str, task: Task) -> str:
             record_conversion(rt.redis, "failed", time.monotonic() - started)
             return "failed"
         except Exception as exc:
+            rt.queue.finish(job_id, job.image, job.platform, recheck=False)
             log.exception("job %s (%s): unexpected error", job_id, job.image)
             rt.jobs.event(job_id, "failed", f"internal error: {exc.__class__.__name__}: {exc}",
                           error=f"internal error: {exc}", temporary=0, attempts=attempts)
@@ -125,7 +137,7 @@ def run_conversion(rt: Runtime, job_id: str, task: Task) -> str:
         else f"{result.layers_unpacked} layers unpacked, {result.layers_reused} reused, {result.seconds:.1f}s"
     )
     rt.jobs.event(job_id, "published", detail, error="", attempts=attempts, result={
-        "changed": result.state == "published",
+        "changed": changed,
         "path": result.path,
         "tag_digest": str(result.tag_digest) if result.tag_digest else None,
         "config_digest": str(result.config_digest) if result.config_digest else None,

@@ -107,7 +107,9 @@ def test_requests_for_an_image_already_queued_are_coalesced(client, unique_ref, 
     assert worker.log().count("received") == 1  # one task for three requests
 
 
-def test_a_request_arriving_while_the_image_converts_gets_its_own_job(client, unique_ref, redis_server, service, root, registry):
+def test_a_request_arriving_while_the_image_converts_joins_it_and_the_tag_is_checked_again(
+    client, unique_ref, redis_server, service, root, registry
+):
     proxy = FaultProxy(registry.host)
     try:
         ref = Reference(proxy.host, unique_ref().repository, "v1")
@@ -122,10 +124,12 @@ def test_a_request_arriving_while_the_image_converts_gets_its_own_job(client, un
             time.sleep(0.05)
         push_image(client, ref, ImageSpec(layers=[BASE, Layer([File("app", b"second")])]))  # the tag moves meanwhile
         later = queue.submit(str(ref), "linux/amd64", "test")
-        assert later.into is None  # the first already resolved: it cannot stand for the new push
-        second = later.job_id
-        wait_finished(jobs, [first, second])
+        assert later.into == first  # one conversion at a time for an image ...
+        done = wait_finished(jobs, [first, later.job_id])
+        # ... and the running job, which had resolved the old push, looked again before finishing
         assert (root / layout.tag_link(ref) / "app").read_bytes() == b"second"
+        assert [j.state for j in done] == ["published", "published"] and done[0].result == done[1].result
+        assert any("checking the tag again" in e["detail"] for e in done[0].events)
     finally:
         proxy.stop()
 
