@@ -252,6 +252,9 @@ def test_end_to_end_registry_notification_to_published(client, registry, redis_s
         assert (root / layout.tag_link(allowed) / "hello").read_bytes() == b"pushed with skopeo\n"
         images = requests.get(f"http://127.0.0.1:{port}/api/v1/images", params={"ref": str(allowed)}, timeout=5).json()
         assert images["jobs"] and images["jobs"][0]["source"] == "registry"
+        assert images["published"] is True and Path(images["flat"]).resolve() == (root / layout.tag_link(allowed)).resolve()
+        page = requests.get(f"http://127.0.0.1:{port}/", timeout=5).text
+        assert "Recently published" in page and str(layout.tag_link(allowed)) in page
         time.sleep(1)
         forbidden = Reference.parse(f"{notify.host}/forbidden/app:v1")
         assert not (root / layout.tag_link(forbidden)).exists()
