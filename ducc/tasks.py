@@ -102,15 +102,22 @@ def run_conversion(rt: Runtime, job_id: str, task: Task) -> str:
         changed = False
         try:
             progress = JobProgress(rt.jobs, job_id)
-            result = rt.converter.convert(ref, platform, progress=progress)
-            changed = result.state == "published"
-            while rt.queue.finish(job_id, job.image, job.platform):
-                log.info("job %s: a request for %s arrived during the conversion: checking the tag again", job_id, job.image)
-                rt.jobs.event(job_id, "resolving", "a request arrived during the conversion: checking the tag again")
-                result = rt.converter.convert(ref, platform, progress=progress)
-                changed = changed or result.state == "published"
+            while True:
+                try:
+                    result = rt.converter.convert(ref, platform, progress=progress)
+                except DuccError as exc:
+                    # A request that arrived meanwhile may be for a push that converts: look again first.
+                    if not rt.queue.finish(job_id, job.image, job.platform):
+                        raise
+                    why = f"{exc}; a request arrived during the conversion: checking the tag again"
+                else:
+                    changed = changed or result.state == "published"
+                    if not rt.queue.finish(job_id, job.image, job.platform):
+                        break
+                    why = "a request arrived during the conversion: checking the tag again"
+                log.info("job %s (%s): %s", job_id, job.image, why)
+                rt.jobs.event(job_id, "resolving", why)
         except DuccError as exc:
-            rt.queue.finish(job_id, job.image, job.platform, recheck=False)
             if exc.temporary and attempts < rt.settings.job_max_attempts:
                 delay = min(rt.settings.job_retry_base * 2 ** (attempts - 1), 3600)
                 log.warning("job %s (%s): %s; retry %d in %ds", job_id, job.image, exc, attempts, delay)

@@ -296,3 +296,34 @@ def test_reconciliation_finds_an_interrupted_job_behind_a_thousand_newer_ones(re
     assert interrupted in client.lrange(INCOMING, 0, -1)
     job = rt.jobs.get(interrupted)
     assert job.state == "queued" and "requeued" in job.events[-1]["detail"]
+
+
+def test_a_running_job_that_fails_looks_again_for_a_request_that_arrived_meanwhile(
+    client, unique_ref, redis_server, service, root, registry
+):
+    """The first push is broken (a hostile layer), the fix is pushed while it converts: the request for the
+    fix joins the running job, which does not fail but checks the tag again and publishes the fix."""
+    from tests.support.images import Raw
+
+    proxy = FaultProxy(registry.host)
+    try:
+        ref = Reference(proxy.host, unique_ref().repository, "v1")
+        slow = Layer([File("big", os.urandom(150_000))])
+        broken = push_image(client, ref, ImageSpec(layers=[slow, Layer([Raw("../escape", content=b"x")])]))
+        proxy.add("slow", f"/blobs/{broken.layer_digests[0]}", times=1, keep_bytes=15_000)
+        service()
+        queue = queue_for(redis_server, root)
+        jobs = JobStore(redis_server.client())
+        first = queue.submit(str(ref), "linux/amd64", "test").job_id
+        deadline = time.monotonic() + 30
+        while jobs.get(first).state != "fetching" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        push_image(client, ref, ImageSpec(layers=[slow, Layer([File("app", b"fixed")])]))
+        later = queue.submit(str(ref), "linux/amd64", "test")
+        assert later.into == first
+        done = wait_finished(jobs, [first, later.job_id])
+        assert [j.state for j in done] == ["published", "published"], [j.error for j in done]
+        assert (root / layout.tag_link(ref) / "app").read_bytes() == b"fixed"
+        assert any("escape" in e["detail"] and "checking the tag again" in e["detail"] for e in done[0].events)
+    finally:
+        proxy.stop()
