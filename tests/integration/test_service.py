@@ -62,6 +62,14 @@ def wait_finished(jobs: JobStore, job_ids: list[str], timeout: float = 120):
     raise TimeoutError(f"jobs not finished: {[(j.id, j.state) for j in found if j and not j.finished]}")
 
 
+def wait_state(jobs: JobStore, job_id: str, states: tuple[str, ...], timeout: float = 30) -> None:
+    """Wait until the job is in one of ``states`` (the middle of a conversion, for tests that act there)."""
+    deadline = time.monotonic() + timeout
+    while jobs.get(job_id).state not in states:
+        assert time.monotonic() < deadline, f"job {job_id} never reached {states}"
+        time.sleep(0.05)
+
+
 def ducc_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "ducc", *args], env=env, capture_output=True, text=True, timeout=300)
 
@@ -119,9 +127,7 @@ def test_a_request_arriving_while_the_image_converts_joins_it_and_the_tag_is_che
         queue = queue_for(redis_server, root)
         jobs = JobStore(redis_server.client())
         first = queue.submit(str(ref), "linux/amd64", "test").job_id
-        deadline = time.monotonic() + 30
-        while jobs.get(first).state not in ("fetching", "unpacking") and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_state(jobs, first, ("fetching", "unpacking"))
         push_image(client, ref, ImageSpec(layers=[BASE, Layer([File("app", b"second")])]))  # the tag moves meanwhile
         later = queue.submit(str(ref), "linux/amd64", "test")
         assert later.into == first  # one conversion at a time for an image ...
@@ -315,9 +321,7 @@ def test_a_running_job_that_fails_looks_again_for_a_request_that_arrived_meanwhi
         queue = queue_for(redis_server, root)
         jobs = JobStore(redis_server.client())
         first = queue.submit(str(ref), "linux/amd64", "test").job_id
-        deadline = time.monotonic() + 30
-        while jobs.get(first).state != "fetching" and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_state(jobs, first, ("fetching",))
         push_image(client, ref, ImageSpec(layers=[slow, Layer([File("app", b"fixed")])]))
         later = queue.submit(str(ref), "linux/amd64", "test")
         assert later.into == first
