@@ -64,8 +64,7 @@ redis.call('ZREMRANGEBYRANK', prefix .. ':jobs:recent', 0, -recent - 1)
 redis.call('LPUSH', by_image, job_id)
 redis.call('LTRIM', by_image, 0, 49)
 redis.call('EXPIRE', by_image, ttl)
-local waiting = prefix .. ':waiting:' .. image .. '|' .. platform
-local running = prefix .. ':running:' .. image .. '|' .. platform
+local waiting, running, recheck = KEYS[1], KEYS[2], KEYS[3]
 local outcome, target
 local function coalesce(into, why)
   redis.call('HSET', job, 'coalesced_into', into)
@@ -78,7 +77,7 @@ if queued and redis.call('EXISTS', prefix .. ':job:' .. queued) == 1 then
   coalesce(queued, 'same image already queued')
 elseif converting and redis.call('EXISTS', prefix .. ':job:' .. converting) == 1 then
   -- the running job has resolved the tag already: it must look again before it finishes
-  redis.call('SET', prefix .. ':recheck:' .. image .. '|' .. platform, '1', 'EX', waiting_ttl)
+  redis.call('SET', recheck, '1', 'EX', waiting_ttl)
   coalesce(converting, 'same image converting; it checks the tag again before it finishes')
 else
   redis.call('SET', waiting, job_id, 'EX', waiting_ttl)
@@ -143,13 +142,17 @@ class Queue:
         self.redis = client
         self.jobs = jobs
         self._submit = client.register_script(_SUBMIT)
+        self._started = client.register_script(_STARTED)
+        self._renew = client.register_script(_RENEW)
+        self._finish = client.register_script(_FINISH)
 
     def submit(self, image: str, platform: str, source: str, event_id: str | None = None) -> Submission:
         """Accept a request for ``image`` on ``platform`` (one atomic round trip)."""
         job_id = new_job_id()
         event_key = f"{PREFIX}:event:{source}:{event_id}" if event_id else ""
         try:
-            outcome, target = self._submit(args=[
+            keys = [waiting_key(image, platform), running_key(image, platform), recheck_key(image, platform)]
+            outcome, target = self._submit(keys=keys, args=[
                 PREFIX, job_id, image, platform, source, f"{time.time():.6f}", self.jobs.ttl, WAITING_TTL, event_key,
                 self.jobs.recent, EVENT_TTL,
             ])
@@ -173,16 +176,16 @@ class Queue:
     def started(self, job_id: str, image: str, platform: str, lease: int) -> None:
         """Called by the worker before it resolves: later requests coalesce onto it as a running job
         (and make it check the tag again), no longer as a waiting one."""
-        self.redis.eval(_STARTED, 2, waiting_key(image, platform), running_key(image, platform), job_id, lease)
+        self._started(keys=[waiting_key(image, platform), running_key(image, platform)], args=[job_id, lease])
 
     def renew(self, job_id: str, image: str, platform: str, lease: int) -> None:
-        self.redis.eval(_RENEW, 1, running_key(image, platform), job_id, lease)
+        self._renew(keys=[running_key(image, platform)], args=[job_id, lease])
 
     def finish(self, job_id: str, image: str, platform: str, *, recheck: bool = True) -> bool:
         """True if a request arrived during the conversion and the tag must be checked again;
         otherwise the job stops being the running one. ``recheck=False`` (on failure) only stops it."""
-        again = self.redis.eval(_FINISH, 2, running_key(image, platform), recheck_key(image, platform), job_id,
-                                "1" if recheck else "0")
+        again = self._finish(keys=[running_key(image, platform), recheck_key(image, platform)],
+                             args=[job_id, "1" if recheck else "0"])
         return bool(again)
 
 

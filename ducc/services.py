@@ -1,9 +1,12 @@
-"""The composition root: settings → registry client, publisher, converter. Used by the CLI (and later
-the workers and the web app) so every process is wired the same way; no module keeps a global client."""
+"""The composition root: settings → registry client, publisher, converter, job store, queue. The CLI and
+the workers are wired here, the same way; no module keeps a global client. (The web app builds its few
+collaborators itself from ``ducc.broker``, ``ducc.jobs`` and ``ducc.queue``: it may not import this module.)"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager
+from functools import partial
 from pathlib import Path
 
 import redis
@@ -12,6 +15,7 @@ from ducc.broker import build_redis
 from ducc.cache import BlobCache
 from ducc.convert import Converter
 from ducc.jobs import JobStore
+from ducc.locks import lease
 from ducc.model.digest import Digest
 from ducc.progress import LogProgress, Progress
 from ducc.publish.directory import DirectoryPublisher
@@ -42,15 +46,8 @@ def build_publisher(
     settings: Settings, root: Path | None = None, redis_client: redis.Redis | None = None
 ) -> DirectoryPublisher:
     root = (root or settings.root).resolve()
-    lock = None
-    if redis_client is not None:
-        from ducc.locks import lease
-
-        client = redis_client
-
-        def lock() -> AbstractContextManager[None]:  # writes into one repository are serialised across hosts
-            return lease(client, f"publish:{root}", seconds=settings.job_lease)
-
+    # Writes into one repository are serialised across hosts by a Redis lease.
+    lock = partial(lease, redis_client, f"publish:{root}", seconds=settings.job_lease) if redis_client else None
     return DirectoryPublisher(root, durable=settings.fsync, lock=lock)
 
 
@@ -61,7 +58,7 @@ def build_job_store(settings: Settings, redis_client: redis.Redis | None = None)
 def build_queue(settings: Settings, redis_client: redis.Redis | None = None) -> Queue:
     """What submitters (the CLI, the web app) need: Redis only, no converter, no Celery."""
     client = redis_client or build_redis(settings)
-    return Queue(client, JobStore(client, ttl=settings.job_ttl))
+    return Queue(client, build_job_store(settings, client))
 
 
 def build_converter(
@@ -73,10 +70,8 @@ def build_converter(
     redis_client: redis.Redis | None = None,
 ) -> Converter:
     cache = BlobCache(settings.cache_dir / "blobs", settings.cache_max_bytes) if settings.cache_dir else None
-    layer_lock = None
+    layer_lock: Callable[[Digest], AbstractContextManager[None]] | None = None
     if redis_client is not None:
-        from ducc.locks import lease
-
         shared = redis_client
 
         def layer_lock(digest: Digest) -> AbstractContextManager[None]:  # one fetch per layer across workers

@@ -3,7 +3,7 @@
 - ``ducc.convert(job_id)``   convert the image of one job (``ducc.queue`` creates jobs)
 - ``ducc.sync()``            check every wishlist image (one HEAD each) and queue those that changed
 - ``ducc.reconcile()``       requeue jobs whose worker died (their lease lapsed); runs at worker
-                             start and every 30 s from beat
+                             start and every DUCC_JOB_LEASE seconds from beat
 
 Reliability: messages are acknowledged late and rejected when a worker is lost,
 so the broker redelivers them; a redelivered job that already finished does
@@ -100,6 +100,12 @@ def run_conversion(rt: Runtime, job_id: str, task: Task) -> str:
         attempts = job.attempts + 1
         started = time.monotonic()
         changed = False
+
+        def fail(detail: str, error: str, temporary: bool) -> str:
+            rt.jobs.event(job_id, "failed", detail, error=error, temporary=int(temporary), attempts=attempts)
+            record_conversion(rt.redis, "failed", time.monotonic() - started)
+            return "failed"
+
         try:
             progress = JobProgress(rt.jobs, job_id)
             while True:
@@ -125,16 +131,11 @@ def run_conversion(rt: Runtime, job_id: str, task: Task) -> str:
                               error=str(exc), temporary=1, attempts=attempts, retry_at=time.time() + delay)
                 raise task.retry(countdown=delay) from exc
             log.error("job %s (%s) failed: %s", job_id, job.image, exc)
-            rt.jobs.event(job_id, "failed", str(exc), error=str(exc), temporary=int(exc.temporary), attempts=attempts)
-            record_conversion(rt.redis, "failed", time.monotonic() - started)
-            return "failed"
+            return fail(str(exc), str(exc), exc.temporary)
         except Exception as exc:
             rt.queue.finish(job_id, job.image, job.platform, recheck=False)
             log.exception("job %s (%s): unexpected error", job_id, job.image)
-            rt.jobs.event(job_id, "failed", f"internal error: {exc.__class__.__name__}: {exc}",
-                          error=f"internal error: {exc}", temporary=0, attempts=attempts)
-            record_conversion(rt.redis, "failed", time.monotonic() - started)
-            return "failed"
+            return fail(f"internal error: {exc.__class__.__name__}: {exc}", f"internal error: {exc}", False)
         finally:
             stop.set()
             beat.join()
