@@ -21,6 +21,8 @@ PAYLOAD = HERE.parent / "shared" / "reference" / "payloads" / "distribution-2.8-
 TOKEN = "bench-token-" + os.urandom(6).hex()
 sys.path.insert(0, str(HERE))
 
+from ducc.service import keys  # noqa: E402
+
 
 def free_port() -> int:
     import socket
@@ -94,12 +96,12 @@ def main() -> None:
         ok = total - non2xx - errors
         rate = ok / (duration_us / 1e6)
         time.sleep(1)  # requests still in flight when wrk stopped reading are answered by now
-        counts = {k: int(v) for k, v in client.hgetall("ducc:metrics:requests").items()}
+        counts = {k: int(v) for k, v in client.hgetall(keys.METRICS_REQUESTS).items()}
         accepted = counts.get("registry|accepted", 0)
         coalesced = counts.get("registry|coalesced", 0)
-        queued = client.llen("ducc:incoming")
+        queued = client.llen(keys.INCOMING)
         records = joined = 0
-        for key in client.scan_iter("ducc:job:*", count=1000):
+        for key in client.scan_iter(keys.JOB_PREFIX + "*", count=1000):
             if not key.endswith(":events"):
                 records += 1
                 joined += bool(client.hget(key, "coalesced_into"))

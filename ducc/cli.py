@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import re
@@ -13,12 +12,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import redis
+
 from ducc import __version__, layout
 from ducc.errors import DuccError
+from ducc.logs import setup_logging
 from ducc.model.digest import Digest
 from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
+from ducc.model.request import ConversionRequest
 from ducc.progress import LogProgress
+from ducc.services import Services
 from ducc.settings import Settings
 
 log = logging.getLogger("ducc")
@@ -71,9 +75,7 @@ class TerminalProgress(LogProgress):
 
 
 def _setup_logging(args: argparse.Namespace, settings: Settings) -> None:
-    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else settings.log_level
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    setup_logging(logging.DEBUG if args.verbose else logging.WARNING if args.quiet else settings.log_level)
 
 
 def _progress(args: argparse.Namespace) -> LogProgress:
@@ -91,23 +93,23 @@ def _platform_arg(text: str) -> Platform:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-def cmd_convert(args: argparse.Namespace, settings: Settings) -> int:
-    from ducc.services import build_converter
+def _services(args: argparse.Namespace, settings: Settings) -> Services:
+    return Services(settings, root=getattr(args, "root", None), progress=_progress(args))
 
-    converter = build_converter(settings, root=args.root, progress=_progress(args))
+
+def cmd_convert(args: argparse.Namespace, settings: Settings) -> int:
+    services = _services(args, settings)
     platform = _platform(args, settings)
     failures = []
     for text in args.images:
         try:
             ref = Reference.parse(text)
-            result = converter.convert(ref, platform, force=args.force)
+            result = services.converter.convert(ref, platform, force=args.force)
         except DuccError as exc:
             log.error("%s: %s", text, exc)
             failures.append((text, str(exc)))
             continue
-        print(f"{result.state}\t{converter.publisher.name}/{result.path}")
-    if converter.cache is not None:
-        converter.cache.prune()
+        print(f"{result.state}\t{services.view.public_path(ref, platform)}")
     return _summary(len(args.images), failures)
 
 
@@ -131,12 +133,11 @@ def _load_wishlist(path: str):  # type: ignore[no-untyped-def]
 
 
 def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
-    from ducc.services import build_converter
     from ducc.sync import sync
 
     wishes = _load_wishlist(args.wishlist)
-    converter = build_converter(settings, root=args.root, progress=_progress(args))
-    report = sync(wishes, converter.client, converter.convert, concurrency=settings.sync_concurrency,
+    services = _services(args, settings)
+    report = sync(wishes, services.client, services.converter.convert, concurrency=settings.sync_concurrency,
                   per_registry=settings.registry_concurrency)
     counts: dict[str, int] = {}
     for result in report.results:
@@ -146,13 +147,10 @@ def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
         + ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
         + (f", {len(report.failures)} failed" if report.failures else "")
     )
-    if converter.cache is not None:
-        converter.cache.prune()
     return _summary(len(report.results) + len(report.failures), report.failures)
 
 
 def cmd_check_wishlist(args: argparse.Namespace, settings: Settings) -> int:
-    from ducc.services import build_client
     from ducc.sync import SyncReport, plan
 
     wishes = _load_wishlist(args.wishlist)
@@ -162,7 +160,7 @@ def cmd_check_wishlist(args: argparse.Namespace, settings: Settings) -> int:
         for wish in wishes.wishes:
             print(f"  {wish.text}  ->  {', '.join(map(str, wish.platforms))}")
         return 0
-    client = build_client(settings)
+    client = _services(args, settings).client
     report = SyncReport()
     work = plan(wishes, client, report)
     unexpanded = len(report.failures)
@@ -184,36 +182,30 @@ def cmd_check_wishlist(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
-    from ducc.services import build_publisher
-
-    publisher = build_publisher(settings, args.root)
-    for path, flat in sorted(publisher.published()):
+    view = _services(args, settings).view
+    for path, flat in sorted(view.published()):
         print(f"{path}\t{flat.name[:12] if flat.exists() else '(dangling)'}")
     return 0
 
 
 def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
-    from ducc.services import build_publisher
-
-    publisher = build_publisher(settings, args.root)
+    view = _services(args, settings).view
     ref = Reference.parse(args.image)
     platform = _platform(args, settings)
-    record = publisher.read_record(ref, platform)
+    record = view.read_record(ref, platform)
     if record is None:
-        print(f"{ref} ({platform}) is not published in {publisher.name}", file=sys.stderr)
+        print(f"{ref} ({platform}) is not published in {view.location}", file=sys.stderr)
         return 1
-    config_raw = publisher.read_record_file(ref, platform, layout.RECORD_CONFIG)
-    config = json.loads(config_raw) if config_raw else {}
-    container = config.get("config") or {}
+    container = record.container_config()
     out = {
         "reference": str(ref),
         "platform": str(platform),
-        "path": str(publisher.root / layout.tag_link(ref, platform)),
-        "flat": str(publisher.root / layout.flat_dir(record.config_digest)),
+        "path": str(view.public_path(ref, platform)),
+        "flat": str(view.flat_path(record.config_digest)),
         "tag_digest": str(record.tag_digest) if record.tag_digest else None,
         "config_digest": str(record.config_digest),
         "layers": [
-            {"digest": str(d.digest), "size": d.size, "path": str(publisher.root / layout.layerfs(d.digest))}
+            {"digest": str(d.digest), "size": d.size, "path": str(view.layer_source(d.digest))}
             for d in record.manifest.layers
         ],
         "env": container.get("Env") or [],
@@ -222,8 +214,8 @@ def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
         "working_dir": container.get("WorkingDir") or "",
         "user": container.get("User") or "",
         "labels": container.get("Labels") or {},
-        "converted": (record.details or {}).get("converted_at"),
-        "added_by_ducc": _additions(publisher.root / layout.flat_dir(record.config_digest)),
+        "converted": record.converted_at,
+        "added_by_ducc": _additions(view.read_flat_file(record.config_digest, layout.FLAT_ADDITIONS)),
     }
     print(json.dumps(out, indent=2))
     return 0
@@ -237,24 +229,12 @@ def _when(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
-def _broker_settings(settings: Settings) -> Settings:
-    """Settings that reach Redis: DUCC_REDIS_URL, or the embedded Redis of a ``ducc serve`` on this machine."""
-    if settings.redis_url:
-        return settings
-    socket = settings.state_dir / "redis" / "redis.sock"
-    if socket.exists():
-        return dataclasses.replace(settings, redis_url=f"unix://{socket}")
-    raise ValueError(f"DUCC_REDIS_URL is not set and no ducc serve runs here (no {socket})")
-
-
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
-    from ducc.services import build_queue
-
-    queue = build_queue(_broker_settings(settings))
+    queue = Services(settings).queue
     platform = _platform(args, settings)
     for text in args.images:
         ref = Reference.parse(text)
-        submission = queue.submit(str(ref), str(platform), "cli")
+        submission = queue.submit(ConversionRequest(ref, platform), "cli")
         note = f" (coalesced into {submission.into})" if submission.into else ""
         print(f"{ref} ({platform}): job {submission.job_id}{note}", file=sys.stderr)
         print(submission.job_id)
@@ -275,23 +255,29 @@ def _print_job(job) -> None:  # type: ignore[no-untyped-def]
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    from ducc.services import build_job_store, build_publisher
-
-    jobs = build_job_store(_broker_settings(settings))
+    services = _services(args, settings)
+    jobs = services.jobs
     deadline = time.monotonic() + (args.wait or 0)
     platform = _platform(args, settings)
     while True:
-        if JOB_ID.match(args.target):
-            job = jobs.get(args.target)
-        else:
+        try:
+            if JOB_ID.match(args.target):
+                job = jobs.get(args.target)
+            else:
+                ref = Reference.parse(args.target)
+                found = [j for j in jobs.for_image(str(ref)) if j.platform == str(platform)]
+                job = found[0] if found else None
+        except redis.ConnectionError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.5)  # --wait: a service (re)starting its Redis is waited for too
+            continue
+        if job is None and not JOB_ID.match(args.target):
             ref = Reference.parse(args.target)
-            found = [j for j in jobs.for_image(str(ref)) if j.platform == str(platform)]
-            job = found[0] if found else None
-            if job is None:
-                record = build_publisher(settings, args.root).read_record(ref, platform)
-                if record is not None:
-                    print(f"{ref} ({platform}) is published (no job on record): config {record.config_digest.short}")
-                    return 0
+            record = services.view.read_record(ref, platform)
+            if record is not None:
+                print(f"{ref} ({platform}) is published (no job on record): config {record.config_digest.short}")
+                return 0
         if job is None:
             print(f"ducc: no job or published image for {args.target}", file=sys.stderr)
             return 1
@@ -305,9 +291,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
-    from ducc.services import build_job_store
-
-    for job in build_job_store(_broker_settings(settings)).recent_jobs(args.limit):
+    for job in Services(settings).jobs.recent_jobs(args.limit):
         took = f"{job.updated_at - job.received_at:7.1f}s"
         print(f"{job.id}  {_when(job.received_at)}  {job.state:<10} {took}  {job.source:<9} {job.image} ({job.platform})"
               + (f"  -> {job.coalesced_into}" if job.coalesced_into else "")
@@ -316,20 +300,19 @@ def cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from ducc.broker import create_celery
-    from ducc.tasks import register
+    from ducc.service import keys
+    from ducc.service.tasks import register
 
-    app = register(create_celery(settings), settings)
+    services = Services(settings, shared_locks=True)
+    app = register(services.celery(), services)
     concurrency = args.concurrency or settings.worker_concurrency
-    app.worker_main(["worker", f"--loglevel={settings.log_level}", f"--concurrency={concurrency}", "-Q", "ducc",
-                     "--without-gossip", "--without-mingle", "-n", args.name])
+    app.worker_main(["worker", f"--loglevel={settings.log_level}", f"--concurrency={concurrency}",
+                     "-Q", keys.CELERY_QUEUE, "--without-gossip", "--without-mingle", "-n", args.name])
     return 0
 
 
 def cmd_beat(args: argparse.Namespace, settings: Settings) -> int:
-    from ducc.broker import create_celery
-
-    app = create_celery(settings)
+    app = Services(settings).celery()
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     app.start(["beat", f"--loglevel={settings.log_level}", "--schedule", str(settings.state_dir / "beat-schedule")])
     return 0
@@ -348,19 +331,16 @@ def cmd_web(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from ducc.embedded import serve
+    from ducc.service.embedded import serve
 
     return serve(settings, root=args.root or settings.root, wishlist=args.wishlist or settings.wishlist,
                  web=not args.no_web)
 
 
-def _additions(flat: Path) -> list[str]:
-    """What ducc added to a flat root, as it recorded it there (``.singularity.d/ducc.json``)."""
-    from ducc.unpack.extend import RECORD
-
+def _additions(raw: bytes | None) -> list[str]:
     try:
-        return list(json.loads((flat / RECORD).read_text())["added"])
-    except (OSError, ValueError, KeyError):
+        return list(json.loads(raw)["added"]) if raw else []
+    except (ValueError, KeyError, TypeError):
         return []
 
 

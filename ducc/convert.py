@@ -15,11 +15,13 @@ Order of work, and what each step promises:
 
 A failure at any step leaves no part of this image visible: staged trees are
 discarded, and a layer is published only after its whole stream was verified.
+Registry requests are retried by the registry client (one retry policy, in the
+transport); the converter never retries around it. A local write that fails
+(a full disk) stops the conversion at once with a typed error.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -35,16 +37,20 @@ from ducc.cache import BlobCache, CacheWriter
 from ducc.errors import (
     DuccError,
     InvalidManifest,
+    LocalStorageError,
     NoMatchingPlatform,
     RegistryUnavailable,
     UnsafeLayer,
     UnsupportedLayer,
+    storage_error,
 )
 from ducc.model.digest import Digest
 from ducc.model.manifest import DEFAULT_PLATFORM, Descriptor, ImageConfig, Index, Manifest, Platform
 from ducc.model.reference import Reference
+from ducc.model.request import ConversionRequest, ConversionResult
 from ducc.progress import LogProgress, Progress
-from ducc.publish import Publisher, Record
+from ducc.publish import Publisher
+from ducc.record import Record
 from ducc.registry.client import RegistryClient
 from ducc.tree import remove_tree
 from ducc.unpack.apply import LayerReport, resolve_lower_links, unpack_layer
@@ -60,19 +66,13 @@ FlatHook = Callable[[Path, ImageConfig], object]
 
 
 @dataclass
-class ConversionResult:
-    reference: Reference
-    platform: Platform
-    state: str  # "published" or "unchanged"
-    tag_digest: Digest | None = None
-    config_digest: Digest | None = None
+class _Tally:
+    """What a conversion did so far (frozen into a ConversionResult at the end)."""
+
     layers_unpacked: int = 0
     layers_reused: int = 0
-    flat_reused: bool = False
     bytes_fetched: int = 0
-    seconds: float = 0.0
     skipped_entries: list[str] = field(default_factory=list)
-    path: str = ""
 
 
 @dataclass
@@ -170,53 +170,62 @@ class Converter:
         force: bool = False,
         progress: Progress | None = None,
     ) -> ConversionResult:
-        """Publish ``ref`` for ``platform`` unless it is already current; see the module docstring."""
+        """``run`` for a reference and a platform (the library and CLI's form)."""
+        return self.run(ConversionRequest(ref, platform), force=force, progress=progress)
+
+    def run(
+        self, request: ConversionRequest, *, force: bool = False, progress: Progress | None = None
+    ) -> ConversionResult:
+        """Publish the request's image unless it is already current; see the module docstring."""
         progress = progress or self.progress
+        ref, platform = request.reference, request.platform
         started = time.monotonic()
         progress.stage(ref, "resolving")
         record, tag_digest = self._current_record(ref, platform)
-        result = ConversionResult(ref, platform, "published", tag_digest=tag_digest,
-                                  path=str(layout.tag_link(ref, platform)))
+        path = str(layout.tag_link(ref, platform))
         if record is not None and not force:
-            result.state = "unchanged"
-            result.config_digest = record.config_digest
-            result.seconds = time.monotonic() - started
             progress.stage(ref, "unchanged", f"{tag_digest.short} already published")
-            return result
+            return ConversionResult(request, "unchanged", path, tag_digest=tag_digest,
+                                    config_digest=record.config_digest, seconds=time.monotonic() - started)
 
         image = fetch_image(self.client, ref, platform, tag_digest)
-        result.config_digest = image.config.digest
+        tally = _Tally()
         with self.publisher.staging() as stage:
-            self._publish_layers(image, stage, result, progress)
+            self._publish_layers(image, stage, tally, progress)
             flat: Path | None = None
-            if self.publisher.has_flat(image.config.digest):
-                result.flat_reused = True
-            else:
+            flat_reused = self.publisher.has_flat(image.config.digest)
+            if not flat_reused:
                 # Built outside the repository lock: only the commits below are serialised.
                 progress.stage(ref, "flattening")
                 flat = stage / "flat"
                 flat.mkdir()
-                flatten([self.publisher.layer_source(d.digest) for d, _ in image.layers], flat)
-                for hook in self.flat_hooks:
-                    hook(flat, image.config)
-                (flat / layout.CATALOG).touch(mode=0o644)
-            with self.publisher.transaction(ref) as txn:
+                try:
+                    flatten([self.publisher.layer_source(d.digest) for d, _ in image.layers], flat)
+                    for hook in self.flat_hooks:
+                        hook(flat, image.config)
+                except OSError as exc:
+                    raise (storage_error(exc, f"{ref}: cannot build its flat root") or exc) from exc
+            with self.publisher.transaction() as txn:
                 if flat is not None:
                     txn.add_flat(image.config.digest, flat)  # a twin built meanwhile by another worker wins
                 progress.stage(ref, "publishing")
                 txn.point_tag(ref, platform, image.config.digest)
-                txn.write_record(ref, platform, self._record_files(image))
-        result.seconds = time.monotonic() - started
+                txn.write_record(ref, platform, self._record(image))
+        seconds = time.monotonic() - started
         progress.stage(
             ref, "published",
-            f"{result.layers_unpacked} layers unpacked, {result.layers_reused} reused, "
-            f"flat {'reused' if result.flat_reused else 'built'}, {result.seconds:.1f}s",
+            f"{tally.layers_unpacked} layers unpacked, {tally.layers_reused} reused, "
+            f"flat {'reused' if flat_reused else 'built'}, {seconds:.1f}s",
         )
-        return result
+        return ConversionResult(
+            request, "published", path, tag_digest=tag_digest, config_digest=image.config.digest,
+            layers_unpacked=tally.layers_unpacked, layers_reused=tally.layers_reused, flat_reused=flat_reused,
+            bytes_fetched=tally.bytes_fetched, seconds=seconds, skipped_entries=tuple(tally.skipped_entries),
+        )
 
     # -- layers --------------------------------------------------------------------------
 
-    def _publish_layers(self, image: Image, stage: Path, result: ConversionResult, progress: Progress) -> None:
+    def _publish_layers(self, image: Image, stage: Path, result: _Tally, progress: Progress) -> None:
         missing: dict[Digest, tuple[Descriptor, Digest]] = {}
         for descriptor, diff_id in image.layers:
             if self.publisher.has_layer(descriptor.digest):
@@ -272,7 +281,7 @@ class Converter:
         with self.layer_lock(digest):
             if self.publisher.has_layer(digest):
                 return None, 0
-            report, fetched = self._unpack_with_retries(ref, descriptor, diff_id, stage, progress)
+            report, fetched = self._unpack(ref, descriptor, diff_id, stage, progress)
             if not report.pending:
                 self._commit_layer(ref, digest, stage, report)
             return report, fetched
@@ -284,23 +293,8 @@ class Converter:
                 "%s: layer %s: skipped %d device nodes/FIFOs (an unprivileged writer cannot publish them): %s",
                 ref, digest.short, len(report.skipped), shown,
             )
-        with self.publisher.transaction(ref) as txn:
+        with self.publisher.transaction() as txn:
             txn.add_layer(digest, stage / digest.hex)
-
-    def _unpack_with_retries(
-        self, ref: Reference, descriptor: Descriptor, diff_id: Digest, stage: Path, progress: Progress
-    ) -> tuple[LayerReport, int]:
-        attempts = max(1, self.client.retry.attempts)
-        for attempt in range(attempts):
-            try:
-                return self._unpack(ref, descriptor, diff_id, stage, progress)
-            except RegistryUnavailable as exc:
-                if attempt + 1 == attempts:
-                    raise
-                delay = self.client.retry.delay(attempt, exc.retry_after)
-                log.warning("layer %s: %s; retrying in %.1fs", descriptor.digest.short, exc, delay)
-                time.sleep(delay)
-        raise AssertionError("unreachable")
 
     def _unpack(
         self, ref: Reference, descriptor: Descriptor, diff_id: Digest, stage: Path, progress: Progress
@@ -324,13 +318,18 @@ class Converter:
 
         try:
             if cached is not None:
-                with open(cached, "rb") as cached_file:
-                    report = self._apply(cached_file, descriptor, diff_id, staged, on_read)
-                return report, 0
+                try:
+                    cached_file = open(cached, "rb")
+                except FileNotFoundError:  # pruned by another process just now: fetch it
+                    cached_file = None
+                if cached_file is not None:
+                    with cached_file:
+                        report = self._apply(ref, cached_file, descriptor, diff_id, staged, on_read)
+                    return report, 0
             with self.client.open_blob(ref, digest) as stream:
                 if self.cache is not None:
                     writer = self.cache.writer(digest)
-                report = self._apply(stream, descriptor, diff_id, staged, on_read)
+                report = self._apply(ref, stream, descriptor, diff_id, staged, on_read)
             if writer is not None:
                 writer.commit()
             return report, fetched
@@ -341,6 +340,7 @@ class Converter:
 
     def _apply(
         self,
+        ref: Reference,
         source: Readable,
         descriptor: Descriptor,
         diff_id: Digest,
@@ -357,6 +357,8 @@ class Converter:
                 )
                 report = unpack_layer(uncompressed, staged / "layerfs")
                 uncompressed.verify()
+        except LocalStorageError as exc:  # at once, in the image's terms; the rest of the blob is not read
+            raise type(exc)(f"{ref}: layer {descriptor.digest}: {exc}", errno_code=exc.errno) from exc
         except (UnsafeLayer, RegistryUnavailable):
             raise
         except (DuccError, OSError, EOFError, ValueError) as exc:
@@ -371,19 +373,8 @@ class Converter:
 
     # -- record --------------------------------------------------------------------------
 
-    def _record_files(self, image: Image) -> dict[str, bytes]:
-        details = {
-            "reference": str(image.reference),
-            "platform": str(image.platform),
-            "tag_digest": str(image.tag_digest),
-            "manifest_digest": str(image.manifest.digest),
-            "config_digest": str(image.config.digest),
-            "layers": [str(d.digest) for d in image.manifest.layers],
-            "converted_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "converted_by": f"ducc {__version__}",
-        }
-        return {
-            layout.RECORD_CONFIG: image.config.raw,
-            layout.RECORD_DETAILS: (json.dumps(details, indent=2) + "\n").encode(),
-            layout.RECORD_MANIFEST: image.manifest.raw,
-        }
+    def _record(self, image: Image) -> Record:
+        return Record.create(
+            image.reference, image.platform, image.tag_digest, image.manifest, image.config,
+            converted_at=datetime.now(UTC).isoformat(timespec="seconds"), converted_by=f"ducc {__version__}",
+        )

@@ -22,11 +22,15 @@ Callers decide what to do from attributes, never from message text:
     ├── DigestMismatch            bytes that do not hash to the digest that names them
     ├── UnsafeLayer               a tar entry that would land outside the root
     ├── UnsupportedLayer          a media type or compression ducc cannot apply
+    ├── LocalStorageError         the local filesystem refused a write (see ``storage_error``)
+    │   └── StorageFull           no space or quota left (temporary)
     ├── WishlistError             a wishlist that does not validate
     └── PublishError              the publisher could not make the image visible
 """
 
 from __future__ import annotations
+
+import errno
 
 
 class DuccError(Exception):
@@ -102,3 +106,33 @@ class WishlistError(DuccError, ValueError):
 
 class PublishError(DuccError):
     pass
+
+
+class LocalStorageError(DuccError):
+    """The local filesystem refused a write: a name it cannot store, a read-only or broken disk."""
+
+    def __init__(self, message: str, *, errno_code: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno_code
+
+
+class StorageFull(LocalStorageError):
+    """No space or no quota left; freeing space (or a later attempt elsewhere) may succeed."""
+
+    temporary = True
+
+
+STORAGE_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def storage_error(exc: OSError, what: str) -> LocalStorageError | None:
+    """The typed error for a local write that failed with ``exc`` while doing ``what``; None if ``exc``
+    is not a filesystem error (no errno: a decompressor's complaint about its input, for example)."""
+    if exc.errno is None:
+        return None
+    reason = exc.strerror or errno.errorcode.get(exc.errno, str(exc.errno))
+    if exc.errno in STORAGE_FULL:
+        return StorageFull(f"{what}: {reason} (local storage full)", errno_code=exc.errno)
+    if exc.errno in (errno.ENAMETOOLONG, errno.EILSEQ):
+        return LocalStorageError(f"{what}: the local filesystem refuses this name: {reason}", errno_code=exc.errno)
+    return LocalStorageError(f"{what}: {reason}", errno_code=exc.errno)

@@ -29,6 +29,15 @@ RECORD_MANIFEST = "manifest.json"  # its presence means "this tag is converted"
 RECORD_DETAILS = "ducc.json"
 RECORD_CONFIG = "config.json"
 STAGING = PurePosixPath(".ducc-staging")
+REPOSITORY_NAME = ".ducc-repository"  # a directory root's name, stored in it on first use
+LAYERFS = "layerfs"
+FLAT_ADDITIONS = ".singularity.d/ducc.json"  # inside a flat root: what ducc added to the image
+
+
+def is_public(top: str) -> bool:
+    """Whether a top-level name of the repository holds public image paths: a registry's
+    directory, never one of ducc's dot-entries (``.multiarch`` holds its own, see ``platform_roots``)."""
+    return not top.startswith(".")
 
 
 def layer_dir(digest: Digest) -> PurePosixPath:
@@ -36,7 +45,7 @@ def layer_dir(digest: Digest) -> PurePosixPath:
 
 
 def layerfs(digest: Digest) -> PurePosixPath:
-    return layer_dir(digest) / "layerfs"
+    return layer_dir(digest) / LAYERFS
 
 
 def flat_dir(config_digest: Digest) -> PurePosixPath:
@@ -71,11 +80,3 @@ def metadata_dir(ref: Reference, platform: Platform = DEFAULT_PLATFORM) -> PureP
 def link_target(ref: Reference, platform: Platform, config_digest: Digest) -> str:
     """What the tag symlink holds: the flat root, relative to the link's directory."""
     return posixpath.relpath(str(flat_dir(config_digest)), str(tag_link(ref, platform).parent))
-
-
-def catalog_markers(layer_digests: list[Digest], config_digest: Digest) -> list[PurePosixPath]:
-    """Nested-catalog markers for one image: the shards, each layer and the flat root."""
-    markers = {LAYERS / CATALOG, FLAT / CATALOG, FLAT / config_digest.prefix / CATALOG}
-    for digest in layer_digests:
-        markers.add(LAYERS / digest.prefix / CATALOG)
-    return sorted(markers)

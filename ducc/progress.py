@@ -11,7 +11,7 @@ from ducc.model.reference import Reference
 
 class Progress(Protocol):
     def stage(self, ref: Reference, stage: str, detail: str = "") -> None:
-        """Entering a stage: resolving, fetching, unpacking, flattening, publishing, published, skipped."""
+        """Entering a stage: resolving, fetching, unpacking, flattening, publishing, published, unchanged."""
 
     def layer(self, digest: Digest, done: int, total: int | None) -> None:
         """Bytes of one layer's blob received so far."""

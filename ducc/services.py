@@ -1,87 +1,149 @@
-"""The composition root: settings → registry client, publisher, converter, job store, queue. The CLI and
-the workers are wired here, the same way; no module keeps a global client. (The web app builds its few
-collaborators itself from ``ducc.broker``, ``ducc.jobs`` and ``ducc.queue``: it may not import this module.)"""
+"""The composition root: ``Services`` builds every collaborator of a process from ``Settings``, lazily.
+
+The CLI, the workers and the web app all take what they need from one
+``Services``: nothing else builds a Redis client, a job store, a queue, a
+registry client, a publisher or a converter. Each is built on first use, so
+the web process, which asks only for the light ones (Redis, jobs, queue, the
+repository view), never imports the converter: the heavy builders import it
+inside themselves (the import contract ``The web process never touches the
+converter`` and ``tests/test_architecture.py`` check both).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextlib import AbstractContextManager
-from functools import partial
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import redis
 
-from ducc.broker import build_redis
-from ducc.cache import BlobCache
-from ducc.convert import Converter
-from ducc.jobs import JobStore
-from ducc.locks import lease
-from ducc.model.digest import Digest
 from ducc.progress import LogProgress, Progress
-from ducc.publish.directory import DirectoryPublisher
-from ducc.queue import Queue
-from ducc.registry.auth import ChainKeychain, DockerConfigKeychain, EnvKeychain, Keychain
-from ducc.registry.client import RegistryClient, RetryPolicy
+from ducc.publish import Publisher, RepositoryView
+from ducc.publish.directory import DirectoryPublisher, DirectoryView
+from ducc.service import keys
+from ducc.service.broker import build_redis
+from ducc.service.jobs import JobStore
+from ducc.service.locks import lease
+from ducc.service.queue import Queue
 from ducc.settings import Settings
 
+if TYPE_CHECKING:
+    from celery import Celery
 
-def build_keychain(settings: Settings) -> Keychain:
-    keychains: list[Keychain] = [EnvKeychain(settings.env)]
-    docker_dir = settings.env.get("DOCKER_CONFIG")
-    config = Path(docker_dir) / "config.json" if docker_dir else Path.home() / ".docker" / "config.json"
-    if config.is_file():
-        keychains.append(DockerConfigKeychain(str(config)))
-    return ChainKeychain.of(keychains)
-
-
-def build_client(settings: Settings) -> RegistryClient:
-    return RegistryClient(
-        keychain=build_keychain(settings),
-        insecure=settings.insecure_registries,
-        retry=RetryPolicy(attempts=max(1, settings.retry_attempts)),
-    )
+    from ducc.cache import BlobCache
+    from ducc.convert import Converter
+    from ducc.registry.auth import Keychain
+    from ducc.registry.client import RegistryClient
 
 
-def build_publisher(
-    settings: Settings, root: Path | None = None, redis_client: redis.Redis | None = None
-) -> DirectoryPublisher:
-    root = (root or settings.root).resolve()
-    # Writes into one repository are serialised across hosts by a Redis lease.
-    lock = partial(lease, redis_client, f"publish:{root}", seconds=settings.job_lease) if redis_client else None
-    return DirectoryPublisher(root, durable=settings.fsync, lock=lock)
+class Services:
+    """What one process needs, built from ``settings`` on first use.
 
+    ``root`` overrides ``settings.root`` (the CLI's ``--root``); ``progress`` is how
+    conversions report (a terminal line in the CLI, job timelines in workers).
+    ``shared_locks`` makes layer and repository locks Redis leases (the service);
+    without it they are local to the host (the CLI converting in the foreground).
+    """
 
-def build_job_store(settings: Settings, redis_client: redis.Redis | None = None) -> JobStore:
-    return JobStore(redis_client or build_redis(settings), ttl=settings.job_ttl)
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        root: Path | None = None,
+        progress: Progress | None = None,
+        shared_locks: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.root = (root or settings.root).absolute()
+        self.progress = progress or LogProgress()
+        self.shared_locks = shared_locks
 
+    # -- light: Redis, status, the repository read only (the web app uses these) ---------
 
-def build_queue(settings: Settings, redis_client: redis.Redis | None = None) -> Queue:
-    """What submitters (the CLI, the web app) need: Redis only, no converter, no Celery."""
-    client = redis_client or build_redis(settings)
-    return Queue(client, build_job_store(settings, client))
+    @cached_property
+    def redis_url(self) -> str:
+        """``DUCC_REDIS_URL``, or the embedded Redis of a ``ducc serve`` on this machine."""
+        if self.settings.redis_url:
+            return self.settings.redis_url
+        if self.settings.embedded_redis_socket.exists():
+            return self.settings.embedded_redis_url
+        raise ValueError(f"DUCC_REDIS_URL is not set and no ducc serve runs here (no {self.settings.embedded_redis_socket})")
 
+    @cached_property
+    def redis(self) -> redis.Redis:
+        return build_redis(self.redis_url)
 
-def build_converter(
-    settings: Settings,
-    *,
-    root: Path | None = None,
-    client: RegistryClient | None = None,
-    progress: Progress | None = None,
-    redis_client: redis.Redis | None = None,
-) -> Converter:
-    cache = BlobCache(settings.cache_dir / "blobs", settings.cache_max_bytes) if settings.cache_dir else None
-    layer_lock: Callable[[Digest], AbstractContextManager[None]] | None = None
-    if redis_client is not None:
-        shared = redis_client
+    @cached_property
+    def jobs(self) -> JobStore:
+        return JobStore(self.redis, ttl=self.settings.job_ttl)
 
-        def layer_lock(digest: Digest) -> AbstractContextManager[None]:  # one fetch per layer across workers
-            return lease(shared, f"layer:{digest}", seconds=settings.job_lease)
+    @cached_property
+    def queue(self) -> Queue:
+        """What submitters need: Redis only, no converter, no Celery."""
+        return Queue(self.redis, self.jobs)
 
-    return Converter(
-        client or build_client(settings),
-        build_publisher(settings, root, redis_client),
-        cache=cache,
-        progress=progress or LogProgress(),
-        parallel_layers=settings.parallel_layers,
-        layer_lock=layer_lock,
-    )
+    @cached_property
+    def view(self) -> RepositoryView:
+        """The repository, read only; never creates it."""
+        if self.settings.publisher == "directory":
+            return DirectoryView(self.root, self.settings.repository)
+        raise ValueError(f"unknown publisher {self.settings.publisher!r}")
+
+    # -- heavy: what converts (workers, the CLI) -----------------------------------------
+
+    @cached_property
+    def publisher(self) -> Publisher:
+        if self.settings.publisher != "directory":
+            raise ValueError(f"unknown publisher {self.settings.publisher!r}")
+        return DirectoryPublisher(self.root, name=self.settings.repository, durable=self.settings.fsync,
+                                  lock=self._repository_lock if self.shared_locks else None)
+
+    def _repository_lock(self, name: str) -> AbstractContextManager[None]:
+        # Writes into one repository are serialised across hosts by a Redis lease on its name.
+        return lease(self.redis, keys.publish_lease(name), seconds=self.settings.job_lease)
+
+    def _layer_lock(self, digest: object) -> AbstractContextManager[None]:
+        # One fetch per layer across workers.
+        return lease(self.redis, keys.layer_lease(digest), seconds=self.settings.job_lease)
+
+    @cached_property
+    def keychain(self) -> Keychain:
+        from ducc.registry.auth import ChainKeychain, DockerConfigKeychain, for_hosts
+
+        keychains: list[Keychain] = [
+            for_hosts(self.settings.registry_user, self.settings.registry_password, self.settings.registry_hosts)
+        ]
+        config = self.settings.docker_config
+        if config is not None and config.is_file():
+            keychains.append(DockerConfigKeychain(str(config)))
+        return ChainKeychain.of(keychains)
+
+    @cached_property
+    def client(self) -> RegistryClient:
+        from ducc.registry.client import RegistryClient, RetryPolicy
+
+        return RegistryClient(keychain=self.keychain, insecure=self.settings.insecure_registries,
+                              retry=RetryPolicy(attempts=max(1, self.settings.retry_attempts)))
+
+    @cached_property
+    def cache(self) -> BlobCache | None:
+        from ducc.cache import BlobCache
+
+        if self.settings.cache_dir is None:
+            return None
+        return BlobCache(self.settings.cache_dir / "blobs", self.settings.cache_max_bytes)
+
+    @cached_property
+    def converter(self) -> Converter:
+        from ducc.convert import Converter
+
+        return Converter(self.client, self.publisher, cache=self.cache, progress=self.progress,
+                         parallel_layers=self.settings.parallel_layers,
+                         layer_lock=self._layer_lock if self.shared_locks else None)
+
+    def celery(self) -> Celery:
+        """The Celery app (a new one each call: a worker registers its tasks on its own)."""
+        from ducc.service.broker import create_celery
+
+        return create_celery(self.settings, self.redis_url)

@@ -2,7 +2,9 @@
 
 | variable | meaning | default |
 |---|---|---|
+| DUCC_PUBLISHER | the repository backend: ``directory`` | ``directory`` |
 | DUCC_ROOT | repository root for the directory publisher | ``$XDG_DATA_HOME/ducc/root`` |
+| DUCC_REPOSITORY | the repository's name: what serialises writers across hosts | stored in the root on first use |
 | DUCC_CACHE_DIR | blob cache (``off`` disables) | ``$XDG_CACHE_HOME/ducc`` |
 | DUCC_CACHE_MAX_BYTES | blob cache budget | 10 GiB |
 | DUCC_PLATFORM | default platform | ``linux/amd64`` |
@@ -26,8 +28,13 @@
 | DUCC_JOB_LEASE | seconds after which a silent worker's job is requeued (renewed every third) | 30 |
 | DUCC_JOB_TTL | seconds job records are kept | 14 days |
 | DUCC_ALLOW | comma-separated globs of images webhooks and the API may convert | |
+| DUCC_WEBHOOK_TOKEN / _<SOURCE> (_FILE) | webhook and API tokens, for every source or one | |
 | DUCC_WEBHOOK_MAX_BYTES | largest request body the web app reads | 1 MiB |
 | DUCC_LOG_LEVEL | ``DEBUG`` ``INFO`` ``WARNING`` | ``INFO`` |
+
+This module is the only reader of the environment: everything else receives a
+``Settings`` (``env`` keeps the environment it was read from, for the child
+processes of ``ducc serve``).
 """
 
 from __future__ import annotations
@@ -74,6 +81,27 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer, not {value!r}") from exc
 
 
+def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in env.get(name, "").split(",") if item.strip())
+
+
+def _tokens(env: Mapping[str, str]) -> dict[str, str]:
+    """``DUCC_WEBHOOK_TOKEN`` under ``""`` and every ``DUCC_WEBHOOK_TOKEN_<SOURCE>`` under ``<source>``."""
+    prefix = "DUCC_WEBHOOK_TOKEN"
+    sources = {""}
+    for name in env:
+        if name.startswith(prefix + "_"):
+            source = name[len(prefix) + 1:]
+            source = source[: -len("_FILE")] if source.endswith("_FILE") else source
+            sources.add("" if source == "" else source.lower())
+    found = {}
+    for source in sources:
+        value = read_secret(env, f"{prefix}_{source.upper()}" if source else prefix)
+        if value:
+            found[source] = value
+    return found
+
+
 def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
     value = (env.get(name) or default).lower()
     if value not in choices:
@@ -107,7 +135,27 @@ class Settings:
     job_lease: int = 30
     allow: tuple[str, ...] = ()
     webhook_max_bytes: int = 1 << 20
+    publisher: str = "directory"
+    repository: str | None = None
+    registry_user: str | None = None
+    registry_password: str | None = field(repr=False, default=None)
+    registry_hosts: tuple[str, ...] = ()
+    docker_config: Path | None = None
+    webhook_tokens: Mapping[str, str] = field(repr=False, default_factory=dict)
     env: Mapping[str, str] = field(repr=False, default_factory=dict)
+
+    @property
+    def embedded_redis_dir(self) -> Path:
+        """Where ``ducc serve`` keeps its embedded Redis (data and socket)."""
+        return self.state_dir / "redis"
+
+    @property
+    def embedded_redis_socket(self) -> Path:
+        return self.embedded_redis_dir / "redis.sock"
+
+    @property
+    def embedded_redis_url(self) -> str:
+        return f"unix://{self.embedded_redis_socket}"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -118,9 +166,7 @@ class Settings:
             cache_dir=None if cache.lower() in ("", "off", "none") else Path(cache),
             cache_max_bytes=_int(env, "DUCC_CACHE_MAX_BYTES", 10 << 30),
             platform=Platform.parse(env.get("DUCC_PLATFORM") or "linux/amd64"),
-            insecure_registries=frozenset(
-                h.strip() for h in env.get("DUCC_INSECURE_REGISTRIES", "").split(",") if h.strip()
-            ),
+            insecure_registries=frozenset(_list(env, "DUCC_INSECURE_REGISTRIES")),
             parallel_layers=_int(env, "DUCC_PARALLEL_LAYERS", 3),
             sync_concurrency=_int(env, "DUCC_SYNC_CONCURRENCY", 4),
             retry_attempts=_int(env, "DUCC_RETRY_ATTEMPTS", 5),
@@ -138,7 +184,15 @@ class Settings:
             job_retry_base=_int(env, "DUCC_JOB_RETRY_BASE", 30),
             job_max_attempts=_int(env, "DUCC_JOB_MAX_ATTEMPTS", 8),
             job_lease=max(3, _int(env, "DUCC_JOB_LEASE", 30)),
-            allow=tuple(p.strip() for p in env.get("DUCC_ALLOW", "").split(",") if p.strip()),
+            allow=_list(env, "DUCC_ALLOW"),
             webhook_max_bytes=_int(env, "DUCC_WEBHOOK_MAX_BYTES", 1 << 20),
+            publisher=_choice(env, "DUCC_PUBLISHER", ("directory",), "directory"),
+            repository=env.get("DUCC_REPOSITORY") or None,
+            registry_user=env.get("DUCC_REGISTRY_USER") or None,
+            registry_password=read_secret(env, "DUCC_REGISTRY_PASSWORD"),
+            registry_hosts=_list(env, "DUCC_REGISTRY_HOSTS"),
+            docker_config=Path(env["DOCKER_CONFIG"]) / "config.json" if env.get("DOCKER_CONFIG")
+            else Path(env.get("HOME") or Path.home()) / ".docker" / "config.json",
+            webhook_tokens=_tokens(env),
             env=env,
         )

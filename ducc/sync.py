@@ -14,10 +14,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from ducc.convert import ConversionResult
 from ducc.errors import DuccError
 from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
+from ducc.model.request import ConversionResult
 from ducc.registry.client import RegistryClient
 from ducc.wishlist import Wishlist
 
@@ -29,10 +29,6 @@ class SyncReport:
     results: list[ConversionResult] = field(default_factory=list)
     outcomes: list[tuple[str, str]] = field(default_factory=list)  # (image, what happened)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (what, why)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
 
 
 def plan(wishlist: Wishlist, client: RegistryClient, report: SyncReport) -> list[tuple[Reference, Platform]]:
@@ -108,7 +104,7 @@ def sync(
     concurrency: int = 4,
     per_registry: int = 8,
 ) -> SyncReport:
-    """Convert what changed, inline (the ``ducc sync`` command); the service queues instead (``ducc.tasks``)."""
+    """Convert what changed, inline (the ``ducc sync`` command); the service queues instead (``ducc.service.tasks``)."""
     results: list[ConversionResult] = []
     lock = threading.Lock()
 

@@ -1,8 +1,8 @@
 """Webhook and API tokens: read from the environment or files, compared in constant time, never logged.
 
 ``DUCC_WEBHOOK_TOKEN`` (or ``DUCC_WEBHOOK_TOKEN_FILE``) serves every source;
-``DUCC_WEBHOOK_TOKEN_<SOURCE>`` (REGISTRY, DOCKERHUB, HARBOR, QUAY, API; also
-``_FILE``) gives one source its own. A request carries it as
+``DUCC_WEBHOOK_TOKEN_<SOURCE>`` (one per name of ``webhooks.senders.TOKEN_SOURCES``;
+also ``_FILE``) gives one source its own. ``Settings`` reads them. A request carries it as
 ``Authorization: Bearer <token>`` (Harbor may send the bare token) or, for
 senders that cannot set headers (Docker Hub, Quay), as ``?token=``.
 With no token configured a source refuses everything: ducc fails closed.
@@ -11,11 +11,10 @@ With no token configured a source refuses everything: ducc fails closed.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Mapping
+import logging
+from collections.abc import Iterable, Mapping
 
-from ducc.settings import read_secret
-
-SOURCES = ("registry", "dockerhub", "harbor", "quay", "api")
+log = logging.getLogger("ducc.web")
 
 
 class Tokens:
@@ -23,11 +22,17 @@ class Tokens:
         self._by_source = {source: [t.encode() for t in tokens if t] for source, tokens in by_source.items()}
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> Tokens:
-        common = read_secret(env, "DUCC_WEBHOOK_TOKEN")
+    def of(cls, configured: Mapping[str, str], sources: Iterable[str]) -> Tokens:
+        """Each source's own token, else the common one (``configured[""]``); a token configured
+        for a source nobody sends as is reported (a typo would otherwise refuse that sender)."""
+        sources = tuple(sources)
+        common = configured.get("")
+        unknown = sorted(set(configured) - {"", *sources})
+        if unknown:
+            log.warning("tokens configured for unknown sources %s (known: %s)", ", ".join(unknown), ", ".join(sources))
         by_source: dict[str, list[str]] = {}
-        for source in SOURCES:
-            own = read_secret(env, f"DUCC_WEBHOOK_TOKEN_{source.upper()}")
+        for source in sources:
+            own = configured.get(source)
             by_source[source] = [own] if own else ([common] if common else [])
         return cls(by_source)
 

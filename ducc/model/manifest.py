@@ -112,14 +112,6 @@ class Descriptor:
             urls=tuple(_get(obj, "urls") or ()),
         )
 
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"mediaType": self.media_type, "digest": str(self.digest), "size": self.size}
-        if self.platform:
-            out["platform"] = {"os": self.platform.os, "architecture": self.platform.architecture}
-            if self.platform.variant:
-                out["platform"]["variant"] = self.platform.variant
-        return out
-
 
 @dataclass(frozen=True)
 class Manifest:

@@ -21,20 +21,6 @@ DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
 
 IMAGE_MANIFESTS = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
 INDEXES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
-CONFIGS = frozenset({OCI_CONFIG, DOCKER_CONFIG})
 
 # Sent as Accept on manifest requests: every form ducc can read, images and indexes alike.
 MANIFEST_ACCEPT = (OCI_INDEX, DOCKER_MANIFEST_LIST, OCI_MANIFEST, DOCKER_MANIFEST)
-
-# Layer media type -> compression ("gzip", "zstd" or "none").
-LAYER_COMPRESSION = {
-    OCI_LAYER: "none",
-    OCI_LAYER_GZIP: "gzip",
-    OCI_LAYER_ZSTD: "zstd",
-    OCI_LAYER_NONDIST: "none",
-    OCI_LAYER_NONDIST_GZIP: "gzip",
-    OCI_LAYER_NONDIST_ZSTD: "zstd",
-    DOCKER_LAYER: "none",
-    DOCKER_LAYER_GZIP: "gzip",
-    DOCKER_LAYER_FOREIGN_GZIP: "gzip",
-}

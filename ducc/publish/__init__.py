@@ -1,48 +1,78 @@
-"""Publishing into a repository: the Publisher protocol and the record of a converted image.
+"""Publishing into a repository: the read-only ``RepositoryView`` and the ``Publisher`` protocol.
 
-The conversion code builds trees in a staging directory the publisher hands
-out, then asks the publisher to make them visible in this order: layers, flat
-root, tag link, record. Each step is all-or-nothing; an image counts as
-converted only once its record is written, and a reader never sees a
-half-written tree.
+Everyone who reads a repository (the converter, the web app, the CLI, garbage
+collection) goes through a ``RepositoryView``; nobody else joins repository
+paths. The converter builds trees in a staging directory the publisher hands
+out, then asks it to make them visible in this order: layers, flat root, tag
+link, record. Each step is all-or-nothing; an image counts as converted only
+once its record is written, and a reader never sees a half-written tree.
+
+What every backend promises (``tests/integration/test_publisher_contract.py``
+checks each, for every backend):
+
+- atomic visibility: a layer, a flat root or a tag appears whole or not at all;
+- the record last: ``read_record`` finds nothing until every other file of the
+  record and the tag are in place;
+- idempotence: publishing what is already there changes nothing and is no error;
+- crash debris swept: what a killed writer left in staging is removed by the
+  next writer, and never becomes visible.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from ducc.model.digest import Digest
-from ducc.model.manifest import Manifest, Platform, parse_manifest
+from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
+from ducc.record import Record
 
 
-@dataclass(frozen=True)
-class Record:
-    """What ``.metadata`` says about one converted tag.
+class RepositoryView(Protocol):
+    """A repository's published state, read only."""
 
-    ``tag_digest`` is what the registry served for the tag (an index digest for
-    multi-arch images); it is None for records written by DUCC, which stored only
-    the manifest.
-    """
+    @property
+    def name(self) -> str:
+        """The repository's name (what serialises its writers across hosts)."""
+        ...
 
-    manifest: Manifest
-    config_digest: Digest
-    tag_digest: Digest | None = None
-    details: dict[str, Any] | None = None
+    @property
+    def location(self) -> Path:
+        """Where readers find the repository (a directory root, ``/cvmfs/<repo>``)."""
+        ...
 
-    @classmethod
-    def parse(cls, manifest_raw: bytes, details_raw: bytes | None) -> Record:
-        manifest = parse_manifest(manifest_raw)
-        if not isinstance(manifest, Manifest):
-            raise ValueError("record manifest.json is an index, not an image manifest")
-        details = json.loads(details_raw) if details_raw else None
-        tag_digest = Digest.parse(details["tag_digest"]) if details and details.get("tag_digest") else None
-        return cls(manifest, manifest.config.digest, tag_digest, details)
+    def exists(self) -> bool:
+        """Whether the repository is there at all (a view never creates it)."""
+        ...
+
+    def has_layer(self, digest: Digest) -> bool: ...
+
+    def has_flat(self, config_digest: Digest) -> bool: ...
+
+    def layer_source(self, digest: Digest) -> Path:
+        """A readable path of the published ``layerfs`` (flattening reads it)."""
+        ...
+
+    def flat_path(self, config_digest: Digest) -> Path: ...
+
+    def public_path(self, ref: Reference, platform: Platform) -> Path:
+        """Where users run the image from (the tag link)."""
+        ...
+
+    def read_record(self, ref: Reference, platform: Platform) -> Record | None:
+        """The record of a converted tag; None if there is none (or it is unreadable: logged)."""
+        ...
+
+    def read_flat_file(self, config_digest: Digest, relative: str) -> bytes | None:
+        """A file inside a published flat root (``.singularity.d/ducc.json``, say); None if absent."""
+        ...
+
+    def published(self) -> Iterator[tuple[str, Path]]:
+        """Every public image path (relative to the repository) with the flat root it leads to."""
+        ...
 
 
 class Transaction(Protocol):
@@ -57,33 +87,19 @@ class Transaction(Protocol):
     def point_tag(self, ref: Reference, platform: Platform, config_digest: Digest) -> None:
         """Make the public path of ``ref`` lead to the flat root, replacing any older target."""
 
-    def write_record(self, ref: Reference, platform: Platform, files: dict[str, bytes]) -> None:
+    def write_record(self, ref: Reference, platform: Platform, record: Record) -> None:
         """Write the ``.metadata`` files; ``manifest.json`` last, the mark of a finished conversion."""
 
 
-class Publisher(Protocol):
+class Publisher(RepositoryView, Protocol):
     """A repository that images are published into."""
 
-    name: str
-
-    def has_layer(self, digest: Digest) -> bool: ...
-
-    def layer_source(self, digest: Digest) -> Path:
-        """A readable path of the published ``layerfs`` (flattening reads it)."""
-        ...
-
-    def has_flat(self, config_digest: Digest) -> bool: ...
-
-    def read_record(self, ref: Reference, platform: Platform) -> Record | None: ...
-
     def staging(self) -> AbstractContextManager[Path]:
-        """A private scratch directory, removed on exit, on the filesystem where trees get built."""
+        """A private scratch directory, removed on exit, on the filesystem where trees get built.
+        Staging left by crashed writers is swept first."""
         ...
 
-    def transaction(self, ref: Reference) -> AbstractContextManager[Transaction]:
-        """Exclusive write access to the repository (serialised with other writers)."""
-        ...
-
-    def published(self) -> Iterator[tuple[str, Path]]:
-        """Every public image path with the flat root it leads to."""
+    def transaction(self) -> AbstractContextManager[Transaction]:
+        """Exclusive write access to the repository (serialised with other writers, on every host).
+        Staging left by crashed writers is swept while it is held."""
         ...

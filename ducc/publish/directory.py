@@ -23,7 +23,7 @@ from ducc.errors import PublishError
 from ducc.model.digest import Digest
 from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
-from ducc.publish import Record
+from ducc.record import FILES, Record
 from ducc.tree import remove_tree
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,8 @@ class DirectoryTransaction:
             raise PublishError(f"cannot move {staged} to {target}: {exc}") from exc
         return True
 
+    # Each layer and flat root is a nested CVMFS catalog, as are the shards above them: the markers
+    # cost nothing in a plain tree and let the same tree be ingested into CVMFS as it is.
     def add_layer(self, digest: Digest, staged: Path) -> None:
         self._markers(layout.LAYERS / layout.CATALOG, layout.LAYERS / digest.prefix / layout.CATALOG)
         (staged / layout.CATALOG).touch(mode=0o644)
@@ -70,6 +72,7 @@ class DirectoryTransaction:
 
     def add_flat(self, config_digest: Digest, staged: Path) -> None:
         self._markers(layout.FLAT / layout.CATALOG, layout.FLAT / config_digest.prefix / layout.CATALOG)
+        (staged / layout.CATALOG).touch(mode=0o644)
         if self._rename_into_place(staged, self.root / layout.flat_dir(config_digest)):
             log.info("published flat root %s", config_digest.short)
 
@@ -85,37 +88,41 @@ class DirectoryTransaction:
         os.symlink(target, tmp)
         os.replace(tmp, link)
 
-    def write_record(self, ref: Reference, platform: Platform, files: dict[str, bytes]) -> None:
+    def write_record(self, ref: Reference, platform: Platform, record: Record) -> None:
         if self.publisher.durable:
             os.sync()  # the image's data reaches the disk before the record that declares it converted
         directory = self.root / layout.metadata_dir(ref, platform)
         directory.mkdir(parents=True, exist_ok=True)
-        for name, data in files.items():
-            if name != layout.RECORD_MANIFEST:
-                _write_atomic(directory / name, data)
-        _write_atomic(directory / layout.RECORD_MANIFEST, files[layout.RECORD_MANIFEST])
+        for name, data in record.files().items():  # manifest.json comes last
+            _write_atomic(directory / name, data)
 
 
-class DirectoryPublisher:
-    """Publishes into the directory ``root`` (created if missing).
+class DirectoryView:
+    """A directory root, read only: what the web app, ``ducc list`` and ``ducc inspect`` see.
 
-    Renames make every step safe against a crash of ducc itself. ``durable`` also
-    makes it safe against a power loss: the filesystem is flushed before each record.
+    It never creates anything; a missing root is an empty repository (``exists()`` says so).
     """
 
-    def __init__(
-        self,
-        root: Path,
-        *,
-        durable: bool = False,
-        lock: Callable[[], AbstractContextManager[None]] | None = None,
-    ) -> None:
-        self.durable = durable
-        self._lock = lock
-        root.mkdir(parents=True, exist_ok=True)
+    def __init__(self, root: Path, name: str | None = None) -> None:
         self.root = root.resolve()
-        self.name = str(self.root)
-        self._staging_root = self.root / layout.STAGING
+        self._name = name
+
+    @property
+    def name(self) -> str:
+        """``DUCC_REPOSITORY`` if given, else the name stored in the root, else the root's path."""
+        if self._name:
+            return self._name
+        try:
+            return (self.root / layout.REPOSITORY_NAME).read_text(encoding="utf-8").strip() or str(self.root)
+        except OSError:
+            return str(self.root)
+
+    @property
+    def location(self) -> Path:
+        return self.root
+
+    def exists(self) -> bool:
+        return self.root.is_dir()
 
     def has_layer(self, digest: Digest) -> bool:
         return (self.root / layout.layerfs(digest)).is_dir()
@@ -126,27 +133,109 @@ class DirectoryPublisher:
     def has_flat(self, config_digest: Digest) -> bool:
         return (self.root / layout.flat_dir(config_digest)).is_dir()
 
+    def flat_path(self, config_digest: Digest) -> Path:
+        return self.root / layout.flat_dir(config_digest)
+
+    def public_path(self, ref: Reference, platform: Platform) -> Path:
+        return self.root / layout.tag_link(ref, platform)
+
     def read_record(self, ref: Reference, platform: Platform) -> Record | None:
         directory = self.root / layout.metadata_dir(ref, platform)
+        files: dict[str, bytes] = {}
+        # manifest.json first: it is written last, so once it is there the other files are too.
+        for name in reversed(FILES):
+            try:
+                files[name] = (directory / name).read_bytes()
+            except FileNotFoundError:
+                if name == layout.RECORD_MANIFEST:
+                    return None
         try:
-            manifest_raw = (directory / layout.RECORD_MANIFEST).read_bytes()
-        except FileNotFoundError:
-            return None
-        try:
-            details = (directory / layout.RECORD_DETAILS).read_bytes()
-        except FileNotFoundError:
-            details = None
-        try:
-            return Record.parse(manifest_raw, details)
+            return Record.parse(files)
         except ValueError as exc:
             log.warning("ignoring unreadable record %s: %s", directory, exc)
             return None
 
-    def read_record_file(self, ref: Reference, platform: Platform, name: str) -> bytes | None:
+    def read_flat_file(self, config_digest: Digest, relative: str) -> bytes | None:
         try:
-            return (self.root / layout.metadata_dir(ref, platform) / name).read_bytes()
-        except FileNotFoundError:
+            return (self.flat_path(config_digest) / relative).read_bytes()
+        except OSError:
             return None
+
+    def published(self) -> Iterator[tuple[str, Path]]:
+        """Symlinks under the registries' directories, and under ``.multiarch/<platform>/`` the same."""
+        if not self.root.is_dir():
+            return
+        tops = [(self.root, entry) for entry in sorted(os.listdir(self.root)) if layout.is_public(entry)]
+        multiarch = self.root / layout.MULTIARCH
+        if multiarch.is_dir():
+            for platform in sorted(os.listdir(multiarch)):
+                base = multiarch / platform
+                tops += [(base, e) for e in sorted(os.listdir(base)) if layout.is_public(e)] if base.is_dir() else []
+        for base, entry in tops:
+            yield from self._links(base / entry)
+
+    def _links(self, top: Path) -> Iterator[tuple[str, Path]]:
+        if top.is_symlink():
+            yield os.path.relpath(top, self.root), top.resolve()
+            return
+        for dirpath, dirnames, filenames in os.walk(top):
+            for name in sorted(dirnames + filenames):
+                path = Path(dirpath) / name
+                if path.is_symlink():
+                    yield os.path.relpath(path, self.root), path.resolve()
+            dirnames[:] = [d for d in dirnames if not (Path(dirpath) / d).is_symlink()]
+
+
+class DirectoryPublisher(DirectoryView):
+    """Publishes into the directory ``root`` (created if missing; PublishError if it cannot be).
+
+    Renames make every step safe against a crash of ducc itself. ``durable`` also
+    makes it safe against a power loss: the filesystem is flushed before each record.
+    ``lock(name)`` is the cross-host lease of the repository ``name`` (the service passes
+    a Redis lease); writers on one host are serialised by an flock in any case.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        name: str | None = None,
+        durable: bool = False,
+        lock: Callable[[str], AbstractContextManager[None]] | None = None,
+    ) -> None:
+        self.durable = durable
+        self._lock = lock
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PublishError(f"repository root {root} cannot be created: {exc.strerror or exc}") from exc
+        if not root.is_dir():
+            raise PublishError(f"repository root {root} is not a directory")
+        super().__init__(root, name)
+        self._staging_root = self.root / layout.STAGING
+
+    def ensure_name(self) -> str:
+        """The repository's name, stored inside the root on first use unless ``DUCC_REPOSITORY`` gives it:
+        hosts that mount one export at different paths then agree on it."""
+        if self._name:
+            return self._name
+        path = self.root / layout.REPOSITORY_NAME
+        try:
+            stored = path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            stored = ""
+        if stored:
+            return stored
+        candidate = f"dir-{secrets.token_hex(8)}"
+        tmp = path.with_name(f"{path.name}.{candidate}.tmp")
+        tmp.write_text(candidate + "\n", encoding="utf-8")
+        try:
+            os.link(tmp, path)  # first writer wins, atomically, also over NFS
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+        return path.read_text(encoding="utf-8").strip()
 
     def sweep_staging(self) -> int:
         """Remove staging directories left by crashed runs; returns how many.
@@ -195,30 +284,15 @@ class DirectoryPublisher:
                 os.close(fd)
 
     @contextmanager
-    def transaction(self, ref: Reference) -> Iterator[DirectoryTransaction]:
+    def transaction(self) -> Iterator[DirectoryTransaction]:
         """Writers are serialised by an flock on the root (one host) and, where the service passes
-        one, a Redis lease (many hosts sharing the root)."""
+        one, the repository's lease (many hosts sharing the root). Holding it, crash debris is swept."""
         self._staging_root.mkdir(parents=True, exist_ok=True)
-        with self._lock() if self._lock else nullcontext():
+        with self._lock(self.ensure_name()) if self._lock else nullcontext():
             fd = os.open(self._staging_root / "publish.lock", os.O_RDWR | os.O_CREAT, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
+                self.sweep_staging()
                 yield DirectoryTransaction(self)
             finally:
                 os.close(fd)
-
-    def published(self) -> Iterator[tuple[str, Path]]:
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            rel = os.path.relpath(dirpath, self.root)
-            if rel == ".":
-                dirnames[:] = [d for d in dirnames if not d.startswith(".") or d == ".multiarch"]
-            elif rel.startswith((".flat", ".layers", ".metadata", ".ducc-staging")):
-                dirnames[:] = []
-                continue
-            for name in dirnames + filenames:
-                path = Path(dirpath) / name
-                if path.is_symlink():
-                    yield os.path.relpath(path, self.root), path.resolve()
-            dirnames[:] = [d for d in dirnames if not (Path(dirpath) / d).is_symlink()]
-            if rel.startswith(".multiarch"):
-                dirnames[:] = [d for d in dirnames if d != ".metadata"]

@@ -12,8 +12,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ducc.settings import read_secret
-
 log = logging.getLogger(__name__)
 
 
@@ -40,23 +38,17 @@ class StaticKeychain:
         return self.entries.get(host)
 
 
-class EnvKeychain(StaticKeychain):
-    """``DUCC_REGISTRY_USER`` + ``DUCC_REGISTRY_PASSWORD`` (or ``_FILE``) for the hosts in ``DUCC_REGISTRY_HOSTS``.
+def for_hosts(username: str | None, password: str | None, hosts: Iterable[str]) -> StaticKeychain:
+    """One username/password (``DUCC_REGISTRY_USER``/``_PASSWORD``) for the hosts it is meant for.
 
     The hosts list is required: a password is never offered to a registry it was not meant for.
     """
-
-    def __init__(self, env: Mapping[str, str]) -> None:
-        entries: dict[str, Credentials] = {}
-        user = env.get("DUCC_REGISTRY_USER")
-        if user:
-            password = read_secret(env, "DUCC_REGISTRY_PASSWORD") or ""
-            hosts = [h.strip() for h in env.get("DUCC_REGISTRY_HOSTS", "").split(",") if h.strip()]
-            if not hosts:
-                log.warning("DUCC_REGISTRY_USER is set but DUCC_REGISTRY_HOSTS is empty: credentials unused")
-            for host in hosts:
-                entries[host] = Credentials(user, password)
-        super().__init__(entries)
+    hosts = list(hosts)
+    if not username:
+        return ANONYMOUS
+    if not hosts:
+        log.warning("DUCC_REGISTRY_USER is set but DUCC_REGISTRY_HOSTS is empty: credentials unused")
+    return StaticKeychain({host: Credentials(username, password or "") for host in hosts})
 
 
 class DockerConfigKeychain:

@@ -10,7 +10,9 @@ Promises:
 - Every request is retried on connection errors, timeouts, 5xx and 429 with
   exponential backoff; ``Retry-After`` is honoured. Exhausted retries raise
   ``RegistryUnavailable`` (temporary). 401/403 raise ``AuthenticationError``,
-  404 ``NotFound`` (both permanent).
+  404 ``NotFound`` (both permanent). This is ducc's one retry policy: a blob
+  download that breaks off is resumed here (``Range``), from the same budget
+  of attempts, so nothing above the client retries registry requests.
 - Manifests are verified against the digest they were asked by, and against
   ``Docker-Content-Digest``. Blobs are verified by the caller while streaming
   (see ``ducc.verify``): the client never holds a layer in memory.
@@ -104,20 +106,74 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class BlobStream:
-    """An open blob download; ``read`` turns transport failures into ``RegistryUnavailable``."""
+class Attempts:
+    """The attempts one operation may still make under a RetryPolicy (shared by its requests)."""
 
-    def __init__(self, response: requests.Response, what: str) -> None:
-        self._response = response
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
+        self.used = 0
+
+    @property
+    def left(self) -> bool:
+        return self.used < self.policy.attempts
+
+
+class BlobStream:
+    """An open blob download. A transfer that breaks off is resumed where it stopped (``Range``; a
+    registry that ignores it is read past the bytes already delivered), from the blob's budget of
+    attempts; when that is spent ``read`` raises ``RegistryUnavailable``."""
+
+    def __init__(self, client: RegistryClient, ref: Reference, digest: Digest, what: str, attempts: Attempts) -> None:
+        self._client = client
+        self._ref = ref
+        self._digest = digest
         self._what = what
-        length = response.headers.get("Content-Length")
+        self._attempts = attempts
+        self._offset = 0
+        self._response = client._request("GET", ref, f"blobs/{digest}", what=what, stream=True, attempts=attempts)
+        length = self._response.headers.get("Content-Length")
         self.size = int(length) if length and length.isdigit() else None
 
     def read(self, n: int = -1, /) -> bytes:
-        try:
-            return self._response.raw.read(n if n >= 0 else None, decode_content=False) or b""
-        except _STREAM_ERRORS as exc:
-            raise RegistryUnavailable(f"download of {self._what} broke off: {exc}") from exc
+        while True:
+            try:
+                data: bytes = self._response.raw.read(n if n >= 0 else None, decode_content=False) or b""
+            except _STREAM_ERRORS as exc:
+                error = RegistryUnavailable(f"download of {self._what} broke off at byte {self._offset}: {exc}")
+                self._resume(error)
+                continue
+            self._offset += len(data)
+            return data
+
+    def _resume(self, error: RegistryUnavailable) -> None:
+        self._response.close()
+        if not self._attempts.left:
+            raise error
+        delay = self._client.retry.delay(self._attempts.used - 1)
+        log.info("%s; resuming in %.1fs (attempt %d/%d)", error, delay, self._attempts.used + 1,
+                 self._attempts.policy.attempts)
+        self._client._sleep(delay)
+        response = self._client._request(
+            "GET", self._ref, f"blobs/{self._digest}", what=self._what, stream=True, attempts=self._attempts,
+            headers={"Range": f"bytes={self._offset}-"},
+        )
+        if response.status_code == 206:
+            start = response.headers.get("Content-Range", "").removeprefix("bytes ").partition("-")[0]
+            if start != str(self._offset):
+                response.close()
+                raise RegistryUnavailable(f"{self._what}: resumed at {start or '?'} instead of byte {self._offset}")
+        else:  # the whole blob again: skip what was delivered (the digest check covers the rest)
+            skip = self._offset
+            while skip:
+                chunk = response.raw.read(min(skip, 1 << 20), decode_content=False)
+                if not chunk:
+                    response.close()
+                    raise error
+                skip -= len(chunk)
+        self._response = response
+
+    def close(self) -> None:
+        self._response.close()
 
 
 class RegistryClient:
@@ -149,10 +205,18 @@ class RegistryClient:
         plain = is_loopback(host) or host in self.insecure
         return f"{'http' if plain else 'https'}://{host}"
 
-    def _send(self, method: str, url: str, what: str, **kwargs: Any) -> requests.Response:
-        """One request with retries on transport errors, 5xx and 429; other statuses are returned."""
+    def _send(
+        self, method: str, url: str, what: str, *, attempts: Attempts | None = None, **kwargs: Any
+    ) -> requests.Response:
+        """One request with retries on transport errors, 5xx and 429; other statuses are returned.
+
+        ``attempts`` is the budget of the operation this request belongs to (a blob download and
+        its resumptions share one); by default the request has a budget of its own."""
+        budget = attempts or Attempts(self.retry)
         last: Exception | None = None
-        for attempt in range(self.retry.attempts):
+        while budget.left:
+            attempt = budget.used
+            budget.used += 1
             retry_after = None
             try:
                 response = self._session.request(method, url, timeout=self.timeout, **kwargs)
@@ -168,13 +232,14 @@ class RegistryClient:
                     retry_after=retry_after,
                 )
                 response.close()
-            if attempt + 1 < self.retry.attempts:
+            if budget.left:
                 delay = self.retry.delay(attempt, retry_after)
                 log.info("%s; retrying in %.1fs (attempt %d/%d)", last, delay, attempt + 2, self.retry.attempts)
                 self._sleep(delay)
             if "data" in kwargs and hasattr(kwargs["data"], "seek"):
                 kwargs["data"].seek(0)
-        assert last is not None
+        if last is None:
+            raise RegistryUnavailable(f"{what}: no attempts left")
         raise last
 
     def _request(
@@ -187,6 +252,7 @@ class RegistryClient:
         actions: str = "pull",
         url: str | None = None,
         headers: dict[str, str] | None = None,
+        attempts: Attempts | None = None,
         **kwargs: Any,
     ) -> requests.Response:
         """A request to ``ref``'s registry that answers auth challenges once, then maps errors."""
@@ -198,7 +264,7 @@ class RegistryClient:
             token = self._authorization.get((host, scope))
             if token:
                 request_headers["Authorization"] = token
-            response = self._send(method, url, what, headers=request_headers, **kwargs)
+            response = self._send(method, url, what, attempts=attempts, headers=request_headers, **kwargs)
             if response.status_code == 401 and not authenticated:
                 challenge = response.headers.get("WWW-Authenticate", "")
                 response.close()
@@ -299,12 +365,11 @@ class RegistryClient:
     @contextmanager
     def open_blob(self, ref: Reference, digest: Digest) -> Iterator[BlobStream]:
         """Stream a blob; the caller verifies it (``VerifyingReader``) while consuming it."""
-        what = f"blob {digest} of {ref.name}"
-        response = self._request("GET", ref, f"blobs/{digest}", what=what, stream=True)
+        stream = BlobStream(self, ref, digest, f"blob {digest} of {ref.name}", Attempts(self.retry))
         try:
-            yield BlobStream(response, what)
+            yield stream
         finally:
-            response.close()
+            stream.close()
 
     def get_blob(self, ref: Reference, digest: Digest, limit: int = MAX_CONFIG_BYTES) -> bytes:
         """A small blob (a config) read whole and verified."""

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ducc.errors import UnsafeLayer, UnsupportedLayer
+from ducc.errors import UnsafeLayer, UnsupportedLayer, storage_error
 from ducc.unpack.policy import OPAQUE, WHITEOUT_PREFIX, clean_name, readable_mode, whiteout_of
 from ducc.verify import Readable
 
@@ -160,12 +160,21 @@ class _Unpacker:
             raise UnsupportedLayer(f"layer is not a tar archive: {exc}") from exc
         try:
             for member in tar:
-                self.entry(member, tar)
+                try:
+                    self.entry(member, tar)
+                except OSError as exc:  # raised at once: the rest of the blob is not worth downloading
+                    typed = storage_error(exc, f"cannot write entry {member.name!r}")
+                    if typed is None:
+                        raise
+                    raise typed from exc
         except tarfile.TarError as exc:
             raise UnsupportedLayer(f"layer tar is corrupt: {exc}") from exc
         finally:
             tar.close()
-        self.finish()
+        try:
+            self.finish()
+        except OSError as exc:
+            raise (storage_error(exc, "cannot set directory modes") or exc) from exc
         return self.report
 
     def entry(self, member: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
@@ -211,7 +220,8 @@ def unpack_layer(stream: Readable, dest: Path) -> LayerReport:
     """Write the layer tar read from ``stream`` into the empty directory ``dest``.
 
     Raises UnsafeLayer for an entry that would leave ``dest`` or pass a symlink,
-    UnsupportedLayer for something that is not a tar. On error ``dest`` holds
+    UnsupportedLayer for something that is not a tar, LocalStorageError (StorageFull,
+    temporary, for a full disk or quota) as soon as a write fails. On error ``dest`` holds
     debris that the caller discards (it is always a staging directory).
     """
     return _Unpacker(dest).run(stream)

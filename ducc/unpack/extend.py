@@ -20,12 +20,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ducc import layout
 from ducc.model.manifest import ImageConfig
 from ducc.singularity import MOUNT_POINTS, additions, image_summary
 
 log = logging.getLogger(__name__)
 
-RECORD = ".singularity.d/ducc.json"
+RECORD = layout.FLAT_ADDITIONS
 
 
 class _InTheWay(Exception):

@@ -20,19 +20,9 @@ import os
 import shutil
 import stat
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from ducc.unpack.policy import OPAQUE, WHITEOUT_PREFIX
-
-
-@dataclass
-class FlattenReport:
-    files: int = 0
-    directories: int = 0
-    symlinks: int = 0
-    removed: int = 0
-    copied: int = 0
 
 
 def _only_whiteouts(directory: str) -> bool:
@@ -55,7 +45,6 @@ class _Flattener:
     def __init__(self, dest: Path) -> None:
         self.dest = str(dest)
         self.dir_meta: dict[str, tuple[int, float]] = {}
-        self.report = FlattenReport()
         self.can_link = True
 
     def clear(self, path: str) -> None:
@@ -67,7 +56,6 @@ class _Flattener:
             shutil.rmtree(path)
         else:
             os.unlink(path)
-        self.report.removed += 1
 
     def place_file(self, source: str, target: str) -> None:
         if self.can_link:
@@ -79,7 +67,6 @@ class _Flattener:
                     raise
                 self.can_link = exc.errno == errno.EMLINK
         shutil.copy2(source, target, follow_symlinks=False)
-        self.report.copied += 1
 
     def merge(self, source_dir: str, target_dir: str) -> None:
         with os.scandir(source_dir) as scan:
@@ -108,7 +95,6 @@ class _Flattener:
                     if _only_whiteouts(entry.path):
                         continue  # deletions inside a directory no lower layer has: nothing to show
                     os.mkdir(target, 0o700)
-                    self.report.directories += 1
                 st = entry.stat(follow_symlinks=False)
                 self.dir_meta[target] = (stat.S_IMODE(st.st_mode), st.st_mtime)
                 self.merge(entry.path, target)
@@ -118,10 +104,8 @@ class _Flattener:
                 os.symlink(os.readlink(entry.path), target)
                 st = entry.stat(follow_symlinks=False)
                 os.utime(target, ns=(st.st_mtime_ns, st.st_mtime_ns), follow_symlinks=False)
-                self.report.symlinks += 1
             else:
                 self.place_file(entry.path, target)
-                self.report.files += 1
 
     def finish(self) -> None:
         for path in sorted(self.dir_meta, key=lambda p: p.count("/"), reverse=True):
@@ -131,7 +115,7 @@ class _Flattener:
                 os.utime(path, (mtime, mtime))
 
 
-def flatten(layers: Sequence[Path], dest: Path) -> FlattenReport:
+def flatten(layers: Sequence[Path], dest: Path) -> None:
     """Merge ``layers`` (base first) into the empty directory ``dest``.
 
     ``dest`` should live on the same filesystem as the layers (then files are
@@ -143,4 +127,3 @@ def flatten(layers: Sequence[Path], dest: Path) -> FlattenReport:
         flattener.dir_meta[str(dest)] = (stat.S_IMODE(st.st_mode), st.st_mtime)
         flattener.merge(str(layer), str(dest))
     flattener.finish()
-    return flattener.report

@@ -235,3 +235,87 @@ def test_sigkill_mid_conversion_leaves_nothing_visible_and_the_next_run_publishe
     assert done.returncode == 0, done.stderr
     assert len(list((root / layout.tag_link(ref) / "many").iterdir())) == 6000
     assert [p for p in staging.iterdir() if p.is_dir()] == []
+
+
+def test_a_registry_that_keeps_failing_is_asked_as_often_as_the_one_retry_policy_allows(client, unique_ref, proxy, root):
+    """Retries live in the registry transport only: a layer that always answers 503 costs exactly the policy's
+    attempts (the converter used to retry around the client: attempts x attempts requests)."""
+    ref = via(proxy, unique_ref())
+    built = push_image(client, ref, image())
+    failing = built.layer_digests[0]
+    proxy.add("status", f"/blobs/{failing}", times=-1, status=503)
+    with pytest.raises(RegistryUnavailable):
+        Converter(client, DirectoryPublisher(root)).convert(ref)
+    assert len(proxy.requests("GET", f"/blobs/{failing}")) == client.retry.attempts == 3
+    assert visible(root) == []
+
+
+def test_a_blob_that_keeps_breaking_off_is_resumed_within_the_same_budget(client, unique_ref, proxy, root):
+    ref = via(proxy, unique_ref())
+    built = push_image(client, ref, image())
+    big = built.layer_digests[0]
+    proxy.add("truncate", f"/blobs/{big}", times=2, keep_bytes=100_000)
+    result = Converter(client, DirectoryPublisher(root)).convert(ref)
+    assert result.state == "published"
+    gets = proxy.requests("GET", f"/blobs/{big}")
+    assert len(gets) == 3
+    assert [g.headers.get("Range") for g in gets] == [None, "bytes=100000-", "bytes=200000-"]
+
+
+class Watermark:
+    """Progress that remembers how many bytes of each layer were read at most."""
+
+    def __init__(self) -> None:
+        self.read: dict[object, int] = {}
+
+    def stage(self, ref: object, stage: str, detail: str = "") -> None:
+        pass
+
+    def layer(self, digest: object, done: int, total: int | None) -> None:
+        self.read[digest] = max(done, self.read.get(digest, 0))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs (root can mount one here): a disk that fills up for real."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root; this machine runs the tests unprivileged")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_a_full_disk_fails_temporarily_at_once_naming_the_entry_and_the_layer(client, unique_ref, small_disk):
+    from ducc.errors import StorageFull
+
+    ref = unique_ref()
+    big = os.urandom(40 << 20)  # incompressible: 40 MiB of gzip for a 2 MiB disk
+    built = push_image(client, ref, ImageSpec(layers=[Layer([Dir("data"), File("data/big", big)])]))
+    root = small_disk / "repo"
+    watermark = Watermark()
+    with pytest.raises(StorageFull) as error:
+        Converter(client, DirectoryPublisher(root), progress=watermark).convert(ref)
+    assert error.value.temporary
+    message = str(error.value)
+    assert str(ref) in message and str(built.layer_digests[0]) in message and "data/big" in message
+    layer_size = len(built.blobs[built.layer_digests[0]])
+    print(f"read {watermark.read[built.layer_digests[0]]} of {layer_size} bytes when the disk was full")
+    assert watermark.read[built.layer_digests[0]] < layer_size / 2  # raised long before the download ended
+    assert visible(root) == [] and not (root / layout.layerfs(built.layer_digests[0])).exists()
+
+
+def test_a_name_the_filesystem_refuses_fails_permanently_naming_it(client, unique_ref, root):
+    from ducc.errors import LocalStorageError
+
+    ref = unique_ref()
+    long_name = "n" * 300  # over NAME_MAX (255) of every Linux filesystem
+    push_image(client, ref, ImageSpec(layers=[Layer([File("ok", b"1"), File(long_name, b"2")])]))
+    with pytest.raises(LocalStorageError) as error:
+        Converter(client, DirectoryPublisher(root)).convert(ref)
+    assert not error.value.temporary
+    assert "refuses this name" in str(error.value) and long_name in str(error.value)
+    assert visible(root) == []

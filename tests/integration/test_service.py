@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from ducc import layout
-from ducc.jobs import JobStore
 from ducc.model.reference import Reference
-from ducc.queue import Queue, QueueUnavailable
+from ducc.model.request import ConversionRequest
+from ducc.service.jobs import JobStore
+from ducc.service.queue import Queue, QueueUnavailable
 from ducc.settings import Settings
 from tests.support.images import Dir, File, ImageSpec, Layer, push_image
 from tests.support.proxy import FaultProxy
@@ -47,9 +48,9 @@ def settings_for(redis_server: RedisServer, root: Path) -> Settings:
 
 
 def queue_for(redis_server: RedisServer, root: Path) -> Queue:
-    from ducc.services import build_queue
+    from ducc.services import Services
 
-    return build_queue(settings_for(redis_server, root))
+    return Services(settings_for(redis_server, root)).queue
 
 
 def wait_finished(jobs: JobStore, job_ids: list[str], timeout: float = 120):
@@ -100,10 +101,10 @@ def test_requests_for_an_image_already_queued_are_coalesced(client, unique_ref, 
     ref = unique_ref()
     push_image(client, ref, ImageSpec(layers=[BASE, Layer([File("app", b"once")])]))
     queue = queue_for(redis_server, root)
-    first = queue.submit(str(ref), "linux/amd64", "test")
+    first = queue.submit(ConversionRequest(ref), "test")
     assert first.into is None and first.outcome == "accepted"
-    second = queue.submit(str(ref), "linux/amd64", "test")
-    third = queue.submit(str(ref), "linux/amd64", "registry")
+    second = queue.submit(ConversionRequest(ref), "test")
+    third = queue.submit(ConversionRequest(ref), "registry")
     assert second.into == first.job_id and third.into == first.job_id
     first, second, third = first.job_id, second.job_id, third.job_id
     worker = service()
@@ -126,10 +127,10 @@ def test_a_request_arriving_while_the_image_converts_joins_it_and_the_tag_is_che
         service()
         queue = queue_for(redis_server, root)
         jobs = JobStore(redis_server.client())
-        first = queue.submit(str(ref), "linux/amd64", "test").job_id
+        first = queue.submit(ConversionRequest(ref), "test").job_id
         wait_state(jobs, first, ("fetching", "unpacking"))
         push_image(client, ref, ImageSpec(layers=[BASE, Layer([File("app", b"second")])]))  # the tag moves meanwhile
-        later = queue.submit(str(ref), "linux/amd64", "test")
+        later = queue.submit(ConversionRequest(ref), "test")
         assert later.into == first  # one conversion at a time for an image ...
         done = wait_finished(jobs, [first, later.job_id])
         # ... and the running job, which had resolved the old push, looked again before finishing
@@ -149,7 +150,7 @@ def test_two_workers_convert_many_images_at_once_without_duplicate_work(client, 
     queue = queue_for(redis_server, root)
     ids = []
     for ref in refs + refs:  # every image asked for twice
-        ids.append(queue.submit(str(ref), "linux/amd64", "test").job_id)
+        ids.append(queue.submit(ConversionRequest(ref), "test").job_id)
     jobs = JobStore(redis_server.client())
     finished = wait_finished(jobs, ids, timeout=180)
     assert all(j.state == "published" for j in finished), [(j.image, j.error) for j in finished]
@@ -169,7 +170,7 @@ def test_a_temporary_registry_failure_is_retried_and_the_reason_recorded(client,
         proxy.add("status", "/manifests/", method=None, times=3, status=503)
         service(DUCC_RETRY_ATTEMPTS="1")
         queue = queue_for(redis_server, root)
-        job_id = queue.submit(str(ref), "linux/amd64", "test").job_id
+        job_id = queue.submit(ConversionRequest(ref), "test").job_id
         (job,) = wait_finished(JobStore(redis_server.client()), [job_id], timeout=120)
         assert job.state == "published"
         retries = [e for e in job.events if e["state"] == "retrying"]
@@ -183,7 +184,7 @@ def test_a_permanent_failure_is_not_retried_and_says_why(unique_ref, redis_serve
     service()
     ref = unique_ref("never-pushed")
     queue = queue_for(redis_server, root)
-    job_id = queue.submit(str(ref), "linux/amd64", "test").job_id
+    job_id = queue.submit(ConversionRequest(ref), "test").job_id
     (job,) = wait_finished(JobStore(redis_server.client()), [job_id])
     assert job.state == "failed" and "not found" in job.error and not job.temporary and job.attempts == 1
     env = service_env(root, redis_server.url, tmp_path / "state")
@@ -195,7 +196,7 @@ def test_an_accepted_request_is_never_answered_when_the_queue_is_down(tmp_path, 
     queue = queue_for(server, root)
     server.stop()
     with pytest.raises(QueueUnavailable):
-        queue.submit("127.0.0.1:1/a/b:1", "linux/amd64", "test")
+        queue.submit(ConversionRequest(Reference.parse("127.0.0.1:1/a/b:1")), "test")
 
 
 def test_sync_task_queues_exactly_the_image_whose_tag_moved(client, unique_ref, redis_server, service, root, tmp_path):
@@ -205,10 +206,9 @@ def test_sync_task_queues_exactly_the_image_whose_tag_moved(client, unique_ref, 
     wishlist = tmp_path / "wishlist.yaml"
     wishlist.write_text("version: 1\ninput:\n" + "".join(f"  - '{r}'\n" for r in refs))
     service(DUCC_WISHLIST=str(wishlist))
-    from ducc.broker import create_celery
+    from ducc.services import Services
 
-    settings = settings_for(redis_server, root)
-    app = create_celery(settings)
+    app = Services(settings_for(redis_server, root)).celery()
     jobs = JobStore(redis_server.client())
 
     def run_sync_and_wait(expected_new: int) -> list:
@@ -286,18 +286,17 @@ def test_sigkill_of_the_whole_service_mid_conversion_loses_nothing(client, uniqu
 
 
 def test_reconciliation_finds_an_interrupted_job_behind_a_thousand_newer_ones(redis_server, root):
-    from ducc.broker import create_celery
-    from ducc.queue import INCOMING
-    from ducc.tasks import Runtime, run_reconcile
+    from ducc.service.keys import INCOMING
+    from ducc.service.tasks import run_reconcile
+    from ducc.services import Services
 
-    settings = settings_for(redis_server, root)
-    rt = Runtime(settings, create_celery(settings))
-    interrupted = rt.queue.submit("127.0.0.1:1/lost/image:1", "linux/amd64", "test").job_id
+    rt = Services(settings_for(redis_server, root), shared_locks=True)
+    interrupted = rt.queue.submit(ConversionRequest(Reference.parse("127.0.0.1:1/lost/image:1")), "test").job_id
     client = redis_server.client()
     client.lrem(INCOMING, 1, interrupted)  # a worker took it ...
     rt.jobs.event(interrupted, "fetching", "")  # ... started, and died without renewing its lease
     for i in range(1100):
-        rt.queue.submit(f"127.0.0.1:1/other/image:{i}", "linux/amd64", "test")
+        rt.queue.submit(ConversionRequest(Reference.parse(f"127.0.0.1:1/other/image:{i}")), "test")
     assert run_reconcile(rt) == 1
     assert interrupted in client.lrange(INCOMING, 0, -1)
     job = rt.jobs.get(interrupted)
@@ -320,10 +319,10 @@ def test_a_running_job_that_fails_looks_again_for_a_request_that_arrived_meanwhi
         service()
         queue = queue_for(redis_server, root)
         jobs = JobStore(redis_server.client())
-        first = queue.submit(str(ref), "linux/amd64", "test").job_id
+        first = queue.submit(ConversionRequest(ref), "test").job_id
         wait_state(jobs, first, ("fetching",))
         push_image(client, ref, ImageSpec(layers=[slow, Layer([File("app", b"fixed")])]))
-        later = queue.submit(str(ref), "linux/amd64", "test")
+        later = queue.submit(ConversionRequest(ref), "test")
         assert later.into == first
         done = wait_finished(jobs, [first, later.job_id])
         assert [j.state for j in done] == ["published", "published"], [j.error for j in done]
@@ -331,3 +330,70 @@ def test_a_running_job_that_fails_looks_again_for_a_request_that_arrived_meanwhi
         assert any("escape" in e["detail"] and "checking the tag again" in e["detail"] for e in done[0].events)
     finally:
         proxy.stop()
+
+
+def test_a_worker_keeps_its_blob_cache_within_the_budget(client, unique_ref, redis_server, service, root, tmp_path):
+    """Every process that fills the blob cache prunes it (the CLI used to be the only one that did)."""
+    cache = tmp_path / "cache"
+    budget = 500_000
+    service(DUCC_CACHE_DIR=str(cache), DUCC_CACHE_MAX_BYTES=str(budget))
+    queue = queue_for(redis_server, root)
+    jobs = JobStore(redis_server.client())
+    ids = []
+    for i in range(3):
+        ref = unique_ref(f"c{i}")
+        push_image(client, ref, ImageSpec(layers=[Layer([File("blob", os.urandom(300_000))])]))
+        ids.append(queue.submit(ConversionRequest(ref), "test").job_id)
+    done = wait_finished(jobs, ids)
+    assert [j.state for j in done] == ["published"] * 3, [j.error for j in done]
+    cached = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file())
+    assert 0 < cached <= budget  # three blobs of 300 kB went through a 500 kB cache
+
+
+@pytest.fixture
+def second_mount(tmp_path, root):
+    """``root`` bind-mounted at another path, as one NFS export is mounted on two worker hosts."""
+    if os.geteuid() != 0:
+        pytest.skip("bind mounts need root; this machine runs the tests unprivileged")
+    other = tmp_path / "other-host-mount"
+    other.mkdir()
+    done = subprocess.run(["mount", "--bind", str(root), str(other)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {done.stderr.strip()}")
+    yield other
+    subprocess.run(["umount", "-l", str(other)], check=True)
+
+
+def test_two_roots_naming_one_directory_are_serialised_by_one_repository_lease(redis_server, root, second_mount):
+    from ducc.service import keys
+    from ducc.services import Services
+
+    settings = settings_for(redis_server, root)
+    here = Services(settings, root=root, shared_locks=True).publisher
+    there = Services(settings, root=second_mount, shared_locks=True).publisher
+    assert here.location != there.location
+    entered = threading.Event()
+
+    def write_from_the_other_host() -> None:
+        with there.transaction():
+            entered.set()
+
+    with here.transaction():
+        name = (root / layout.REPOSITORY_NAME).read_text().strip()
+        assert name and there.name == here.name == name  # stored in the root on first use, seen from both paths
+        assert redis_server.client().exists(keys.lock(keys.publish_lease(name)))
+        other = threading.Thread(target=write_from_the_other_host)
+        other.start()
+        assert not entered.wait(1.0)
+    other.join(30)
+    assert entered.is_set()
+
+
+def test_a_repository_named_in_the_settings_keeps_that_name(redis_server, root):
+    from ducc.services import Services
+
+    settings = Settings.from_env({"DUCC_REDIS_URL": redis_server.url, "DUCC_ROOT": str(root), "DUCC_REPOSITORY": "unpacked.example.org"})
+    publisher = Services(settings, shared_locks=True).publisher
+    with publisher.transaction():
+        pass
+    assert publisher.name == "unpacked.example.org" and not (root / layout.REPOSITORY_NAME).exists()

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ducc import layout
-from ducc.jobs import JobStore
+from ducc.service.jobs import JobStore
 from ducc.settings import Settings
 from tests.support.images import File, ImageSpec, Layer, push_image
 from tests.support.processes import free_port, start_registry, wait_for_port
@@ -255,8 +255,15 @@ def test_end_to_end_registry_notification_to_published(client, registry, redis_s
         assert images["published"] is True and Path(images["flat"]).resolve() == (root / layout.tag_link(allowed)).resolve()
         page = requests.get(f"http://127.0.0.1:{port}/", timeout=5).text
         assert "Recently published" in page and str(layout.tag_link(allowed)) in page
-        time.sleep(1)
+        # The forbidden push's notification must have been answered (its event ignored, in the log) and the
+        # allowed image's job finished before "no job for the forbidden image" means anything.
         forbidden = Reference.parse(f"{notify.host}/forbidden/app:v1")
+        jobs = JobStore(redis_server.client())
+        deadline = time.monotonic() + 60
+        while not (f"[{forbidden}: not allowed" in web_process.log()
+                   and all(j.finished for j in jobs.for_image(str(allowed)))):
+            assert time.monotonic() < deadline, web_process.log()[-2000:]
+            time.sleep(0.2)
         assert not (root / layout.tag_link(forbidden)).exists()
         assert JobStore(redis_server.client()).for_image(str(forbidden)) == []
         hub = requests.post(f"http://127.0.0.1:{port}/webhooks/dockerhub", params={"token": TOKEN},

@@ -1,21 +1,24 @@
 from pathlib import Path
 
 from ducc.model.reference import Reference
+from ducc.settings import Settings
 from webhooks.policy import Policy
 from webhooks.security import Tokens, presented_token
+from webhooks.senders import TOKEN_SOURCES
 
 
 def test_tokens_per_source_override_the_common_one_and_files_work(tmp_path: Path):
     secret = tmp_path / "quay-token"
     secret.write_text("from-a-file\n")
-    tokens = Tokens.from_env({"DUCC_WEBHOOK_TOKEN": "common", "DUCC_WEBHOOK_TOKEN_QUAY_FILE": str(secret)})
+    settings = Settings.from_env({"DUCC_WEBHOOK_TOKEN": "common", "DUCC_WEBHOOK_TOKEN_QUAY_FILE": str(secret)})
+    tokens = Tokens.of(settings.webhook_tokens, TOKEN_SOURCES)
     assert tokens.check("registry", "common") and tokens.check("api", "common")
     assert tokens.check("quay", "from-a-file") and not tokens.check("quay", "common")
     assert not tokens.check("registry", "commo") and not tokens.check("registry", "") and not tokens.check("registry", None)
 
 
 def test_no_token_configured_refuses_everything():
-    tokens = Tokens.from_env({})
+    tokens = Tokens.of(Settings.from_env({}).webhook_tokens, TOKEN_SOURCES)
     assert not tokens.configured("registry") and not tokens.check("registry", "anything")
 
 

@@ -1,8 +1,7 @@
 """Connections to Redis (job status, locks) and the Celery app (the queue), built from settings.
 
-Light on purpose: the web process uses this to send tasks by name and read job
-status without importing anything that converts (``ducc.tasks`` registers the
-task bodies in worker processes only).
+Light on purpose: nothing here imports what converts (``ducc.service.tasks``
+registers the task bodies in worker processes only). ``ducc.services`` calls these.
 """
 
 from __future__ import annotations
@@ -11,14 +10,13 @@ import redis
 from celery import Celery
 from celery.schedules import crontab
 
-from ducc.queue import RECONCILE_TASK, SYNC_TASK
+from ducc.service import keys
+from ducc.service.queue import RECONCILE_TASK, SYNC_TASK
 from ducc.settings import Settings
 
 
-def build_redis(settings: Settings) -> redis.Redis:
-    if not settings.redis_url:
-        raise ValueError("DUCC_REDIS_URL is not set (ducc serve starts its own Redis and sets it)")
-    client: redis.Redis = redis.Redis.from_url(settings.redis_url, decode_responses=True, health_check_interval=30)
+def build_redis(url: str) -> redis.Redis:
+    client: redis.Redis = redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
     return client
 
 
@@ -37,21 +35,19 @@ def parse_cron(expression: str) -> crontab:
     return crontab(minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month, day_of_week=day_of_week)
 
 
-def create_celery(settings: Settings) -> Celery:
+def create_celery(settings: Settings, redis_url: str) -> Celery:
     """The Celery app, configured from settings; workers add the task bodies with ``ducc.tasks.register``.
 
     Messages are acknowledged late and rejected when a worker is lost, so the broker redelivers
     them; one task at a time is prefetched, so a long conversion never holds others hostage.
     """
-    if not settings.redis_url:
-        raise ValueError("DUCC_REDIS_URL is not set (ducc serve starts its own Redis and sets it)")
-    app = Celery("ducc", broker=broker_url(settings.redis_url), set_as_current=False)
+    app = Celery("ducc", broker=broker_url(redis_url), set_as_current=False)
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_ignore_result=True,
         worker_prefetch_multiplier=1,
-        task_default_queue="ducc",
+        task_default_queue=keys.CELERY_QUEUE,
         broker_transport_options={"visibility_timeout": 6 * 3600},
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 import shutil
 import signal
 import subprocess
@@ -67,8 +66,7 @@ class Child:
             self.process.wait()
 
 
-def redis_config(state: Path, fsync: str) -> list[str]:
-    socket = state / "redis.sock"
+def redis_config(state: Path, socket: Path, fsync: str) -> list[str]:
     return [
         "--port", "0", "--unixsocket", str(socket), "--unixsocketperm", "700",
         "--dir", str(state), "--appendonly", "yes", "--appendfsync", fsync,
@@ -76,14 +74,15 @@ def redis_config(state: Path, fsync: str) -> list[str]:
     ]
 
 
-def start_redis(state: Path, fsync: str = "everysec") -> tuple[Child, str]:
+def start_redis(settings: Settings) -> tuple[Child, str]:
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed (./bootstrap.sh installs it) and DUCC_REDIS_URL is not set")
+    state = settings.embedded_redis_dir
     state.mkdir(parents=True, exist_ok=True)
-    child = Child("redis", [binary, *redis_config(state, fsync)], dict(os.environ))
+    child = Child("redis", [binary, *redis_config(state, settings.embedded_redis_socket, settings.redis_fsync)], dict(settings.env))
     child.start()
-    url = f"unix://{state / 'redis.sock'}"
+    url = settings.embedded_redis_url
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if not child.alive():
@@ -97,16 +96,16 @@ def start_redis(state: Path, fsync: str = "everysec") -> tuple[Child, str]:
 
 
 def serve(settings: Settings, *, root: Path, wishlist: Path | None, web: bool = True) -> int:
-    env = dict(os.environ)
+    env = dict(settings.env)
     env["DUCC_ROOT"] = str(root.resolve())
     if wishlist is not None:
         env["DUCC_WISHLIST"] = str(wishlist.resolve())
     children: list[Child] = []
     if not settings.redis_url:
-        redis_child, url = start_redis(settings.state_dir / "redis", settings.redis_fsync)
+        redis_child, url = start_redis(settings)
         children.append(redis_child)
         env["DUCC_REDIS_URL"] = url
-        log.info("embedded Redis at %s (data in %s)", url, settings.state_dir / "redis")
+        log.info("embedded Redis at %s (data in %s)", url, settings.embedded_redis_dir)
     ducc = [sys.executable, "-m", "ducc"]
     services = [Child("worker", [*ducc, "worker"], env), Child("beat", [*ducc, "beat"], env)]
     if web:

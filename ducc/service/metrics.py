@@ -17,25 +17,23 @@ import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from ducc.queue import INCOMING
+from ducc.service import keys
 
-PREFIX = "ducc:metrics"
 BUCKETS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
-QUEUE = "ducc"
 
 
 def record_request(client: redis.Redis, source: str, outcome: str, count: int = 1) -> None:
-    client.hincrby(f"{PREFIX}:requests", f"{source}|{outcome}", count)
+    client.hincrby(keys.METRICS_REQUESTS, f"{source}|{outcome}", count)
 
 
 def record_conversion(client: redis.Redis, result: str, seconds: float) -> None:
     pipe = client.pipeline()
-    pipe.hincrby(f"{PREFIX}:conversions", result, 1)
+    pipe.hincrby(keys.METRICS_CONVERSIONS, result, 1)
     for bound in BUCKETS:
         if seconds <= bound:
-            pipe.hincrby(f"{PREFIX}:duration", f"le={bound}", 1)
-    pipe.hincrby(f"{PREFIX}:duration", "count", 1)
-    pipe.hincrbyfloat(f"{PREFIX}:duration", "sum", seconds)
+            pipe.hincrby(keys.METRICS_DURATION, f"le={bound}", 1)
+    pipe.hincrby(keys.METRICS_DURATION, "count", 1)
+    pipe.hincrbyfloat(keys.METRICS_DURATION, "sum", seconds)
     pipe.execute()
 
 
@@ -46,19 +44,19 @@ class RedisCollector(Collector):
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
         requests = CounterMetricFamily("ducc_webhook_requests", "Webhook and API requests by source and outcome",
                                        labels=["source", "outcome"])
-        for field, value in sorted(self.redis.hgetall(f"{PREFIX}:requests").items()):
+        for field, value in sorted(self.redis.hgetall(keys.METRICS_REQUESTS).items()):
             source, _, outcome = str(field).partition("|")
             requests.add_metric([source, outcome], float(value))
         yield requests
-        waiting = self.redis.llen(QUEUE) + self.redis.llen(INCOMING)
+        waiting = self.redis.llen(keys.CELERY_QUEUE) + self.redis.llen(keys.INCOMING)
         yield GaugeMetricFamily("ducc_queue_depth", "Jobs waiting for a worker", value=float(waiting))
         yield GaugeMetricFamily("ducc_jobs_in_flight", "Tasks taken by a worker and not yet acknowledged",
-                                value=float(self.redis.hlen("unacked")))
+                                value=float(self.redis.hlen(keys.KOMBU_UNACKED)))
         conversions = CounterMetricFamily("ducc_conversions", "Finished conversions by result", labels=["result"])
-        for result, value in sorted(self.redis.hgetall(f"{PREFIX}:conversions").items()):
+        for result, value in sorted(self.redis.hgetall(keys.METRICS_CONVERSIONS).items()):
             conversions.add_metric([str(result)], float(value))
         yield conversions
-        raw = {str(k): float(v) for k, v in self.redis.hgetall(f"{PREFIX}:duration").items()}
+        raw = {str(k): float(v) for k, v in self.redis.hgetall(keys.METRICS_DURATION).items()}
         buckets = [(str(bound), raw.get(f"le={bound}", 0.0)) for bound in BUCKETS]
         buckets.append(("+Inf", raw.get("count", 0.0)))
         yield HistogramMetricFamily("ducc_conversion_duration_seconds", "Wall time of conversions",

@@ -1,7 +1,7 @@
 """Submitting conversion requests: one job per request, one conversion per image at a time.
 
-``Queue.submit`` is one Redis round trip (a Lua script, atomic): it records the
-job (the request is "accepted" once this returns), answers a redelivered event
+``Queue.submit`` takes a ``ConversionRequest`` and is one Redis round trip (a
+Lua script, atomic): it records the job (the request is "accepted" once this returns), answers a redelivered event
 with the job it created the first time, coalesces onto a job of the same image
 and platform that is still waiting (both ids then report that job's outcome),
 or appends the job to ``ducc:incoming``. A ``Dispatcher`` in every worker
@@ -22,6 +22,7 @@ back. A job sent twice is harmless: the task skips finished and running jobs.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -31,40 +32,39 @@ from dataclasses import dataclass
 import redis
 
 from ducc.errors import DuccError
-from ducc.jobs import PREFIX, JobStore, image_key, new_job_id
+from ducc.model.request import ConversionRequest
+from ducc.service import keys
+from ducc.service.jobs import JobStore, new_job_id
 
 log = logging.getLogger(__name__)
 
 CONVERT_TASK = "ducc.convert"
 SYNC_TASK = "ducc.sync"
 RECONCILE_TASK = "ducc.reconcile"
-INCOMING = f"{PREFIX}:incoming"
-DISPATCHING = f"{PREFIX}:dispatching"
 WAITING_TTL = 24 * 3600
 EVENT_TTL = 24 * 3600
 
+# KEYS: job, events, recent, by_image, incoming, metrics, waiting, running, recheck, delivery ('' for none)
 _SUBMIT = """
-local prefix, job_id, image, platform, source = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local now, ttl, waiting_ttl, event_key, recent = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9], tonumber(ARGV[10])
+local job, events, recent_key, by_image, incoming, metrics = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local waiting, running, recheck, event_key = KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local job_prefix, job_id, image, platform, source, request = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local now, ttl, waiting_ttl, recent, event_ttl = ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
 if event_key ~= '' then
   local seen = redis.call('GET', event_key)
   if seen then
-    redis.call('HINCRBY', prefix .. ':metrics:requests', source .. '|duplicate', 1)
+    redis.call('HINCRBY', metrics, source .. '|duplicate', 1)
     return {'duplicate', seen}
   end
 end
-local job = prefix .. ':job:' .. job_id
-local events = job .. ':events'
-local by_image = prefix .. ':jobs:image:' .. image
-redis.call('HSET', job, 'id', job_id, 'image', image, 'platform', platform, 'source', source,
+redis.call('HSET', job, 'id', job_id, 'image', image, 'platform', platform, 'source', source, 'request', request,
            'state', 'queued', 'received_at', now, 'updated_at', now)
 redis.call('RPUSH', events, cjson.encode({state = 'received', at = tonumber(now), detail = source}))
-redis.call('ZADD', prefix .. ':jobs:recent', now, job_id)
-redis.call('ZREMRANGEBYRANK', prefix .. ':jobs:recent', 0, -recent - 1)
+redis.call('ZADD', recent_key, now, job_id)
+redis.call('ZREMRANGEBYRANK', recent_key, 0, -recent - 1)
 redis.call('LPUSH', by_image, job_id)
 redis.call('LTRIM', by_image, 0, 49)
 redis.call('EXPIRE', by_image, ttl)
-local waiting, running, recheck = KEYS[1], KEYS[2], KEYS[3]
 local outcome, target
 local function coalesce(into, why)
   redis.call('HSET', job, 'coalesced_into', into)
@@ -73,22 +73,22 @@ local function coalesce(into, why)
 end
 local queued = redis.call('GET', waiting)
 local converting = redis.call('GET', running)
-if queued and redis.call('EXISTS', prefix .. ':job:' .. queued) == 1 then
+if queued and redis.call('EXISTS', job_prefix .. queued) == 1 then
   coalesce(queued, 'same image already queued')
-elseif converting and redis.call('EXISTS', prefix .. ':job:' .. converting) == 1 then
+elseif converting and redis.call('EXISTS', job_prefix .. converting) == 1 then
   -- the running job has resolved the tag already: it must look again before it finishes
   redis.call('SET', recheck, '1', 'EX', waiting_ttl)
   coalesce(converting, 'same image converting; it checks the tag again before it finishes')
 else
   redis.call('SET', waiting, job_id, 'EX', waiting_ttl)
   redis.call('RPUSH', events, cjson.encode({state = 'queued', at = tonumber(now), detail = 'from ' .. source}))
-  redis.call('LPUSH', prefix .. ':incoming', job_id)
+  redis.call('LPUSH', incoming, job_id)
   outcome, target = 'accepted', job_id
 end
 redis.call('EXPIRE', job, ttl)
 redis.call('EXPIRE', events, ttl)
-if event_key ~= '' then redis.call('SET', event_key, job_id, 'EX', tonumber(ARGV[11])) end
-redis.call('HINCRBY', prefix .. ':metrics:requests', source .. '|' .. outcome, 1)
+if event_key ~= '' then redis.call('SET', event_key, job_id, 'EX', event_ttl) end
+redis.call('HINCRBY', metrics, source .. '|' .. outcome, 1)
 return {outcome, target}
 """
 
@@ -125,18 +125,6 @@ class Submission:
     into: str | None = None  # the job this one reports (coalesced or duplicate delivery)
 
 
-def waiting_key(image: str, platform: str) -> str:
-    return f"{PREFIX}:waiting:{image_key(image, platform)}"
-
-
-def running_key(image: str, platform: str) -> str:
-    return f"{PREFIX}:running:{image_key(image, platform)}"
-
-
-def recheck_key(image: str, platform: str) -> str:
-    return f"{PREFIX}:recheck:{image_key(image, platform)}"
-
-
 class Queue:
     def __init__(self, client: redis.Redis, jobs: JobStore) -> None:
         self.redis = client
@@ -146,15 +134,18 @@ class Queue:
         self._renew = client.register_script(_RENEW)
         self._finish = client.register_script(_FINISH)
 
-    def submit(self, image: str, platform: str, source: str, event_id: str | None = None) -> Submission:
-        """Accept a request for ``image`` on ``platform`` (one atomic round trip)."""
+    def submit(self, request: ConversionRequest, source: str, event_id: str | None = None) -> Submission:
+        """Accept ``request`` (one atomic round trip); ``event_id`` recognises a redelivered webhook event."""
         job_id = new_job_id()
-        event_key = f"{PREFIX}:event:{source}:{event_id}" if event_id else ""
+        image, platform = request.image, str(request.platform)
         try:
-            keys = [waiting_key(image, platform), running_key(image, platform), recheck_key(image, platform)]
-            outcome, target = self._submit(keys=keys, args=[
-                PREFIX, job_id, image, platform, source, f"{time.time():.6f}", self.jobs.ttl, WAITING_TTL, event_key,
-                self.jobs.recent, EVENT_TTL,
+            outcome, target = self._submit(keys=[
+                keys.job(job_id), keys.events(job_id), keys.RECENT, keys.by_image(image), keys.INCOMING,
+                keys.METRICS_REQUESTS, keys.waiting(request.key), keys.running(request.key), keys.recheck(request.key),
+                keys.delivery(source, event_id) if event_id else "",
+            ], args=[
+                keys.JOB_PREFIX, job_id, image, platform, source, json.dumps(request.to_json()), f"{time.time():.6f}",
+                self.jobs.ttl, WAITING_TTL, self.jobs.recent, EVENT_TTL,
             ])
         except redis.RedisError as exc:
             raise QueueUnavailable(f"cannot record the request: {exc}") from exc
@@ -171,20 +162,20 @@ class Queue:
     def requeue(self, job_id: str, detail: str) -> None:
         """Queue an existing job again (reconciliation)."""
         self.jobs.event(job_id, "queued", detail)
-        self.redis.lpush(INCOMING, job_id)
+        self.redis.lpush(keys.INCOMING, job_id)
 
-    def started(self, job_id: str, image: str, platform: str, lease: int) -> None:
+    def started(self, job_id: str, request: ConversionRequest, lease: int) -> None:
         """Called by the worker before it resolves: later requests coalesce onto it as a running job
         (and make it check the tag again), no longer as a waiting one."""
-        self._started(keys=[waiting_key(image, platform), running_key(image, platform)], args=[job_id, lease])
+        self._started(keys=[keys.waiting(request.key), keys.running(request.key)], args=[job_id, lease])
 
-    def renew(self, job_id: str, image: str, platform: str, lease: int) -> None:
-        self._renew(keys=[running_key(image, platform)], args=[job_id, lease])
+    def renew(self, job_id: str, request: ConversionRequest, lease: int) -> None:
+        self._renew(keys=[keys.running(request.key)], args=[job_id, lease])
 
-    def finish(self, job_id: str, image: str, platform: str, *, recheck: bool = True) -> bool:
+    def finish(self, job_id: str, request: ConversionRequest, *, recheck: bool = True) -> bool:
         """True if a request arrived during the conversion and the tag must be checked again;
         otherwise the job stops being the running one. ``recheck=False`` (on failure) only stops it."""
-        again = self._finish(keys=[running_key(image, platform), recheck_key(image, platform)],
+        again = self._finish(keys=[keys.running(request.key), keys.recheck(request.key)],
                              args=[job_id, "1" if recheck else "0"])
         return bool(again)
 
@@ -204,24 +195,14 @@ class Dispatcher:
                 log.warning("dispatcher: Redis unavailable (%s); retrying", exc)
                 stop.wait(1.0)
             except Exception:  # never let the dispatcher die: jobs would wait until reconciliation
-                log.exception("dispatcher: could not send a job; it stays in %s for reconciliation", DISPATCHING)
+                log.exception("dispatcher: could not send a job; it stays in %s for reconciliation", keys.DISPATCHING)
                 stop.wait(1.0)
 
     def step(self, timeout: int = 1) -> str | None:
-        job_id = self.redis.blmove(INCOMING, DISPATCHING, max(1, int(timeout)), "RIGHT", "LEFT")
+        job_id = self.redis.blmove(keys.INCOMING, keys.DISPATCHING, max(1, int(timeout)), "RIGHT", "LEFT")
         if job_id is None:
             return None
         job = str(job_id)
         self.send(CONVERT_TASK, [job])
-        self.redis.lrem(DISPATCHING, 1, job)
+        self.redis.lrem(keys.DISPATCHING, 1, job)
         return job
-
-    def recover(self) -> int:
-        """Put back every job left in ``ducc:dispatching`` (a dispatcher died holding it); returns how many.
-
-        A job that was in fact sent is sent twice, which the task tolerates.
-        """
-        moved = 0
-        while self.redis.lmove(DISPATCHING, INCOMING, "RIGHT", "LEFT") is not None:
-            moved += 1
-        return moved

@@ -20,23 +20,38 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import redis
 
-FINAL_STATES = frozenset({"published", "failed"})
-ACTIVE_STATES = frozenset({"resolving", "fetching", "unpacking", "flattening", "publishing"})
-PREFIX = "ducc"
-ACTIVE = f"{PREFIX}:jobs:active"
+from ducc.model.request import ConversionRequest
+from ducc.service import keys
+
+
+class JobState(StrEnum):
+    """A job's state; the timeline records every one it passed through."""
+
+    RECEIVED = "received"
+    QUEUED = "queued"
+    RESOLVING = "resolving"
+    FETCHING = "fetching"
+    UNPACKING = "unpacking"
+    FLATTENING = "flattening"
+    PUBLISHING = "publishing"
+    RETRYING = "retrying"
+    PUBLISHED = "published"
+    FAILED = "failed"
+
+
+FINAL_STATES = frozenset({JobState.PUBLISHED, JobState.FAILED})
+ACTIVE_STATES = frozenset({JobState.RESOLVING, JobState.FETCHING, JobState.UNPACKING, JobState.FLATTENING,
+                           JobState.PUBLISHING})
 
 
 def new_job_id() -> str:
     """Sortable by time, unguessable: ``<ms since epoch, hex>-<random>``."""
     return f"{int(time.time() * 1000):x}-{secrets.token_hex(5)}"
-
-
-def image_key(image: str, platform: str) -> str:
-    return f"{image}|{platform}"
 
 
 @dataclass
@@ -55,10 +70,16 @@ class Job:
     coalesced_into: str = ""
     result: dict[str, Any] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
+    request_json: dict[str, Any] = field(default_factory=dict)
 
     @property
     def finished(self) -> bool:
         return self.state in FINAL_STATES
+
+    @property
+    def request(self) -> ConversionRequest:
+        """The request this job converts (ValueError if its record does not parse)."""
+        return ConversionRequest.from_json(self.request_json or {"image": self.image, "platform": self.platform})
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -73,13 +94,10 @@ class Job:
 class JobStore:
     """Reads and writes job records; one instance per process, built by ``ducc.services``."""
 
-    def __init__(self, client: redis.Redis, *, ttl: int = 14 * 86400, recent: int = 1000) -> None:
+    def __init__(self, client: redis.Redis, *, ttl: int = 14 * 86400, recent: int = keys.RECENT_JOBS) -> None:
         self.redis = client
         self.ttl = ttl
         self.recent = recent
-
-    def _key(self, job_id: str) -> str:
-        return f"{PREFIX}:job:{job_id}"
 
     # -- writing ------------------------------------------------------------------------
 
@@ -97,28 +115,28 @@ class JobStore:
             else:
                 mapping[name] = value if isinstance(value, (int, float)) else str(value)
         pipe = self.redis.pipeline()
-        pipe.hset(self._key(job_id), mapping=mapping)  # type: ignore[arg-type]  # redis-py's Mapping key is invariant
-        pipe.rpush(self._key(job_id) + ":events", json.dumps({"state": state, "at": now, "detail": detail}))
-        pipe.expire(self._key(job_id), self.ttl)
-        pipe.expire(self._key(job_id) + ":events", self.ttl)
-        if state in ACTIVE_STATES or state == "retrying":
-            pipe.sadd(ACTIVE, job_id)
+        pipe.hset(keys.job(job_id), mapping=mapping)  # type: ignore[arg-type]  # redis-py's Mapping key is invariant
+        pipe.rpush(keys.events(job_id), json.dumps({"state": str(state), "at": now, "detail": detail}))
+        pipe.expire(keys.job(job_id), self.ttl)
+        pipe.expire(keys.events(job_id), self.ttl)
+        if state in ACTIVE_STATES or state == JobState.RETRYING:
+            pipe.sadd(keys.ACTIVE, job_id)
         elif state in FINAL_STATES:
-            pipe.srem(ACTIVE, job_id)
+            pipe.srem(keys.ACTIVE, job_id)
         pipe.execute()
 
     def set_bytes(self, job_id: str, count: int) -> None:
-        self.redis.hset(self._key(job_id), mapping={"bytes": count, "updated_at": time.time()})
+        self.redis.hset(keys.job(job_id), mapping={"bytes": count, "updated_at": time.time()})
 
     # -- reading ------------------------------------------------------------------------
 
     def get(self, job_id: str, *, follow: bool = True) -> Job | None:
         """The job; a coalesced job reports the state, outcome and timeline of the job it joined."""
-        raw = self.redis.hgetall(self._key(job_id))
+        raw = self.redis.hgetall(keys.job(job_id))
         if not raw:
             return None
         job = self._decode({str(k): str(v) for k, v in raw.items()})
-        job.events = [json.loads(e) for e in self.redis.lrange(self._key(job_id) + ":events", 0, -1)]
+        job.events = [json.loads(e) for e in self.redis.lrange(keys.events(job_id), 0, -1)]
         if follow and job.coalesced_into:
             target = self.get(job.coalesced_into, follow=True)
             if target is not None:
@@ -135,23 +153,24 @@ class JobStore:
             temporary=raw.get("temporary") in ("1", "True", "true"), attempts=int(raw.get("attempts", 0) or 0),
             bytes=int(raw.get("bytes", 0) or 0), coalesced_into=raw.get("coalesced_into", ""),
             result=json.loads(raw["result"]) if raw.get("result") else {},
+            request_json=json.loads(raw["request"]) if raw.get("request") else {},
         )
 
     def for_image(self, image: str) -> list[Job]:
-        jobs = (self.get(str(job_id)) for job_id in self.redis.lrange(f"{PREFIX}:jobs:image:{image}", 0, -1))
+        jobs = (self.get(str(job_id)) for job_id in self.redis.lrange(keys.by_image(image), 0, -1))
         return [job for job in jobs if job is not None]
 
     def recent_jobs(self, limit: int = 50) -> list[Job]:
-        ids = self.redis.zrevrange(f"{PREFIX}:jobs:recent", 0, limit - 1)
+        ids = self.redis.zrevrange(keys.RECENT, 0, limit - 1)
         jobs = (self.get(str(job_id)) for job_id in ids)
         return [job for job in jobs if job is not None]
 
     def unfinished(self) -> Iterator[Job]:
         """Jobs a worker started and did not finish: what reconciliation looks at."""
-        for job_id in self.redis.smembers(ACTIVE):
+        for job_id in self.redis.smembers(keys.ACTIVE):
             job = self.get(str(job_id), follow=False)
             if job is None or job.finished:
-                self.redis.srem(ACTIVE, job_id)  # expired or already done
+                self.redis.srem(keys.ACTIVE, job_id)  # expired or already done
             elif not job.coalesced_into:
                 yield job
 
@@ -159,13 +178,13 @@ class JobStore:
 
     def touch_lease(self, job_id: str, seconds: int) -> None:
         """A running job renews this; when it lapses the worker is presumed dead."""
-        self.redis.set(f"{PREFIX}:lease:{job_id}", "1", ex=seconds)
+        self.redis.set(keys.job_lease(job_id), "1", ex=seconds)
 
     def lease_alive(self, job_id: str) -> bool:
-        return bool(self.redis.exists(f"{PREFIX}:lease:{job_id}"))
+        return bool(self.redis.exists(keys.job_lease(job_id)))
 
     def drop_lease(self, job_id: str) -> None:
-        self.redis.delete(f"{PREFIX}:lease:{job_id}")
+        self.redis.delete(keys.job_lease(job_id))
 
 
 class JobProgress:
@@ -180,7 +199,7 @@ class JobProgress:
         self.lock = threading.Lock()  # layers report from several threads
 
     def stage(self, ref: object, stage: str, detail: str = "") -> None:
-        if stage in ("published", "unchanged"):
+        if stage in (JobState.PUBLISHED, "unchanged"):
             return  # the task records the outcome itself, with the result
         self.store.event(self.job_id, stage, detail)
 

@@ -1,0 +1,123 @@
+"""A conversion request and its result: the values the queue carries between submitters and workers.
+
+Both are frozen and serialise to JSON (``to_json``/``from_json``); only the
+queue serialises them. The coalescing key, what makes two requests "the same
+conversion", is derived from the request and nowhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ducc.model.digest import Digest
+from ducc.model.manifest import DEFAULT_PLATFORM, Platform
+from ducc.model.reference import Reference
+
+
+@dataclass(frozen=True)
+class ConversionRequest:
+    """Convert ``reference`` for ``platform``.
+
+    ``thin`` names where a thin image is pushed (None: no thin image), ``repository``
+    the repository to publish into (None: the service's own). Requests with the same
+    ``key`` are one conversion: the queue coalesces them.
+    """
+
+    reference: Reference
+    platform: Platform = DEFAULT_PLATFORM
+    thin: Reference | None = None
+    repository: str | None = None
+
+    @property
+    def image(self) -> str:
+        return str(self.reference)
+
+    @property
+    def key(self) -> str:
+        parts = [self.image, str(self.platform)]
+        if self.repository:
+            parts.append(self.repository)
+        return "|".join(parts)
+
+    def with_platform(self, platform: Platform) -> ConversionRequest:
+        return replace(self, platform=platform)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"image": self.image, "platform": str(self.platform)}
+        if self.thin is not None:
+            out["thin"] = str(self.thin)
+        if self.repository:
+            out["repository"] = self.repository
+        return out
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> ConversionRequest:
+        """The request ``to_json`` wrote; ValueError (``InvalidReference`` included) if it does not parse."""
+        thin = obj.get("thin")
+        return cls(
+            Reference.parse(str(obj["image"])),
+            Platform.parse(str(obj.get("platform") or DEFAULT_PLATFORM)),
+            thin=Reference.parse(str(thin)) if thin else None,
+            repository=str(obj["repository"]) if obj.get("repository") else None,
+        )
+
+
+@dataclass(frozen=True)
+class ConversionResult:
+    """What a finished conversion did. ``state`` is ``published`` or ``unchanged`` (the tag was current)."""
+
+    request: ConversionRequest
+    state: str
+    path: str
+    tag_digest: Digest | None = None
+    config_digest: Digest | None = None
+    layers_unpacked: int = 0
+    layers_reused: int = 0
+    flat_reused: bool = False
+    bytes_fetched: int = 0
+    seconds: float = 0.0
+    skipped_entries: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def reference(self) -> Reference:
+        return self.request.reference
+
+    @property
+    def platform(self) -> Platform:
+        return self.request.platform
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "request": self.request.to_json(),
+            "state": self.state,
+            "path": self.path,
+            "tag_digest": str(self.tag_digest) if self.tag_digest else None,
+            "config_digest": str(self.config_digest) if self.config_digest else None,
+            "layers_unpacked": self.layers_unpacked,
+            "layers_reused": self.layers_reused,
+            "flat_reused": self.flat_reused,
+            "bytes_fetched": self.bytes_fetched,
+            "seconds": round(self.seconds, 3),
+            "skipped_entries": list(self.skipped_entries),
+        }
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> ConversionResult:
+        def digest(name: str) -> Digest | None:
+            return Digest.parse(obj[name]) if obj.get(name) else None
+
+        return cls(
+            ConversionRequest.from_json(obj["request"]),
+            str(obj["state"]),
+            str(obj.get("path", "")),
+            tag_digest=digest("tag_digest"),
+            config_digest=digest("config_digest"),
+            layers_unpacked=int(obj.get("layers_unpacked", 0)),
+            layers_reused=int(obj.get("layers_reused", 0)),
+            flat_reused=bool(obj.get("flat_reused", False)),
+            bytes_fetched=int(obj.get("bytes_fetched", 0)),
+            seconds=float(obj.get("seconds", 0.0)),
+            skipped_entries=tuple(obj.get("skipped_entries") or ()),
+        )

@@ -1,0 +1,211 @@
+"""Celery tasks: thin adapters from a message to one use case. Task names are stable:
+
+- ``ducc.convert(job_id)``   convert the image of one job (``ducc.queue`` creates jobs)
+- ``ducc.sync()``            check every wishlist image (one HEAD each) and queue those that changed
+- ``ducc.reconcile()``       requeue jobs whose worker died (their lease lapsed); runs at worker
+                             start and every DUCC_JOB_LEASE seconds from beat
+
+Reliability: messages are acknowledged late and rejected when a worker is lost,
+so the broker redelivers them; a redelivered job that already finished does
+nothing, one still running elsewhere (its lease alive) is left alone, and a
+conversion is idempotent anyway. Temporary errors are retried with doubling
+delays (``DUCC_JOB_RETRY_BASE``), permanent ones fail at once with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from celery import Celery, Task
+from celery.signals import worker_ready
+
+from ducc.errors import DuccError, WishlistError
+from ducc.model.manifest import Platform
+from ducc.model.reference import Reference
+from ducc.model.request import ConversionRequest, ConversionResult
+from ducc.service import keys
+from ducc.service.jobs import ACTIVE_STATES, JobProgress, JobState
+from ducc.service.locks import try_lease
+from ducc.service.metrics import record_conversion
+from ducc.service.queue import CONVERT_TASK, RECONCILE_TASK, SYNC_TASK, Dispatcher
+from ducc.service.running import running
+from ducc.services import Services
+
+log = logging.getLogger(__name__)
+
+
+def run_conversion(services: Services, job_id: str, task: Task) -> str:
+    jobs, settings = services.jobs, services.settings
+    job = jobs.get(job_id, follow=False)
+    if job is None:
+        log.warning("job %s: no record (expired?); nothing to do", job_id)
+        return "unknown"
+    if job.finished or job.coalesced_into:
+        return job.state
+    if job.state in ACTIVE_STATES and jobs.lease_alive(job_id):
+        log.info("job %s is running on another worker", job_id)
+        return "running"
+    try:
+        request = job.request
+    except ValueError as exc:  # submitters validate; a record edited by hand must still end somewhere
+        jobs.event(job_id, JobState.FAILED, str(exc), error=str(exc), temporary=0, attempts=job.attempts + 1)
+        return JobState.FAILED
+    attempts = job.attempts + 1
+    started = time.monotonic()
+
+    def fail(detail: str, error: str, temporary: bool) -> str:
+        jobs.event(job_id, JobState.FAILED, detail, error=error, temporary=int(temporary), attempts=attempts)
+        record_conversion(services.redis, "failed", time.monotonic() - started)
+        return JobState.FAILED
+
+    with running(services.redis, services.queue, jobs, job_id, request, settings.job_lease) as run:
+        changed = False
+        try:
+            progress = JobProgress(jobs, job_id)
+            while True:
+                try:
+                    result = services.converter.run(request, progress=progress)
+                except DuccError as exc:
+                    # A request that arrived meanwhile may be for a push that converts: look again first.
+                    if not run.finish():
+                        raise
+                    why = f"{exc}; a request arrived during the conversion: checking the tag again"
+                else:
+                    changed = changed or result.state == "published"
+                    if not run.finish():
+                        break
+                    why = "a request arrived during the conversion: checking the tag again"
+                log.info("job %s (%s): %s", job_id, job.image, why)
+                jobs.event(job_id, JobState.RESOLVING, why)
+        except DuccError as exc:
+            if exc.temporary and attempts < settings.job_max_attempts:
+                delay = min(settings.job_retry_base * 2 ** (attempts - 1), 3600)
+                log.warning("job %s (%s): %s; retry %d in %ds", job_id, job.image, exc, attempts, delay)
+                jobs.event(job_id, JobState.RETRYING, f"{exc}; attempt {attempts} failed, next in {delay}s",
+                           error=str(exc), temporary=1, attempts=attempts, retry_at=time.time() + delay)
+                raise task.retry(countdown=delay) from exc
+            log.error("job %s (%s) failed: %s", job_id, job.image, exc)
+            return fail(str(exc), str(exc), exc.temporary)
+        except Exception as exc:
+            run.finish(recheck=False)
+            log.exception("job %s (%s): unexpected error", job_id, job.image)
+            return fail(f"internal error: {exc.__class__.__name__}: {exc}", f"internal error: {exc}", False)
+    detail = (
+        f"already current at {result.tag_digest.short}" if result.state == "unchanged" and result.tag_digest
+        else f"{result.layers_unpacked} layers unpacked, {result.layers_reused} reused, {result.seconds:.1f}s"
+    )
+    jobs.event(job_id, JobState.PUBLISHED, detail, error="", attempts=attempts, result=_job_result(result, changed))
+    record_conversion(services.redis, result.state, result.seconds)
+    log.info("job %s: %s published (%s)", job_id, job.image, detail)
+    return JobState.PUBLISHED
+
+
+def _job_result(result: ConversionResult, changed: bool) -> dict[str, Any]:
+    """What a job's record keeps of its result: the result itself, whether anything changed, and the
+    count (not the list) of skipped entries."""
+    out = result.to_json()
+    out["changed"] = changed
+    out["skipped_entries"] = len(result.skipped_entries)
+    return out
+
+
+def run_sync(services: Services) -> dict[str, Any]:
+    """Queue a conversion for every wishlist image whose tag moved; the checks are manifest HEADs only."""
+    from ducc import wishlist as wishlist_module
+    from ducc.sync import check_all
+
+    path = services.settings.wishlist
+    if path is None:
+        log.info("no wishlist configured (DUCC_WISHLIST): nothing to sync")
+        return {"checked": 0}
+    try:
+        wishes = wishlist_module.load(path.read_text(encoding="utf-8"))
+    except (OSError, WishlistError) as exc:
+        log.error("wishlist %s: %s", path, exc)
+        return {"error": str(exc)}
+    queued: list[str] = []
+
+    def check(ref: Reference, platform: Platform) -> str:
+        current, _ = services.converter.is_current(ref, platform)
+        if current:
+            return "unchanged"
+        queued.append(services.queue.submit(ConversionRequest(ref, platform), "wishlist").job_id)
+        return "queued"
+
+    report = check_all(wishes, services.client, check, per_registry=services.settings.registry_concurrency)
+    summary = {"checked": len(report.outcomes), "queued": len(queued), "failed": len(report.failures)}
+    log.info("wishlist sync: %(checked)d checked, %(queued)d queued, %(failed)d failed", summary)
+    for what, why in report.failures:
+        log.error("wishlist sync: %s: %s", what, why)
+    return summary
+
+
+def run_reconcile(services: Services) -> int:
+    """Requeue jobs whose worker died and jobs a dispatcher dropped; returns how many."""
+    settings, client = services.settings, services.redis
+    if not try_lease(client, keys.RECONCILE_LEASE, max(1, settings.job_lease // 3)):
+        return 0
+    requeued = 0
+    now = time.time()
+    for job in services.jobs.unfinished():
+        if services.jobs.lease_alive(job.id):
+            continue
+        lost = job.state in ACTIVE_STATES
+        overdue_retry = (job.state == JobState.RETRYING
+                         and now - job.updated_at > settings.job_retry_base * 2 ** job.attempts + 60)
+        if lost or overdue_retry:
+            log.warning("job %s (%s) was %s with no live worker: requeued", job.id, job.image, job.state)
+            services.queue.requeue(job.id, f"requeued: its worker stopped while {job.state}")
+            requeued += 1
+    # Jobs a dispatcher took but did not hand to Celery: seen there at two reconciliations in a row.
+    current = {str(j) for j in client.lrange(keys.DISPATCHING, 0, -1)}
+    previous = {str(j) for j in client.smembers(keys.DISPATCHING_SEEN)}
+    pipe = client.pipeline()
+    pipe.delete(keys.DISPATCHING_SEEN)
+    if current:
+        pipe.sadd(keys.DISPATCHING_SEEN, *current)
+        pipe.expire(keys.DISPATCHING_SEEN, settings.job_lease * 4)
+    pipe.execute()
+    for job_id in current & previous:
+        if client.lrem(keys.DISPATCHING, 1, job_id):
+            client.lpush(keys.INCOMING, job_id)
+            log.warning("job %s was dropped by a dispatcher: queued again", job_id)
+            requeued += 1
+    return requeued
+
+
+def start_dispatcher(services: Services, app: Celery) -> threading.Event:
+    """Run a dispatcher thread in this (worker main) process; set the returned event to stop it."""
+    stop = threading.Event()
+    dispatcher = Dispatcher(services.redis, lambda name, args: app.send_task(name, args=args))
+    threading.Thread(target=dispatcher.run, args=(stop,), name="ducc-dispatcher", daemon=True).start()
+    return stop
+
+
+def register(app: Celery, services: Services) -> Celery:
+    """Add the task bodies to ``app`` (worker processes only)."""
+
+    @app.task(name=CONVERT_TASK, bind=True, max_retries=None)  # type: ignore[untyped-decorator]
+    def convert(self: Task, job_id: str) -> str:
+        return run_conversion(services, job_id, self)
+
+    @app.task(name=SYNC_TASK)  # type: ignore[untyped-decorator]
+    def sync() -> dict[str, Any]:
+        return run_sync(services)
+
+    @app.task(name=RECONCILE_TASK)  # type: ignore[untyped-decorator]
+    def reconcile() -> int:
+        return run_reconcile(services)
+
+    def at_start(sender: object = None, **_: object) -> None:
+        start_dispatcher(services, app)
+        try:
+            run_reconcile(services)
+        except Exception:  # never keep a worker from starting
+            log.exception("reconciliation at start-up failed")
+
+    worker_ready.connect(at_start, weak=False)
+    return app

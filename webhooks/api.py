@@ -1,0 +1,85 @@
+"""The REST API: submit a conversion, read a job, read what is published for a reference.
+
+``POST /api/v1/conversions`` needs the ``api`` token and answers 403 for an
+image outside the policy (webhooks answer 200 with ``ignored`` instead: a
+registry would retry anything else forever). The GET endpoints need no token.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, jsonify, request
+
+from ducc.errors import InvalidReference
+from ducc.model.manifest import Platform
+from ducc.model.reference import Reference
+from ducc.publish import RepositoryView
+from webhooks.http import BadRequest, authenticate, body, count, submit, web
+from webhooks.senders import API, JSON_TYPES
+
+api = Blueprint("api", __name__, url_prefix="/api/v1")
+
+
+@api.post("/conversions")
+def submit_conversion() -> Any:
+    authenticate(API)
+    payload = body(API, JSON_TYPES)
+    if not isinstance(payload, dict) or not isinstance(payload.get("image"), str):
+        count(API, "bad_request")
+        raise BadRequest(400, 'body must be {"image": "<reference>"} (optionally "platform": "os/arch")')
+    try:
+        ref = Reference.parse(payload["image"])
+        platforms = (Platform.parse(payload["platform"]),) if isinstance(payload.get("platform"), str) else ()
+    except (InvalidReference, ValueError) as exc:
+        count(API, "bad_request")
+        raise BadRequest(400, str(exc)) from exc
+    decision = web().policy.decide(ref)
+    if not decision.allowed:
+        count(API, "ignored")
+        return jsonify({"error": f"{ref} is not allowed: {decision.why}"}), 403
+    accepted = submit(API, ref, platforms or decision.platforms, None)
+    first = accepted[0]
+    return jsonify({"id": first["job"], "image": str(ref), "platform": first["platform"],
+                    "coalesced_into": first.get("coalesced_into"), "jobs": accepted,
+                    "status": f"/api/v1/conversions/{first['job']}"}), 202
+
+
+@api.get("/conversions/<job_id>")
+def conversion(job_id: str) -> Any:
+    job = web().services.jobs.get(job_id)
+    if job is None:
+        return jsonify({"error": f"no job {job_id}"}), 404
+    return jsonify(job.to_json())
+
+
+@api.get("/images")
+def images() -> Any:
+    context = web()
+    try:
+        ref = Reference.parse(request.args.get("ref", ""))
+        platform = Platform.parse(request.args.get("platform") or str(context.settings.platform))
+    except (InvalidReference, ValueError) as exc:
+        raise BadRequest(400, f"?ref= must be an image reference: {exc}") from exc
+    return jsonify(published_image(context.services.view, ref, platform) | {
+        "jobs": [j.to_json() | {"timeline": None} for j in context.services.jobs.for_image(str(ref))[:10]],
+    })
+
+
+def published_image(view: RepositoryView, ref: Reference, platform: Platform) -> dict[str, Any]:
+    """What the repository says about ``ref`` (read only, from its record)."""
+    out: dict[str, Any] = {"reference": str(ref), "platform": str(platform), "published": False,
+                           "path": str(view.public_path(ref, platform))}
+    record = view.read_record(ref, platform)
+    if record is None:
+        return out
+    details = record.details
+    out.update({
+        "published": True,
+        "tag_digest": details.get("tag_digest"),
+        "config_digest": details.get("config_digest"),
+        "converted_at": record.converted_at,
+        "flat": str(view.flat_path(record.config_digest)),
+        "manifest_bytes": len(record.manifest.raw),
+    })
+    return out

@@ -1,0 +1,83 @@
+"""Pages for people and monitors: the status page, ``/healthz`` and Prometheus ``/metrics``. No token needed."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis
+from flask import Blueprint, Response, current_app, jsonify, render_template_string
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from ducc.service.metrics import RedisCollector
+from webhooks.http import web
+
+pages = Blueprint("pages", __name__)
+
+
+@pages.get("/healthz")
+def healthz() -> Any:
+    try:
+        web().services.redis.ping()
+    except redis.RedisError as exc:
+        return jsonify({"status": "unhealthy", "redis": str(exc)}), 503
+    return jsonify({"status": "ok"})
+
+
+@pages.get("/metrics")
+def prometheus() -> Any:
+    registry: CollectorRegistry | None = current_app.extensions.get("ducc.metrics")
+    if registry is None:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(RedisCollector(web().services.redis))
+        current_app.extensions["ducc.metrics"] = registry
+    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+@pages.get("/")
+def status_page() -> Any:
+    context = web()
+    recent = context.services.jobs.recent_jobs(100)
+    published = [j for j in recent if j.state == "published" and not j.coalesced_into]
+    return render_template_string(STATUS_PAGE, jobs=recent[:50], published=published[:30], now=time.time(),
+                                  root=str(context.services.view.location), when=_when)
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts)) + " UTC"
+
+
+STATUS_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>ducc</title>
+<meta http-equiv="refresh" content="10">
+<style>
+ body{font-family:system-ui,sans-serif;margin:2em;color:#222}
+ table{border-collapse:collapse;width:100%;margin-bottom:2em;font-size:90%}
+ th,td{border-bottom:1px solid #ddd;padding:.3em .6em;text-align:left}
+ .published{color:#176f2c}.failed{color:#b00020}.retrying{color:#a15c00}
+ code{font-size:95%}
+</style></head><body>
+<h1>ducc</h1>
+<p>Repository root <code>{{ root }}</code>. This page refreshes every 10 s;
+JSON at <code>/api/v1/conversions/&lt;id&gt;</code> and <code>/api/v1/images?ref=…</code>.</p>
+<h2>Recent jobs</h2>
+<table><tr><th>job</th><th>image</th><th>platform</th><th>from</th><th>received</th><th>state</th><th>took</th><th>detail</th></tr>
+{% for j in jobs %}<tr>
+ <td><a href="/api/v1/conversions/{{ j.id }}"><code>{{ j.id }}</code></a></td><td>{{ j.image }}</td><td>{{ j.platform }}</td>
+ <td>{{ j.source }}</td><td>{{ when(j.received_at) }}</td><td class="{{ j.state }}">{{ j.state }}</td>
+ <td>{{ "%.1f s"|format(j.updated_at - j.received_at) }}</td>
+ <td>{{ j.error or (j.events[-1].detail if j.events else "") }}{% if j.coalesced_into %} (with {{ j.coalesced_into }}){% endif %}</td>
+</tr>{% else %}<tr><td colspan="8">no jobs yet</td></tr>{% endfor %}
+</table>
+<h2>Recently published</h2>
+<table><tr><th>image</th><th>path</th><th>layers unpacked / reused</th><th>conversion</th><th>finished</th></tr>
+{% for j in published %}<tr>
+ <td>{{ j.image }}</td><td><code>{{ j.result.path }}</code></td>
+ <td>{{ j.result.layers_unpacked }} / {{ j.result.layers_reused }}</td>
+ <td>{{ "%.1f s"|format(j.result.seconds or 0) }}{% if not j.result.changed %} (already current){% endif %}</td>
+ <td>{{ when(j.updated_at) }}</td>
+</tr>{% else %}<tr><td colspan="5">nothing published yet</td></tr>{% endfor %}
+</table>
+</body></html>
+"""

@@ -1,0 +1,50 @@
+"""Webhook receivers: one route per entry of ``webhooks.senders.SENDERS``.
+
+2xx once every event of the payload is either queued (or coalesced onto a
+queued job) or ignored with a reason (not a push, not allowed by policy).
+Registries retry non-2xx answers forever, so ignoring is a 2xx.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Blueprint, jsonify
+
+from webhooks.http import BadRequest, authenticate, body, count, submit, web
+from webhooks.senders import SENDERS, Sender
+from webhooks.sources import PayloadError
+
+log = logging.getLogger("ducc.web")
+
+receivers = Blueprint("receivers", __name__)
+
+
+def receive(sender: Sender) -> Any:
+    authenticate(sender.name)
+    payload = body(sender.name, sender.content_types)
+    try:
+        parsed = sender.parse(payload)
+    except PayloadError as exc:
+        count(sender.name, "bad_request")
+        raise BadRequest(400, f"not a {sender.name} payload: {exc}") from exc
+    accepted: list[dict[str, Any]] = []
+    ignored = [{"what": what, "reason": why} for what, why in parsed.ignored]
+    policy = web().policy
+    for event in parsed.events:
+        decision = policy.decide(event.reference)
+        if not decision.allowed:
+            ignored.append({"what": str(event.reference), "reason": f"not allowed: {decision.why}"})
+            continue
+        accepted.extend(submit(sender.name, event.reference, decision.platforms, event.event_id))
+    if ignored:
+        count(sender.name, "ignored", len(ignored))
+    log.info("%s webhook: %d accepted%s, %d ignored%s", sender.name, len(accepted),
+             "".join(f" [{a['image']} -> job {a['job']}]" for a in accepted), len(ignored),
+             "".join(f" [{i['what']}: {i['reason']}]" for i in ignored))
+    return jsonify({"accepted": accepted, "ignored": ignored}), 202 if accepted else 200
+
+
+for _sender in SENDERS:
+    receivers.add_url_rule(_sender.path, f"{_sender.name}_webhook", lambda s=_sender: receive(s), methods=["POST"])
