@@ -1,74 +1,164 @@
-"""The Helm chart, rendered by a real ``helm`` (fetched by ../shared/tools/get-helm.sh): it lints, and the
-objects it renders keep the promises of the README: one beat, never two (Recreate), probes by role,
-secrets only as files."""
+"""The Helm chart, rendered by a real ``helm`` (fetched by ../shared/tools/get-helm.sh) and validated strictly
+against Kubernetes' schemas (``kubernetes-validate``): it lints, and the objects it renders keep the promises
+of the README as an operator reviews them: names not doubled, one beat, never two (Recreate), probes by role,
+a Redis with a password that only ducc's pods may reach, secrets only as files, an optional Ingress."""
 
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
+import tomllib
 
+import kubernetes_validate
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-GET_HELM = ROOT.parent / "shared" / "tools" / "get-helm.sh"
-HELM_DIR = ROOT / ".venv" / "helm"
+from tests.support.helm import CHART, REPO, container, helm_binary, objects, render
+
+COMPONENTS = ("web", "worker", "beat")
 
 
 @pytest.fixture(scope="module")
-def helm() -> Path:
-    binary = HELM_DIR / "helm"
-    if not binary.exists():
-        if not GET_HELM.exists():
-            pytest.skip(f"{GET_HELM} is not on this machine: the chart is not rendered here")
-        done = subprocess.run(["bash", str(GET_HELM), str(HELM_DIR)], capture_output=True, text=True, timeout=600)
-        if done.returncode != 0:
-            pytest.skip(f"could not fetch helm here: {done.stderr[-500:]}")
-    return binary
-
-
-def render(helm: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
-    sets = [arg for value in overrides for arg in ("--set", value)]
-    return subprocess.run([str(helm), "template", "t", str(ROOT / "charts/ducc"), *sets], capture_output=True, text=True)
-
-
-def objects(helm: Path, *overrides: str) -> dict[tuple[str, str], dict]:
-    done = render(helm, *overrides)
-    assert done.returncode == 0, done.stderr
-    return {(o["kind"], o["metadata"]["name"]): o for o in yaml.safe_load_all(done.stdout) if o}
+def helm():
+    return helm_binary()
 
 
 def test_chart_lints(helm):
-    done = subprocess.run([str(helm), "lint", str(ROOT / "charts/ducc"), "--set", "secrets.webhookToken=x"],
+    done = subprocess.run([str(helm), "lint", "--strict", str(CHART), "--set", "secrets.webhookToken=x"],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_components_probes_and_one_beat(helm):
+@pytest.mark.parametrize("overrides", [
+    ("secrets.webhookToken=x",),
+    ("secrets.webhookToken=x", "ingress.enabled=true", "ingress.className=nginx",
+     "ingress.tls[0].secretName=ducc-tls", "ingress.tls[0].hosts[0]=ducc.example.org"),
+    ("secrets.existingSecret=mine", "redis.enabled=false", "redis.url=redis://redis.example.org:6379/0"),
+    ("secrets.webhookToken=x", "secrets.registryUser=u", "secrets.registryPassword=p", "redis.networkPolicy.enabled=false"),
+], ids=["defaults", "ingress", "external-redis", "registry-credentials"])
+def test_every_rendered_object_passes_strict_schema_validation(helm, overrides):
+    rendered = objects(helm, *overrides)
+    version = kubernetes_validate.latest_version()
+    for (kind, name), obj in rendered.items():
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{kind}/{name} is not a valid Kubernetes {version} object: {exc.message} at {list(exc.path)}")
+
+
+@pytest.mark.parametrize(("release", "overrides", "prefix"), [
+    ("ducc", (), "ducc"),
+    ("ducc-prod", (), "ducc-prod"),
+    ("t", (), "t-ducc"),
+    ("t", ("fullnameOverride=unpacker",), "unpacker"),
+], ids=["release-ducc", "release-containing-ducc", "other-release", "fullname-override"])
+def test_object_names_are_the_release_and_the_component_never_doubled(helm, release, overrides, prefix):
+    rendered = objects(helm, "secrets.webhookToken=x", *overrides, release=release)
+    names = {name for _, name in rendered}
+    expected = {f"{prefix}-{c}" for c in ("web", "worker", "beat", "redis", "secrets", "wishlist", "repository")}
+    assert names == expected
+    assert not any("ducc-ducc" in name for name in names)
+    web = container(rendered[("Deployment", f"{prefix}-web")])
+    url = next(e["value"] for e in web["env"] if e["name"] == "DUCC_REDIS_URL")
+    assert url == f"redis://:$(REDIS_PASSWORD)@{prefix}-redis:6379/0"
+    assert rendered[("Service", f"{prefix}-redis")]["spec"]["selector"]["app.kubernetes.io/component"] == "redis"
+
+
+def test_the_default_image_is_the_containerfile_build_of_this_version(helm):
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["appVersion"] == version, "the chart's appVersion is the ducc version it deploys"
     rendered = objects(helm, "secrets.webhookToken=x")
-    web = rendered[("Deployment", "t-ducc-web")]["spec"]["template"]["spec"]["containers"][0]
-    assert web["readinessProbe"]["httpGet"]["path"] == "/healthz" and web["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    worker = rendered[("Deployment", "t-ducc-worker")]["spec"]["template"]["spec"]["containers"][0]
-    assert worker["args"][0] == "worker" and "exec" in worker["livenessProbe"]
+    for component in COMPONENTS:
+        assert container(rendered[("Deployment", f"t-ducc-{component}")])["image"] == f"registry.example.org/ducc/ducc:{version}"
+    custom = objects(helm, "secrets.webhookToken=x", "image.repository=reg.example.org/me/ducc", "image.tag=abc")
+    assert container(custom[("Deployment", "t-ducc-web")])["image"] == "reg.example.org/me/ducc:abc"
+
+
+def test_probes_by_role_redis_is_readiness_only_for_web_and_the_worker_pings_itself(helm):
+    rendered = objects(helm, "secrets.webhookToken=x")
+    web = container(rendered[("Deployment", "t-ducc-web")])
+    assert web["readinessProbe"]["httpGet"]["path"] == "/healthz"  # checks Redis: no traffic without it
+    assert "tcpSocket" in web["livenessProbe"], "web liveness must not depend on Redis"
+    worker = container(rendered[("Deployment", "t-ducc-worker")])
+    assert worker["args"][0] == "worker" and worker["args"][-2:] == ["--name", "ducc@$(POD_NAME)"]
+    pod_name = next(e for e in worker["env"] if e["name"] == "POD_NAME")
+    assert pod_name["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    ping = " ".join(worker["livenessProbe"]["exec"]["command"])
+    assert "celery inspect ping" in ping and '--destination "ducc@$POD_NAME"' in ping
     beat = rendered[("Deployment", "t-ducc-beat")]["spec"]
     assert beat["replicas"] == 1 and beat["strategy"]["type"] == "Recreate"
-    redis = rendered[("StatefulSet", "t-ducc-redis")]["spec"]["template"]["spec"]["containers"][0]
-    assert "--appendonly" in redis["args"]
+    redis = container(rendered[("StatefulSet", "t-ducc-redis")])
+    script = redis["command"][-1]
+    assert "--appendonly yes" in script and "requirepass" in script
+    assert "REDISCLI_AUTH" in " ".join(redis["readinessProbe"]["exec"]["command"])
+    assert redis["livenessProbe"]["exec"]["command"] == ["redis-cli", "-p", "6379", "ping"]
     assert ("PersistentVolumeClaim", "t-ducc-repository") in rendered
 
 
-def test_secrets_reach_the_pods_only_as_files(helm):
-    rendered = objects(helm, "secrets.webhookToken=s3cret-token", "secrets.registryUser=u",
+def test_every_container_runs_unprivileged_with_resources(helm):
+    rendered = objects(helm, "secrets.webhookToken=x")
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    for kind, name in [("Deployment", f"t-ducc-{c}") for c in COMPONENTS] + [("StatefulSet", "t-ducc-redis")]:
+        pod = rendered[(kind, name)]["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0, name
+        assert pod["automountServiceAccountToken"] is False, name
+        for c in pod["containers"]:
+            sc = c["securityContext"]
+            assert sc["capabilities"]["drop"] == ["ALL"] and sc["allowPrivilegeEscalation"] is False, name
+            assert sc["readOnlyRootFilesystem"] is True, name
+            assert c["resources"].get("requests") and c["resources"].get("limits", {}).get("memory"), name
+    ducc_uid = rendered[("Deployment", "t-ducc-web")]["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
+    assert ducc_uid == values["podSecurityContext"]["runAsUser"] == 10001  # the Containerfile's user
+
+
+def test_only_ducc_pods_of_the_release_may_reach_redis(helm):
+    rendered = objects(helm, "secrets.webhookToken=x")
+    policy = rendered[("NetworkPolicy", "t-ducc-redis")]["spec"]
+    redis_pods = rendered[("StatefulSet", "t-ducc-redis")]["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"] == redis_pods
+    assert policy["policyTypes"] == ["Ingress"]
+    (rule,) = policy["ingress"]
+    (peer,) = rule["from"]
+    assert set(peer) == {"podSelector"}, "no namespaceSelector or ipBlock: pods of this namespace only"
+    selector = peer["podSelector"]
+    assert selector["matchLabels"] == {"app.kubernetes.io/name": "ducc", "app.kubernetes.io/instance": "t"}
+    (components,) = selector["matchExpressions"]
+    assert components == {"key": "app.kubernetes.io/component", "operator": "In", "values": list(COMPONENTS)}
+    for component in COMPONENTS:  # each ducc pod matches the rule
+        labels = rendered[("Deployment", f"t-ducc-{component}")]["spec"]["template"]["metadata"]["labels"]
+        assert selector["matchLabels"].items() <= labels.items() and labels["app.kubernetes.io/component"] in components["values"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": "redis"}]
+    off = objects(helm, "secrets.webhookToken=x", "redis.networkPolicy.enabled=false")
+    assert ("NetworkPolicy", "t-ducc-redis") not in off
+
+
+def test_secrets_reach_the_pods_only_as_files_or_references(helm):
+    rendered = objects(helm, "secrets.webhookToken=s3cret-token", "secrets.registryUser=u", "secrets.redisPassword=redisPw0rd",
                        "secrets.registryPassword=pw-value", "secrets.registryHosts=reg.example.org")
-    for kind, name in rendered:
+    secret = rendered[("Secret", "t-ducc-secrets")]["stringData"]
+    assert secret["redis-password"] == "redisPw0rd" and secret["webhook-token"] == "s3cret-token"
+    for (kind, name), obj in rendered.items():
+        if kind not in ("Deployment", "StatefulSet"):
+            continue
+        spec = str(obj["spec"])
+        assert "s3cret-token" not in spec and "pw-value" not in spec and "redisPw0rd" not in spec, name
         if kind != "Deployment":
             continue
-        container = rendered[(kind, name)]["spec"]["template"]["spec"]["containers"][0]
-        env = {e["name"]: e.get("value") for e in container["env"]}
+        env = {e["name"]: e for e in container(obj)["env"]}
         assert "DUCC_WEBHOOK_TOKEN" not in env and "DUCC_REGISTRY_PASSWORD" not in env
-        assert env["DUCC_WEBHOOK_TOKEN_FILE"] == "/run/secrets/ducc/webhook-token"
-        assert env["DUCC_REGISTRY_PASSWORD_FILE"] == "/run/secrets/ducc/registry-password"
-        assert "s3cret-token" not in str(container) and "pw-value" not in str(container)
+        assert env["DUCC_WEBHOOK_TOKEN_FILE"]["value"] == "/run/secrets/ducc/webhook-token"
+        assert env["DUCC_REGISTRY_PASSWORD_FILE"]["value"] == "/run/secrets/ducc/registry-password"
+        assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "t-ducc-secrets", "key": "redis-password"}
+        names = [e["name"] for e in container(obj)["env"]]
+        assert names.index("REDIS_PASSWORD") < names.index("DUCC_REDIS_URL"), "$(VAR) expands only earlier variables"
+    redis_volumes = rendered[("StatefulSet", "t-ducc-redis")]["spec"]["template"]["spec"]["volumes"]
+    assert redis_volumes == [{"name": "password", "secret": {"secretName": "t-ducc-secrets", "defaultMode": 0o440,
+                                                             "items": [{"key": "redis-password", "path": "redis-password"}]}}]
+
+
+def test_a_redis_password_is_generated_when_none_is_given(helm):
+    first = objects(helm, "secrets.webhookToken=x")[("Secret", "t-ducc-secrets")]["stringData"]["redis-password"]
+    assert len(first) == 32 and first.isalnum()
 
 
 def test_a_token_is_required_and_an_external_redis_can_replace_the_bundled_one(helm):
@@ -76,5 +166,23 @@ def test_a_token_is_required_and_an_external_redis_can_replace_the_bundled_one(h
     assert missing.returncode != 0 and "webhookToken" in missing.stderr
     rendered = objects(helm, "secrets.existingSecret=mine", "redis.enabled=false", "redis.url=redis://redis.example.org:6379/0")
     assert ("StatefulSet", "t-ducc-redis") not in rendered and ("Secret", "t-ducc-secrets") not in rendered
-    worker = rendered[("Deployment", "t-ducc-worker")]["spec"]["template"]["spec"]["containers"][0]
+    assert ("NetworkPolicy", "t-ducc-redis") not in rendered
+    worker = container(rendered[("Deployment", "t-ducc-worker")])
     assert {"name": "DUCC_REDIS_URL", "value": "redis://redis.example.org:6379/0"} in worker["env"]
+    assert "REDIS_PASSWORD" not in {e["name"] for e in worker["env"]}
+
+
+def test_the_ingress_is_off_by_default_and_routes_to_the_web_service_when_enabled(helm):
+    assert not any(kind == "Ingress" for kind, _ in objects(helm, "secrets.webhookToken=x"))
+    rendered = objects(helm, "secrets.webhookToken=x", "ingress.enabled=true", "ingress.className=nginx",
+                       "ingress.hosts[0].host=ducc.example.org", "ingress.hosts[0].paths[0].path=/",
+                       "ingress.tls[0].secretName=ducc-tls", "ingress.tls[0].hosts[0]=ducc.example.org")
+    ingress = rendered[("Ingress", "t-ducc-web")]["spec"]
+    assert ingress["ingressClassName"] == "nginx"
+    assert ingress["tls"] == [{"secretName": "ducc-tls", "hosts": ["ducc.example.org"]}]
+    (rule,) = ingress["rules"]
+    assert rule["host"] == "ducc.example.org"
+    (path,) = rule["http"]["paths"]
+    assert path["pathType"] == "Prefix" and path["backend"]["service"] == {"name": "t-ducc-web", "port": {"name": "http"}}
+    service_ports = rendered[("Service", "t-ducc-web")]["spec"]["ports"]
+    assert any(p["name"] == "http" for p in service_ports)

@@ -1,29 +1,80 @@
-{{- define "ducc.fullname" -}}{{ .Release.Name }}-ducc{{- end -}}
+{{/* The chart's name, and the prefix of every object's name (helm create's logic: a release
+called "ducc" gives "ducc-web", a release "prod" gives "prod-ducc-web"). */}}
+{{- define "ducc.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "ducc.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The name of one component's objects: (dict "root" . "component" "web") → <fullname>-web. */}}
+{{- define "ducc.componentName" -}}
+{{- printf "%s-%s" (include "ducc.fullname" .root) .component | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
 
 {{- define "ducc.labels" -}}
-app.kubernetes.io/name: ducc
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/name: {{ include "ducc.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
 {{- define "ducc.selector" -}}
-app.kubernetes.io/name: ducc
+app.kubernetes.io/name: {{ include "ducc.name" .root }}
 app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "ducc.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end -}}
 
 {{- define "ducc.secretName" -}}
 {{ .Values.secrets.existingSecret | default (printf "%s-secrets" (include "ducc.fullname" .)) }}
 {{- end -}}
 
-{{- define "ducc.redisUrl" -}}
-{{- if .Values.redis.enabled -}}redis://{{ include "ducc.fullname" . }}-redis:6379/0{{- else -}}{{ required "redis.url is required when redis.enabled is false" .Values.redis.url }}{{- end -}}
+{{/* The bundled Redis's password: the value given, else the one already in the release's Secret (so an
+upgrade keeps it), else a new random one. Alphanumeric, so it is safe in a URL and in redis.conf. */}}
+{{- define "ducc.redisPassword" -}}
+{{- if .Values.secrets.redisPassword -}}
+{{- .Values.secrets.redisPassword -}}
+{{- else -}}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "ducc.secretName" .) -}}
+{{- if and $existing (index ($existing.data | default dict) "redis-password") -}}
+{{- index $existing.data "redis-password" | b64dec -}}
+{{- else -}}
+{{- randAlphaNum 32 -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 
-{{/* Environment shared by every component: settings, Redis, secrets as files. */}}
+{{/* Environment shared by every ducc component: settings, Redis, secrets as files. */}}
 {{- define "ducc.env" -}}
+{{- if .Values.redis.enabled -}}
+# ducc reads only DUCC_REDIS_URL, so the password is put into it by Kubernetes ($(VAR) expansion) from the
+# Secret; neither the pod spec nor `kubectl describe` shows the value, and ducc and Celery log URLs masked.
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "ducc.secretName" . }}
+      key: redis-password
 - name: DUCC_REDIS_URL
-  value: {{ include "ducc.redisUrl" . | quote }}
+  value: "redis://:$(REDIS_PASSWORD)@{{ include "ducc.componentName" (dict "root" . "component" "redis") }}:{{ .Values.redis.port }}/0"
+{{- else -}}
+- name: DUCC_REDIS_URL
+  value: {{ required "redis.url is required when redis.enabled is false" .Values.redis.url | quote }}
+{{- end }}
 - name: DUCC_ROOT
   value: /repository
 - name: DUCC_STATE_DIR
@@ -54,6 +105,15 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end -}}
 
+{{/* The pod spec lines every ducc component shares: service account token, user, pull secrets. */}}
+{{- define "ducc.podSpec" -}}
+automountServiceAccountToken: false
+securityContext: {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets: {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
 {{- define "ducc.volumeMounts" -}}
 - name: secrets
   mountPath: /run/secrets/ducc
@@ -63,19 +123,28 @@ app.kubernetes.io/component: {{ .component }}
   readOnly: true
 - name: state
   mountPath: /state
+- name: tmp
+  mountPath: /tmp
 {{- end -}}
 
+{{/* Volumes of every ducc component; the repository only where it is mounted. */}}
 {{- define "ducc.volumes" -}}
 - name: secrets
   secret:
     secretName: {{ include "ducc.secretName" . }}
-    defaultMode: 0400
+    # Group-readable: the files belong to the pod's fsGroup, the group ducc runs as.
+    defaultMode: 0440
 - name: wishlist
   configMap:
-    name: {{ include "ducc.fullname" . }}-wishlist
+    name: {{ include "ducc.componentName" (dict "root" . "component" "wishlist") }}
 - name: state
   emptyDir: {}
+- name: tmp
+  emptyDir: {}
+{{- end -}}
+
+{{- define "ducc.repositoryVolume" -}}
 - name: repository
   persistentVolumeClaim:
-    claimName: {{ .Values.repository.existingClaim | default (printf "%s-repository" (include "ducc.fullname" .)) }}
+    claimName: {{ .Values.repository.existingClaim | default (include "ducc.componentName" (dict "root" . "component" "repository")) }}
 {{- end -}}
