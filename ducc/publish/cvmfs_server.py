@@ -53,8 +53,11 @@ class _Counting:
     def __init__(self, sink: IO[bytes]) -> None:
         self._sink = sink
         self.written = 0
+        self.abandoned = False
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
+        if self.abandoned:  # a writer flushing late (a tar buffer being collected) reaches nothing
+            return len(data)
         n = self._sink.write(data)
         self.written += len(data)
         return n if n is not None else len(data)
@@ -69,12 +72,12 @@ def poison(sink: _Counting) -> None:
     A stream that simply stops between two entries is a *complete* archive to libarchive (it
     accepts a missing end-of-archive marker), so closing stdin would publish everything written so
     far. Instead: fill up to the next 512-byte block with non-zero bytes, then write a few valid
-    headers each announcing an 8 GiB file, then half a block. Wherever the reader stands — between
+    headers each announcing a 1 GiB file, then half a block. Wherever the reader stands — between
     entries, inside a header or inside a file's data — it next meets either a header whose data
     never comes or a truncated block: "Truncated tar archive", a fatal error.
     """
     info = tarfile.TarInfo("ducc-aborted-this-stream")
-    info.size = 8 << 30
+    info.size = 1 << 30
     header = info.tobuf(format=tarfile.USTAR_FORMAT)
     pad = -sink.written % tarfile.BLOCKSIZE
     sink.write(b"\xff" * pad + header * _POISON_HEADERS + header[: tarfile.BLOCKSIZE // 2])
@@ -283,8 +286,14 @@ class CvmfsServer:
         try:
             poison(sink)
             process.stdin.flush()
-        except (BrokenPipeError, ValueError, OSError):
+        except BrokenPipeError:
             pass  # it has stopped reading already
+        except BaseException:
+            # The stream could not be poisoned: closing it now could look like a finished archive,
+            # so the command goes first.
+            log.error("could not poison the ingest stream; killing cvmfs_server", exc_info=True)
+            _kill_group(process)
+        sink.abandoned = True
         _close_quietly(process.stdin)
         try:
             code = process.wait(timeout=self.abort_grace)

@@ -51,6 +51,15 @@ def _open(out: BinaryIO) -> tarfile.TarFile:
                         encoding="utf-8", errors="surrogateescape")
 
 
+def _abandon(tar: tarfile.TarFile) -> None:
+    """Drop what tarfile still buffers: after a failure nothing more may reach the stream, not even
+    when the TarFile is collected later (its stream would flush its buffer then)."""
+    stream = tar.fileobj
+    if stream is not None:
+        stream.closed = True  # type: ignore[attr-defined]
+    setattr(tar, "closed", True)  # noqa: B010  (TarFile.close() then does nothing)
+
+
 def _finish(tar: tarfile.TarFile, before_end: Callable[[], None] | None) -> None:
     if before_end is not None:
         before_end()  # raises before the end-of-archive blocks: the archive stays unfinished
@@ -129,8 +138,12 @@ def write_tree(root: Path, out: BinaryIO, *, prefix: str = "",
                 log.debug("not streaming %s: devices, FIFOs and sockets cannot be published", name)
                 report.skipped.append(name)
 
-    walk(root, "")
-    _finish(tar, before_end)
+    try:
+        walk(root, "")
+        _finish(tar, before_end)
+    except BaseException:
+        _abandon(tar)
+        raise
     return report
 
 
@@ -187,7 +200,7 @@ def copy_layer(source: Readable, out: BinaryIO, *, lowers: Sequence[Path] = (),
     """Pass the layer tar read from ``source`` to ``out``, entry by entry, refusing what ducc refuses.
 
     Each entry is checked before any of it is written: names by ``clean_name`` (absolute, ``..``,
-    NUL), malformed whiteouts, writes through a symlink of this layer, hardlinks to the root, a
+    NUL), malformed whiteouts, a ``.cvmfscatalog`` that is not a regular file, writes through a symlink of this layer, hardlinks to the root, a
     directory, a symlink or through a symlink. Entries come out as ``.layers`` holds them today
     (``ducc.unpack.apply``): whiteout markers as empty 0444 files, modes readable by everyone,
     devices and FIFOs skipped, and a hardlink to a file of a lower layer (``lowers``, base first,
@@ -206,6 +219,8 @@ def copy_layer(source: Readable, out: BinaryIO, *, lowers: Sequence[Path] = (),
             rel = clean_name(member.name)
             if rel:
                 check.parent(rel)
+            if rel.rpartition("/")[2] == CATALOG and not member.isreg():
+                raise UnsafeLayer(f"layer entry {rel!r} is not a regular file: cvmfs_server ingest cannot take it")
             if rel and whiteout_of(rel) is not None:
                 info = _copy_info(member, rel)
                 info.type, info.size, info.mode, info.linkname = tarfile.REGTYPE, 0, 0o444, ""
@@ -253,7 +268,11 @@ def copy_layer(source: Readable, out: BinaryIO, *, lowers: Sequence[Path] = (),
             report.entries += 1
         _finish(tar, before_end)
     except tarfile.TarError as exc:
+        _abandon(tar)
         raise UnsupportedLayer(f"layer tar is corrupt: {exc}") from exc
+    except BaseException:
+        _abandon(tar)
+        raise
     finally:
         layer.close()
     return report
