@@ -26,6 +26,7 @@ Callers decide what to do from attributes, never from message text:
     │   └── StorageFull           no space or quota left (temporary)
     ├── WishlistError             a wishlist that does not validate
     └── PublishError              the publisher could not make the image visible
+        └── CvmfsError            a cvmfs_server command failed (its command, exit code, stderr)
 """
 
 from __future__ import annotations
@@ -136,3 +137,20 @@ def storage_error(exc: OSError, what: str) -> LocalStorageError | None:
     if exc.errno in (errno.ENAMETOOLONG, errno.EILSEQ):
         return LocalStorageError(f"{what}: the local filesystem refuses this name: {reason}", errno_code=exc.errno)
     return LocalStorageError(f"{what}: {reason}", errno_code=exc.errno)
+
+
+class CvmfsError(PublishError):
+    """``cvmfs_server`` exited non-zero; the message quotes the command and its own words.
+
+    ``temporary`` for a busy lease (EBUSY, a gateway sub-path held by another writer): retrying
+    later may succeed. Everything else (a transaction already open, a broken stream) is not.
+    """
+
+    def __init__(self, command: tuple[str, ...], returncode: int, stderr: str, *, what: str | None = None) -> None:
+        detail = stderr.strip() or "(no output)"
+        super().__init__(f"{what or 'cvmfs_server ' + (command[1] if len(command) > 1 else '')} failed "
+                         f"(exit {returncode}): {detail} [command: {' '.join(command)}]")
+        self.command = command
+        self.returncode = returncode
+        self.stderr = stderr
+        self.temporary = returncode == 16  # EBUSY: lease path busy

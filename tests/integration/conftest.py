@@ -32,3 +32,13 @@ def redis_server(tmp_path):
     server = start_redis(tmp_path / "redis")
     yield server
     server.stop()
+
+
+@pytest.fixture
+def cvmfs(tmp_path):
+    """The cvmfs_server stand-in (tests/support/cvmfs_server; the real command cannot be installed
+    here) with one fresh repository, ``test.cern.ch``, unmounted again after the test."""
+    from tests.support.cvmfs import cvmfs_standin
+
+    with cvmfs_standin(tmp_path / "cvmfs-repo") as standin:
+        yield standin

@@ -117,7 +117,7 @@ def test_the_containerfile_builds_an_image_that_ducc_converts_and_that_runs_ducc
     assert (entrypoint.returncode, entrypoint.stdout.strip()) == (0, expected), entrypoint.stderr
     # Everything the worker and the web app import is installed (the Redis transport once was not);
     # the test extras and redis-server (only `ducc serve` needs it) are not.
-    imports = ch_run(flat, "/opt/ducc/bin/python", "-c", "import kombu.transport.redis, gunicorn, flask, celery, ducc.tasks")
+    imports = ch_run(flat, "/opt/ducc/bin/python", "-c", "import kombu.transport.redis, gunicorn, flask, celery, ducc.service.tasks")
     assert imports.returncode == 0, imports.stderr
     assert ch_run(flat, "/opt/ducc/bin/python", "-c", "import pytest").returncode != 0
     assert not (flat / "usr/bin/redis-server").exists() and not (flat / "usr/src/ducc").exists()
