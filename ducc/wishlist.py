@@ -30,8 +30,8 @@ import yaml
 from ducc.errors import InvalidReference, WishlistError
 from ducc.model.manifest import DEFAULT_PLATFORM, Platform
 from ducc.model.reference import Reference, split_reference
+from ducc.thin import DEFAULT_OUTPUT_FORMAT, expand_output_format
 
-DEFAULT_OUTPUT_FORMAT = "$(scheme)://$(registry)/$(repository)_thin:$(tag)"
 _GLOB_CHARS = frozenset("*?[")
 _TAG_PATTERN = re.compile(r"^[A-Za-z0-9_.*?\[\]!-]{1,128}$")
 
@@ -172,23 +172,6 @@ def load(text: str) -> Wishlist:
     return Wishlist(1, str(user) if user else None, str(repo) if repo else None, output_format, tuple(wishes))
 
 
-def thin_name(output_format: str, ref: Reference, scheme: str = "https") -> str:
-    """``output_format`` with DUCC's variables substituted for ``ref``."""
-    image = ref.repository + (f":{ref.tag}" if ref.tag else f"@{ref.digest}")
-    values = {
-        "scheme": scheme,
-        "registry": ref.registry,
-        "repository": ref.repository,
-        "tag": ref.tag or "",
-        "digest": str(ref.digest) if ref.digest else "",
-        "reference": ref.tag or str(ref.digest or ""),
-        "image": image,
-    }
-
-    def substitute(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name not in values:
-            raise WishlistError(f"output_format: unknown variable $({name})")
-        return values[name]
-
-    return re.sub(r"\$\((\w+)\)", substitute, output_format)
+def thin_name(output_format: str, ref: Reference, scheme: str | None = None) -> str:
+    """``output_format`` with DUCC's variables substituted for ``ref`` (see ``ducc.thin.output_variables``)."""
+    return expand_output_format(output_format, ref, scheme)

@@ -18,7 +18,7 @@ from ducc.model.digest import Digest
 
 DOCKER_HUB = "registry.hub.docker.com"
 DOCKER_HUB_API = "registry-1.docker.io"
-_DOCKER_HUB_ALIASES = frozenset(
+DOCKER_HUB_ALIASES = frozenset(
     {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com", "hub.docker.com"}
 )
 
@@ -74,7 +74,7 @@ def split_reference(text: str) -> ReferenceParts:
         registry, repository = DOCKER_HUB, text
     if not _HOST.match(registry):
         raise InvalidReference(f"{original!r}: {registry!r} is not a registry host")
-    if registry.lower() in _DOCKER_HUB_ALIASES:
+    if registry.lower() in DOCKER_HUB_ALIASES:
         registry = DOCKER_HUB
         if "/" not in repository:
             repository = f"library/{repository}"

@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ducc.model.reference import DOCKER_HUB_ALIASES, DOCKER_HUB_API
+
 log = logging.getLogger(__name__)
 
 
@@ -36,6 +38,29 @@ class StaticKeychain:
 
     def credentials(self, host: str) -> Credentials | None:
         return self.entries.get(host)
+
+
+class RegistryKeychain:
+    """One username/password for one registry, e.g. where thin images are pushed.
+
+    ``registry`` is a host as references spell it (Docker Hub in any of its spellings);
+    the credentials are offered to that registry's API host and to no other.
+    """
+
+    def __init__(self, registry: str, username: str, password: str) -> None:
+        self.host = _api_host(registry)
+        self._credentials = Credentials(username, password)
+
+    def credentials(self, host: str) -> Credentials | None:
+        return self._credentials if _api_host(host) == self.host else None
+
+    def __repr__(self) -> str:
+        return f"RegistryKeychain({self.host!r}, username={self._credentials.username!r})"
+
+
+def _api_host(registry: str) -> str:
+    name = registry.strip().lower()
+    return DOCKER_HUB_API if name in DOCKER_HUB_ALIASES else name
 
 
 def for_hosts(username: str | None, password: str | None, hosts: Iterable[str]) -> StaticKeychain:

@@ -16,12 +16,17 @@ Promises:
 - Manifests are verified against the digest they were asked by, and against
   ``Docker-Content-Digest``. Blobs are verified by the caller while streaming
   (see ``ducc.verify``): the client never holds a layer in memory.
+- Pushing follows the spec's upload flow and the ``Location`` the registry
+  gives; an upload holds at most one chunk in memory, and a blob is visible only
+  once its closing ``PUT ?digest=`` succeeded (the registry verifies it there).
+  An upload ``Location`` on another host gets no credentials.
 """
 
 from __future__ import annotations
 
 import base64
 import email.utils
+import io
 import ipaddress
 import logging
 import random
@@ -31,8 +36,8 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from urllib.parse import urljoin
+from typing import Any, BinaryIO, Literal
+from urllib.parse import urlencode, urljoin, urlsplit
 
 import requests
 import urllib3
@@ -57,6 +62,8 @@ log = logging.getLogger(__name__)
 
 MAX_MANIFEST_BYTES = 4 << 20
 MAX_CONFIG_BYTES = 16 << 20
+BlobOutcome = Literal["present", "mounted", "uploaded"]
+UPLOAD_CHUNK_SIZE = 64 << 20  # larger blobs go up in PATCH chunks of this size (bounded memory, proxy body limits)
 _STREAM_ERRORS = (
     requests.exceptions.ConnectionError,
     requests.exceptions.Timeout,
@@ -188,6 +195,7 @@ class RegistryClient:
         timeout: tuple[float, float] = (10.0, 60.0),
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        upload_chunk_size: int = UPLOAD_CHUNK_SIZE,
     ) -> None:
         self.keychain = keychain
         self.insecure = frozenset(insecure)
@@ -196,6 +204,7 @@ class RegistryClient:
         self._session = session or requests.Session()
         self._session.headers["User-Agent"] = f"ducc/{__version__}"
         self._sleep = sleep
+        self.upload_chunk_size = max(1, upload_chunk_size)
         self._authorization: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
 
@@ -255,20 +264,26 @@ class RegistryClient:
         attempts: Attempts | None = None,
         **kwargs: Any,
     ) -> requests.Response:
-        """A request to ``ref``'s registry that answers auth challenges once, then maps errors."""
+        """A request to ``ref``'s registry that answers auth challenges once, then maps errors.
+
+        ``url`` may point elsewhere (an upload ``Location``): credentials go only to the registry's host.
+        """
         host = ref.api_host
         scope = f"repository:{ref.repository}:{actions}"
         url = url or f"{self.base_url(host)}/v2/{ref.repository}/{path}"
+        ours = urlsplit(url).netloc == host
         for authenticated in (False, True):
             request_headers = dict(headers or {})
             token = self._authorization.get((host, scope))
-            if token:
+            if token and ours:
                 request_headers["Authorization"] = token
             response = self._send(method, url, what, attempts=attempts, headers=request_headers, **kwargs)
-            if response.status_code == 401 and not authenticated:
+            if response.status_code == 401 and not authenticated and ours:
                 challenge = response.headers.get("WWW-Authenticate", "")
                 response.close()
                 self._authenticate(host, scope, challenge, what)
+                if hasattr(kwargs.get("data"), "seek"):
+                    kwargs["data"].seek(0)  # the refused attempt consumed the body
                 continue
             break
         status = response.status_code
@@ -290,8 +305,10 @@ class RegistryClient:
         credentials = self.keychain.credentials(host)
         for challenge in challenges:
             if challenge.scheme == "bearer" and challenge.realm:
-                params = {k: v for k, v in challenge.params.items() if k in ("service",)}
-                params["scope"] = challenge.params.get("scope", scope)
+                params: dict[str, str | list[str]] = {k: v for k, v in challenge.params.items() if k in ("service",)}
+                # A challenge may name several scopes, space-separated (a cross-repository mount needs
+                # pull on the source too); token services expect one ``scope`` parameter each.
+                params["scope"] = challenge.params.get("scope", scope).split() or [scope]
                 auth = (credentials.username, credentials.password) if credentials else None
                 response = self._send("GET", challenge.realm, f"token for {host}", params=params, auth=auth)
                 if response.status_code != 200:
@@ -403,53 +420,211 @@ class RegistryClient:
         return tags
 
     # -- writing -------------------------------------------------------------------------
+    #
+    # The push flow of the OCI distribution spec: HEAD a blob; POST an upload session
+    # (optionally a cross-repository mount); PUT the blob whole, or PATCH it in chunks and
+    # PUT the digest; PUT the manifest last. Every request follows the most recent
+    # ``Location`` the registry gave, absolute or relative. All of it asks for
+    # ``repository:<repo>:pull,push``, so one token serves the whole push.
+
+    def manifest_digest(self, ref: Reference) -> Digest | None:
+        """What ``ref``'s tag serves now, from one HEAD (``pull,push`` scope); None if nothing (404)."""
+        try:
+            response = self._request(
+                "HEAD", ref, f"manifests/{ref.selector}", what=f"manifest of {ref}", actions="pull,push",
+                headers={"Accept": ", ".join(mediatypes.MANIFEST_ACCEPT)},
+            )
+        except NotFound:
+            return None
+        header = response.headers.get("Docker-Content-Digest")
+        response.close()
+        if header:
+            try:
+                return Digest.parse(header)
+            except ValueError:
+                pass
+        return self.get_manifest(ref).digest  # a registry that does not say: read it and hash it
 
     def blob_exists(self, ref: Reference, digest: Digest) -> bool:
+        """True if ``ref.repository`` serves the blob (a HEAD); mounts and uploads are not tried."""
         try:
-            self._request("HEAD", ref, f"blobs/{digest}", what=f"blob {digest}", actions="pull,push").close()
+            self._request(
+                "HEAD", ref, f"blobs/{digest}", what=f"blob {digest} of {ref.name}", actions="pull,push"
+            ).close()
         except NotFound:
             return False
         return True
 
-    def push_blob(self, ref: Reference, digest: Digest, data: bytes | Path) -> None:
-        """Upload one blob monolithically (POST then PUT); skipped if the registry has it."""
+    def push_blob(
+        self, ref: Reference, digest: Digest, data: bytes | Path, *, mount_from: str | None = None
+    ) -> BlobOutcome:
+        """Make the blob available in ``ref.repository``: ``"present"`` if it already was (one HEAD),
+        else what ``upload_blob`` did."""
         if self.blob_exists(ref, digest):
-            return
-        response = self._request(
-            "POST", ref, "blobs/uploads/", what=f"upload of {digest}", actions="pull,push"
-        )
-        location = response.headers.get("Location")
-        response.close()
-        if not location:
-            raise RegistryError(f"upload of {digest}: registry gave no Location")
-        url = urljoin(f"{self.base_url(ref.api_host)}/v2/", location)
-        url += ("&" if "?" in url else "?") + f"digest={digest}"
-        headers = {"Content-Type": "application/octet-stream"}
-        if isinstance(data, Path):
-            with data.open("rb") as body:
-                headers["Content-Length"] = str(data.stat().st_size)
-                self._request("PUT", ref, "", url=url, what=f"upload of {digest}", actions="pull,push",
-                              headers=headers, data=body).close()
-        else:
-            self._request("PUT", ref, "", url=url, what=f"upload of {digest}", actions="pull,push",
-                          headers=headers, data=data).close()
+            return "present"
+        return self.upload_blob(ref, digest, data, mount_from=mount_from)
+
+    def upload_blob(
+        self, ref: Reference, digest: Digest, data: bytes | Path, *, mount_from: str | None = None
+    ) -> BlobOutcome:
+        """Upload a blob (no existence check): ``"mounted"`` or ``"uploaded"``.
+
+        With ``mount_from`` (a repository of the same registry) the registry is asked to link its
+        copy first; when it answers 202 instead, the blob goes up through the session it opened.
+        Blobs up to ``upload_chunk_size`` go in one PUT, larger ones in PATCH chunks (at least the
+        registry's ``OCI-Chunk-Min-Length``); a 413 to a whole PUT is retried in chunks. A session
+        the registry lost (404, or 416 for a chunk out of step) is started again once, as the spec
+        says. On failure the open session is cancelled, and nothing is visible: a blob counts only
+        once its closing digest PUT succeeded.
+        """
+        what = f"upload of blob {digest} to {ref.name}"
+        chunked = False
+        restarted = False
+        while True:
+            try:
+                session = self._start_upload(ref, digest, mount_from, what)
+            except AuthenticationError:
+                if not mount_from:
+                    raise
+                # a token without pull on the source repository: upload instead of mounting
+                log.info("%s: mount from %s refused; uploading", what, mount_from)
+                mount_from = None
+                continue
+            if session is None:
+                return "mounted"
+            try:
+                self._send_blob(ref, digest, data, session, what, chunked=chunked)
+            except RegistryError as exc:
+                self._cancel_upload(ref, session.url)
+                # 404: the registry forgot the session; 416: it holds other bytes than we sent (a chunk
+                # it took whose answer was lost, then retried). Either way the spec says: start again.
+                if exc.status in (404, 416) and not restarted:
+                    restarted, mount_from = True, None
+                    log.info("%s: the upload session is lost (HTTP %s); starting again", what, exc.status)
+                    continue
+                if exc.status == 413 and not chunked:
+                    chunked, mount_from = True, None
+                    log.info("%s: too large for one request; uploading in chunks", what)
+                    continue
+                raise
+            except Exception:
+                self._cancel_upload(ref, session.url)
+                raise
+            return "uploaded"
 
     def mount_blob(self, ref: Reference, digest: Digest, from_repository: str) -> bool:
-        """Link a blob the registry already holds in another repository; False if it would need an upload."""
-        response = self._request(
-            "POST", ref, f"blobs/uploads/?mount={digest}&from={from_repository}",
-            what=f"mount of {digest} from {from_repository}", actions="pull,push",
-        )
-        response.close()
-        return response.status_code == 201
+        """Link a blob the registry already holds in another repository; False if it would need an upload
+        (the session the registry opened for that upload is cancelled)."""
+        what = f"mount of blob {digest} from {from_repository} into {ref.name}"
+        session = self._start_upload(ref, digest, from_repository, what)
+        if session is None:
+            return True
+        self._cancel_upload(ref, session.url)
+        return False
 
     def push_manifest(self, ref: Reference, raw: bytes, media_type: str) -> Digest:
-        """PUT a manifest at ``ref``'s tag (or digest); returns its digest."""
-        self._request(
+        """PUT a manifest at ``ref``'s tag (or digest); returns its digest, checked against the registry's."""
+        digest = Digest.of(raw)
+        response = self._request(
             "PUT", ref, f"manifests/{ref.tag or ref.digest}", what=f"manifest of {ref}", actions="pull,push",
             headers={"Content-Type": media_type}, data=raw,
-        ).close()
-        return Digest.of(raw)
+        )
+        announced = response.headers.get("Docker-Content-Digest", "")
+        response.close()
+        if announced.startswith("sha256:") and announced != str(digest):
+            raise DigestMismatch(f"manifest {ref} as stored by the registry", digest, announced)
+        return digest
+
+    def _start_upload(self, ref: Reference, digest: Digest, mount_from: str | None, what: str) -> _Upload | None:
+        """POST an upload session; None if the registry mounted the blob instead (201)."""
+        path = "blobs/uploads/"
+        if mount_from:
+            path += "?" + urlencode({"mount": str(digest), "from": mount_from})
+        response = self._request("POST", ref, path, what=what, actions="pull,push")
+        response.close()
+        if response.status_code == 201 and mount_from:
+            return None
+        location = response.headers.get("Location")
+        if response.status_code != 202 or not location:
+            raise RegistryError(
+                f"{what}: the registry answered HTTP {response.status_code} "
+                + ("without an upload Location" if not location else "instead of 202 Accepted"),
+                status=response.status_code,
+            )
+        minimum = response.headers.get("OCI-Chunk-Min-Length", "")
+        return _Upload(urljoin(response.url, location), int(minimum) if minimum.isdigit() else 0)
+
+    def _send_blob(self, ref: Reference, digest: Digest, data: bytes | Path, session: _Upload, what: str,
+                   *, chunked: bool) -> None:
+        size = data.stat().st_size if isinstance(data, Path) else len(data)
+        with _open_blob(data) as body:
+            if not chunked and size <= self.upload_chunk_size:
+                headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+                self._finish_upload(ref, digest, session.url, what, headers=headers, data=body)
+                return
+            url = self._patch_chunks(ref, body, size, session, what)
+        self._finish_upload(ref, digest, url, what, headers={"Content-Length": "0"})
+
+    def _patch_chunks(self, ref: Reference, body: BinaryIO, size: int, session: _Upload, what: str) -> str:
+        """PATCH ``body`` in order, each chunk to the latest Location; returns where to PUT the digest."""
+        chunk_size = max(self.upload_chunk_size, session.min_chunk)
+        url, offset = session.url, 0
+        while offset < size:
+            body.seek(offset)
+            chunk = body.read(chunk_size)
+            headers = {
+                "Content-Type": "application/octet-stream",
+                "Content-Range": f"{offset}-{offset + len(chunk) - 1}",
+                "Content-Length": str(len(chunk)),
+            }
+            response = self._request("PATCH", ref, "", url=url, what=what, actions="pull,push",
+                                     headers=headers, data=chunk)
+            response.close()
+            if response.status_code != 202:
+                raise RegistryError(f"{what}: HTTP {response.status_code} to a chunk", status=response.status_code)
+            url = urljoin(url, response.headers.get("Location") or url)
+            offset += len(chunk)
+        return url
+
+    def _finish_upload(self, ref: Reference, digest: Digest, url: str, what: str, **kwargs: Any) -> None:
+        """The closing PUT with ``?digest=``: the registry verifies the bytes and makes the blob visible."""
+        target = url + ("&" if urlsplit(url).query else "?") + f"digest={digest}"
+        response = self._request("PUT", ref, "", url=target, what=what, actions="pull,push", **kwargs)
+        response.close()
+        announced = response.headers.get("Docker-Content-Digest", "")
+        if response.status_code != 201:
+            raise RegistryError(f"{what}: HTTP {response.status_code} instead of 201 Created",
+                                status=response.status_code)
+        if announced.startswith("sha256:") and announced != str(digest):
+            raise DigestMismatch(f"{what} (Docker-Content-Digest)", digest, announced)
+
+    def _cancel_upload(self, ref: Reference, url: str) -> None:
+        """Best effort, one attempt: the spec asks clients to DELETE a session they give up on."""
+        headers = {}
+        token = self._authorization.get((ref.api_host, f"repository:{ref.repository}:pull,push"))
+        if token and urlsplit(url).netloc == ref.api_host:
+            headers["Authorization"] = token
+        try:
+            self._session.request("DELETE", url, headers=headers, timeout=self.timeout).close()
+        except _STREAM_ERRORS as exc:
+            log.info("cancelling upload session %s failed: %s", urlsplit(url).path, exc)
+
+
+@dataclass(frozen=True)
+class _Upload:
+    """An open upload session: where to send the next request, and the registry's minimum chunk."""
+
+    url: str
+    min_chunk: int = 0
+
+
+@contextmanager
+def _open_blob(data: bytes | Path) -> Iterator[BinaryIO]:
+    if isinstance(data, Path):
+        with data.open("rb") as body:
+            yield body
+    else:
+        yield io.BytesIO(data)
 
 
 def _read_limited(response: requests.Response, limit: int, what: str) -> bytes:

@@ -14,13 +14,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
 
 @dataclass
 class Rule:
     method: str | None
     path: re.Pattern[str]
-    action: str  # status | truncate | corrupt | redirect
+    action: str  # status | truncate | corrupt | redirect | paginate | slow | swallow | relative_location
     times: int
     status: int = 503
     headers: dict[str, str] = field(default_factory=dict)
@@ -123,12 +124,20 @@ class FaultProxy:
         conn.request(h.command, h.path, body=body, headers=headers)
         response = conn.getresponse()
         data = response.read()
+        if rule is not None and rule.action == "swallow":
+            # the registry did the work, but the client hears rule.status: a reply lost on the way back
+            conn.close()
+            self._answer(h, rule)
+            return
         h.send_response(response.status)
         for k, v in response.getheaders():
             if k.lower() in ("connection", "transfer-encoding", "content-length"):
                 continue
             if k.lower() == "location":
                 v = v.replace(self.upstream, self.host)
+                if rule is not None and rule.action == "relative_location":
+                    parts = urlsplit(v)
+                    v = parts.path + (f"?{parts.query}" if parts.query else "")
             h.send_header(k, v)
         announced = response.getheader("Content-Length")
         if rule is not None and rule.action == "corrupt" and data:
@@ -154,6 +163,17 @@ class FaultProxy:
                 h.wfile.write(data)
         conn.close()
 
+
+    def _answer(self, h: BaseHTTPRequestHandler, rule: Rule) -> None:
+        """The ``status`` answer (used by ``swallow`` after the registry has done the work)."""
+        payload = b'{"errors":[{"code":"UNAVAILABLE","message":"injected"}]}'
+        h.send_response(rule.status)
+        for k, v in rule.headers.items():
+            h.send_header(k, v)
+        h.send_header("Content-Length", str(len(payload)))
+        h.end_headers()
+        if h.command != "HEAD":
+            h.wfile.write(payload)
 
     def _paginate(self, h: BaseHTTPRequestHandler, rule: Rule) -> None:
         """Serve the registry's tag list in pages of ``rule.keep_bytes`` tags, with ``Link`` headers,
