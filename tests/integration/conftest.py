@@ -42,3 +42,13 @@ def cvmfs(tmp_path):
 
     with cvmfs_standin(tmp_path / "cvmfs-repo") as standin:
         yield standin
+
+
+@pytest.fixture
+def proxy(registry):
+    """A fault-injecting proxy in front of the session registry (tests/support/proxy.py)."""
+    from tests.support.proxy import FaultProxy
+
+    p = FaultProxy(registry.host)
+    yield p
+    p.stop()

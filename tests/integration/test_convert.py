@@ -19,7 +19,7 @@ from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
 from ducc.publish.directory import DirectoryPublisher
 from tests.support.images import Dir, File, ImageSpec, Layer, push_image, push_index
-from tests.support.proxy import FaultProxy
+from tests.support.proxy import via
 
 BASE = Layer([Dir("etc"), File("etc/os-release", b"ID=base\n"), Dir("usr"), File("usr/big", os.urandom(300_000))])
 
@@ -28,15 +28,6 @@ def image(top: bytes = b"top") -> ImageSpec:
     return ImageSpec(layers=[BASE, Layer([File("app", top)])], cmd=["/app"])
 
 
-@pytest.fixture
-def proxy(registry):
-    p = FaultProxy(registry.host)
-    yield p
-    p.stop()
-
-
-def via(proxy: FaultProxy, ref: Reference) -> Reference:
-    return Reference(proxy.host, ref.repository, ref.tag, ref.digest)
 
 
 def visible(root: Path) -> list[str]:

@@ -17,7 +17,7 @@ from ducc.registry.client import RegistryClient, RetryPolicy
 from ducc.registry.push import push_thin_image
 from ducc.thin import DEFAULT_OUTPUT_FORMAT, ThinImage, build_thin_image, thin_reference
 from tests.support.images import BuiltImage, File, ImageSpec, Layer, push_image
-from tests.support.proxy import FaultProxy
+from tests.support.proxy import FaultProxy, via
 from tests.support.trees import umoci_rootfs
 
 REPO = "unpacked.cern.ch"
@@ -28,15 +28,6 @@ SOURCE = ImageSpec(
 FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05)
 
 
-@pytest.fixture
-def proxy(registry):
-    p = FaultProxy(registry.host)
-    yield p
-    p.stop()
-
-
-def via(proxy: FaultProxy, ref: Reference) -> Reference:
-    return Reference(proxy.host, ref.repository, ref.tag, ref.digest)
 
 
 def converted(client: RegistryClient, source: Reference, spec: ImageSpec = SOURCE) -> tuple[BuiltImage, ThinImage]:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
+from ducc.model.reference import Reference
+
 
 @dataclass
 class Rule:
@@ -240,3 +242,8 @@ class RecordingServer:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def via(proxy: FaultProxy, ref: Reference) -> Reference:
+    """``ref`` reached through ``proxy`` (same repository, tag and digest)."""
+    return Reference(proxy.host, ref.repository, ref.tag, ref.digest)
