@@ -343,11 +343,16 @@ class RegistryClient:
         """The digest the registry serves for ``ref`` now (a HEAD; falls back to GET)."""
         if ref.digest:
             return ref.digest
+        return self._head_manifest(ref, "pull")
+
+    def _head_manifest(self, ref: Reference, actions: str) -> Digest:
+        """What the registry serves at ``ref``'s selector, from one HEAD with the token scope ``actions``."""
         response = self._request(
             "HEAD",
             ref,
             f"manifests/{ref.selector}",
             what=f"manifest of {ref}",
+            actions=actions,
             headers={"Accept": ", ".join(mediatypes.MANIFEST_ACCEPT)},
         )
         header = response.headers.get("Docker-Content-Digest")
@@ -357,7 +362,7 @@ class RegistryClient:
                 return Digest.parse(header)
             except ValueError:
                 pass
-        return self.get_manifest(ref).digest
+        return self.get_manifest(ref).digest  # a registry that does not say: read it and hash it
 
     def get_manifest(self, ref: Reference, selector: str | None = None) -> Manifest | Index:
         """The manifest or index at ``selector`` (default: ``ref``'s digest or tag), verified."""
@@ -430,20 +435,9 @@ class RegistryClient:
     def manifest_digest(self, ref: Reference) -> Digest | None:
         """What ``ref``'s tag serves now, from one HEAD (``pull,push`` scope); None if nothing (404)."""
         try:
-            response = self._request(
-                "HEAD", ref, f"manifests/{ref.selector}", what=f"manifest of {ref}", actions="pull,push",
-                headers={"Accept": ", ".join(mediatypes.MANIFEST_ACCEPT)},
-            )
+            return self._head_manifest(ref, "pull,push")  # a digest-pinned target is checked too
         except NotFound:
             return None
-        header = response.headers.get("Docker-Content-Digest")
-        response.close()
-        if header:
-            try:
-                return Digest.parse(header)
-            except ValueError:
-                pass
-        return self.get_manifest(ref).digest  # a registry that does not say: read it and hash it
 
     def blob_exists(self, ref: Reference, digest: Digest) -> bool:
         """True if ``ref.repository`` serves the blob (a HEAD); mounts and uploads are not tried."""

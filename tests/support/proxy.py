@@ -101,14 +101,7 @@ class FaultProxy:
         length = int(h.headers.get("Content-Length") or 0)
         body = h.rfile.read(length) if length else None
         if rule is not None and rule.action == "status":
-            payload = b'{"errors":[{"code":"UNAVAILABLE","message":"injected"}]}'
-            h.send_response(rule.status)
-            for k, v in rule.headers.items():
-                h.send_header(k, v)
-            h.send_header("Content-Length", str(len(payload)))
-            h.end_headers()
-            if h.command != "HEAD":
-                h.wfile.write(payload)
+            self._answer(h, rule)
             return
         if rule is not None and rule.action == "redirect":
             assert rule.location is not None
@@ -167,7 +160,7 @@ class FaultProxy:
 
 
     def _answer(self, h: BaseHTTPRequestHandler, rule: Rule) -> None:
-        """The ``status`` answer (used by ``swallow`` after the registry has done the work)."""
+        """The ``status`` answer: an error body with the rule's status (``swallow`` sends it after the registry has done the work)."""
         payload = b'{"errors":[{"code":"UNAVAILABLE","message":"injected"}]}'
         h.send_response(rule.status)
         for k, v in rule.headers.items():
