@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import re
+import shutil
 import sys
 import threading
 import time
@@ -132,10 +133,27 @@ def _load_wishlist(path: str):  # type: ignore[no-untyped-def]
     return wishlist.load(text)
 
 
+def _wishlist_repository(settings: Settings, repo: str) -> Settings:
+    """The wishlist's ``cvmfs_repo``, where neither ``--cvmfs-repo``/``DUCC_CVMFS_REPO`` nor a directory
+    root (``--root``/``DUCC_ROOT``/``DUCC_PUBLISHER=directory``) was asked for, and this machine is its publisher."""
+    if "DUCC_ROOT" in settings.env or "DUCC_PUBLISHER" in settings.env:
+        return settings
+    repository = repo.partition("/")[0]
+    mount = settings.cvmfs_mount or Path("/cvmfs") / repository
+    if shutil.which(settings.cvmfs_server) and mount.is_dir():
+        log.info("publishing into %s, the wishlist's cvmfs_repo", repo)
+        return settings.with_cvmfs_repo(repo)
+    log.info("the wishlist names cvmfs_repo %s, but this machine is not its publisher (no %s or no %s); "
+             "publishing into the directory root %s", repo, settings.cvmfs_server, mount, settings.root)
+    return settings
+
+
 def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
     from ducc.sync import sync
 
     wishes = _load_wishlist(args.wishlist)
+    if wishes.cvmfs_repo and args.root is None and settings.publisher == "directory":
+        settings = _wishlist_repository(settings, wishes.cvmfs_repo)
     services = _services(args, settings)
     report = sync(wishes, services.client, services.converter.convert, concurrency=settings.sync_concurrency,
                   per_registry=settings.registry_concurrency)
@@ -358,7 +376,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_root(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--root", type=Path, help="repository root (default: $DUCC_ROOT)")
+        where = p.add_mutually_exclusive_group()
+        where.add_argument("--root", type=Path, help="directory repository root (default: $DUCC_ROOT)")
+        with_cvmfs(where)
+
+    def with_cvmfs(p: argparse.ArgumentParser | argparse._MutuallyExclusiveGroup) -> None:
+        p.add_argument("--cvmfs-repo", metavar="REPO[/SUBDIR]",
+                       help="publish into this CVMFS repository through cvmfs_server, on its publisher "
+                       "(default: $DUCC_CVMFS_REPO; read from $DUCC_CVMFS_MOUNT or /cvmfs/REPO)")
 
     p = sub.add_parser("convert", help="convert images now", description="Pull, unpack and publish images.")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="e.g. ubuntu:24.04, ghcr.io/org/img:tag, reg:5000/a/b@sha256:…")
@@ -407,6 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run a conversion worker (production; needs DUCC_REDIS_URL)")
     p.add_argument("--concurrency", type=int, help="conversions at once (default $DUCC_WORKER_CONCURRENCY)")
     p.add_argument("--name", default="ducc@%h", help="worker node name")
+    with_cvmfs(p)
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("beat", help="run the scheduler: wishlist sync on DUCC_SYNC_SCHEDULE, reconciliation")
@@ -438,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ducc: {exc}", file=sys.stderr)
         return 2
     _setup_logging(args, settings)
+    if getattr(args, "cvmfs_repo", None):
+        settings = settings.with_cvmfs_repo(args.cvmfs_repo)
     try:
         return int(args.func(args, settings))
     except DuccError as exc:

@@ -211,16 +211,19 @@ class Converter:
                 progress.stage(ref, "publishing")
                 txn.point_tag(ref, platform, image.config.digest)
                 txn.write_record(ref, platform, self._record(image))
+        revision = self.publisher.revision()
         seconds = time.monotonic() - started
         progress.stage(
             ref, "published",
             f"{tally.layers_unpacked} layers unpacked, {tally.layers_reused} reused, "
-            f"flat {'reused' if flat_reused else 'built'}, {seconds:.1f}s",
+            f"flat {'reused' if flat_reused else 'built'}, {seconds:.1f}s"
+            + (f", revision {revision} of {self.publisher.name}" if revision is not None else ""),
         )
         return ConversionResult(
             request, "published", path, tag_digest=tag_digest, config_digest=image.config.digest,
             layers_unpacked=tally.layers_unpacked, layers_reused=tally.layers_reused, flat_reused=flat_reused,
             bytes_fetched=tally.bytes_fetched, seconds=seconds, skipped_entries=tuple(tally.skipped_entries),
+            revision=revision,
         )
 
     # -- layers --------------------------------------------------------------------------

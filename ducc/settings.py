@@ -2,8 +2,14 @@
 
 | variable | meaning | default |
 |---|---|---|
-| DUCC_PUBLISHER | the repository backend: ``directory`` | ``directory`` |
+| DUCC_PUBLISHER | the repository backend: ``directory`` or ``cvmfs`` | ``cvmfs`` if DUCC_CVMFS_REPO is set, else ``directory`` |
 | DUCC_ROOT | repository root for the directory publisher | ``$XDG_DATA_HOME/ducc/root`` |
+| DUCC_CVMFS_REPO | ``REPO[/subdir]``: publish into this CVMFS repository through ``cvmfs_server`` | |
+| DUCC_CVMFS_SERVER | the ``cvmfs_server`` command | ``cvmfs_server`` on PATH |
+| DUCC_CVMFS_MOUNT | where the repository is mounted on this publisher | ``/cvmfs/<repo>`` |
+| DUCC_CVMFS_GATEWAY | ``1``: a gateway publisher (per-node transactions, leased sub-paths) | off |
+| DUCC_STRATUM1_URLS | comma-separated stratum 1 base URLs (``http://host/cvmfs/<repo>`` or ``http://host``) the worker polls until they serve each new revision | |
+| DUCC_STRATUM1_TIMEOUT | seconds to wait for the stratum 1s per image | 1800 |
 | DUCC_REPOSITORY | the repository's name: what serialises writers across hosts | stored in the root on first use |
 | DUCC_CACHE_DIR | blob cache (``off`` disables) | ``$XDG_CACHE_HOME/ducc`` |
 | DUCC_CACHE_MAX_BYTES | blob cache budget | 10 GiB |
@@ -41,7 +47,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ducc.model.manifest import Platform
@@ -102,6 +108,13 @@ def _tokens(env: Mapping[str, str]) -> dict[str, str]:
     return found
 
 
+PUBLISHERS = ("directory", "cvmfs")
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    return env.get(name, "").lower() in ("1", "true", "yes", "on")
+
+
 def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
     value = (env.get(name) or default).lower()
     if value not in choices:
@@ -137,6 +150,12 @@ class Settings:
     webhook_max_bytes: int = 1 << 20
     publisher: str = "directory"
     repository: str | None = None
+    cvmfs_repo: str | None = None
+    cvmfs_server: str = "cvmfs_server"
+    cvmfs_mount: Path | None = None
+    cvmfs_gateway: bool = False
+    stratum1_urls: tuple[str, ...] = ()
+    stratum1_timeout: int = 1800
     registry_user: str | None = None
     registry_password: str | None = field(repr=False, default=None)
     registry_hosts: tuple[str, ...] = ()
@@ -157,6 +176,12 @@ class Settings:
     def embedded_redis_url(self) -> str:
         return f"unix://{self.embedded_redis_socket}"
 
+    def with_cvmfs_repo(self, repo: str) -> Settings:
+        """These settings publishing into the CVMFS repository ``REPO[/subdir]`` (``--cvmfs-repo``);
+        ``env`` says so too, for the child processes of ``ducc serve``."""
+        env = {**self.env, "DUCC_CVMFS_REPO": repo, "DUCC_PUBLISHER": "cvmfs"}
+        return replace(self, publisher="cvmfs", cvmfs_repo=repo, env=env)
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = dict(os.environ if env is None else env)
@@ -171,7 +196,7 @@ class Settings:
             sync_concurrency=_int(env, "DUCC_SYNC_CONCURRENCY", 4),
             retry_attempts=_int(env, "DUCC_RETRY_ATTEMPTS", 5),
             log_level=(env.get("DUCC_LOG_LEVEL") or "INFO").upper(),
-            fsync=env.get("DUCC_FSYNC", "").lower() in ("1", "true", "yes", "on"),
+            fsync=_flag(env, "DUCC_FSYNC"),
             redis_url=env.get("DUCC_REDIS_URL") or None,
             redis_fsync=_choice(env, "DUCC_REDIS_FSYNC", ("everysec", "always"), "everysec"),
             state_dir=Path(env.get("DUCC_STATE_DIR") or _state_home(env) / "ducc"),
@@ -186,8 +211,14 @@ class Settings:
             job_lease=max(3, _int(env, "DUCC_JOB_LEASE", 30)),
             allow=_list(env, "DUCC_ALLOW"),
             webhook_max_bytes=_int(env, "DUCC_WEBHOOK_MAX_BYTES", 1 << 20),
-            publisher=_choice(env, "DUCC_PUBLISHER", ("directory",), "directory"),
+            publisher=_choice(env, "DUCC_PUBLISHER", PUBLISHERS, "cvmfs" if env.get("DUCC_CVMFS_REPO") else "directory"),
             repository=env.get("DUCC_REPOSITORY") or None,
+            cvmfs_repo=env.get("DUCC_CVMFS_REPO") or None,
+            cvmfs_server=env.get("DUCC_CVMFS_SERVER") or "cvmfs_server",
+            cvmfs_mount=Path(env["DUCC_CVMFS_MOUNT"]) if env.get("DUCC_CVMFS_MOUNT") else None,
+            cvmfs_gateway=_flag(env, "DUCC_CVMFS_GATEWAY"),
+            stratum1_urls=_list(env, "DUCC_STRATUM1_URLS"),
+            stratum1_timeout=_int(env, "DUCC_STRATUM1_TIMEOUT", 1800),
             registry_user=env.get("DUCC_REGISTRY_USER") or None,
             registry_password=read_secret(env, "DUCC_REGISTRY_PASSWORD"),
             registry_hosts=_list(env, "DUCC_REGISTRY_HOSTS"),

@@ -79,6 +79,7 @@ class ConversionResult:
     bytes_fetched: int = 0
     seconds: float = 0.0
     skipped_entries: tuple[str, ...] = field(default_factory=tuple)
+    revision: int | None = None  # the repository revision the image landed in (CVMFS)
 
     @property
     def reference(self) -> Reference:
@@ -101,6 +102,7 @@ class ConversionResult:
             "bytes_fetched": self.bytes_fetched,
             "seconds": round(self.seconds, 3),
             "skipped_entries": list(self.skipped_entries),
+            "revision": self.revision,
         }
 
     @classmethod
@@ -120,4 +122,5 @@ class ConversionResult:
             bytes_fetched=int(obj.get("bytes_fetched", 0)),
             seconds=float(obj.get("seconds", 0.0)),
             skipped_entries=tuple(obj.get("skipped_entries") or ()),
+            revision=int(obj["revision"]) if obj.get("revision") is not None else None,
         )

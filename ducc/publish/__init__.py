@@ -74,6 +74,10 @@ class RepositoryView(Protocol):
         """Every public image path (relative to the repository) with the flat root it leads to."""
         ...
 
+    def revision(self) -> int | None:
+        """The repository's published revision (CVMFS); None for a backend without revisions."""
+        ...
+
 
 class Transaction(Protocol):
     """Changes to one repository; each method makes one complete thing visible, or nothing."""

@@ -189,12 +189,10 @@ class CvmfsServer:
             text = self.manifest.read_bytes()
         except OSError as exc:
             raise PublishError(f"cannot read the CVMFS manifest {self.manifest}: {exc}") from exc
-        for line in text.split(b"\n"):
-            if line == b"--":
-                break
-            if line.startswith(b"S") and line[1:].strip().isdigit():
-                return int(line[1:].strip())
-        raise PublishError(f"the CVMFS manifest {self.manifest} has no S (revision) line")
+        revision = parse_revision(text)
+        if revision is None:
+            raise PublishError(f"the CVMFS manifest {self.manifest} has no S (revision) line")
+        return revision
 
     def delete(self, paths: Sequence[str], *, batch: int = 64) -> int:
         """Delete ``paths`` with ``ingest --delete``, ``batch`` paths per call (one per call on a gateway,
@@ -309,6 +307,16 @@ class CvmfsServer:
                 log.warning("aborted the transaction an interrupted ingest left open on %s", self.repository)
         except CvmfsError as exc:
             log.error("could not abort after an interrupted ingest: %s", exc)
+
+
+def parse_revision(manifest: bytes) -> int | None:
+    """The ``S`` line of a ``.cvmfspublished`` manifest (its fields end at the ``--`` line)."""
+    for line in manifest.split(b"\n"):
+        if line == b"--":
+            break
+        if line.startswith(b"S") and line[1:].strip().isdigit():
+            return int(line[1:].strip())
+    return None
 
 
 def _words(stderr: str | bytes, stdout: str | bytes) -> str:

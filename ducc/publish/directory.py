@@ -3,14 +3,13 @@
 Atomicity comes from ``rename(2)``: trees are built under ``<root>/.ducc-staging``
 (same filesystem) and renamed into place; tag links are swapped with
 ``symlink`` + ``rename``. A crash leaves at worst a staging directory, which
-the next run removes (a staging directory is in use while its ``.lock`` is
-flock'ed by a live process, so concurrent runs never remove each other's).
+the next run removes (``ducc.publish.staging``: concurrent runs never remove
+each other's).
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import logging
 import os
 import secrets
@@ -23,8 +22,8 @@ from ducc.errors import PublishError
 from ducc.model.digest import Digest
 from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
+from ducc.publish.staging import Staging
 from ducc.record import FILES, Record
-from ducc.tree import remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -77,24 +76,34 @@ class DirectoryTransaction:
             log.info("published flat root %s", config_digest.short)
 
     def point_tag(self, ref: Reference, platform: Platform, config_digest: Digest) -> None:
-        link = self.root / layout.tag_link(ref, platform)
-        target = layout.link_target(ref, platform, config_digest)
-        link.parent.mkdir(parents=True, exist_ok=True)
-        if link.is_symlink() and os.readlink(link) == target:
-            return
-        if link.exists() and not link.is_symlink():
-            raise PublishError(f"{link} exists and is not a symlink; refusing to replace it")
-        tmp = link.with_name(f".{link.name}.{secrets.token_hex(4)}.tmp")
-        os.symlink(target, tmp)
-        os.replace(tmp, link)
+        write_tag_link(self.root, ref, platform, config_digest)
 
     def write_record(self, ref: Reference, platform: Platform, record: Record) -> None:
         if self.publisher.durable:
             os.sync()  # the image's data reaches the disk before the record that declares it converted
-        directory = self.root / layout.metadata_dir(ref, platform)
-        directory.mkdir(parents=True, exist_ok=True)
-        for name, data in record.files().items():  # manifest.json comes last
-            _write_atomic(directory / name, data)
+        write_record_files(self.root, ref, platform, record)
+
+
+def write_tag_link(root: Path, ref: Reference, platform: Platform, config_digest: Digest) -> None:
+    """Point the tag link under ``root`` at the flat root (symlink + rename: never missing, never torn)."""
+    link = root / layout.tag_link(ref, platform)
+    target = layout.link_target(ref, platform, config_digest)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() and os.readlink(link) == target:
+        return
+    if link.exists() and not link.is_symlink():
+        raise PublishError(f"{link} exists and is not a symlink; refusing to replace it")
+    tmp = link.with_name(f".{link.name}.{secrets.token_hex(4)}.tmp")
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+
+
+def write_record_files(root: Path, ref: Reference, platform: Platform, record: Record) -> None:
+    """Write the record's ``.metadata`` files under ``root``, each atomically, ``manifest.json`` last."""
+    directory = root / layout.metadata_dir(ref, platform)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, data in record.files().items():
+        _write_atomic(directory / name, data)
 
 
 class DirectoryView:
@@ -161,6 +170,9 @@ class DirectoryView:
         except OSError:
             return None
 
+    def revision(self) -> int | None:
+        return None  # a plain tree has no revisions
+
     def published(self) -> Iterator[tuple[str, Path]]:
         """Symlinks under the registries' directories, and under ``.multiarch/<platform>/`` the same."""
         if not self.root.is_dir():
@@ -212,7 +224,7 @@ class DirectoryPublisher(DirectoryView):
         if not root.is_dir():
             raise PublishError(f"repository root {root} is not a directory")
         super().__init__(root, name)
-        self._staging_root = self.root / layout.STAGING
+        self._staging = Staging(self.root / layout.STAGING)
 
     def ensure_name(self) -> str:
         """The repository's name, stored inside the root on first use unless ``DUCC_REPOSITORY`` gives it:
@@ -238,61 +250,15 @@ class DirectoryPublisher(DirectoryView):
         return path.read_text(encoding="utf-8").strip()
 
     def sweep_staging(self) -> int:
-        """Remove staging directories left by crashed runs; returns how many.
+        """Remove staging directories left by crashed runs; returns how many."""
+        return self._staging.sweep()
 
-        A staging directory ``X`` is in use while ``X.lock`` beside it is flock'ed; its creator
-        takes that lock *before* creating ``X``, so a sweeper can never see an unlocked live one.
-        """
-        removed = 0
-        if not self._staging_root.is_dir():
-            return 0
-        for entry in self._staging_root.iterdir():
-            if entry.suffix == ".lock" or entry.name == "publish.lock" or not entry.is_dir() or entry.is_symlink():
-                continue
-            lock_path = entry.with_name(entry.name + ".lock")
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # a live run owns it
-                remove_tree(entry)
-                lock_path.unlink(missing_ok=True)
-                removed += 1
-            finally:
-                os.close(fd)
-        if removed:
-            log.info("removed %d staging directories left by interrupted runs", removed)
-        return removed
-
-    @contextmanager
-    def staging(self) -> Iterator[Path]:
-        self._staging_root.mkdir(parents=True, exist_ok=True)
-        self.sweep_staging()
-        path = self._staging_root / f"{os.getpid()}-{secrets.token_hex(6)}"
-        lock_path = path.with_name(path.name + ".lock")
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            path.mkdir(mode=0o755)
-            yield path
-        finally:
-            try:
-                remove_tree(path)
-                lock_path.unlink(missing_ok=True)
-            finally:
-                os.close(fd)
+    def staging(self) -> AbstractContextManager[Path]:
+        return self._staging.directory()
 
     @contextmanager
     def transaction(self) -> Iterator[DirectoryTransaction]:
         """Writers are serialised by an flock on the root (one host) and, where the service passes
         one, the repository's lease (many hosts sharing the root). Holding it, crash debris is swept."""
-        self._staging_root.mkdir(parents=True, exist_ok=True)
-        with self._lock(self.ensure_name()) if self._lock else nullcontext():
-            fd = os.open(self._staging_root / "publish.lock", os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                self.sweep_staging()
-                yield DirectoryTransaction(self)
-            finally:
-                os.close(fd)
+        with self._lock(self.ensure_name()) if self._lock else nullcontext(), self._staging.writer():
+            yield DirectoryTransaction(self)

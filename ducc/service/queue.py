@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 CONVERT_TASK = "ducc.convert"
 SYNC_TASK = "ducc.sync"
 RECONCILE_TASK = "ducc.reconcile"
+PROPAGATION_TASK = "ducc.propagation"
 WAITING_TTL = 24 * 3600
 EVENT_TTL = 24 * 3600
 

@@ -2,6 +2,8 @@
 
 - ``ducc.convert(job_id)``   convert the image of one job (``ducc.queue`` creates jobs)
 - ``ducc.sync()``            check every wishlist image (one HEAD each) and queue those that changed
+- ``ducc.propagation(job_id, revision, pending, deadline)``  poll the stratum 1s still ``pending``
+                             until they serve ``revision`` (DUCC_STRATUM1_URLS); "visible on" events
 - ``ducc.reconcile()``       requeue jobs whose worker died (their lease lapsed); runs at worker
                              start and every DUCC_JOB_LEASE seconds from beat
 
@@ -30,7 +32,7 @@ from ducc.service import keys
 from ducc.service.jobs import ACTIVE_STATES, JobProgress, JobState
 from ducc.service.locks import try_lease
 from ducc.service.metrics import record_conversion
-from ducc.service.queue import CONVERT_TASK, RECONCILE_TASK, SYNC_TASK, Dispatcher
+from ducc.service.queue import CONVERT_TASK, PROPAGATION_TASK, RECONCILE_TASK, SYNC_TASK, Dispatcher
 from ducc.service.running import running
 from ducc.services import Services
 
@@ -97,10 +99,48 @@ def run_conversion(services: Services, job_id: str, task: Task) -> str:
         f"already current at {result.tag_digest.short}" if result.state == "unchanged" and result.tag_digest
         else f"{result.layers_unpacked} layers unpacked, {result.layers_reused} reused, {result.seconds:.1f}s"
     )
+    if result.state == "published" and result.revision is not None:
+        detail += f"; in revision {result.revision} of {services.view.name}"
     jobs.event(job_id, JobState.PUBLISHED, detail, error="", attempts=attempts, result=_job_result(result, changed))
     record_conversion(services.redis, result.state, result.seconds)
     log.info("job %s: %s published (%s)", job_id, job.image, detail)
+    if result.state == "published" and result.revision is not None and settings.stratum1_urls:
+        task.app.send_task(PROPAGATION_TASK, args=[job_id, result.revision, list(settings.stratum1_urls),
+                                                  time.time() + settings.stratum1_timeout])
     return JobState.PUBLISHED
+
+
+PROPAGATION_POLL = 5.0
+
+
+def run_propagation(services: Services, job_id: str, revision: int, pending: list[str], deadline: float,
+                    task: Task) -> list[str]:
+    """Record "visible on <host> at <time>" for each stratum 1 in ``pending`` that serves ``revision``;
+    poll the others again later, until ``deadline``. Returns those still pending (none at the end)."""
+    from datetime import UTC, datetime
+
+    from ducc.publish.stratum1 import host_of, manifest_url, served_revision
+
+    repository = services.view.name.partition("/")[0]
+    waiting = []
+    for base in pending:
+        served = served_revision(manifest_url(base, repository))
+        if served is not None and served >= revision:
+            at = datetime.now(UTC).isoformat(timespec="seconds")
+            services.jobs.event(job_id, JobState.PUBLISHED, f"visible on {host_of(base)} at {at} (revision {served})")
+            log.info("job %s: revision %d visible on %s", job_id, revision, host_of(base))
+        else:
+            waiting.append(base)
+    if not waiting:
+        return []
+    if time.time() + PROPAGATION_POLL <= deadline:
+        raise task.retry(args=[job_id, revision, waiting, deadline], countdown=PROPAGATION_POLL)
+    for base in waiting:
+        services.jobs.event(job_id, JobState.PUBLISHED,
+                            f"not visible on {host_of(base)} within {services.settings.stratum1_timeout}s "
+                            f"(revision {revision})")
+        log.warning("job %s: revision %d not visible on %s in time", job_id, revision, host_of(base))
+    return waiting
 
 
 def _job_result(result: ConversionResult, changed: bool) -> dict[str, Any]:
@@ -195,6 +235,10 @@ def register(app: Celery, services: Services) -> Celery:
     @app.task(name=SYNC_TASK)  # type: ignore[untyped-decorator]
     def sync() -> dict[str, Any]:
         return run_sync(services)
+
+    @app.task(name=PROPAGATION_TASK, bind=True, max_retries=None)  # type: ignore[untyped-decorator]
+    def propagation(self: Task, job_id: str, revision: int, pending: list[str], deadline: float) -> list[str]:
+        return run_propagation(services, job_id, revision, pending, deadline, self)
 
     @app.task(name=RECONCILE_TASK)  # type: ignore[untyped-decorator]
     def reconcile() -> int:

@@ -22,20 +22,28 @@ from ducc.model.reference import Reference
 from ducc.publish import Publisher
 from ducc.publish.directory import DirectoryPublisher
 from ducc.record import Record
+from tests.support.cvmfs import attach
 from tests.support.images import File, ImageSpec, Layer, build
 
-BACKENDS = ["directory"]
+BACKENDS = ["directory", "cvmfs"]
 
 
 def make_publisher(name: str, root: Path) -> Publisher:
     if name == "directory":
         return DirectoryPublisher(root)
+    if name == "cvmfs":  # through the cvmfs_server stand-in (the real command cannot be installed here)
+        return attach(root.parent / "cvmfs-repo").publisher(root / "staging")
     raise AssertionError(f"no backend {name}")
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, root: Path) -> Callable[[], Publisher]:
-    """A function giving a publisher of this backend over one repository (called again: another writer)."""
+    """A function giving a publisher of this backend over one repository (called again: another writer).
+
+    ``cvmfs`` runs against the stand-in ``cvmfs_server`` of tests/support (the real one cannot be
+    installed on these machines), set up at ``<tmp>/cvmfs-repo`` beside ``root``."""
+    if request.param == "cvmfs":
+        request.getfixturevalue("cvmfs")
     return lambda: make_publisher(request.param, root)
 
 

@@ -18,6 +18,9 @@ from typing import Any
 
 import pytest
 
+from ducc.publish.cvmfs import CvmfsPublisher
+from ducc.publish.cvmfs_server import CvmfsServer
+
 BINARY = Path(__file__).resolve().parent / "cvmfs_server"
 
 
@@ -112,6 +115,26 @@ class CvmfsStandin:
 
     def in_transaction(self, node: str = "default") -> bool:
         return (self.state / "nodes" / node / "txn.json").exists()
+
+    def server(self, node: str = "default", **options: Any) -> CvmfsServer:
+        """ducc's edge to ``cvmfs_server``, pointed at this stand-in (as node ``node``)."""
+        gateway = json.loads((self.state / "config.json").read_text())["gateway"]
+        return CvmfsServer(self.repository, binary=str(self.binary), mount=self.nodes.get(node, self.mount),
+                           gateway=gateway, env=self.env(node), **options)
+
+    def publisher(self, staging_root: Path, node: str = "default", *, subdir: str = "",
+                  **options: Any) -> CvmfsPublisher:
+        """A ducc CVMFS publisher writing through this stand-in."""
+        return CvmfsPublisher(self.server(node), subdir=subdir, staging_root=staging_root, **options)
+
+
+def attach(directory: Path) -> CvmfsStandin:
+    """The stand-in that ``cvmfs_standin(directory)`` set up (from another process, say)."""
+    state = directory / "cvmfs-state"
+    config = json.loads((state / "config.json").read_text())
+    nodes = {node: Path(path) for node, path in config["nodes"].items()}
+    return CvmfsStandin(config["repository"], state, nodes.get("default", next(iter(nodes.values()))),
+                        state / "client", nodes)
 
 
 def _mounts_under(directory: Path) -> list[str]:
