@@ -13,10 +13,12 @@ from ducc import layout
 from ducc.model.digest import Digest
 from ducc.model.manifest import DEFAULT_PLATFORM
 from ducc.model.reference import Reference
+from ducc.publish.directory import DirectoryView
 from tests.integration.test_cli import ducc
 from tests.support.images import File, ImageSpec, Layer, push_image
-from tests.support.proxy import FaultProxy, via
+from tests.support.proxy import via
 from tests.support.trees import umoci_rootfs
+from webhooks.api import published_image
 
 REPO = "unpacked.example.org"
 SOURCE = ImageSpec(
@@ -69,6 +71,8 @@ def test_convert_with_thin_pushes_a_thin_image_that_skopeo_and_umoci_read_and_re
     assert info["thin_reference"] == str(target) and info["thin_digest"] == str(pinned.digest)
     details = json.loads((root / layout.metadata_dir(source, DEFAULT_PLATFORM) / layout.RECORD_DETAILS).read_bytes())
     assert details["thin_reference"] == str(target) and details["thin_digest"] == str(pinned.digest)
+    shown = published_image(DirectoryView(root), source, DEFAULT_PLATFORM)  # what GET /api/v1/images answers
+    assert shown["thin_reference"] == str(target) and shown["thin_digest"] == str(pinned.digest)
 
     before = len(proxy.seen)
     again = ducc("convert", str(source), "--thin", str(target), root=root, env=env)
