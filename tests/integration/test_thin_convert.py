@@ -85,12 +85,14 @@ def test_convert_with_thin_pushes_a_thin_image_that_skopeo_and_umoci_read_and_re
     assert [(s.method, "/manifests/" in s.path) for s in proxy.seen[before:]] == [("HEAD", True)]  # ... one HEAD
 
 
+@pytest.mark.parametrize("kind", ["basic", "token"])
 def test_a_wrong_password_fails_only_the_thin_stage_and_the_right_one_later_pushes_only_the_thin_image(
-    client, unique_ref, auth_registry, root, tmp_path
+    client, unique_ref, auth_registry, token_registry, root, tmp_path, kind
 ):
+    host, good = (auth_registry.host, "s3cr3t-pw") if kind == "basic" else (token_registry[0].host, "t0ken-pw")
     source = unique_ref()
     push_image(client, source, SOURCE)
-    target = Reference(auth_registry.host, "thin/" + source.repository.rsplit("/", 1)[1], "v1")
+    target = Reference(host, "thin/" + source.repository.rsplit("/", 1)[1], "v1")
     env = {"DUCC_REPOSITORY": REPO, "DOCKER_CONFIG": str(tmp_path),
            "DUCC_OUTPUT_REGISTRY_USER": "ducc", "DUCC_OUTPUT_REGISTRY_PASSWORD": "not-the-pw"}
     done = ducc("convert", str(source), "--thin", str(target), root=root, env=env)
@@ -102,13 +104,13 @@ def test_a_wrong_password_fails_only_the_thin_stage_and_the_right_one_later_push
     assert info["thin_reference"] is None and info["thin_digest"] is None
 
     secret = tmp_path / "output-password"
-    secret.write_text("s3cr3t-pw\n")
+    secret.write_text(good + "\n")
     fixed = {**env, "DUCC_OUTPUT_REGISTRY_PASSWORD": "", "DUCC_OUTPUT_REGISTRY_PASSWORD_FILE": str(secret)}
     later = ducc("convert", str(source), "--thin", str(target), root=root, env=fixed)
     assert later.returncode == 0, later.stderr
     assert later.stdout.startswith("unchanged\t")  # the image was current: only the thin image went up
     pinned = thin_line(later.stdout)
-    seen = skopeo("inspect", "--tls-verify=false", "--creds", "ducc:s3cr3t-pw", f"docker://{target}")
+    seen = skopeo("inspect", "--tls-verify=false", "--creds", f"ducc:{good}", f"docker://{target}")
     assert seen["Digest"] == str(pinned.digest) and "CVMFS_IMAGE=true" in seen["Env"]
 
 
