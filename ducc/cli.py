@@ -102,16 +102,34 @@ def cmd_convert(args: argparse.Namespace, settings: Settings) -> int:
     services = _services(args, settings)
     platform = _platform(args, settings)
     failures = []
+    thin_of: dict[Reference, Reference] = {}  # thin target -> the image pushed there
     for text in args.images:
         try:
             ref = Reference.parse(text)
-            result = services.converter.convert(ref, platform, force=args.force)
+            thin = _thin_target(args.thin, ref, thin_of)
+            result = services.converter.run(ConversionRequest(ref, platform, thin=thin), force=args.force)
         except DuccError as exc:
             log.error("%s: %s", text, exc)
             failures.append((text, str(exc)))
             continue
         print(f"{result.state}\t{services.view.public_path(ref, platform)}")
+        if result.thin is not None:
+            print(f"thin\t{result.thin}")
     return _summary(len(args.images), failures)
+
+
+def _thin_target(output: str | None, ref: Reference, thin_of: dict[Reference, Reference]) -> Reference | None:
+    """``--thin``: a reference, or a wishlist ``output_format`` with DUCC's ``$(...)`` variables
+    (several images need those: two images are never pushed to one tag)."""
+    from ducc.thin import thin_reference
+
+    if output is None:
+        return None
+    target = thin_reference(output, ref)
+    other = thin_of.setdefault(target, ref)
+    if other != ref:
+        raise DuccError(f"--thin {output}: {other} and {ref} would both be pushed to {target}; use $(image) or $(tag)")
+    return target
 
 
 def _summary(total: int, failures: list[tuple[str, str]]) -> int:
@@ -155,7 +173,7 @@ def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
     if wishes.cvmfs_repo and args.root is None and settings.publisher == "directory":
         settings = _wishlist_repository(settings, wishes.cvmfs_repo)
     services = _services(args, settings)
-    report = sync(wishes, services.client, services.converter.convert, concurrency=settings.sync_concurrency,
+    report = sync(wishes, services.client, services.converter.run, concurrency=settings.sync_concurrency,
                   per_registry=settings.registry_concurrency)
     counts: dict[str, int] = {}
     for result in report.results:
@@ -233,6 +251,8 @@ def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
         "user": container.get("User") or "",
         "labels": container.get("Labels") or {},
         "converted": record.converted_at,
+        "thin_reference": record.thin_reference,
+        "thin_digest": str(record.thin_digest) if record.thin_digest else None,
         "added_by_ducc": _additions(view.read_flat_file(record.config_digest, layout.FLAT_ADDITIONS)),
     }
     print(json.dumps(out, indent=2))
@@ -390,6 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     with_root(p)
     p.add_argument("--platform", type=_platform_arg, help="os/arch[/variant] to take from multi-arch images (default: $DUCC_PLATFORM or linux/amd64)")
     p.add_argument("--force", action="store_true", help="convert even if the tag is already published at this digest")
+    p.add_argument("--thin", metavar="OUTPUT_REF", help="also push a thin image there (after publishing), e.g. "
+                   "reg.example.org/thin/app:1 or an output_format like '$(scheme)://reg/thin/$(image)'")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("sync", help="convert everything a wishlist asks for",

@@ -12,6 +12,13 @@ Order of work, and what each step promises:
 4. flatten   unless a flat root with this config digest exists: merge the
              layers into a staged flat root, publish it.
 5. publish   point the tag at the flat root, then write the record (last).
+6. thin      only if the request names a thin reference (DESIGN §7): build the
+             thin image from the verified manifest and config, push it through
+             the registry API, then add its reference and digest to the record.
+             It runs after the image is published and never unpublishes it: a
+             failure is ``ThinImageNotPushed`` (temporary when its cause is), and
+             a later run of the same request, finding the record current but
+             without that thin image, pushes only the thin image.
 
 A failure at any step leaves no part of this image visible: staged trees are
 discarded, and a layer is published only after its whole stream was verified.
@@ -28,7 +35,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -40,6 +47,7 @@ from ducc.errors import (
     LocalStorageError,
     NoMatchingPlatform,
     RegistryUnavailable,
+    ThinImageNotPushed,
     UnsafeLayer,
     UnsupportedLayer,
     storage_error,
@@ -52,6 +60,8 @@ from ducc.progress import LogProgress, Progress
 from ducc.publish import Publisher
 from ducc.record import Record
 from ducc.registry.client import RegistryClient
+from ducc.registry.push import push_thin_image
+from ducc.thin import build_thin_image
 from ducc.tree import remove_tree
 from ducc.unpack.apply import LayerReport, resolve_lower_links, unpack_layer
 from ducc.unpack.compression import decompressed
@@ -63,6 +73,9 @@ log = logging.getLogger(__name__)
 
 # Applied to every flat root before it is published; returns the paths it added.
 FlatHook = Callable[[Path, ImageConfig], object]
+
+# The client that pushes to a thin reference's registry, as an account (None: the settings' own).
+ThinClient = Callable[[Reference, str | None], RegistryClient]
 
 
 @dataclass
@@ -138,6 +151,7 @@ class Converter:
         parallel_layers: int = 3,
         flat_hooks: Sequence[FlatHook] = (add_singularity,),
         layer_lock: Callable[[Digest], AbstractContextManager[object]] | None = None,
+        thin_client: ThinClient | None = None,
     ) -> None:
         self.client = client
         self.publisher = publisher
@@ -146,13 +160,17 @@ class Converter:
         self.parallel_layers = max(1, parallel_layers)
         self.flat_hooks = tuple(flat_hooks)
         self.layer_lock = layer_lock or LocalLocks()
+        self.thin_client: ThinClient = thin_client or (lambda target, user: client)
 
     # -- the use case --------------------------------------------------------------------
 
-    def is_current(self, ref: Reference, platform: Platform = DEFAULT_PLATFORM) -> tuple[bool, Digest]:
-        """Whether ``ref`` is published at the digest the registry serves now (one manifest HEAD)."""
+    def is_current(
+        self, ref: Reference, platform: Platform = DEFAULT_PLATFORM, *, thin: Reference | None = None
+    ) -> tuple[bool, Digest]:
+        """Whether ``ref`` is published at the digest the registry serves now (one manifest HEAD), and,
+        if ``thin`` is given, its record says that thin image was pushed there."""
         record, tag_digest = self._current_record(ref, platform)
-        return record is not None, tag_digest
+        return record is not None and (thin is None or _has_thin(record, thin)), tag_digest
 
     def _current_record(self, ref: Reference, platform: Platform) -> tuple[Record | None, Digest]:
         """The record of ``ref`` if it matches what the registry serves now, and that digest."""
@@ -184,9 +202,17 @@ class Converter:
         record, tag_digest = self._current_record(ref, platform)
         path = str(layout.tag_link(ref, platform))
         if record is not None and not force:
-            progress.stage(ref, "unchanged", f"{tag_digest.short} already published")
-            return ConversionResult(request, "unchanged", path, tag_digest=tag_digest,
-                                    config_digest=record.config_digest, seconds=time.monotonic() - started)
+            if request.thin is None or _has_thin(record, request.thin):
+                progress.stage(ref, "unchanged", f"{tag_digest.short} already published")
+                return ConversionResult(request, "unchanged", path, tag_digest=tag_digest,
+                                        config_digest=record.config_digest, seconds=time.monotonic() - started,
+                                        thin_digest=record.thin_digest if request.thin else None)
+            # Published earlier without this thin image (not asked for then, or its push failed).
+            progress.stage(ref, "unchanged", f"{tag_digest.short} already published; its thin image is not")
+            current = ConversionResult(request, "unchanged", path, tag_digest=tag_digest,
+                                       config_digest=record.config_digest)
+            image = fetch_image(self.client, ref, platform, tag_digest)
+            return self._push_thin(image, record, current, started, progress)
 
         image = fetch_image(self.client, ref, platform, tag_digest)
         tally = _Tally()
@@ -210,7 +236,8 @@ class Converter:
                     txn.add_flat(image.config.digest, flat)  # a twin built meanwhile by another worker wins
                 progress.stage(ref, "publishing")
                 txn.point_tag(ref, platform, image.config.digest)
-                txn.write_record(ref, platform, self._record(image))
+                record = self._record(image)
+                txn.write_record(ref, platform, record)
         revision = self.publisher.revision()
         seconds = time.monotonic() - started
         progress.stage(
@@ -219,12 +246,41 @@ class Converter:
             f"flat {'reused' if flat_reused else 'built'}, {seconds:.1f}s"
             + (f", revision {revision} of {self.publisher.name}" if revision is not None else ""),
         )
-        return ConversionResult(
+        result = ConversionResult(
             request, "published", path, tag_digest=tag_digest, config_digest=image.config.digest,
             layers_unpacked=tally.layers_unpacked, layers_reused=tally.layers_reused, flat_reused=flat_reused,
             bytes_fetched=tally.bytes_fetched, seconds=seconds, skipped_entries=tuple(tally.skipped_entries),
             revision=revision,
         )
+        if request.thin is None:
+            return result
+        return self._push_thin(image, record, result, started, progress)
+
+    # -- thin image ----------------------------------------------------------------------
+
+    def _push_thin(
+        self, image: Image, record: Record, result: ConversionResult, started: float, progress: Progress
+    ) -> ConversionResult:
+        """Push the request's thin image of the published ``image``, then say so in its ``record``."""
+        request = result.request
+        target = request.thin
+        assert target is not None
+        ref = image.reference
+        progress.stage(ref, "thin", f"pushing thin image {target}")
+        try:
+            # The layer URLs name the repository the layers were published into.
+            thin = build_thin_image(ref, image.manifest, image.config, self.publisher.name)
+        except ValueError as exc:
+            raise ThinImageNotPushed(f"cannot name the layers of {ref} in thin.json: {exc}") from exc
+        try:
+            pushed = push_thin_image(self.thin_client(target, request.thin_user), target, thin)
+        except DuccError as exc:
+            raise ThinImageNotPushed.because(exc) from exc
+        with self.publisher.transaction() as txn:  # a failure here is the publisher's: retried like any other
+            txn.write_record(ref, image.platform, record.with_thin(target, pushed.digest))
+        progress.stage(ref, "thin", f"thin image pushed: {pushed}")
+        return replace(result, thin_digest=pushed.digest, thin_pushed=pushed.changed,
+                       seconds=time.monotonic() - started)
 
     # -- layers --------------------------------------------------------------------------
 
@@ -381,3 +437,8 @@ class Converter:
             image.reference, image.platform, image.tag_digest, image.manifest, image.config,
             converted_at=datetime.now(UTC).isoformat(timespec="seconds"), converted_by=f"ducc {__version__}",
         )
+
+
+def _has_thin(record: Record, target: Reference) -> bool:
+    """Whether ``record`` says its thin image was pushed to ``target``."""
+    return record.thin_digest is not None and record.thin_reference == str(target)

@@ -25,6 +25,7 @@ Callers decide what to do from attributes, never from message text:
     ├── LocalStorageError         the local filesystem refused a write (see ``storage_error``)
     │   └── StorageFull           no space or quota left (temporary)
     ├── WishlistError             a wishlist that does not validate
+    ├── ThinImageNotPushed        the image is published, its thin image is not (temporary as its cause)
     └── PublishError              the publisher could not make the image visible
         └── CvmfsError            a cvmfs_server command failed (its command, exit code, stderr)
 """
@@ -107,6 +108,22 @@ class WishlistError(DuccError, ValueError):
 
 class PublishError(DuccError):
     pass
+
+
+class ThinImageNotPushed(DuccError):
+    """The flat root and record are published, but the thin image could not be pushed.
+
+    ``temporary`` is the cause's: a retry pushes only the thin image (the flat stays published).
+    The message starts with ``published, thin image not pushed:`` and then says why.
+    """
+
+    def __init__(self, why: object, *, temporary: bool = False) -> None:
+        super().__init__(f"published, thin image not pushed: {why}")
+        self.temporary = temporary
+
+    @classmethod
+    def because(cls, cause: DuccError) -> ThinImageNotPushed:
+        return cls(cause, temporary=cause.temporary)
 
 
 class LocalStorageError(DuccError):

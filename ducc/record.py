@@ -2,7 +2,8 @@
 
 A record is three files in ``.metadata/<registry>/<repository>:<tag>/``:
 ``config.json`` (the image config), ``ducc.json`` (what ducc converted, when,
-and from which digests) and ``manifest.json`` (the image manifest), written in
+and from which digests; ``thin_reference`` and ``thin_digest`` once a thin
+image of it was pushed) and ``manifest.json`` (the image manifest), written in
 that order: ``manifest.json`` last, because its presence is what says "this tag
 is converted". Records written by CVMFS's DUCC hold only ``manifest.json``
 (with Go-struct keys, which the manifest parser reads case-insensitively).
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ducc.layout import RECORD_CONFIG, RECORD_DETAILS, RECORD_MANIFEST
@@ -83,6 +84,21 @@ class Record:
     def layers(self) -> tuple[Digest, ...]:
         """The layer digests, base first."""
         return tuple(d.digest for d in self.manifest.layers)
+
+    def with_thin(self, reference: Reference, digest: Digest) -> Record:
+        """This record, saying that ``reference`` (a tag) serves the image's thin image at ``digest``."""
+        return replace(self, details={**self.details, "thin_reference": str(reference), "thin_digest": str(digest)})
+
+    @property
+    def thin_reference(self) -> str | None:
+        """Where the thin image of this conversion was pushed (a tag), if one was."""
+        value = self.details.get("thin_reference")
+        return str(value) if value else None
+
+    @property
+    def thin_digest(self) -> Digest | None:
+        value = self.details.get("thin_digest")
+        return Digest.parse(str(value)) if value else None
 
     @property
     def converted_at(self) -> str | None:

@@ -11,6 +11,8 @@ converter`` and ``tests/test_architecture.py`` check both).
 
 from __future__ import annotations
 
+import logging
+import threading
 from contextlib import AbstractContextManager
 from functools import cached_property
 from pathlib import Path
@@ -35,8 +37,11 @@ if TYPE_CHECKING:
 
     from ducc.cache import BlobCache
     from ducc.convert import Converter
+    from ducc.model.reference import Reference
     from ducc.registry.auth import Keychain
     from ducc.registry.client import RegistryClient
+
+log = logging.getLogger(__name__)
 
 
 class Services:
@@ -60,6 +65,8 @@ class Services:
         self.root = (root or settings.root).absolute()
         self.progress = progress or LogProgress()
         self.shared_locks = shared_locks
+        self._thin_clients: dict[tuple[str, str | None], RegistryClient] = {}
+        self._thin_guard = threading.Lock()
 
     # -- light: Redis, status, the repository read only (the web app uses these) ---------
 
@@ -141,10 +148,36 @@ class Services:
 
     @cached_property
     def client(self) -> RegistryClient:
+        return self._registry_client(self.keychain)
+
+    def _registry_client(self, keychain: Keychain) -> RegistryClient:
         from ducc.registry.client import RegistryClient, RetryPolicy
 
-        return RegistryClient(keychain=self.keychain, insecure=self.settings.insecure_registries,
+        return RegistryClient(keychain=keychain, insecure=self.settings.insecure_registries,
                               retry=RetryPolicy(attempts=max(1, self.settings.retry_attempts)))
+
+    def thin_client(self, target: Reference, user: str | None = None) -> RegistryClient:
+        """The client that pushes thin images to ``target``'s registry (one per registry and account).
+
+        The account is ``DUCC_OUTPUT_REGISTRY_USER``, else ``user`` (a wishlist's ``user``), with
+        ``DUCC_OUTPUT_REGISTRY_PASSWORD``; it is offered to that registry only, before the pull
+        credentials (``DUCC_REGISTRY_*``, Docker's config), which are still tried after it.
+        """
+        from ducc.registry.auth import ChainKeychain, RegistryKeychain
+
+        account = self.settings.output_registry_user or user
+        with self._thin_guard:
+            found = self._thin_clients.get((target.api_host, account))
+            if found is None:
+                password = self.settings.output_registry_password
+                keychain = self.keychain
+                if account and password:
+                    keychain = ChainKeychain.of([RegistryKeychain(target.registry, account, password), self.keychain])
+                elif account:
+                    log.warning("thin images for %s: user %s but no DUCC_OUTPUT_REGISTRY_PASSWORD; "
+                                "pushing with the pull credentials", target.registry, account)
+                found = self._thin_clients[(target.api_host, account)] = self._registry_client(keychain)
+            return found
 
     @cached_property
     def cache(self) -> BlobCache | None:
@@ -160,7 +193,7 @@ class Services:
 
         return Converter(self.client, self.publisher, cache=self.cache, progress=self.progress,
                          parallel_layers=self.settings.parallel_layers,
-                         layer_lock=self._layer_lock if self.shared_locks else None)
+                         layer_lock=self._layer_lock if self.shared_locks else None, thin_client=self.thin_client)
 
     def celery(self) -> Celery:
         """The Celery app (a new one each call: a worker registers its tasks on its own)."""

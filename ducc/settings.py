@@ -19,6 +19,7 @@
 | DUCC_SYNC_CONCURRENCY | images checked/converted at once by ``sync`` | 4 |
 | DUCC_RETRY_ATTEMPTS | attempts per registry request | 5 |
 | DUCC_REGISTRY_USER / _PASSWORD(_FILE) / _HOSTS | credentials and the hosts they are for | |
+| DUCC_OUTPUT_REGISTRY_USER / _PASSWORD(_FILE) | account that pushes thin images, offered only to the thin image's registry (user default: the wishlist's ``user``; ``DUCC_OUTPUT_REGISTRY_PASS`` is DUCC's name for the password) | |
 | DOCKER_CONFIG | directory of a Docker ``config.json`` to take credentials from | ``~/.docker`` |
 | DUCC_FSYNC | ``1``: flush the filesystem before each record (power-loss safety) | off |
 | DUCC_REDIS_URL | broker, locks and job status; unset: ``ducc serve`` runs its own Redis | |
@@ -160,6 +161,8 @@ class Settings:
     registry_password: str | None = field(repr=False, default=None)
     registry_hosts: tuple[str, ...] = ()
     docker_config: Path | None = None
+    output_registry_user: str | None = None
+    output_registry_password: str | None = field(repr=False, default=None)
     webhook_tokens: Mapping[str, str] = field(repr=False, default_factory=dict)
     env: Mapping[str, str] = field(repr=False, default_factory=dict)
 
@@ -224,6 +227,9 @@ class Settings:
             registry_hosts=_list(env, "DUCC_REGISTRY_HOSTS"),
             docker_config=Path(env["DOCKER_CONFIG"]) / "config.json" if env.get("DOCKER_CONFIG")
             else Path(env.get("HOME") or Path.home()) / ".docker" / "config.json",
+            output_registry_user=env.get("DUCC_OUTPUT_REGISTRY_USER") or None,
+            output_registry_password=read_secret(env, "DUCC_OUTPUT_REGISTRY_PASSWORD")
+            or read_secret(env, "DUCC_OUTPUT_REGISTRY_PASS"),
             webhook_tokens=_tokens(env),
             env=env,
         )

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from ducc.errors import DuccError
 from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
-from ducc.model.request import ConversionResult
+from ducc.model.request import ConversionRequest, ConversionResult
 from ducc.registry.client import RegistryClient
 from ducc.wishlist import Wishlist
 
@@ -99,17 +99,20 @@ def check_all(
 def sync(
     wishlist: Wishlist,
     client: RegistryClient,
-    convert: Callable[[Reference, Platform], ConversionResult],
+    run: Callable[[ConversionRequest], ConversionResult],
     *,
     concurrency: int = 4,
     per_registry: int = 8,
 ) -> SyncReport:
-    """Convert what changed, inline (the ``ducc sync`` command); the service queues instead (``ducc.service.tasks``)."""
+    """Convert what changed, inline (the ``ducc sync`` command); the service queues instead (``ducc.service.tasks``).
+
+    Each image's request is the wishlist's: with the thin image its ``output_format`` names, if any.
+    """
     results: list[ConversionResult] = []
     lock = threading.Lock()
 
     def check(ref: Reference, platform: Platform) -> str:
-        result = convert(ref, platform)
+        result = run(wishlist.request(ref, platform))
         with lock:
             results.append(result)
         return result.state

@@ -10,6 +10,9 @@
       - 'https://registry.hub.docker.com/library/ubuntu:24.04'
       - 'https://registry.hub.docker.com/atlas/analysisbase:21.2.*'
 
+``output_format`` asks for a thin image of every input (DESIGN §7), pushed as
+``user`` unless the settings name another account; without it, no thin images.
+
 ducc extensions (a DUCC v1 file needs none of them): a top-level ``platforms``
 list, and input entries written as mappings
 ``{image: REF, platforms: [...], exclude: [GLOB, ...]}``.
@@ -30,7 +33,8 @@ import yaml
 from ducc.errors import InvalidReference, WishlistError
 from ducc.model.manifest import DEFAULT_PLATFORM, Platform
 from ducc.model.reference import Reference, split_reference
-from ducc.thin import DEFAULT_OUTPUT_FORMAT, expand_output_format
+from ducc.model.request import ConversionRequest
+from ducc.thin import expand_output_format, thin_reference
 
 _GLOB_CHARS = frozenset("*?[")
 _TAG_PATTERN = re.compile(r"^[A-Za-z0-9_.*?\[\]!-]{1,128}$")
@@ -79,11 +83,23 @@ class Wish:
 
 @dataclass(frozen=True)
 class Wishlist:
+    """A validated wishlist. ``output_format`` None: no thin images (DUCC's recipes may omit it)."""
+
     version: int
     user: str | None
     cvmfs_repo: str | None
-    output_format: str
+    output_format: str | None
     wishes: tuple[Wish, ...] = field(default_factory=tuple)
+
+    def thin_target(self, ref: Reference) -> Reference | None:
+        """Where the thin image of ``ref`` goes (None without ``output_format``); a WishlistError if the
+        format cannot name one for ``ref`` (``$(tag)`` of a digest-only input, say)."""
+        return thin_reference(self.output_format, ref) if self.output_format else None
+
+    def request(self, ref: Reference, platform: Platform) -> ConversionRequest:
+        """The conversion this wishlist asks for ``ref`` on ``platform``, with its thin image if any."""
+        target = self.thin_target(ref)
+        return ConversionRequest(ref, platform, thin=target, thin_user=self.user if target is not None else None)
 
 
 def _platforms(value: Any, where: str, default: tuple[Platform, ...]) -> tuple[Platform, ...]:
@@ -142,9 +158,11 @@ def load(text: str) -> Wishlist:
     unknown = set(data) - {"version", "user", "cvmfs_repo", "output_format", "input", "platforms"}
     if unknown:
         raise WishlistError(f"unknown wishlist keys: {', '.join(sorted(map(str, unknown)))}")
-    output_format = data.get("output_format") or DEFAULT_OUTPUT_FORMAT
-    if not isinstance(output_format, str):
+    output_format = data.get("output_format") or None
+    if output_format is not None and not isinstance(output_format, str):
         raise WishlistError("output_format must be a string")
+    if output_format is not None:  # an unknown $(variable) is a mistake of the file, not of one image
+        expand_output_format(output_format, Reference("registry.example.org", "any/image", "tag"))
     default_platforms = _platforms(data.get("platforms"), "platforms", (DEFAULT_PLATFORM,))
     entries = data.get("input")
     if not isinstance(entries, list) or not entries:

@@ -79,6 +79,8 @@ def published_image(view: RepositoryView, ref: Reference, platform: Platform) ->
         "tag_digest": details.get("tag_digest"),
         "config_digest": details.get("config_digest"),
         "converted_at": record.converted_at,
+        "thin_reference": record.thin_reference,
+        "thin_digest": details.get("thin_digest"),
         "flat": str(view.flat_path(record.config_digest)),
         "manifest_bytes": len(record.manifest.raw),
     })

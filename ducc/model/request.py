@@ -20,15 +20,18 @@ from ducc.model.reference import Reference
 class ConversionRequest:
     """Convert ``reference`` for ``platform``.
 
-    ``thin`` names where a thin image is pushed (None: no thin image), ``repository``
-    the repository to publish into (None: the service's own). Requests with the same
-    ``key`` are one conversion: the queue coalesces them.
+    ``thin`` names where a thin image is pushed (None: no thin image), ``thin_user``
+    the account that pushes it when the settings name none (a wishlist's ``user``, as
+    in DUCC; never a password), ``repository`` the repository to publish into (None:
+    the service's own). Requests with the same ``key`` are one conversion: the queue
+    coalesces them.
     """
 
     reference: Reference
     platform: Platform = DEFAULT_PLATFORM
     thin: Reference | None = None
     repository: str | None = None
+    thin_user: str | None = None
 
     @property
     def image(self) -> str:
@@ -48,6 +51,8 @@ class ConversionRequest:
         out: dict[str, Any] = {"image": self.image, "platform": str(self.platform)}
         if self.thin is not None:
             out["thin"] = str(self.thin)
+        if self.thin_user:
+            out["thin_user"] = self.thin_user
         if self.repository:
             out["repository"] = self.repository
         return out
@@ -61,12 +66,17 @@ class ConversionRequest:
             Platform.parse(str(obj.get("platform") or DEFAULT_PLATFORM)),
             thin=Reference.parse(str(thin)) if thin else None,
             repository=str(obj["repository"]) if obj.get("repository") else None,
+            thin_user=str(obj["thin_user"]) if obj.get("thin_user") else None,
         )
 
 
 @dataclass(frozen=True)
 class ConversionResult:
-    """What a finished conversion did. ``state`` is ``published`` or ``unchanged`` (the tag was current)."""
+    """What a finished conversion did. ``state`` is ``published`` or ``unchanged`` (the tag was current).
+
+    ``thin_digest`` is the digest the request's thin reference serves (None: no thin image asked for);
+    ``thin_pushed`` says whether this conversion sent it (False: the registry or the record had it).
+    """
 
     request: ConversionRequest
     state: str
@@ -80,10 +90,19 @@ class ConversionResult:
     seconds: float = 0.0
     skipped_entries: tuple[str, ...] = field(default_factory=tuple)
     revision: int | None = None  # the repository revision the image landed in (CVMFS)
+    thin_digest: Digest | None = None
+    thin_pushed: bool = False
 
     @property
     def reference(self) -> Reference:
         return self.request.reference
+
+    @property
+    def thin(self) -> Reference | None:
+        """The thin image pinned to its digest (``registry/repository:tag@sha256:...``), if there is one."""
+        if self.request.thin is None or self.thin_digest is None:
+            return None
+        return self.request.thin.with_digest(self.thin_digest)
 
     @property
     def platform(self) -> Platform:
@@ -103,6 +122,8 @@ class ConversionResult:
             "seconds": round(self.seconds, 3),
             "skipped_entries": list(self.skipped_entries),
             "revision": self.revision,
+            "thin_digest": str(self.thin_digest) if self.thin_digest else None,
+            "thin_pushed": self.thin_pushed,
         }
 
     @classmethod
@@ -123,4 +144,6 @@ class ConversionResult:
             seconds=float(obj.get("seconds", 0.0)),
             skipped_entries=tuple(obj.get("skipped_entries") or ()),
             revision=int(obj["revision"]) if obj.get("revision") is not None else None,
+            thin_digest=digest("thin_digest"),
+            thin_pushed=bool(obj.get("thin_pushed", False)),
         )

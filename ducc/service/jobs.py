@@ -7,7 +7,8 @@ after that is written here. Losing Redis loses no published data: the
 repository stays the source of truth, and the next wishlist sync converges.
 
 States, in order: received, queued, resolving, fetching, unpacking,
-flattening, publishing, then published or failed (retrying in between for
+flattening, publishing, thin (only when a thin image was asked for: pushing it,
+then "thin image pushed: <ref>@<digest>"), then published or failed (retrying in between for
 temporary errors). A request coalesced onto another job records
 ``coalesced_into`` and reports that job's state and outcome.
 """
@@ -39,6 +40,7 @@ class JobState(StrEnum):
     UNPACKING = "unpacking"
     FLATTENING = "flattening"
     PUBLISHING = "publishing"
+    THIN = "thin"  # pushing the thin image, after the image is published
     RETRYING = "retrying"
     PUBLISHED = "published"
     FAILED = "failed"
@@ -46,7 +48,7 @@ class JobState(StrEnum):
 
 FINAL_STATES = frozenset({JobState.PUBLISHED, JobState.FAILED})
 ACTIVE_STATES = frozenset({JobState.RESOLVING, JobState.FETCHING, JobState.UNPACKING, JobState.FLATTENING,
-                           JobState.PUBLISHING})
+                           JobState.PUBLISHING, JobState.THIN})
 
 
 def new_job_id() -> str:

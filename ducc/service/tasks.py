@@ -12,6 +12,9 @@ so the broker redelivers them; a redelivered job that already finished does
 nothing, one still running elsewhere (its lease alive) is left alone, and a
 conversion is idempotent anyway. Temporary errors are retried with doubling
 delays (``DUCC_JOB_RETRY_BASE``), permanent ones fail at once with the reason.
+A thin image that could not be pushed after its image was published is retried
+the same way (the retry pushes only the thin image); when it fails for good the
+job fails with ``published, thin image not pushed: <why>``.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from celery.signals import worker_ready
 from ducc.errors import DuccError, WishlistError
 from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
-from ducc.model.request import ConversionRequest, ConversionResult
+from ducc.model.request import ConversionResult
 from ducc.service import keys
 from ducc.service.jobs import ACTIVE_STATES, JobProgress, JobState
 from ducc.service.locks import try_lease
@@ -98,7 +101,7 @@ def run_conversion(services: Services, job_id: str, task: Task) -> str:
     detail = (
         f"already current at {result.tag_digest.short}" if result.state == "unchanged" and result.tag_digest
         else f"{result.layers_unpacked} layers unpacked, {result.layers_reused} reused, {result.seconds:.1f}s"
-    )
+    ) + (f"; thin image {result.thin}" if result.thin else "")
     if result.state == "published" and result.revision is not None:
         detail += f"; in revision {result.revision} of {services.view.name}"
     jobs.event(job_id, JobState.PUBLISHED, detail, error="", attempts=attempts, result=_job_result(result, changed))
@@ -169,10 +172,11 @@ def run_sync(services: Services) -> dict[str, Any]:
     queued: list[str] = []
 
     def check(ref: Reference, platform: Platform) -> str:
-        current, _ = services.converter.is_current(ref, platform)
+        request = wishes.request(ref, platform)  # with the thin image the wishlist's output_format names
+        current, _ = services.converter.is_current(ref, platform, thin=request.thin)
         if current:
             return "unchanged"
-        queued.append(services.queue.submit(ConversionRequest(ref, platform), "wishlist").job_id)
+        queued.append(services.queue.submit(request, "wishlist").job_id)
         return "queued"
 
     report = check_all(wishes, services.client, check, per_registry=services.settings.registry_concurrency)

@@ -64,6 +64,8 @@ BAD = [
     ("version: 1\ninput: [a]\nextra: 1", "unknown wishlist keys"),
     (": :", "YAML"),
     ("version: 1\nplatforms: [linux]\ninput: [a]", "os/arch"),
+    ("version: 1\noutput_format: 'reg.example.org/$(nope)'\ninput: [a]", "unknown variable"),
+    ("version: 1\noutput_format: [x]\ninput: [a]", "output_format must be a string"),
 ]
 
 
@@ -79,3 +81,29 @@ def test_thin_names_substitute_duccs_variables():
     assert thin_name("$(scheme)://$(registry)/$(repository)_thin:$(tag)", ref) == "https://registry.hub.docker.com/library/ubuntu_thin:24.04"
     with pytest.raises(WishlistError):
         thin_name("$(nope)", ref)
+
+
+def test_without_output_format_no_image_asks_for_a_thin_image():
+    wishlist = load("version: 1\nuser: cvmfsunpacker\ninput: ['ubuntu:24.04']")
+    assert wishlist.output_format is None
+    request = wishlist.request(Reference.parse("ubuntu:24.04"), Platform("linux", "amd64"))
+    assert request.thin is None and request.thin_user is None
+
+
+def test_with_output_format_every_image_asks_for_its_thin_image_pushed_as_the_recipe_user():
+    wishlist = load(DUCC_V1)
+    ubuntu = Reference.parse("https://registry.hub.docker.com/library/ubuntu:24.04")
+    atlas = Reference.parse("https://registry.hub.docker.com/atlas/analysisbase:21.2.1")
+    requests = [wishlist.request(ref, Platform("linux", "amd64")) for ref in (ubuntu, atlas)]
+    assert [str(r.thin) for r in requests] == [
+        "registry.example.org/thin/library/ubuntu:24.04", "registry.example.org/thin/atlas/analysisbase:21.2.1",
+    ]
+    assert {r.thin_user for r in requests} == {"cvmfsunpacker"}
+    assert all(r.reference == ref for r, ref in zip(requests, (ubuntu, atlas), strict=True))
+
+
+def test_a_thin_name_a_digest_only_input_cannot_have_is_an_error_of_that_image():
+    wishlist = load("version: 1\noutput_format: 'reg.example.org/thin/$(repository):$(tag)'\ninput: [a]")
+    pinned = Reference.parse("a@sha256:" + "a" * 64)
+    with pytest.raises(WishlistError, match="output_format"):
+        wishlist.request(pinned, Platform("linux", "amd64"))

@@ -1,0 +1,173 @@
+"""Thin images as a stage of a conversion, through the ``ducc`` command: a real registry (plain and
+htpasswd), the fault proxy in front of it, and skopeo and umoci to check what was pushed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from ducc import layout
+from ducc.model.digest import Digest
+from ducc.model.manifest import DEFAULT_PLATFORM
+from ducc.model.reference import Reference
+from ducc.publish.directory import DirectoryView
+from tests.integration.test_cli import ducc
+from tests.support.images import File, ImageSpec, Layer, push_image
+from tests.support.proxy import via
+from tests.support.trees import umoci_rootfs
+from webhooks.api import published_image
+
+REPO = "unpacked.example.org"
+SOURCE = ImageSpec(
+    layers=[Layer([File("etc/os-release", b"ID=thin-source\n")]), Layer([File("app", os.urandom(3000))])],
+    env=["PATH=/usr/bin:/bin", "APP_MODE=batch"], cmd=["/app", "--run"],
+)
+
+
+def skopeo(*args: str) -> dict:
+    done = subprocess.run(["skopeo", *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def thin_line(stdout: str) -> Reference:
+    (line,) = [line for line in stdout.splitlines() if line.startswith("thin\t")]
+    return Reference.parse(line.split("\t", 1)[1])
+
+
+def published(root, ref: Reference) -> bool:
+    return (root / layout.tag_link(ref) / "etc" / "os-release").read_bytes() == b"ID=thin-source\n"
+
+
+def test_convert_with_thin_pushes_a_thin_image_that_skopeo_and_umoci_read_and_records_it(
+    client, unique_ref, registry, proxy, root, tmp_path
+):
+    source = unique_ref()
+    built = push_image(client, source, SOURCE)
+    target = via(proxy, Reference(registry.host, source.repository + "_thin", "v1"))
+    env = {"DUCC_REPOSITORY": REPO, "DOCKER_CONFIG": str(tmp_path)}
+    done = ducc("convert", str(source), "--thin", str(target), root=root, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("published\t") and published(root, source)
+    pinned = thin_line(done.stdout)
+    assert pinned.with_tag(str(target.tag)) == target and pinned.digest is not None
+
+    direct = Reference(registry.host, target.repository, target.tag)
+    seen = skopeo("inspect", "--tls-verify=false", f"docker://{direct}")
+    assert seen["Digest"] == str(pinned.digest)
+    assert seen["Env"] == ["CVMFS_IMAGE=true", "PATH=/usr/bin:/bin", "APP_MODE=batch"]
+    config = skopeo("inspect", "--tls-verify=false", "--config", f"docker://{direct}")
+    assert config["config"]["Cmd"] == ["/app", "--run"]
+    rootfs = umoci_rootfs(registry.host, target.repository, str(target.tag), tmp_path / "umoci")
+    assert sorted(p.name for p in rootfs.iterdir()) == ["thin.json"]
+    layers = json.loads((rootfs / "thin.json").read_bytes())["layers"]
+    assert layers == [{"digest": d.hex, "url": f"cvmfs://{REPO}/.layers/{d.hex[:2]}/{d.hex}/layerfs"}
+                      for d in built.layer_digests]
+
+    info = json.loads(ducc("inspect", str(source), root=root).stdout)
+    assert info["thin_reference"] == str(target) and info["thin_digest"] == str(pinned.digest)
+    details = json.loads((root / layout.metadata_dir(source, DEFAULT_PLATFORM) / layout.RECORD_DETAILS).read_bytes())
+    assert details["thin_reference"] == str(target) and details["thin_digest"] == str(pinned.digest)
+    shown = published_image(DirectoryView(root), source, DEFAULT_PLATFORM)  # what GET /api/v1/images answers
+    assert shown["thin_reference"] == str(target) and shown["thin_digest"] == str(pinned.digest)
+
+    before = len(proxy.seen)
+    again = ducc("convert", str(source), "--thin", str(target), root=root, env=env)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith("unchanged\t") and thin_line(again.stdout) == pinned
+    assert proxy.seen[before:] == []  # the record says the thin image is there: nothing is asked
+    forced = ducc("convert", str(source), "--thin", str(target), "--force", root=root, env=env)
+    assert forced.returncode == 0, forced.stderr
+    assert thin_line(forced.stdout) == pinned  # the same digest, from byte-identical blobs ...
+    assert [(s.method, "/manifests/" in s.path) for s in proxy.seen[before:]] == [("HEAD", True)]  # ... one HEAD
+
+
+@pytest.mark.parametrize("kind", ["basic", "token"])
+def test_a_wrong_password_fails_only_the_thin_stage_and_the_right_one_later_pushes_only_the_thin_image(
+    client, unique_ref, auth_registry, token_registry, root, tmp_path, kind
+):
+    host, good = (auth_registry.host, "s3cr3t-pw") if kind == "basic" else (token_registry[0].host, "t0ken-pw")
+    source = unique_ref()
+    push_image(client, source, SOURCE)
+    target = Reference(host, "thin/" + source.repository.rsplit("/", 1)[1], "v1")
+    env = {"DUCC_REPOSITORY": REPO, "DOCKER_CONFIG": str(tmp_path),
+           "DUCC_OUTPUT_REGISTRY_USER": "ducc", "DUCC_OUTPUT_REGISTRY_PASSWORD": "not-the-pw"}
+    done = ducc("convert", str(source), "--thin", str(target), root=root, env=env)
+    assert done.returncode == 1
+    assert "published, thin image not pushed:" in done.stderr and "401" in done.stderr and str(target) in done.stderr
+    assert "not-the-pw" not in done.stderr + done.stdout
+    assert published(root, source)  # the flat root stays published
+    info = json.loads(ducc("inspect", str(source), root=root).stdout)
+    assert info["thin_reference"] is None and info["thin_digest"] is None
+
+    secret = tmp_path / "output-password"
+    secret.write_text(good + "\n")
+    fixed = {**env, "DUCC_OUTPUT_REGISTRY_PASSWORD": "", "DUCC_OUTPUT_REGISTRY_PASSWORD_FILE": str(secret)}
+    later = ducc("convert", str(source), "--thin", str(target), root=root, env=fixed)
+    assert later.returncode == 0, later.stderr
+    assert later.stdout.startswith("unchanged\t")  # the image was current: only the thin image went up
+    pinned = thin_line(later.stdout)
+    seen = skopeo("inspect", "--tls-verify=false", "--creds", f"ducc:{good}", f"docker://{target}")
+    assert seen["Digest"] == str(pinned.digest) and "CVMFS_IMAGE=true" in seen["Env"]
+
+
+FAULTS = [
+    ("upload-refused-403", dict(action="status", path="/blobs/uploads/", method=None, status=403, times=-1), "403"),
+    ("manifest-put-503", dict(action="status", path="/manifests/", method="PUT", status=503, times=-1), "503"),
+]
+
+
+@pytest.mark.parametrize("rule,reason", [f[1:] for f in FAULTS], ids=[f[0] for f in FAULTS])
+def test_a_registry_refusing_or_failing_the_push_leaves_a_clear_reason_and_no_tag(
+    client, unique_ref, registry, proxy, root, tmp_path, rule, reason
+):
+    source = unique_ref()
+    push_image(client, source, SOURCE)
+    target = via(proxy, Reference(registry.host, source.repository + "_thin", "v1"))
+    proxy.add(rule.pop("action"), rule.pop("path"), **rule)
+    done = ducc("convert", str(source), "--thin", str(target), root=root,
+                env={"DUCC_REPOSITORY": REPO, "DOCKER_CONFIG": str(tmp_path), "DUCC_RETRY_ATTEMPTS": "2"})
+    assert done.returncode == 1
+    assert "published, thin image not pushed:" in done.stderr and reason in done.stderr
+    assert "Traceback" not in done.stderr
+    assert published(root, source)
+    assert client.manifest_digest(Reference(registry.host, target.repository, target.tag)) is None
+
+
+def test_sync_pushes_the_thin_images_the_wishlist_names_as_the_recipe_user(
+    client, unique_ref, auth_registry, root, tmp_path
+):
+    source = unique_ref("2.0")
+    push_image(client, source, SOURCE)
+    wishlist = tmp_path / "wishlist.yaml"
+    wishlist.write_text(f"""
+version: 1
+user: ducc
+cvmfs_repo: {REPO}
+output_format: '$(scheme)://{auth_registry.host}/thin/$(image)'
+input:
+  - 'http://{source}'
+""")
+    env = {"DUCC_REPOSITORY": REPO, "DOCKER_CONFIG": str(tmp_path), "DUCC_OUTPUT_REGISTRY_PASS": "s3cr3t-pw"}
+    done = ducc("sync", str(wishlist), root=root, env=env)
+    assert done.returncode == 0, done.stderr
+    target = Reference(auth_registry.host, f"thin/{source.repository}", "2.0")
+    seen = skopeo("inspect", "--tls-verify=false", "--creds", "ducc:s3cr3t-pw", f"docker://{target}")
+    info = json.loads(ducc("inspect", str(source), root=root).stdout)
+    assert info["thin_reference"] == str(target) and Digest.parse(info["thin_digest"]) == Digest.parse(seen["Digest"])
+    assert "s3cr3t-pw" not in done.stderr + done.stdout
+
+
+def test_without_thin_nothing_is_pushed_and_the_record_names_no_thin_image(client, unique_ref, root, tmp_path):
+    source = unique_ref()
+    push_image(client, source, SOURCE)
+    wishlist = tmp_path / "wishlist.yaml"
+    wishlist.write_text(f"version: 1\nuser: ducc\ninput:\n  - '{source}'\n")
+    assert ducc("sync", str(wishlist), root=root, env={"DUCC_REPOSITORY": REPO}).returncode == 0
+    default_thin = Reference(source.registry, source.repository + "_thin", source.tag)
+    assert client.manifest_digest(default_thin) is None
+    info = json.loads(ducc("inspect", str(source), root=root).stdout)
+    assert info["thin_reference"] is None
