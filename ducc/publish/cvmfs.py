@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+_SETTLE_ATTEMPTS = 20
+
 
 def split_repository(text: str) -> tuple[str, str]:
     """``REPO[/subdir]`` → (repository, subdir); the sub-directory has no ``..``, no leading ``/``."""
@@ -71,6 +73,23 @@ class CvmfsView(DirectoryView):
     @property
     def name(self) -> str:
         return self.repository + (f"/{self.subdir}" if self.subdir else "")
+
+    # ``cvmfs_server`` remounts ``/cvmfs/<repo>`` when it opens or publishes a transaction: for a
+    # moment the mount point is the bare directory under it. A read of several files that straddles
+    # a remount could mix two states (a record's manifest.json without its config.json), so reads
+    # of more than one file are repeated until the mount stayed the same throughout.
+    def read_record(self, ref: Reference, platform: Platform) -> Record | None:
+        return self._settled(lambda: DirectoryView.read_record(self, ref, platform))
+
+    def _settled(self, read: Callable[[], T]) -> T:
+        """``read()``, again until the mount (its device) did not change while it ran."""
+        for _ in range(_SETTLE_ATTEMPTS):
+            before = _device(self.mount)
+            result = read()
+            if _device(self.mount) == before:
+                return result
+            time.sleep(0.05)
+        return result
 
 
 class CvmfsTransaction:
@@ -212,6 +231,13 @@ class CvmfsPublisher(CvmfsView):
                 log.info("%s: lease busy, retrying in %.1f s", self.repository, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 15.0)
+
+
+def _device(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_dev
+    except OSError:
+        return None
 
 
 def _read(path: Path) -> bytes | None:
