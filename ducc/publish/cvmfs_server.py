@@ -20,20 +20,22 @@ import os
 import re
 import signal
 import subprocess
-import tarfile
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, BinaryIO
 
 from ducc.errors import CvmfsError, PublishError
+from ducc.publish import ingest_guard
 
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _UNSAFE = re.compile(r"[\s*?\[\]]")
 _OUTPUT_TAIL = 4000
-_POISON_HEADERS = 4
+_FRAME = 4 << 20  # the largest frame ducc sends (tarfile writes 1 MiB at a time anyway)
+_GUARD = (sys.executable, "-I", "-S", ingest_guard.__file__, "--")
 
 
 def _clean_path(path: str, what: str) -> str:
@@ -47,8 +49,9 @@ def _clean_path(path: str, what: str) -> str:
     return "/".join(parts)
 
 
-class _Counting:
-    """Counts what reaches the command's stdin, so an aborted stream can be poisoned on a block boundary."""
+class _Frames:
+    """The tar stream as the guard's frames (``ducc.publish.ingest_guard``): nothing the guard forwards
+    can end the archive; only ``end()`` does, after the whole stream was written and verified."""
 
     def __init__(self, sink: IO[bytes]) -> None:
         self._sink = sink
@@ -58,29 +61,20 @@ class _Counting:
     def write(self, data: bytes | bytearray | memoryview) -> int:
         if self.abandoned:  # a writer flushing late (a tar buffer being collected) reaches nothing
             return len(data)
-        n = self._sink.write(data)
-        self.written += len(data)
-        return n if n is not None else len(data)
+        view = memoryview(data).cast("B")
+        for start in range(0, len(view), _FRAME):
+            chunk = view[start:start + _FRAME]
+            self._sink.write(ingest_guard.frame_header(len(chunk)))
+            self._sink.write(chunk)
+            self.written += len(chunk)
+        return len(view)
 
     def flush(self) -> None:
         self._sink.flush()
 
-
-def poison(sink: _Counting) -> None:
-    """Make the stream an archive no tar reader can finish: it can then only fail.
-
-    A stream that simply stops between two entries is a *complete* archive to libarchive (it
-    accepts a missing end-of-archive marker), so closing stdin would publish everything written so
-    far. Instead: fill up to the next 512-byte block with non-zero bytes, then write a few valid
-    headers each announcing a 1 GiB file, then half a block. Wherever the reader stands — between
-    entries, inside a header or inside a file's data — it next meets either a header whose data
-    never comes or a truncated block: "Truncated tar archive", a fatal error.
-    """
-    info = tarfile.TarInfo("ducc-aborted-this-stream")
-    info.size = 1 << 30
-    header = info.tobuf(format=tarfile.USTAR_FORMAT)
-    pad = -sink.written % tarfile.BLOCKSIZE
-    sink.write(b"\xff" * pad + header * _POISON_HEADERS + header[: tarfile.BLOCKSIZE // 2])
+    def end(self) -> None:
+        self._sink.write(ingest_guard.END)
+        self._sink.flush()
 
 
 class CvmfsServer:
@@ -221,13 +215,18 @@ class CvmfsServer:
     ) -> None:
         """Stream the tar that ``write_tar`` writes into ``ingest -t - -b base_dir``: one new revision.
 
+        The command reads the stream through the guard of ``ducc.publish.ingest_guard``, started in a
+        session of its own with the command: the stream counts as finished only once ``write_tar``
+        returned and ducc sent the guard its end frame. If ducc stops before that, for whatever
+        reason (``write_tar`` raised, or ducc itself was killed), the guard poisons the stream and
+        the command can only fail: nothing is published.
+
         ``write_tar`` must write a plain tar and must not write the end-of-archive blocks before
-        everything it streams has been verified: a tar reader takes whatever precedes them as a
-        finished archive. If ``write_tar`` raises, the stream is poisoned (see ``poison``) so the
-        command can only fail, and nothing is published; if the command does not stop within
-        ``abort_grace`` seconds its process group is killed and any transaction it left is
-        aborted. The original exception is then re-raised. If the command fails on its own
-        (including closing its stdin early), CvmfsError carries its stderr.
+        everything it streams has been verified: a tar reader may stop at them. If ``write_tar``
+        raises, the command is given ``abort_grace`` seconds to fail on the poisoned stream before
+        its process group is killed, any transaction it left is aborted, and the original exception
+        is re-raised. If the command fails on its own (including closing its stdin early),
+        CvmfsError carries its stderr.
         """
         base = _clean_path(base_dir, "ingest base dir")
         if not base:
@@ -244,18 +243,18 @@ class CvmfsServer:
         command = self._command(*args, self.repository)
         log.debug("running %s", " ".join(command))
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            try:
-                process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=out, stderr=err,
-                                           cwd=self.cwd, env=self.env, start_new_session=True)
-            except FileNotFoundError as exc:
-                raise CvmfsError(command, 127, f"{self.binary} not found: {exc}") from exc
+            # The guard runs the command: a missing binary shows as the guard's exit 127.
+            process = subprocess.Popen((*_GUARD, *command), stdin=subprocess.PIPE, stdout=out, stderr=err,
+                                       cwd=self.cwd, env=self.env, start_new_session=True)
             assert process.stdin is not None
-            sink = _Counting(process.stdin)
+            sink = _Frames(process.stdin)
             try:
                 write_tar(sink)  # type: ignore[arg-type]
+                sink.end()
                 process.stdin.close()
             except BrokenPipeError:
                 # The command stopped reading: it failed (or was told to); its own words say why.
+                sink.abandoned = True
                 _close_quietly(process.stdin)
                 code = self._wait(process)
                 raise CvmfsError(command, code if code != 0 else -1,
@@ -279,22 +278,13 @@ class CvmfsServer:
             raise CvmfsError(tuple(str(a) for a in process.args), -1,  # type: ignore[union-attr]
                              f"no answer within {self.timeout} s; killed") from None
 
-    def _give_up(self, process: subprocess.Popen[bytes], sink: _Counting) -> None:
+    def _give_up(self, process: subprocess.Popen[bytes], sink: _Frames) -> None:
+        """The stream ends without its end frame: the guard poisons it, and the command fails."""
         assert process.stdin is not None
-        try:
-            poison(sink)
-            process.stdin.flush()
-        except BrokenPipeError:
-            pass  # it has stopped reading already
-        except BaseException:
-            # The stream could not be poisoned: closing it now could look like a finished archive,
-            # so the command goes first.
-            log.error("could not poison the ingest stream; killing cvmfs_server", exc_info=True)
-            _kill_group(process)
         sink.abandoned = True
         _close_quietly(process.stdin)
         try:
-            code = process.wait(timeout=self.abort_grace)
+            code: int | None = process.wait(timeout=self.abort_grace)
         except subprocess.TimeoutExpired:
             _kill_group(process)
             process.wait()

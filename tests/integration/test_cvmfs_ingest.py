@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from ducc.errors import CvmfsError, DigestMismatch, PublishError, UnsafeLayer
+from ducc.publish import ingest_guard
 from ducc.publish.cvmfs_server import CvmfsServer
 from ducc.publish.tarstream import copy_layer, write_tree
 from ducc.unpack.apply import resolve_lower_links, unpack_layer
@@ -145,6 +146,54 @@ def test_closing_the_stream_alone_would_have_published_a_partial_tree(cvmfs, tmp
     cut = buf.getvalue()[: 2 * 1024]  # two whole entries, no end marker
     assert cvmfs.run("ingest", "-t", "-", "-b", "partial", REPO, input=cut).returncode == 0
     assert sorted(p.name for p in (cvmfs.client / "partial").iterdir()) == ["f0", "f1"]
+
+
+KILLED_WRITER = """
+import os, signal, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from tests.support.cvmfs import attach
+data = Path(sys.argv[3]).read_bytes()
+def write_then_die(out):
+    out.write(data)
+    out.flush()  # in the pipe: the guard still reads it after this process is gone
+    os.kill(os.getpid(), signal.SIGKILL)
+attach(Path(sys.argv[2])).server().ingest(write_then_die, "partial", catalog=True)
+"""
+
+
+def wait_for_end(cvmfs, command: str = "ingest", timeout: float = 120):
+    """The last call of ``command`` once it has ended (the stand-in logs its exit code)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        calls = cvmfs.calls(command)
+        if calls and calls[-1].rc is not None:
+            return calls[-1]
+        time.sleep(0.1)
+    raise TimeoutError(f"{command} did not end: {cvmfs.calls()}")
+
+
+@pytest.mark.parametrize("cut", ["between_entries", "inside_a_header", "inside_data"])
+def test_a_writer_killed_mid_stream_publishes_nothing_wherever_the_stream_was_cut(cvmfs, tmp_path, cut):
+    """Through the stand-in: ducc's process is SIGKILLed while it streams; the guard between it and
+    ``ingest`` poisons the stream, so even a cut between two entries (a finished archive to libarchive,
+    see the test above) publishes nothing and leaves no transaction open."""
+    import subprocess
+    import sys
+
+    entries = [(f"f{i}", b"x" * 700) for i in range(20)]
+    whole = layer_tar(entries)
+    offsets = {"between_entries": 10 * 1536, "inside_a_header": 10 * 1536 + 100, "inside_data": 10 * 1536 + 800}
+    (tmp_path / "stream").write_bytes(whole[: offsets[cut]])
+    project = Path(__file__).resolve().parents[2]
+    writer = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(project), str(cvmfs.state.parent),
+                             str(tmp_path / "stream")], capture_output=True, text=True, timeout=120)
+    assert writer.returncode == -9, writer.stderr
+    call = wait_for_end(cvmfs)
+    assert call.rc != 0
+    assert not (cvmfs.client / "partial").exists()
+    assert cvmfs.revision() == 1
+    assert not cvmfs.in_transaction()
 
 
 HOSTILE = {
@@ -350,25 +399,15 @@ def test_timing_of_a_large_tree(cvmfs, server, tmp_path, capsys):
 @pytest.mark.parametrize("cut", [0, 100, 512, 1024, 1536, 2048, 2048 + 300, 4096, 6000, 6144])
 def test_a_poisoned_stream_fails_wherever_it_was_cut(cvmfs, cut):
     """Through the stand-in: between entries, inside a header or inside data, the poison makes ingest fail."""
-    from ducc.publish.cvmfs_server import _Counting, poison
-
     entries = [("a", b"x" * 1000), ("b", b"y" * 3000), ("c", b"z")]
-    sink = io.BytesIO()
-    counting = _Counting(sink)  # type: ignore[arg-type]
-    counting.write(layer_tar(entries)[:cut])
-    poison(counting)
-    done = cvmfs.run("ingest", "-t", "-", "-b", "cut", REPO, input=sink.getvalue())
+    data = layer_tar(entries)[:cut]
+    done = cvmfs.run("ingest", "-t", "-", "-b", "cut", REPO, input=data + ingest_guard.poison(len(data)))
     assert done.returncode == 1, done.stdout
     assert not (cvmfs.client / "cut").exists()
 
 
 def test_after_the_end_marker_the_poison_comes_too_late(cvmfs):
     """Why the streams write the end-of-archive blocks only after ``before_end``: past them a reader has finished."""
-    from ducc.publish.cvmfs_server import _Counting, poison
-
-    sink = io.BytesIO()
-    counting = _Counting(sink)  # type: ignore[arg-type]
-    counting.write(layer_tar([("a", b"x")]))
-    poison(counting)
-    assert cvmfs.run("ingest", "-t", "-", "-b", "late", REPO, input=sink.getvalue()).returncode == 0
+    data = layer_tar([("a", b"x")])
+    assert cvmfs.run("ingest", "-t", "-", "-b", "late", REPO, input=data + ingest_guard.poison(len(data))).returncode == 0
     assert (cvmfs.client / "late" / "a").exists()

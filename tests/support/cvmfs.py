@@ -58,6 +58,17 @@ class CvmfsStandin:
         env["PATH"] = f"{self.binary.parent}{os.pathsep}{env.get('PATH', '')}"
         return env
 
+    def ducc_env(self, state_dir: Path, node: str = "default", **extra: str) -> dict[str, str]:
+        """Environment for a ``ducc`` process publishing into this repository through the stand-in:
+        ``DUCC_CVMFS_SERVER`` and ``DUCC_CVMFS_MOUNT`` name it, ``--cvmfs-repo``/``DUCC_CVMFS_REPO``
+        is left to the caller."""
+        env = self.env(node)
+        for name in ("DUCC_CVMFS_REPO", "DUCC_PUBLISHER", "DUCC_ROOT", "DUCC_REDIS_URL", "DUCC_STRATUM1_URLS"):
+            env.pop(name, None)
+        env.update({"DUCC_CVMFS_SERVER": str(self.binary), "DUCC_CVMFS_MOUNT": str(self.nodes.get(node, self.mount)),
+                    "DUCC_STATE_DIR": str(state_dir), "DUCC_CACHE_DIR": "off", **extra})
+        return env
+
     def run(self, *args: str, input: bytes | None = None, cwd: Path | None = None,
             node: str = "default") -> subprocess.CompletedProcess[bytes]:
         return subprocess.run([str(self.binary), *args], input=input, capture_output=True,
