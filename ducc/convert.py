@@ -238,7 +238,7 @@ class Converter:
                 txn.point_tag(ref, platform, image.config.digest)
                 record = self._record(image)
                 txn.write_record(ref, platform, record)
-        revision = self.publisher.revision()
+        revision = txn.revision
         seconds = time.monotonic() - started
         progress.stage(
             ref, "published",

@@ -80,7 +80,14 @@ class RepositoryView(Protocol):
 
 
 class Transaction(Protocol):
-    """Changes to one repository; each method makes one complete thing visible, or nothing."""
+    """Changes to one repository; each method makes one complete thing visible, or nothing.
+
+    ``revision`` is set when the transaction has ended without error: the repository revision that
+    holds its changes, read while the writer still held the repository (None for a backend without
+    revisions). Read after the transaction, ``RepositoryView.revision()`` could name another
+    writer's later revision."""
+
+    revision: int | None
 
     def add_layer(self, digest: Digest, staged: Path) -> None:
         """Publish ``staged`` (a directory holding ``layerfs``) unless the layer is already there."""

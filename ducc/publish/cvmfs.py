@@ -97,6 +97,7 @@ class CvmfsTransaction:
 
     def __init__(self, publisher: CvmfsPublisher) -> None:
         self.publisher = publisher
+        self.revision: int | None = None  # set by the publisher once the transaction is committed
         self._small: list[tuple[PurePosixPath, Callable[[Path], None]]] = []
 
     def add_layer(self, digest: Digest, staged: Path) -> None:
@@ -172,6 +173,9 @@ class CvmfsPublisher(CvmfsView):
             txn = CvmfsTransaction(self)
             yield txn
             txn.commit()
+            # Still holding the repository: no other writer's revision can be in between (on a gateway
+            # another node may have published a later one, which holds these changes too).
+            txn.revision = self.server.revision()
 
     # -- the two kinds of write ----------------------------------------------------------------
 

@@ -37,6 +37,8 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 class DirectoryTransaction:
+    revision: int | None = None  # a plain tree has no revisions
+
     def __init__(self, publisher: DirectoryPublisher) -> None:
         self.publisher = publisher
         self.root = publisher.root

@@ -12,9 +12,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from ducc import layout
+from ducc.convert import Converter
 from tests.support.images import Dir, File, ImageSpec, Layer, push_image
 
 
@@ -31,6 +35,42 @@ def wait_until(condition, what: str, timeout: float = 120.0, interval: float = 0
             return found
         time.sleep(interval)
     raise TimeoutError(what)
+
+
+@pytest.fixture
+def converter_into(cvmfs, client, tmp_path):
+    """A converter publishing into the stand-in's repository (options go to the CvmfsPublisher)."""
+
+    def make(**options) -> Converter:
+        return Converter(client, cvmfs.publisher(tmp_path / "staging", **options))
+
+    return make
+
+
+APP = Layer([Dir("etc"), File("etc/os-release", b"ID=cvmfs-test\n"), Dir("usr"), File("usr/app", b"v1", 0o755)])
+BASE = Layer([Dir("usr"), Dir("usr/lib"), File("usr/lib/libc.so", b"libc" * 1000)])
+
+
+# -- revisions ----------------------------------------------------------------------------------
+
+
+def test_the_revision_reported_is_the_one_holding_the_image_even_when_another_writer_follows_at_once(
+        cvmfs, client, unique_ref, converter_into):
+    """Through the stand-in: another writer publishes the moment the repository lease is released;
+    the conversion still reports the revision its record landed in, read while it held the lease."""
+    others = []
+
+    @contextmanager
+    def lease(name: str):
+        yield
+        others.append(cvmfs.run("ingest", "-t", "-", "-b", f"other/{len(others)}", "-c", cvmfs.repository, input=b""))
+
+    ref = unique_ref()
+    push_image(client, ref, ImageSpec(layers=[BASE, APP]))
+    result = converter_into(lock=lease).convert(ref)
+    assert all(done.returncode == 0 for done in others) and others
+    assert result.revision == cvmfs.revision() - 1
+    assert [c.command for c in cvmfs.calls() if c.command in ("publish", "ingest")][-2:] == ["publish", "ingest"]
 
 
 # -- a writer killed in the middle of an ingest ---------------------------------------------------
