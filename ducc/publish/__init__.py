@@ -71,7 +71,11 @@ class RepositoryView(Protocol):
         ...
 
     def published(self) -> Iterator[tuple[str, Path]]:
-        """Every public image path (relative to the repository) with the flat root it leads to."""
+        """Every public image path (relative to the repository) with the flat root it leads to.
+
+        In CVMFS, the public path of a tag published for several platforms is a variant link, which
+        only a CVMFS client expands: it is reported with its default platform's flat root, and every
+        platform's own link under ``.multiarch/<platform>/`` is reported as well."""
         ...
 
     def revision(self) -> int | None:

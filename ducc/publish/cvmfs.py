@@ -38,10 +38,10 @@ from typing import BinaryIO, TypeVar
 from ducc import layout
 from ducc.errors import CvmfsError, PublishError
 from ducc.model.digest import Digest
-from ducc.model.manifest import Platform
+from ducc.model.manifest import DEFAULT_PLATFORM, Platform
 from ducc.model.reference import Reference
 from ducc.publish.cvmfs_server import CvmfsServer
-from ducc.publish.directory import DirectoryView, write_record_files, write_tag_link
+from ducc.publish.directory import DirectoryView, write_link, write_record_files
 from ducc.publish.staging import Staging
 from ducc.record import Record
 
@@ -81,6 +81,15 @@ class CvmfsView(DirectoryView):
     def read_record(self, ref: Reference, platform: Platform) -> Record | None:
         return self._settled(lambda: DirectoryView.read_record(self, ref, platform))
 
+    def _leads_to(self, link: Path) -> Path:
+        """A variant link (a tag published for several platforms) read as a client without ``CVMFS_ARCH``
+        reads it: it leads to the default platform's flat root. Each platform's own link is listed too,
+        under ``.multiarch/<platform>/``."""
+        target = os.readlink(link)
+        if layout.is_variant(target):
+            return (link.parent / layout.expand_variant(target)).resolve()
+        return link.resolve()
+
     def _settled(self, read: Callable[[], T]) -> T:
         """``read()``, again until the mount (its device) did not change while it ran."""
         for _ in range(_SETTLE_ATTEMPTS):
@@ -98,7 +107,7 @@ class CvmfsTransaction:
     def __init__(self, publisher: CvmfsPublisher) -> None:
         self.publisher = publisher
         self.revision: int | None = None  # set by the publisher once the transaction is committed
-        self._small: list[tuple[PurePosixPath, Callable[[Path], None]]] = []
+        self._small: list[tuple[list[PurePosixPath], Callable[[Path], None]]] = []  # (paths it writes, change)
 
     def add_layer(self, digest: Digest, staged: Path) -> None:
         if self.publisher.has_layer(digest):
@@ -113,23 +122,24 @@ class CvmfsTransaction:
         log.info("published flat root %s in %s", config_digest.short, self.publisher.name)
 
     def point_tag(self, ref: Reference, platform: Platform, config_digest: Digest) -> None:
-        link = self.publisher.root / layout.tag_link(ref, platform)
-        if link.is_symlink() and os.readlink(link) == layout.link_target(ref, platform, config_digest):
+        planned = tag_links(self.publisher.root, ref, platform, config_digest)
+        if all(_readlink(self.publisher.root / link) == target for link, target in planned):
             return
-        self._small.append((layout.tag_link(ref, platform),
-                            lambda root: write_tag_link(root, ref, platform, config_digest)))
+        # Planned again when written: an earlier change of this transaction may have moved the links.
+        self._small.append(([link for link, _ in planned],
+                            lambda root: _write_links(root, tag_links(root, ref, platform, config_digest))))
 
     def write_record(self, ref: Reference, platform: Platform, record: Record) -> None:
         directory = self.publisher.root / layout.metadata_dir(ref, platform)
         if all(_read(directory / name) == data for name, data in record.files().items()):
             return  # the same record is published: no new revision for nothing
-        self._small.append((layout.metadata_dir(ref, platform) / layout.RECORD_MANIFEST,
+        self._small.append(([layout.metadata_dir(ref, platform) / layout.RECORD_MANIFEST],
                             lambda root: write_record_files(root, ref, platform, record)))
 
     def commit(self) -> None:
         """Write the small changes in one transaction … publish, in the order they were asked for."""
         if self._small:
-            paths = [path for path, _ in self._small]
+            paths = [path for written, _ in self._small for path in written]
             self.publisher.small_changes(paths, [change for _, change in self._small])
             self._small.clear()
 
@@ -235,6 +245,57 @@ class CvmfsPublisher(CvmfsView):
                 log.info("%s: lease busy, retrying in %.1f s", self.repository, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 15.0)
+
+
+def tag_links(root: Path, ref: Reference, platform: Platform, config_digest: Digest) -> list[tuple[PurePosixPath, str]]:
+    """The links (path, target) that make ``ref`` on ``platform`` lead to its flat root in the repository
+    at ``root``, the public path last.
+
+    A tag published for one platform has the directory publisher's one link. Once it is published for
+    a second, every platform's link lives under ``.multiarch/<platform>/`` (the default platform's
+    moves there), the public path becomes the variant link ``.multiarch/$(CVMFS_ARCH:-amd64)/…``, and
+    ``.multiarch/<uname -m>`` aliases (``x86_64 → amd64``) lead clients' architecture names there.
+    """
+    name = layout.platform_name(platform)
+    public = layout.tag_link(ref)
+    public_target = _readlink(root / public)
+    default_single = public_target is not None and not layout.is_variant(public_target)
+    present = _platform_dirs(root)
+    others = [p for p in present if p != name and os.path.lexists(root / layout.MULTIARCH / p / public)]
+    if default_single and not layout.is_default(platform):
+        others.append(layout.VARIANT_DEFAULT)
+    if not others:
+        return [(layout.tag_link(ref, platform), layout.link_target(ref, platform, config_digest))]
+    links = [(layout.multiarch_link(ref, platform), layout.multiarch_link_target(ref, platform, config_digest))]
+    if default_single and not layout.is_default(platform):
+        assert public_target is not None
+        moved = layout.multiarch_link(ref, DEFAULT_PLATFORM)
+        links.append((moved, layout.moved_link_target(public, public_target, moved)))
+    for alias, target in sorted(layout.arch_aliases({name, *others, *present}).items()):
+        links.append((layout.alias_link(alias), target))
+    links.append((public, layout.variant_link_target(ref)))
+    return links
+
+
+def _write_links(root: Path, links: list[tuple[PurePosixPath, str]]) -> None:
+    for relative, target in links:
+        write_link(root / relative, target)
+
+
+def _platform_dirs(root: Path) -> list[str]:
+    """The platforms with a directory under ``.multiarch`` (aliases, which are links, left out)."""
+    try:
+        with os.scandir(root / layout.MULTIARCH) as entries:
+            return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _readlink(path: Path) -> str | None:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
 
 
 def _device(path: Path) -> int | None:

@@ -87,13 +87,17 @@ class DirectoryTransaction:
 
 
 def write_tag_link(root: Path, ref: Reference, platform: Platform, config_digest: Digest) -> None:
-    """Point the tag link under ``root`` at the flat root (symlink + rename: never missing, never torn)."""
-    link = root / layout.tag_link(ref, platform)
-    target = layout.link_target(ref, platform, config_digest)
+    """Point the tag link under ``root`` at the flat root."""
+    write_link(root / layout.tag_link(ref, platform), layout.link_target(ref, platform, config_digest))
+
+
+def write_link(link: Path, target: str) -> None:
+    """Make ``link`` a symlink to ``target`` (symlink + rename: never missing, never torn); PublishError if
+    something other than a symlink is there."""
     link.parent.mkdir(parents=True, exist_ok=True)
     if link.is_symlink() and os.readlink(link) == target:
         return
-    if link.exists() and not link.is_symlink():
+    if os.path.lexists(link) and not link.is_symlink():
         raise PublishError(f"{link} exists and is not a symlink; refusing to replace it")
     tmp = link.with_name(f".{link.name}.{secrets.token_hex(4)}.tmp")
     os.symlink(target, tmp)
@@ -176,7 +180,8 @@ class DirectoryView:
         return None  # a plain tree has no revisions
 
     def published(self) -> Iterator[tuple[str, Path]]:
-        """Symlinks under the registries' directories, and under ``.multiarch/<platform>/`` the same."""
+        """Symlinks under the registries' directories, and under ``.multiarch/<platform>/`` the same
+        (an alias of a platform, itself a link to the platform's directory, is not walked twice)."""
         if not self.root.is_dir():
             return
         tops = [(self.root, entry) for entry in sorted(os.listdir(self.root)) if layout.is_public(entry)]
@@ -184,20 +189,25 @@ class DirectoryView:
         if multiarch.is_dir():
             for platform in sorted(os.listdir(multiarch)):
                 base = multiarch / platform
-                tops += [(base, e) for e in sorted(os.listdir(base)) if layout.is_public(e)] if base.is_dir() else []
+                if base.is_dir() and not base.is_symlink():
+                    tops += [(base, e) for e in sorted(os.listdir(base)) if layout.is_public(e)]
         for base, entry in tops:
             yield from self._links(base / entry)
 
     def _links(self, top: Path) -> Iterator[tuple[str, Path]]:
         if top.is_symlink():
-            yield os.path.relpath(top, self.root), top.resolve()
+            yield os.path.relpath(top, self.root), self._leads_to(top)
             return
         for dirpath, dirnames, filenames in os.walk(top):
             for name in sorted(dirnames + filenames):
                 path = Path(dirpath) / name
                 if path.is_symlink():
-                    yield os.path.relpath(path, self.root), path.resolve()
+                    yield os.path.relpath(path, self.root), self._leads_to(path)
             dirnames[:] = [d for d in dirnames if not (Path(dirpath) / d).is_symlink()]
+
+    def _leads_to(self, link: Path) -> Path:
+        """Where a public link leads (its flat root, if it is not dangling)."""
+        return link.resolve()
 
 
 class DirectoryPublisher(DirectoryView):

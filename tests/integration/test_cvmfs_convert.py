@@ -9,6 +9,7 @@ exit codes and messages) and logs every call with its exit code.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -19,7 +20,8 @@ import pytest
 
 from ducc import layout
 from ducc.convert import Converter
-from tests.support.images import Dir, File, ImageSpec, Layer, push_image
+from ducc.model.manifest import Platform
+from tests.support.images import Dir, File, ImageSpec, Layer, push_image, push_index
 
 
 def ducc(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -111,3 +113,82 @@ def test_a_ducc_convert_killed_mid_ingest_publishes_nothing_and_the_next_run_com
     [layer] = list((cvmfs.client / layout.LAYERS).glob("*/*/layerfs"))
     assert len(list((layer / "many").iterdir())) == MANY_FILES
     assert not cvmfs.in_transaction()
+
+
+# -- several platforms: one public path, a CVMFS variant link ------------------------------------
+
+AMD64, ARM64 = Platform.parse("linux/amd64"), Platform.parse("linux/arm64")
+
+
+def arch_image(arch: str, version: bytes = b"1") -> ImageSpec:
+    return ImageSpec(layers=[BASE, Layer([File("arch", arch.encode() + b" " + version)])], architecture=arch)
+
+
+def as_client(cvmfs, link: Path, arch: str | None) -> Path:
+    """Where ``link`` leads on a CVMFS client with ``CVMFS_ARCH=arch`` (which expands variant links)."""
+    target = os.readlink(link)
+    return (link.parent / layout.expand_variant(target, arch)).resolve() if layout.is_variant(target) else link.resolve()
+
+
+def test_a_tag_published_for_two_platforms_becomes_a_variant_link_clients_resolve_per_host(
+        cvmfs, client, unique_ref, converter_into, tmp_path):
+    """Through the stand-in (a plain overlayfs mount: variant links are not expanded there, so the test
+    expands them as a CVMFS client does, per ``CVMFS_ARCH``)."""
+    ref = unique_ref()
+    push_index(client, ref, [arch_image("amd64"), arch_image("arm64")])
+    converter = converter_into()
+    converter.convert(ref, AMD64)
+    public = cvmfs.client / layout.tag_link(ref)
+    assert not layout.is_variant(os.readlink(public))  # one platform: the plain link
+    assert (public / "arch").read_bytes() == b"amd64 1"
+
+    before = len(cvmfs.publishing_calls())
+    result = converter.convert(ref, ARM64)
+    assert len(cvmfs.publishing_calls()) - before <= result.layers_unpacked + 2
+    assert os.readlink(public) == layout.variant_link_target(ref)
+    for platform, arch in ((AMD64, b"amd64 1"), (ARM64, b"arm64 1")):
+        own = cvmfs.client / layout.multiarch_link(ref, platform)
+        assert (own / "arch").read_bytes() == arch
+        assert converter.publisher.read_record(ref, platform) is not None
+    for client_arch, arch in (("x86_64", b"amd64 1"), ("aarch64", b"arm64 1"), ("amd64", b"amd64 1"),
+                              ("arm64", b"arm64 1"), (None, b"amd64 1")):
+        assert (as_client(cvmfs, public, client_arch) / "arch").read_bytes() == arch, client_arch
+    assert sorted(os.readlink(cvmfs.client / layout.alias_link(a)) for a in ("x86_64", "aarch64")) == ["amd64", "arm64"]
+
+    listed = dict(converter.publisher.published())
+    assert set(listed) == {str(layout.tag_link(ref)), str(layout.multiarch_link(ref, AMD64)),
+                           str(layout.multiarch_link(ref, ARM64))}
+    assert listed[str(layout.tag_link(ref))] == listed[str(layout.multiarch_link(ref, AMD64))]
+    assert all(flat.is_dir() for flat in listed.values())
+    env = cvmfs.ducc_env(tmp_path / "state")
+    shown = ducc("list", "--cvmfs-repo", cvmfs.repository, env=env, cwd=tmp_path)
+    assert shown.returncode == 0 and "dangling" not in shown.stdout and len(shown.stdout.splitlines()) == 3, shown
+
+    # amd64 moves on: its own link follows, the variant link stays. arm64's image is the same, under a
+    # new index digest: its record follows in one publishing call; after that it costs nothing.
+    push_index(client, ref, [arch_image("amd64", b"2"), arch_image("arm64")])
+    converter.convert(ref, AMD64)
+    assert os.readlink(public) == layout.variant_link_target(ref)
+    assert (as_client(cvmfs, public, "x86_64") / "arch").read_bytes() == b"amd64 2"
+    assert (as_client(cvmfs, public, "aarch64") / "arch").read_bytes() == b"arm64 1"
+    before = len(cvmfs.publishing_calls())
+    assert converter.convert(ref, ARM64).flat_reused
+    assert len(cvmfs.publishing_calls()) == before + 1
+    before = len(cvmfs.calls())
+    assert converter.convert(ref, ARM64).state == "unchanged"
+    assert len(cvmfs.calls()) == before
+
+
+def test_a_second_platform_published_first_still_leaves_amd64_the_default(cvmfs, client, unique_ref, converter_into):
+    """Through the stand-in: arm64 alone lives under .multiarch only; amd64 then makes the variant link."""
+    ref = unique_ref()
+    push_index(client, ref, [arch_image("amd64"), arch_image("arm64")])
+    converter = converter_into()
+    converter.convert(ref, ARM64)
+    public = cvmfs.client / layout.tag_link(ref)
+    assert not os.path.lexists(public)
+    assert (cvmfs.client / layout.tag_link(ref, ARM64) / "arch").read_bytes() == b"arm64 1"
+    converter.convert(ref, AMD64)
+    assert os.readlink(public) == layout.variant_link_target(ref)
+    assert (as_client(cvmfs, public, None) / "arch").read_bytes() == b"amd64 1"
+    assert (as_client(cvmfs, public, "aarch64") / "arch").read_bytes() == b"arm64 1"

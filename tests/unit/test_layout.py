@@ -1,3 +1,5 @@
+import pytest
+
 from ducc import layout
 from ducc.model.digest import Digest
 from ducc.model.manifest import Platform
@@ -31,3 +33,31 @@ def test_other_platforms_live_under_multiarch():
     assert str(layout.tag_link(ref, Platform.parse("linux/arm/v7"))) == ".multiarch/arm:v7/ghcr.io/org/img:1"
     target = layout.link_target(ref, Platform.parse("linux/arm64"), CONFIG)
     assert target == "../../../../.flat/5f/" + "5f" * 32
+
+
+def test_a_variant_link_climbs_to_the_root_and_names_the_client_architecture():
+    ref = Reference.parse("127.0.0.1:5000/a/b/c:1")
+    target = layout.variant_link_target(ref)
+    assert target == "../../../.multiarch/$(CVMFS_ARCH:-amd64)/127.0.0.1:5000/a/b/c:1"
+    assert layout.is_variant(target) and not layout.is_variant(layout.link_target(ref, Platform.parse("linux/amd64"), CONFIG))
+    assert layout.expand_variant(target) == "../../../.multiarch/amd64/127.0.0.1:5000/a/b/c:1"
+    assert layout.expand_variant(target, "aarch64") == "../../../.multiarch/aarch64/127.0.0.1:5000/a/b/c:1"
+
+
+def test_every_platform_of_a_multi_platform_tag_has_its_link_under_multiarch():
+    ref = Reference.parse("ghcr.io/org/img:1")
+    assert str(layout.multiarch_link(ref, Platform.parse("linux/amd64"))) == ".multiarch/amd64/ghcr.io/org/img:1"
+    assert layout.multiarch_link(ref, Platform.parse("linux/arm64")) == layout.tag_link(ref, Platform.parse("linux/arm64"))
+    moved = layout.moved_link_target(layout.tag_link(ref), layout.link_target(ref, Platform.parse("linux/amd64"), CONFIG),
+                                     layout.multiarch_link(ref, Platform.parse("linux/amd64")))
+    assert moved == layout.multiarch_link_target(ref, Platform.parse("linux/amd64"), CONFIG) == "../../../../.flat/5f/" + "5f" * 32
+
+
+@pytest.mark.parametrize(("present", "expected"), [
+    ({"amd64"}, {"x86_64": "amd64", "x86-64": "amd64"}),
+    ({"amd64", "arm64"}, {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64"}),
+    ({"arm64:v8"}, {"aarch64": "arm64:v8", "arm64": "arm64:v8"}),
+    ({"arm:v7", "386", "ppc64le"}, {"armv7l": "arm:v7", "armhf": "arm:v7", "i686": "386", "i386": "386"}),
+], ids=["amd64", "amd64+arm64", "arm64-v8-only", "others"])
+def test_client_architecture_names_are_aliased_to_the_platforms_present(present, expected):
+    assert layout.arch_aliases(present) == expected
