@@ -159,8 +159,10 @@ def storage_error(exc: OSError, what: str) -> LocalStorageError | None:
 class CvmfsError(PublishError):
     """``cvmfs_server`` exited non-zero; the message quotes the command and its own words.
 
-    ``temporary`` for a busy lease (EBUSY, a gateway sub-path held by another writer): retrying
-    later may succeed. Everything else (a transaction already open, a broken stream) is not.
+    ``temporary`` for a busy lease (a gateway sub-path held by another writer): retrying later may
+    succeed. ``transaction`` says so with exit 16 (EBUSY); ``ingest``, which opens its transaction
+    itself, exits 1 ("Impossible to start a transaction") after the same words from the transaction,
+    "lease path busy". Everything else (a transaction already open, a broken stream) is not.
     """
 
     def __init__(self, command: tuple[str, ...], returncode: int, stderr: str, *, what: str | None = None) -> None:
@@ -170,4 +172,4 @@ class CvmfsError(PublishError):
         self.command = command
         self.returncode = returncode
         self.stderr = stderr
-        self.temporary = returncode == 16  # EBUSY: lease path busy
+        self.temporary = returncode == 16 or "lease path busy" in stderr

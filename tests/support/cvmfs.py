@@ -172,12 +172,12 @@ def cvmfs_standin(directory: Path, repository: str = "test.cern.ch", *, gateway:
     standin = CvmfsStandin(repository, state, mounts["default"] if "default" in mounts else next(iter(mounts.values())),
                            state / "client", dict(mounts))
     try:
-        done = standin.run("mkfs", repository)
+        done = standin.run("mkfs", repository, node=nodes[0])
         if done.returncode != 0:
             raise RuntimeError(f"stand-in mkfs failed: {done.stderr.decode()}")
         yield standin
     finally:
-        standin.run("rmfs", "-f", repository)
+        standin.run("rmfs", "-f", repository, node=nodes[0])
         for point in _mounts_under(directory):  # whatever the stand-in could not unmount itself
             subprocess.run(["umount", "-l", point], capture_output=True)
         leftover = _mounts_under(directory)
