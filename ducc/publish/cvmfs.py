@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -167,6 +168,7 @@ class CvmfsPublisher(CvmfsView):
         self.busy_timeout = busy_timeout
         self._lock = lock
         self._staging = Staging(staging_root)
+        self._holder = threading.local()  # whether this thread holds the repository
         self.lease_name = f"cvmfs:{self.repository}" + (f"@{host or socket.gethostname()}" if self.gateway else "")
 
     def revision(self) -> int | None:
@@ -177,15 +179,49 @@ class CvmfsPublisher(CvmfsView):
 
     @contextmanager
     def transaction(self) -> Iterator[CvmfsTransaction]:
-        with self._lock(self.lease_name) if self._lock else nullcontext(), self._staging.writer():
-            if self.server.abort(missing_ok=True):
-                log.warning("aborted the transaction an interrupted writer left open on %s", self.repository)
+        with self._held():
             txn = CvmfsTransaction(self)
             yield txn
             txn.commit()
             # Still holding the repository: no other writer's revision can be in between (on a gateway
             # another node may have published a later one, which holds these changes too).
             txn.revision = self.server.revision()
+
+    @contextmanager
+    def _held(self) -> Iterator[None]:
+        """The repository, exclusively: the lease, this host's flock, and no transaction left open."""
+        with self._lock(self.lease_name) if self._lock else nullcontext(), self._staging.writer():
+            self._holder.active = True
+            try:
+                if self.server.abort(missing_ok=True):
+                    log.warning("aborted the transaction an interrupted writer left open on %s", self.repository)
+                yield
+            finally:
+                self._holder.active = False
+
+    # -- reads that decide what to write ------------------------------------------------------------
+
+    # While a transaction is open, /cvmfs/<repo> is writable and shows its unpublished changes. One left
+    # open by a dead writer would make its record look published ("unchanged") or its layers present.
+    # Outside this writer's own transaction the published state is what counts: a writable mount is
+    # first settled by taking the repository (waiting for a live writer, aborting a dead one's).
+    def _published_state(self) -> None:
+        if getattr(self._holder, "active", False) or not _writable(self.mount):
+            return
+        with self._held():
+            pass
+
+    def read_record(self, ref: Reference, platform: Platform) -> Record | None:
+        self._published_state()
+        return super().read_record(ref, platform)
+
+    def has_layer(self, digest: Digest) -> bool:
+        self._published_state()
+        return super().has_layer(digest)
+
+    def has_flat(self, config_digest: Digest) -> bool:
+        self._published_state()
+        return super().has_flat(config_digest)
 
     # -- the two kinds of write ----------------------------------------------------------------
 
@@ -296,6 +332,14 @@ def _readlink(path: Path) -> str | None:
         return os.readlink(path)
     except OSError:
         return None
+
+
+def _writable(path: Path) -> bool:
+    """Whether ``path``'s filesystem is mounted read-write (``/cvmfs/<repo>`` is, only in a transaction)."""
+    try:
+        return not os.statvfs(path).f_flag & os.ST_RDONLY
+    except OSError:
+        return False
 
 
 def _device(path: Path) -> int | None:
