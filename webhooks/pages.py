@@ -10,6 +10,7 @@ from flask import Blueprint, Response, current_app, jsonify, render_template_str
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from ducc.service.jobs import PROPAGATION, Job
 from ducc.service.metrics import RedisCollector
 from webhooks.http import web
 
@@ -41,11 +42,22 @@ def status_page() -> Any:
     recent = context.services.jobs.recent_jobs(100)
     published = [j for j in recent if j.state == "published" and not j.coalesced_into]
     return render_template_string(STATUS_PAGE, jobs=recent[:50], published=published[:30], now=time.time(),
-                                  root=str(context.services.view.location), when=_when)
+                                  root=str(context.services.view.location), when=_when, outcome=_outcome,
+                                  propagation=_propagation)
 
 
 def _when(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts)) + " UTC"
+
+
+def _outcome(job: Job) -> str:
+    """The last word of the timeline on the conversion itself (propagation events come after it)."""
+    return next((e.get("detail", "") for e in reversed(job.events) if e.get("kind") != PROPAGATION), "")
+
+
+def _propagation(job: Job) -> list[str]:
+    """Where the job's revision is visible: "visible on <host> at <time>", or not within the time limit."""
+    return [e.get("detail", "") for e in job.events if e.get("kind") == PROPAGATION]
 
 
 STATUS_PAGE = """<!doctype html>
@@ -67,17 +79,21 @@ JSON at <code>/api/v1/conversions/&lt;id&gt;</code> and <code>/api/v1/images?ref
  <td><a href="/api/v1/conversions/{{ j.id }}"><code>{{ j.id }}</code></a></td><td>{{ j.image }}</td><td>{{ j.platform }}</td>
  <td>{{ j.source }}</td><td>{{ when(j.received_at) }}</td><td class="{{ j.state }}">{{ j.state }}</td>
  <td>{{ "%.1f s"|format(j.updated_at - j.received_at) }}</td>
- <td>{{ j.error or (j.events[-1].detail if j.events else "") }}{% if j.coalesced_into %} (with {{ j.coalesced_into }}){% endif %}</td>
+ <td>{{ j.error or outcome(j) }}{% if j.coalesced_into %} (with {{ j.coalesced_into }}){% endif %}
+ {% for p in propagation(j) %}<br>{{ p }}{% endfor %}</td>
 </tr>{% else %}<tr><td colspan="8">no jobs yet</td></tr>{% endfor %}
 </table>
 <h2>Recently published</h2>
-<table><tr><th>image</th><th>path</th><th>layers unpacked / reused</th><th>conversion</th><th>finished</th></tr>
+<table><tr><th>image</th><th>path</th><th>layers unpacked / reused</th><th>conversion</th><th>finished</th>
+<th>revision, visible on</th></tr>
 {% for j in published %}<tr>
  <td>{{ j.image }}</td><td><code>{{ j.result.path }}</code></td>
  <td>{{ j.result.layers_unpacked }} / {{ j.result.layers_reused }}</td>
  <td>{{ "%.1f s"|format(j.result.seconds or 0) }}{% if not j.result.changed %} (already current){% endif %}</td>
  <td>{{ when(j.updated_at) }}</td>
-</tr>{% else %}<tr><td colspan="5">nothing published yet</td></tr>{% endfor %}
+ <td>{% if j.result.revision %}revision {{ j.result.revision }}{% endif %}
+ {% for p in propagation(j) %}<br>{{ p }}{% endfor %}</td>
+</tr>{% else %}<tr><td colspan="6">nothing published yet</td></tr>{% endfor %}
 </table>
 </body></html>
 """

@@ -46,6 +46,8 @@ class JobState(StrEnum):
     FAILED = "failed"
 
 
+PROPAGATION = "propagation"  # the kind of "visible on <host> at <time>" events (DUCC_STRATUM1_URLS)
+
 FINAL_STATES = frozenset({JobState.PUBLISHED, JobState.FAILED})
 ACTIVE_STATES = frozenset({JobState.RESOLVING, JobState.FETCHING, JobState.UNPACKING, JobState.FLATTENING,
                            JobState.PUBLISHING, JobState.THIN})
@@ -103,11 +105,13 @@ class JobStore:
 
     # -- writing ------------------------------------------------------------------------
 
-    def event(self, job_id: str, state: str, detail: str = "", **fields: Any) -> None:
+    def event(self, job_id: str, state: str, detail: str = "", *, kind: str = "", **fields: Any) -> None:
         """Append a timeline event and move the job to ``state``.
 
-        Jobs a worker has started and not finished are also kept in ``ducc:jobs:active``, which
-        reconciliation walks: it finds an interrupted job however many jobs came after it.
+        ``kind`` marks events that report on something other than the conversion's stage (``PROPAGATION``:
+        where a published revision is visible), so pages can show them apart. Jobs a worker has started
+        and not finished are also kept in ``ducc:jobs:active``, which reconciliation walks: it finds an
+        interrupted job however many jobs came after it.
         """
         now = time.time()
         mapping: dict[str, str | int | float] = {"state": state, "updated_at": now}
@@ -118,7 +122,10 @@ class JobStore:
                 mapping[name] = value if isinstance(value, (int, float)) else str(value)
         pipe = self.redis.pipeline()
         pipe.hset(keys.job(job_id), mapping=mapping)  # type: ignore[arg-type]  # redis-py's Mapping key is invariant
-        pipe.rpush(keys.events(job_id), json.dumps({"state": str(state), "at": now, "detail": detail}))
+        entry: dict[str, Any] = {"state": str(state), "at": now, "detail": detail}
+        if kind:
+            entry["kind"] = kind
+        pipe.rpush(keys.events(job_id), json.dumps(entry))
         pipe.expire(keys.job(job_id), self.ttl)
         pipe.expire(keys.events(job_id), self.ttl)
         if state in ACTIVE_STATES or state == JobState.RETRYING:

@@ -32,7 +32,7 @@ from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
 from ducc.model.request import ConversionResult
 from ducc.service import keys
-from ducc.service.jobs import ACTIVE_STATES, JobProgress, JobState
+from ducc.service.jobs import ACTIVE_STATES, PROPAGATION, JobProgress, JobState
 from ducc.service.locks import try_lease
 from ducc.service.metrics import record_conversion
 from ducc.service.queue import CONVERT_TASK, PROPAGATION_TASK, RECONCILE_TASK, SYNC_TASK, Dispatcher
@@ -130,7 +130,8 @@ def run_propagation(services: Services, job_id: str, revision: int, pending: lis
         served = served_revision(manifest_url(base, repository))
         if served is not None and served >= revision:
             at = datetime.now(UTC).isoformat(timespec="seconds")
-            services.jobs.event(job_id, JobState.PUBLISHED, f"visible on {host_of(base)} at {at} (revision {served})")
+            services.jobs.event(job_id, JobState.PUBLISHED, f"visible on {host_of(base)} at {at} (revision {served})",
+                                kind=PROPAGATION)
             log.info("job %s: revision %d visible on %s", job_id, revision, host_of(base))
         else:
             waiting.append(base)
@@ -141,7 +142,7 @@ def run_propagation(services: Services, job_id: str, revision: int, pending: lis
     for base in waiting:
         services.jobs.event(job_id, JobState.PUBLISHED,
                             f"not visible on {host_of(base)} within {services.settings.stratum1_timeout}s "
-                            f"(revision {revision})")
+                            f"(revision {revision})", kind=PROPAGATION)
         log.warning("job %s: revision %d not visible on %s in time", job_id, revision, host_of(base))
     return waiting
 
