@@ -1,0 +1,242 @@
+"""ducc's commands and service publishing into a CVMFS repository: real ``ducc`` processes, a real Redis,
+real Celery workers, a real HTTP server standing for the stratum 1s, and ``cvmfs_server`` played by
+the stand-in.
+
+``cvmfs_server`` cannot be installed on these machines: every test here runs tests/support/cvmfs_server
+in its place (it enforces the real command's contract; tests/support/cvmfs.py sets it up). Its
+``<state>/srv/.cvmfspublished`` is the manifest a stratum 0's web server would serve.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from ducc import layout
+from ducc.model.reference import Reference
+from ducc.model.request import ConversionRequest
+from ducc.service.jobs import PROPAGATION, JobStore
+from ducc.settings import Settings
+from tests.support.images import Dir, File, ImageSpec, Layer, push_image
+from tests.support.service import DuccProcess
+
+APP = Layer([Dir("etc"), File("etc/os-release", b"ID=cvmfs-service\n"), Dir("usr"), File("usr/app", b"v1", 0o755)])
+
+
+def ducc(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ducc", *args], env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+
+
+def wait_until(condition, what: str, timeout: float = 120.0, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(interval)
+    raise TimeoutError(what)
+
+
+class Stratum1:
+    """A real HTTP server in a thread serving ``/cvmfs/<repo>/.cvmfspublished`` from ``manifest``, as a
+    stratum 1 (or the stratum 0's web server) does."""
+
+    def __init__(self, directory: Path, repository: str, manifest: Path) -> None:
+        served = directory / "cvmfs" / repository
+        served.mkdir(parents=True)
+        self.published = served / ".cvmfspublished"
+        self.published.symlink_to(manifest)
+        handler = functools.partial(_QuietHandler, directory=str(directory))
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.host = f"127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def replicate(self, manifest: Path) -> None:
+        """Serve a copy of ``manifest`` from now on (a stratum 1 that replicated that revision)."""
+        self.published.unlink()
+        shutil.copy(manifest, self.published)
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+        pass
+
+
+@pytest.fixture
+def workers(tmp_path, redis_server, cvmfs):
+    """Start ``ducc worker --cvmfs-repo <repo>`` processes on demand; stops them all at the end."""
+    started: list[DuccProcess] = []
+
+    def start(name: str = "w1", **extra: str) -> DuccProcess:
+        env = cvmfs.ducc_env(tmp_path / "state", DUCC_REDIS_URL=redis_server.url, DUCC_JOB_RETRY_BASE="1",
+                             DUCC_LOG_LEVEL="INFO", **extra)
+        proc = DuccProcess(["worker", "--cvmfs-repo", cvmfs.repository, "--name", f"{name}@%h", "--concurrency", "2"],
+                           env, tmp_path / f"{name}.log").start()
+        started.append(proc)
+        proc.wait_for_log("ready.")
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+def submit(redis_server, tmp_path, cvmfs, ref: Reference) -> tuple[str, JobStore, Settings]:
+    from ducc.services import Services
+
+    settings = Settings.from_env(cvmfs.ducc_env(tmp_path / "state", DUCC_REDIS_URL=redis_server.url,
+                                                DUCC_CVMFS_REPO=cvmfs.repository))
+    services = Services(settings)
+    return services.queue.submit(ConversionRequest(ref), "api").job_id, services.jobs, settings
+
+
+def test_a_worker_job_records_the_revision_and_when_each_stratum_1_serves_it(
+        client, unique_ref, redis_server, cvmfs, workers, tmp_path):
+    """Through the stand-in, its manifest served over HTTP by three stratum 1s: one that follows the
+    stratum 0, one that catches up while the worker polls, one that never does. The job's timeline,
+    ``ducc status``, the API and the status page all say where the revision is visible, and when."""
+    manifest = cvmfs.state / "srv" / ".cvmfspublished"
+    stale = tmp_path / "stale.cvmfspublished"
+    shutil.copy(manifest, stale)
+    live = Stratum1(tmp_path / "s1-live", cvmfs.repository, manifest)
+    late = Stratum1(tmp_path / "s1-late", cvmfs.repository, stale)
+    never = Stratum1(tmp_path / "s1-never", cvmfs.repository, stale)
+    try:
+        workers(DUCC_STRATUM1_URLS=f"http://{live.host},http://{late.host}/cvmfs/{cvmfs.repository},http://{never.host}",
+                DUCC_STRATUM1_TIMEOUT="12")
+        ref = unique_ref()
+        push_image(client, ref, ImageSpec(layers=[APP]))
+        job_id, jobs, settings = submit(redis_server, tmp_path, cvmfs, ref)
+
+        def events(kind: str | None = None) -> list[str]:
+            job = jobs.get(job_id)
+            return [e["detail"] for e in job.events if kind is None or e.get("kind") == kind] if job else []
+
+        wait_until(lambda: any(d.startswith(f"visible on {live.host} at ") for d in events(PROPAGATION)),
+                   "the live stratum 1 never showed up in the timeline")
+        late.replicate(manifest)
+        wait_until(lambda: any(d.startswith(f"not visible on {never.host}") for d in events(PROPAGATION)),
+                   "the stale stratum 1 was never given up on", timeout=60)
+        job = jobs.get(job_id)
+        assert job.state == "published", job.events
+        revision = job.result["revision"]
+        assert revision == cvmfs.revision()
+        assert any(f"in revision {revision} of {cvmfs.repository}" in d for d in events())
+        seen = events(PROPAGATION)
+        for stratum in (live, late):
+            [line] = [d for d in seen if d.startswith(f"visible on {stratum.host} at ")]
+            assert re.search(r" at \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00 \(revision (\d+)\)$", line), line
+            assert int(line.rsplit("revision ", 1)[1].rstrip(")")) >= revision
+        assert [d for d in seen if never.host in d] == [f"not visible on {never.host} within 12s (revision {revision})"]
+
+        status = ducc("status", str(ref), "--cvmfs-repo", cvmfs.repository,
+                      env=cvmfs.ducc_env(tmp_path / "state", DUCC_REDIS_URL=redis_server.url), cwd=tmp_path)
+        assert status.returncode == 0, status.stderr
+        assert f"visible on {live.host} at " in status.stdout and f"visible on {late.host} at " in status.stdout
+        assert f"in revision {revision}" in status.stdout
+
+        from webhooks import create_app
+
+        web = create_app(settings).test_client()
+        timeline = web.get(f"/api/v1/conversions/{job_id}").json["timeline"]
+        assert [e["detail"] for e in timeline if e.get("kind") == PROPAGATION] == seen
+        page = web.get("/").get_data(as_text=True)
+        assert f"revision {revision}" in page
+        assert f"visible on {live.host} at " in page and f"not visible on {never.host}" in page
+    finally:
+        for server in (live, late, never):
+            server.stop()
+
+
+def test_a_failed_cvmfs_server_call_fails_the_job_with_the_commands_own_words(
+        client, unique_ref, redis_server, cvmfs, workers, tmp_path):
+    """Through the stand-in, its publish failing with its own message: the job fails at once (not a
+    temporary error), its reason quotes cvmfs_server, and no transaction is left open."""
+    workers()
+    cvmfs.fail("publish", 1, message="Synchronization failed: the backend storage is full")
+    ref = unique_ref()
+    push_image(client, ref, ImageSpec(layers=[APP]))
+    job_id, jobs, _ = submit(redis_server, tmp_path, cvmfs, ref)
+    job = wait_until(lambda: (j := jobs.get(job_id)) is not None and j.finished and j, "the job never finished")
+    assert job.state == "failed"
+    assert "the backend storage is full" in job.error and "cvmfs_server publish" in job.error
+    assert not job.temporary and job.attempts == 1
+    assert not cvmfs.in_transaction()
+    assert not os.path.lexists(cvmfs.client / layout.tag_link(ref))
+
+
+# -- the commands' ways of naming the repository ------------------------------------------------
+
+
+def test_convert_takes_the_repository_from_the_option_or_the_environment(client, unique_ref, cvmfs, tmp_path):
+    """Through the stand-in: ``--cvmfs-repo`` or ``DUCC_CVMFS_REPO``, with ``DUCC_CVMFS_SERVER`` naming the
+    command and ``DUCC_CVMFS_MOUNT`` the mount (no ``cvmfs_server`` on PATH, no ``/cvmfs``)."""
+    env = cvmfs.ducc_env(tmp_path / "state")
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if Path(p) != cvmfs.binary.parent)
+    first, second = unique_ref("option"), unique_ref("environment")
+    for ref in (first, second):
+        push_image(client, ref, ImageSpec(layers=[APP]))
+    done = ducc("convert", str(first), "--cvmfs-repo", cvmfs.repository, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\t")[1].strip() == str(cvmfs.mount / layout.tag_link(first))
+    done = ducc("convert", str(second), env={**env, "DUCC_CVMFS_REPO": cvmfs.repository}, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    for ref in (first, second):
+        assert (cvmfs.client / layout.tag_link(ref) / "usr" / "app").read_bytes() == b"v1"
+    missing = ducc("convert", str(first), "--force", "--cvmfs-repo", cvmfs.repository,
+                   env={**env, "DUCC_CVMFS_SERVER": str(tmp_path / "no-such-command")}, cwd=tmp_path)
+    assert missing.returncode == 1 and "no-such-command" in missing.stderr
+
+
+def test_sync_publishes_into_the_wishlists_cvmfs_repo_when_none_is_given(client, unique_ref, cvmfs, tmp_path):
+    """Through the stand-in: the wishlist's ``cvmfs_repo`` (DUCC's field) is used when neither
+    ``--cvmfs-repo`` nor ``DUCC_CVMFS_REPO`` is given; ``--cvmfs-repo`` is taken as well."""
+    ref = unique_ref()
+    push_image(client, ref, ImageSpec(layers=[APP]))
+    wishlist = tmp_path / "wishlist.yaml"
+    wishlist.write_text(f"version: 1\nuser: tester\ncvmfs_repo: {cvmfs.repository}\ninput:\n  - '{ref}'\n")
+    env = cvmfs.ducc_env(tmp_path / "state", XDG_DATA_HOME=str(tmp_path / "data"))
+    done = ducc("sync", str(wishlist), env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "1 published" in done.stdout
+    assert (cvmfs.client / layout.tag_link(ref) / "usr" / "app").read_bytes() == b"v1"
+    assert not (tmp_path / "data").exists()  # nothing went to the default directory root
+    again = ducc("sync", str(wishlist), "--cvmfs-repo", cvmfs.repository, env=env, cwd=tmp_path)
+    assert again.returncode == 0 and "1 unchanged" in again.stdout, again.stderr
+
+
+def test_serve_with_cvmfs_repo_publishes_submitted_images_there(client, unique_ref, cvmfs, tmp_path):
+    """Through the stand-in: ``ducc serve --cvmfs-repo`` (embedded Redis, a worker, beat) publishes a
+    submitted image into the repository, and ``ducc status`` names the revision."""
+    state = tmp_path / "state"
+    env = cvmfs.ducc_env(state, DUCC_LOG_LEVEL="INFO")
+    serve = DuccProcess(["serve", "--cvmfs-repo", cvmfs.repository, "--no-web"], env, tmp_path / "serve.log")
+    try:
+        serve.start()
+        serve.wait_for_log("ready.")
+        ref = unique_ref()
+        push_image(client, ref, ImageSpec(layers=[APP]))
+        submitted = ducc("submit", str(ref), env=env, cwd=tmp_path)
+        assert submitted.returncode == 0, submitted.stderr
+        status = ducc("status", str(ref), "--wait", "120", "--cvmfs-repo", cvmfs.repository, env=env, cwd=tmp_path)
+        assert status.returncode == 0, status.stdout + serve.log()[-3000:]
+        assert f"in revision {cvmfs.revision()} of {cvmfs.repository}" in status.stdout
+        assert (cvmfs.client / layout.tag_link(ref) / "usr" / "app").read_bytes() == b"v1"
+    finally:
+        serve.stop()
