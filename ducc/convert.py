@@ -10,7 +10,9 @@ Order of work, and what each step promises:
              a staging directory. Hardlinks to lower layers are resolved base
              first. Layers are published as they complete the set.
 4. flatten   unless a flat root with this config digest exists: merge the
-             layers into a staged flat root, publish it.
+             layers into a staged flat root, publish it. Layers published by this
+             conversion are read where their publisher says (the staged copy, for
+             CVMFS), the others from the repository.
 5. publish   point the tag at the flat root, then write the record (last).
 6. thin      only if the request names a thin reference (DESIGN §7): build the
              thin image from the verified manifest and config, push it through
@@ -217,7 +219,7 @@ class Converter:
         image = fetch_image(self.client, ref, platform, tag_digest)
         tally = _Tally()
         with self.publisher.staging() as stage:
-            self._publish_layers(image, stage, tally, progress)
+            sources = self._publish_layers(image, stage, tally, progress)
             flat: Path | None = None
             flat_reused = self.publisher.has_flat(image.config.digest)
             if not flat_reused:
@@ -226,7 +228,8 @@ class Converter:
                 flat = stage / "flat"
                 flat.mkdir()
                 try:
-                    flatten([self.publisher.layer_source(d.digest) for d, _ in image.layers], flat)
+                    flatten([sources.get(d.digest) or self.publisher.layer_source(d.digest) for d, _ in image.layers],
+                            flat)
                     for hook in self.flat_hooks:
                         hook(flat, image.config)
                 except OSError as exc:
@@ -284,7 +287,10 @@ class Converter:
 
     # -- layers --------------------------------------------------------------------------
 
-    def _publish_layers(self, image: Image, stage: Path, result: _Tally, progress: Progress) -> None:
+    def _publish_layers(self, image: Image, stage: Path, result: _Tally, progress: Progress) -> dict[Digest, Path]:
+        """Publish every layer of ``image`` not yet published; returns where the layers published here can
+        be read while ``stage`` lasts (the publisher's word: see ``Transaction.add_layer``)."""
+        sources: dict[Digest, Path] = {}
         missing: dict[Digest, tuple[Descriptor, Digest]] = {}
         for descriptor, diff_id in image.layers:
             if self.publisher.has_layer(descriptor.digest):
@@ -292,7 +298,7 @@ class Converter:
             elif descriptor.digest not in missing:
                 missing[descriptor.digest] = (descriptor, diff_id)
         if not missing:
-            return
+            return sources
         progress.stage(image.reference, "fetching", f"{len(missing)} of {len(image.layers)} layers")
         reports: dict[Digest, LayerReport] = {}
         with ThreadPoolExecutor(max_workers=min(self.parallel_layers, len(missing))) as pool:
@@ -303,10 +309,12 @@ class Converter:
             errors = []
             for digest, future in futures.items():
                 try:
-                    report, fetched = future.result()
+                    report, fetched, source = future.result()
                 except BaseException as exc:  # collected so every worker finishes before staging is removed
                     errors.append(exc)
                     continue
+                if source is not None:
+                    sources[digest] = source
                 result.bytes_fetched += fetched
                 if report is None:
                     result.layers_reused += 1
@@ -324,13 +332,15 @@ class Converter:
             report = reports.get(descriptor.digest)
             if report is not None and report.pending and not self.publisher.has_layer(descriptor.digest):
                 resolve_lower_links(stage / descriptor.digest.hex / "layerfs", report.pending, lowers)
-                self._commit_layer(image.reference, descriptor.digest, stage, report)
-            lowers.append(self.publisher.layer_source(descriptor.digest))
+                sources[descriptor.digest] = self._commit_layer(image.reference, descriptor.digest, stage, report)
+            lowers.append(sources.get(descriptor.digest) or self.publisher.layer_source(descriptor.digest))
+        return sources
 
     def _obtain_layer(
         self, ref: Reference, descriptor: Descriptor, diff_id: Digest, stage: Path, progress: Progress
-    ) -> tuple[LayerReport | None, int]:
-        """Unpack one layer unless another conversion publishes it first (None: reused).
+    ) -> tuple[LayerReport | None, int, Path | None]:
+        """Unpack one layer unless another conversion publishes it first (None: reused); with where it
+        can be read if it was published here.
 
         The layer lock makes concurrent conversions that share a layer fetch it once: the
         second waits, then finds it published. A layer whose hardlinks reach into lower
@@ -339,13 +349,12 @@ class Converter:
         digest = descriptor.digest
         with self.layer_lock(digest):
             if self.publisher.has_layer(digest):
-                return None, 0
+                return None, 0, None
             report, fetched = self._unpack(ref, descriptor, diff_id, stage, progress)
-            if not report.pending:
-                self._commit_layer(ref, digest, stage, report)
-            return report, fetched
+            source = None if report.pending else self._commit_layer(ref, digest, stage, report)
+            return report, fetched, source
 
-    def _commit_layer(self, ref: Reference, digest: Digest, stage: Path, report: LayerReport) -> None:
+    def _commit_layer(self, ref: Reference, digest: Digest, stage: Path, report: LayerReport) -> Path:
         if report.skipped:
             shown = ", ".join(report.skipped[:6]) + (", ..." if len(report.skipped) > 6 else "")
             log.warning(
@@ -353,7 +362,7 @@ class Converter:
                 ref, digest.short, len(report.skipped), shown,
             )
         with self.publisher.transaction() as txn:
-            txn.add_layer(digest, stage / digest.hex)
+            return txn.add_layer(digest, stage / digest.hex)
 
     def _unpack(
         self, ref: Reference, descriptor: Descriptor, diff_id: Digest, stage: Path, progress: Progress

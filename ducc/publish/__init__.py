@@ -93,8 +93,12 @@ class Transaction(Protocol):
 
     revision: int | None
 
-    def add_layer(self, digest: Digest, staged: Path) -> None:
-        """Publish ``staged`` (a directory holding ``layerfs``) unless the layer is already there."""
+    def add_layer(self, digest: Digest, staged: Path) -> Path:
+        """Publish ``staged`` (a directory holding ``layerfs``) unless the layer is already there.
+
+        Returns where the layer's ``layerfs`` can be read while the staging directory lasts (to flatten
+        it): the published one, or the staged copy just published where reading the repository back
+        is slow (CVMFS, whose files come back through its client)."""
 
     def add_flat(self, config_digest: Digest, staged: Path) -> None:
         """Publish ``staged`` as the flat root unless one with this config digest is there."""

@@ -110,11 +110,12 @@ class CvmfsTransaction:
         self.revision: int | None = None  # set by the publisher once the transaction is committed
         self._small: list[tuple[list[PurePosixPath], Callable[[Path], None]]] = []  # (paths it writes, change)
 
-    def add_layer(self, digest: Digest, staged: Path) -> None:
+    def add_layer(self, digest: Digest, staged: Path) -> Path:
         if self.publisher.has_layer(digest):
-            return
-        self.publisher.ingest_tree(layout.LAYERS, digest, staged)
+            return self.publisher.layer_source(digest)
+        ingested = self.publisher.ingest_tree(layout.LAYERS, digest, staged)
         log.info("published layer %s in %s", digest.short, self.publisher.name)
+        return ingested / layout.LAYERFS
 
     def add_flat(self, config_digest: Digest, staged: Path) -> None:
         if self.publisher.has_flat(config_digest):
@@ -230,8 +231,9 @@ class CvmfsPublisher(CvmfsView):
         rel = "" if str(relative) == "." else str(relative)
         return "/".join(p for p in (self.subdir, rel) if p)
 
-    def ingest_tree(self, top: PurePosixPath, digest: Digest, staged: Path) -> None:
-        """Ingest ``staged`` as ``<top>/xx/<hex>``, a nested catalog (as is its shard) — one revision."""
+    def ingest_tree(self, top: PurePosixPath, digest: Digest, staged: Path) -> Path:
+        """Ingest ``staged`` as ``<top>/xx/<hex>``, a nested catalog (as is its shard) — one revision.
+        Returns where the staged tree is now (moved, within the staging directory)."""
         shard = staged.parent / f"ingest-{digest.hex}"
         (shard / digest.prefix).mkdir(parents=True)
         for catalog in (shard / digest.prefix / layout.CATALOG, staged / layout.CATALOG):
@@ -248,6 +250,7 @@ class CvmfsPublisher(CvmfsView):
             write_tree(tree, out)
 
         self._retry_busy(lambda: self.server.ingest(stream, self._path(base), catalog=True))
+        return shard / digest.prefix / digest.hex
 
     def small_changes(self, paths: list[PurePosixPath], changes: list[Callable[[Path], None]]) -> None:
         """Apply ``changes`` (each writes under the repository root) in one transaction … publish.

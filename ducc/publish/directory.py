@@ -65,11 +65,12 @@ class DirectoryTransaction:
 
     # Each layer and flat root is a nested CVMFS catalog, as are the shards above them: the markers
     # cost nothing in a plain tree and let the same tree be ingested into CVMFS as it is.
-    def add_layer(self, digest: Digest, staged: Path) -> None:
+    def add_layer(self, digest: Digest, staged: Path) -> Path:
         self._markers(layout.LAYERS / layout.CATALOG, layout.LAYERS / digest.prefix / layout.CATALOG)
         (staged / layout.CATALOG).touch(mode=0o644)
         if self._rename_into_place(staged, self.root / layout.layer_dir(digest)):
             log.info("published layer %s", digest.short)
+        return self.root / layout.layerfs(digest)
 
     def add_flat(self, config_digest: Digest, staged: Path) -> None:
         self._markers(layout.FLAT / layout.CATALOG, layout.FLAT / config_digest.prefix / layout.CATALOG)
