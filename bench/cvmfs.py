@@ -115,6 +115,8 @@ def through_reader(image: str, work: Path) -> Run:
            "BENCH_READER_LOG": str(log)}
     wall, rss = run([*DUCC, "convert", image, "--cvmfs-repo", REPOSITORY], env, work)
     ingests = [line.split() for line in log.read_text().splitlines()]
+    print(f"  ingests (layers, then the flat root): {[round(float(end) - float(start), 1) for _, start, end in ingests]}",
+          flush=True)
     return Run(wall, rss, sum(float(end) - float(start) for _, start, end in ingests), len(ingests), len(ingests))
 
 
