@@ -33,6 +33,7 @@ from tests.support.images import (
     ImageSpec,
     Layer,
     Opaque,
+    Raw,
     Symlink,
     Whiteout,
     push_image,
@@ -280,7 +281,15 @@ def test_the_real_debian_images_give_the_same_trees_through_both_publishers(cvmf
 # -- hostile layers -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("layers", list(HOSTILE.values()), ids=list(HOSTILE))
+CVMFS_HOSTILE = {
+    **HOSTILE,
+    "malformed_whiteout": [Layer([File("ok", b"fine"), Dir("d"), Raw("d/.wh.", content=b"")])],
+    # a plain tree takes it; cvmfs_server ingest would crash on a catalog marker that is not a file
+    "catalog_marker_that_is_a_symlink": [Layer([File("ok", b"fine"), Symlink(".cvmfscatalog", "ok")])],
+}
+
+
+@pytest.mark.parametrize("layers", list(CVMFS_HOSTILE.values()), ids=list(CVMFS_HOSTILE))
 def test_a_hostile_layer_publishes_nothing(cvmfs, client, unique_ref, converter_into, layers, tmp_path):
     """Through the stand-in, whose ingest (like the real one) would drop ``..`` entries silently and put
     absolute names under the base dir: ducc refuses the layer before anything of it reaches ingest."""
