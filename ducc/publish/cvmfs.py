@@ -5,13 +5,18 @@ and so are the promises (``ducc.publish``); only how a change becomes visible di
 
 - a layer or a flat root is one ``cvmfs_server ingest --catalog -t - -b <base>``: the staged tree
   streamed as a plain tar (``ducc.publish.tarstream.write_tree``: canonical names only, hardlinks
-  only within one directory, the end of the archive written last), a new revision once the whole
-  stream was read. The base is the shard (``.layers/xx``) once ``.layers`` exists, so that on a
-  gateway writers of different shards publish at once; the first ingest into a fresh repository
-  uses ``.layers`` itself and also makes it a nested catalog;
+  only within one directory, the end of the archive written last) through the guard of
+  ``ducc.publish.ingest_guard`` (a stream ducc did not finish is poisoned, whatever stopped ducc),
+  a new revision once the whole stream was read. The base is the shard (``.layers/xx``) once
+  ``.layers`` exists, so that on a gateway writers of different shards publish at once (a lease's
+  parent must exist); the first ingest into a fresh repository uses ``.layers`` itself and also
+  makes it a nested catalog. The staged copy of a layer stays readable until staging ends, so the
+  flat root is built from it rather than read back through ``/cvmfs``;
 - tag links and records (the small changes) are collected while ``transaction()`` is held and
   written at its end in one ``transaction`` … ``publish``, the record last: an image counts as
   converted only once its record is in a published revision. If the body fails, none are written.
+  A tag published for a second platform gets the variant link of ``ducc.layout`` in the same
+  transaction (``tag_links``). The transaction then carries the revision, read while still held.
 
 Costs, in publishing calls: a new image = its new layers + 1 (flat) + 1 (tag and record); a tag
 that moved onto a published flat = 1; an unchanged tag = 0 (the converter stops before writing).
@@ -20,7 +25,9 @@ Any failure of a command aborts the transaction where one is open, and the comma
 in the error. One writer per repository: the repository lease (Redis, in the service) and an flock
 among this host's writers. A writer that died with a transaction open leaves it to the next, which
 aborts it before starting: holding the lease, the open transaction can only be a dead writer's.
-On a gateway (``gateway=True``) every publisher node has its own transaction: the lease is then
+Until then ``/cvmfs/<repo>`` is writable and shows that transaction's unpublished changes, so the
+reads that decide what to write (``read_record``, ``has_layer``, ``has_flat``) first settle a
+writable mount the same way. On a gateway (``gateway=True``) every publisher node has its own transaction: the lease is then
 per node, and a busy sub-path (another node's lease) is retried until ``busy_timeout``.
 """
 
