@@ -240,3 +240,34 @@ def test_serve_with_cvmfs_repo_publishes_submitted_images_there(client, unique_r
         assert (cvmfs.client / layout.tag_link(ref) / "usr" / "app").read_bytes() == b"v1"
     finally:
         serve.stop()
+
+
+def test_a_worker_killed_mid_ingest_publishes_nothing_and_the_requeued_job_completes(
+        client, unique_ref, redis_server, cvmfs, workers, tmp_path):
+    """Through the stand-in: the whole worker (Celery main process and pool) is SIGKILLed while a layer
+    streams into ingest. The guard, in a session of its own, poisons the stream: nothing is published
+    and no transaction stays open. A new worker requeues the job once its lease lapses, and publishes
+    the whole image."""
+    files = 10_000  # empty files, one tar block each: the stream can only be cut between two entries
+    ref = unique_ref()
+    push_image(client, ref, ImageSpec(layers=[Layer([Dir("many")] + [File(f"many/f{i:05}") for i in range(files)])]))
+    first = workers("w1", DUCC_JOB_LEASE="4")
+    job_id, jobs, _ = submit(redis_server, tmp_path, cvmfs, ref)
+    wait_until(lambda: [c for c in cvmfs.calls("ingest") if c.rc is None], "no ingest started", interval=0.05)
+    time.sleep(0.3)  # inside the stream: the stand-in takes seconds to write 10,000 files
+    first.kill_group()
+    ended = wait_until(lambda: [c for c in cvmfs.calls("ingest") if c.rc is not None], "the ingest never ended")
+    published = list((cvmfs.client / layout.LAYERS).glob("*/*/layerfs/many/*"))
+    assert len(published) in (0, files), f"a partial layer was published: {len(published)} of {files} files"
+    assert ended[0].rc != 0 and not published, "the ingest finished: the worker was killed too late to test anything"
+    assert not cvmfs.in_transaction()
+
+    wait_until(lambda: not jobs.lease_alive(job_id), "the killed worker's job lease never lapsed", timeout=60)
+    workers("w2", DUCC_JOB_LEASE="4")
+    job = wait_until(lambda: (j := jobs.get(job_id)) is not None and j.finished and j, "the job never finished")
+    assert job.state == "published", job.events
+    assert any("requeued" in e["detail"] for e in job.events)
+    [layer] = list((cvmfs.client / layout.LAYERS).glob("*/*/layerfs"))
+    assert len(list((layer / "many").iterdir())) == files
+    assert len(list((cvmfs.client / layout.tag_link(ref) / "many").iterdir())) == files
+    assert not cvmfs.in_transaction()
