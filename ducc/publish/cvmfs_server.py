@@ -5,7 +5,8 @@ command, its exit code and its own words (stderr, or stdout where the real scrip
 refusal there, e.g. publish's "Repository … is not in a transaction"). Nothing is retried here:
 the caller decides, from ``error.temporary``. Commands run with the current directory outside
 the mount (``publish`` and ``ingest`` refuse to run from inside it) and with stdin closed, so no
-confirmation prompt can ever wait for an answer.
+confirmation prompt can ever wait for an answer; ``ingest`` reads the tar stream, through the guard
+of ``ducc.publish.ingest_guard``.
 
 Paths handed to the command (base dir, delete paths, lease sub-paths) are relative to the
 repository root and must survive the real script, which expands them unquoted: whitespace and
