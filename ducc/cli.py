@@ -270,9 +270,11 @@ def _when(ts: float) -> str:
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     queue = Services(settings).queue
     platform = _platform(args, settings)
+    thin_of: dict[Reference, Reference] = {}
     for text in args.images:
         ref = Reference.parse(text)
-        submission = queue.submit(ConversionRequest(ref, platform), "cli")
+        thin = _thin_target(args.thin, ref, thin_of)
+        submission = queue.submit(ConversionRequest(ref, platform, thin=thin), "cli")
         note = f" (coalesced into {submission.into})" if submission.into else ""
         print(f"{ref} ({platform}): job {submission.job_id}{note}", file=sys.stderr)
         print(submission.job_id)
@@ -437,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="queue conversions; prints one job id per image")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--platform", type=_platform_arg)
+    p.add_argument("--thin", metavar="OUTPUT_REF", help="also push a thin image there, as with convert --thin")
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("status", help="the timeline of a job (by id) or of an image's latest job",

@@ -44,6 +44,7 @@ from ducc.cache import BlobCache, CacheWriter
 from ducc.errors import (
     DuccError,
     InvalidManifest,
+    InvalidReference,
     LocalStorageError,
     NoMatchingPlatform,
     RegistryUnavailable,
@@ -272,8 +273,11 @@ class Converter:
             thin = build_thin_image(ref, image.manifest, image.config, self.publisher.name)
         except ValueError as exc:
             raise ThinImageNotPushed(f"cannot name the layers of {ref} in thin.json: {exc}") from exc
+        # A thin image pushed earlier under another name (the output_format changed) holds the same blobs:
+        # the registry can mount them from there instead of receiving them again.
+        mount_from = _earlier_thin(record, target)
         try:
-            pushed = push_thin_image(self.thin_client(target, request.thin_user), target, thin)
+            pushed = push_thin_image(self.thin_client(target, request.thin_user), target, thin, mount_from=mount_from)
         except DuccError as exc:
             raise ThinImageNotPushed.because(exc) from exc
         with self.publisher.transaction() as txn:  # a failure here is the publisher's: retried like any other
@@ -437,6 +441,15 @@ class Converter:
             image.reference, image.platform, image.tag_digest, image.manifest, image.config,
             converted_at=datetime.now(UTC).isoformat(timespec="seconds"), converted_by=f"ducc {__version__}",
         )
+
+
+def _earlier_thin(record: Record, target: Reference) -> Reference | None:
+    """The thin image ``record`` names, if it was pushed somewhere other than ``target``."""
+    try:
+        earlier = Reference.parse(record.thin_reference) if record.thin_reference else None
+    except InvalidReference:
+        return None
+    return earlier if earlier is not None and earlier != target else None
 
 
 def _has_thin(record: Record, target: Reference) -> bool:

@@ -38,7 +38,7 @@ def submit_conversion() -> Any:
     if not decision.allowed:
         count(API, "ignored")
         return jsonify({"error": f"{ref} is not allowed: {decision.why}"}), 403
-    accepted = submit(API, ref, platforms or decision.platforms, None)
+    accepted = submit(API, ref, decision, None, platforms)
     first = accepted[0]
     return jsonify({"id": first["job"], "image": str(ref), "platform": first["platform"],
                     "coalesced_into": first.get("coalesced_into"), "jobs": accepted,

@@ -21,12 +21,11 @@ from flask import current_app, request
 
 from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
-from ducc.model.request import ConversionRequest
 from ducc.service.metrics import record_request
 from ducc.service.queue import QueueUnavailable
 from ducc.services import Services
 from ducc.settings import Settings
-from webhooks.policy import Policy
+from webhooks.policy import Decision, Policy
 from webhooks.security import Tokens, presented_token
 
 log = logging.getLogger("ducc.web")
@@ -103,15 +102,18 @@ def body(source: str, content_types: frozenset[str]) -> Any:
         raise BadRequest(400, f"malformed JSON: {exc}") from exc
 
 
-def submit(source: str, ref: Reference, platforms: tuple[Platform, ...], event_id: str | None) -> list[dict[str, Any]]:
-    """Queue ``ref`` (the queue counts the outcome); a redelivered event reports the job it created first."""
+def submit(
+    source: str, ref: Reference, decision: Decision, event_id: str | None, platforms: tuple[Platform, ...] = ()
+) -> list[dict[str, Any]]:
+    """Queue ``ref`` as the policy's ``decision`` says (its platforms unless ``platforms`` are given, its
+    thin image); the queue counts the outcome; a redelivered event reports the job it created first."""
     context = web()
     try:
         out = []
-        for platform in platforms or (context.settings.platform,):
+        for platform in platforms or decision.platforms or (context.settings.platform,):
             # one event may stand for several platforms: each gets its own delivery key
             key = f"{event_id}|{platform}" if event_id else None
-            sub = context.services.queue.submit(ConversionRequest(ref, platform), source, key)
+            sub = context.services.queue.submit(decision.request(ref, platform), source, key)
             entry: dict[str, Any] = {"image": str(ref), "platform": str(platform), "job": sub.job_id}
             if sub.outcome == "duplicate":
                 entry["duplicate_delivery"] = True

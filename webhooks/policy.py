@@ -18,7 +18,8 @@ from pathlib import Path
 from ducc.errors import WishlistError
 from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
-from ducc.wishlist import Wishlist, load
+from ducc.model.request import ConversionRequest
+from ducc.wishlist import Wish, Wishlist, load
 
 log = logging.getLogger(__name__)
 
@@ -51,21 +52,31 @@ class Policy:
         return self._wishlist
 
     def decide(self, ref: Reference) -> Decision:
-        """Whether ``ref`` may be converted, why, and for which platforms (a wishlist entry may name them)."""
+        """Whether ``ref`` may be converted, why, and how: a wishlist entry that names it gives its
+        platforms and its thin image (the wishlist's ``output_format``), whichever rule allowed it, so a
+        webhook converts an image exactly as the nightly sync would."""
+        wishes = self._wishes()
+        wish = self._wish_for(ref, wishes)
         full, name = str(ref), ref.name
         for pattern in self.allow:
             if fnmatch.fnmatchcase(full, pattern) or fnmatch.fnmatchcase(name, pattern):
+                if wish is not None:
+                    return Decision(True, f"DUCC_ALLOW {pattern}", wish.platforms, wishes)
                 return Decision(True, f"DUCC_ALLOW {pattern}")
-        wishes = self._wishes()
-        if wishes is not None:
-            for wish in wishes.wishes:
-                if (wish.registry, wish.repository) != (ref.registry, ref.repository):
-                    continue
-                if (ref.tag is not None and wish.matches(ref.tag)) or (
-                    ref.digest is not None and wish.digest == str(ref.digest)
-                ):
-                    return Decision(True, f"wishlist entry {wish.text}", wish.platforms)
+        if wish is not None:
+            return Decision(True, f"wishlist entry {wish.text}", wish.platforms, wishes)
         return Decision(False, "matches neither DUCC_ALLOW nor the wishlist")
+
+    @staticmethod
+    def _wish_for(ref: Reference, wishes: Wishlist | None) -> Wish | None:
+        for wish in wishes.wishes if wishes is not None else ():
+            if (wish.registry, wish.repository) != (ref.registry, ref.repository):
+                continue
+            if (ref.tag is not None and wish.matches(ref.tag)) or (
+                ref.digest is not None and wish.digest == str(ref.digest)
+            ):
+                return wish
+        return None
 
 
 @dataclass(frozen=True)
@@ -73,3 +84,10 @@ class Decision:
     allowed: bool
     why: str
     platforms: tuple[Platform, ...] = ()
+    wishlist: Wishlist | None = None  # the wishlist that names the image, if one does
+
+    def request(self, ref: Reference, platform: Platform) -> ConversionRequest:
+        """The conversion to queue for ``ref`` on ``platform``: with the wishlist's thin image, if it names one."""
+        if self.wishlist is not None:
+            return self.wishlist.request(ref, platform)
+        return ConversionRequest(ref, platform)

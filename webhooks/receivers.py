@@ -37,7 +37,7 @@ def receive(sender: Sender) -> Any:
         if not decision.allowed:
             ignored.append({"what": str(event.reference), "reason": f"not allowed: {decision.why}"})
             continue
-        accepted.extend(submit(sender.name, event.reference, decision.platforms, event.event_id))
+        accepted.extend(submit(sender.name, event.reference, decision, event.event_id))
     if ignored:
         count(sender.name, "ignored", len(ignored))
     log.info("%s webhook: %d accepted%s, %d ignored%s", sender.name, len(accepted),
