@@ -196,3 +196,23 @@ def test_a_thin_image_pushed_under_a_new_name_mounts_its_blobs_from_the_earlier_
         == str(thin_line(done.stdout).digest)
     info = json.loads(ducc("inspect", str(source), root=root).stdout)
     assert info["thin_reference"] == str(renamed)
+
+
+def test_a_thin_image_is_pushed_with_credentials_from_a_docker_config(client, unique_ref, auth_registry, root, tmp_path):
+    """No DUCC_OUTPUT_REGISTRY_* settings: the account in Docker's config.json for the thin image's registry
+    pushes it (the password never shows in the output)."""
+    import base64
+
+    source = unique_ref()
+    push_image(client, source, SOURCE)
+    docker = tmp_path / "docker"
+    docker.mkdir()
+    (docker / "config.json").write_text(json.dumps(
+        {"auths": {auth_registry.host: {"auth": base64.b64encode(b"ducc:s3cr3t-pw").decode()}}}))
+    target = Reference(auth_registry.host, "thin/" + source.repository.rsplit("/", 1)[1], "v1")
+    done = ducc("convert", str(source), "--thin", str(target), root=root,
+                env={"DUCC_REPOSITORY": REPO, "DOCKER_CONFIG": str(docker)})
+    assert done.returncode == 0, done.stderr
+    assert "s3cr3t-pw" not in done.stderr + done.stdout
+    seen = skopeo("inspect", "--tls-verify=false", "--creds", "ducc:s3cr3t-pw", f"docker://{target}")
+    assert seen["Digest"] == str(thin_line(done.stdout).digest)
