@@ -341,12 +341,29 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from ducc.service import keys
     from ducc.service.tasks import register
 
+    if args.ping:
+        return _ping_worker(args, settings)
     services = Services(settings, shared_locks=True)
     app = register(services.celery(), services)
     concurrency = args.concurrency or settings.worker_concurrency
     app.worker_main(["worker", f"--loglevel={settings.log_level}", f"--concurrency={concurrency}",
                      "-Q", keys.CELERY_QUEUE, "--without-gossip", "--without-mingle", "-n", args.name])
     return 0
+
+
+def _ping_worker(args: argparse.Namespace, settings: Settings) -> int:
+    """Celery's own ping of the worker node ``--name`` (a liveness probe): its main process answers
+    over the broker even while every slot converts."""
+    from celery.utils.nodenames import host_format
+
+    name = host_format(args.name)
+    app = Services(settings).celery()
+    replies = app.control.ping(destination=[name], timeout=args.timeout)
+    if any(name in reply for reply in replies or []):
+        print(f"{name}: pong")
+        return 0
+    print(f"ducc: worker {name} did not answer a ping within {args.timeout:g}s", file=sys.stderr)
+    return 1
 
 
 def cmd_beat(args: argparse.Namespace, settings: Settings) -> int:
@@ -454,6 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run a conversion worker (production; needs DUCC_REDIS_URL)")
     p.add_argument("--concurrency", type=int, help="conversions at once (default $DUCC_WORKER_CONCURRENCY)")
     p.add_argument("--name", default="ducc@%h", help="worker node name")
+    p.add_argument("--ping", action="store_true", help="do not run a worker: ask the running worker --name "
+                   "to answer Celery's ping (a liveness probe); exit 0 if it does, 1 if not")
+    p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="how long --ping waits")
     with_cvmfs(p)
     p.set_defaults(func=cmd_worker)
 

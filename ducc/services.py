@@ -79,9 +79,15 @@ class Services:
             return self.settings.embedded_redis_url
         raise ValueError(f"DUCC_REDIS_URL is not set and no ducc serve runs here (no {self.settings.embedded_redis_socket})")
 
+    @property
+    def redis_password(self) -> str | None:
+        """``DUCC_REDIS_PASSWORD`` for the Redis at ``DUCC_REDIS_URL``; the embedded Redis of ``ducc serve``
+        needs none (its socket is private to its user)."""
+        return self.settings.redis_password if self.settings.redis_url else None
+
     @cached_property
     def redis(self) -> redis.Redis:
-        return build_redis(self.redis_url)
+        return build_redis(self.redis_url, self.redis_password)
 
     @cached_property
     def jobs(self) -> JobStore:
@@ -199,4 +205,4 @@ class Services:
         """The Celery app (a new one each call: a worker registers its tasks on its own)."""
         from ducc.service.broker import create_celery
 
-        return create_celery(self.settings, self.redis_url)
+        return create_celery(self.settings, self.redis_url, self.redis_password)

@@ -105,6 +105,9 @@ def serve(settings: Settings, *, root: Path, wishlist: Path | None, web: bool = 
         redis_child, url = start_redis(settings)
         children.append(redis_child)
         env["DUCC_REDIS_URL"] = url
+        # The embedded Redis has no password (its socket is private to this user): none is sent to it.
+        for name in ("DUCC_REDIS_PASSWORD", "DUCC_REDIS_PASSWORD_FILE"):
+            env.pop(name, None)
         log.info("embedded Redis at %s (data in %s)", url, settings.embedded_redis_dir)
     ducc = [sys.executable, "-m", "ducc"]
     services = [Child("worker", [*ducc, "worker"], env), Child("beat", [*ducc, "beat"], env)]

@@ -397,3 +397,35 @@ def test_a_repository_named_in_the_settings_keeps_that_name(redis_server, root):
     with publisher.transaction():
         pass
     assert publisher.name == "unpacked.example.org" and not (root / layout.REPOSITORY_NAME).exists()
+
+
+def test_a_redis_password_from_a_file_serves_every_process_and_no_output_shows_it(client, unique_ref, service, root, tmp_path):
+    """Worker, submit, status and jobs all authenticate with ``DUCC_REDIS_PASSWORD_FILE``; the password is
+    in no process's arguments or environment and in no output, Celery's banner included."""
+    password = "Svc0Redis0Password0xyz"
+    server = start_redis(tmp_path / "redis-pw", password=password)
+    try:
+        secret = tmp_path / "redis-password"
+        secret.write_text(password + "\n")
+        ref = unique_ref()
+        push_image(client, ref, ImageSpec(layers=[Layer([File("app", b"with a password")])]))
+        env = service_env(root, server.url, tmp_path / "state", DUCC_REDIS_PASSWORD_FILE=str(secret))
+        worker = DuccProcess(["worker", "--name", "pw@%h"], env, tmp_path / "pw-worker.log").start()
+        try:
+            worker.wait_for_log("ready.")
+            assert password.encode() not in Path(f"/proc/{worker.process.pid}/cmdline").read_bytes()
+            assert password.encode() not in Path(f"/proc/{worker.process.pid}/environ").read_bytes()
+            submitted = ducc_cli("submit", str(ref), env=env)
+            assert submitted.returncode == 0, submitted.stderr
+            status = ducc_cli("status", str(ref), "--wait", "120", env=env)
+            assert status.returncode == 0 and "PUBLISHED" in status.stdout, status.stdout + status.stderr
+            listed = ducc_cli("jobs", env=env)
+            assert listed.returncode == 0 and str(ref) in listed.stdout
+            outputs = [submitted.stdout, submitted.stderr, status.stdout, status.stderr, listed.stdout, listed.stderr,
+                       worker.log()]
+            assert server.url.split("//")[1] in worker.log()  # the banner names the broker, without the password
+            assert not any(password in output for output in outputs)
+        finally:
+            worker.stop()
+    finally:
+        server.stop()
