@@ -80,7 +80,7 @@ def test_probes_by_role_redis_is_readiness_only_for_web_and_the_worker_pings_its
     rendered = objects(helm, "secrets.webhookToken=x")
     web = container(rendered[("Deployment", "t-ducc-web")])
     assert web["readinessProbe"]["httpGet"]["path"] == "/healthz"  # checks Redis: no traffic without it
-    assert "tcpSocket" in web["livenessProbe"], "web liveness must not depend on Redis"
+    assert web["livenessProbe"]["httpGet"]["path"] == "/livez", "web liveness must not depend on Redis"
     worker = container(rendered[("Deployment", "t-ducc-worker")])
     assert worker["args"][0] == "worker" and worker["args"][-2:] == ["--name", "ducc@$(POD_NAME)"]
     pod_name = next(e for e in worker["env"] if e["name"] == "POD_NAME")

@@ -1,4 +1,13 @@
-"""Pages for people and monitors: the status page, ``/healthz`` and Prometheus ``/metrics``. No token needed."""
+"""Pages for people and monitors: the status page, ``/livez``, ``/healthz`` and Prometheus ``/metrics``.
+No token needed.
+
+- ``/livez`` (liveness): the process answers; it touches nothing behind it, so an outage of Redis
+  never restarts the web app.
+- ``/healthz`` (readiness): 200 while Redis answers; 503 saying what is down otherwise (the app
+  cannot record a request without it).
+- ``/``: recent jobs and published images; while Redis is down, a 503 page that says so (what
+  is published is in the repository and unaffected).
+"""
 
 from __future__ import annotations
 
@@ -16,13 +25,18 @@ from webhooks.http import web
 pages = Blueprint("pages", __name__)
 
 
+@pages.get("/livez")
+def livez() -> Any:
+    return jsonify({"status": "alive"})
+
+
 @pages.get("/healthz")
 def healthz() -> Any:
     try:
         web().services.redis.ping()
     except redis.RedisError as exc:
-        return jsonify({"status": "unhealthy", "redis": str(exc)}), 503
-    return jsonify({"status": "ok"})
+        return jsonify({"status": "unhealthy", "down": ["redis"], "redis": f"unreachable: {exc}"}), 503
+    return jsonify({"status": "ok", "redis": "ok"})
 
 
 @pages.get("/metrics")
@@ -38,10 +52,14 @@ def prometheus() -> Any:
 @pages.get("/")
 def status_page() -> Any:
     context = web()
-    recent = context.services.jobs.recent_jobs(100)
+    root = str(context.services.view.location)
+    try:
+        recent = context.services.jobs.recent_jobs(100)
+    except redis.RedisError as exc:
+        return render_template_string(DOWN_PAGE, root=root, reason=str(exc)), 503, {"Retry-After": "10"}
     published = [j for j in recent if j.state == "published" and not j.coalesced_into]
     return render_template_string(STATUS_PAGE, jobs=recent[:50], published=published[:30], now=time.time(),
-                                  root=str(context.services.view.location), when=_when)
+                                  root=root, when=_when)
 
 
 def _when(ts: float) -> str:
@@ -79,5 +97,18 @@ JSON at <code>/api/v1/conversions/&lt;id&gt;</code> and <code>/api/v1/images?ref
  <td>{{ when(j.updated_at) }}</td>
 </tr>{% else %}<tr><td colspan="5">nothing published yet</td></tr>{% endfor %}
 </table>
+</body></html>
+"""
+
+DOWN_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>ducc: Redis unreachable</title>
+<meta http-equiv="refresh" content="10">
+<style>body{font-family:system-ui,sans-serif;margin:2em;color:#222} .down{color:#b00020} code{font-size:95%}</style>
+</head><body>
+<h1>ducc</h1>
+<p class="down"><strong>Redis is unreachable</strong>: {{ reason }}</p>
+<p>Redis holds the queue and the job timelines, so no request can be accepted and no job shown until it is
+back; nothing accepted earlier is lost, and the images already published under <code>{{ root }}</code> are
+unaffected. <code>/healthz</code> says the same to monitors. This page refreshes every 10 s.</p>
 </body></html>
 """
