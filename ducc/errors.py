@@ -24,9 +24,12 @@ Callers decide what to do from attributes, never from message text:
     ├── UnsupportedLayer          a media type or compression ducc cannot apply
     ├── LocalStorageError         the local filesystem refused a write (see ``storage_error``)
     │   └── StorageFull           no space or quota left (temporary)
-    ├── WishlistError             a wishlist that does not validate
+    ├── WishlistError             a wishlist that does not validate (or cannot be read)
     ├── ThinImageNotPushed        the image is published, its thin image is not (temporary as its cause)
+    ├── ServiceUnavailable        Redis (queue, job status) cannot be reached (temporary)
+    ├── StateDirectoryInUse       another ``ducc serve`` runs with the same state directory
     └── PublishError              the publisher could not make the image visible
+        ├── RepositoryUnusable    a repository root that cannot be created or written
         └── CvmfsError            a cvmfs_server command failed (its command, exit code, stderr)
 """
 
@@ -108,6 +111,20 @@ class WishlistError(DuccError, ValueError):
 
 class PublishError(DuccError):
     pass
+
+
+class RepositoryUnusable(PublishError):
+    """The repository root cannot be created, is not a directory, or cannot be written."""
+
+
+class ServiceUnavailable(DuccError):
+    """A service ducc needs (Redis: the queue, locks and job status) cannot be reached."""
+
+    temporary = True
+
+
+class StateDirectoryInUse(DuccError):
+    """Another ``ducc serve`` holds the state directory (its embedded Redis, its schedule)."""
 
 
 class ThinImageNotPushed(DuccError):

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import redis
 
-from ducc.errors import PublishError
+from ducc.errors import PublishError, ServiceUnavailable
 from ducc.progress import LogProgress, Progress
 from ducc.publish import Publisher, RepositoryView
 from ducc.publish.cvmfs import CvmfsView, split_repository
@@ -77,7 +77,8 @@ class Services:
             return self.settings.redis_url
         if self.settings.embedded_redis_socket.exists():
             return self.settings.embedded_redis_url
-        raise ValueError(f"DUCC_REDIS_URL is not set and no ducc serve runs here (no {self.settings.embedded_redis_socket})")
+        raise ServiceUnavailable(f"DUCC_REDIS_URL is not set and no ducc serve runs here "
+                                 f"(no {self.settings.embedded_redis_socket})")
 
     @property
     def redis_password(self) -> str | None:

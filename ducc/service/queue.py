@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import redis
 
-from ducc.errors import DuccError
+from ducc.errors import ServiceUnavailable
 from ducc.model.request import ConversionRequest
 from ducc.service import keys
 from ducc.service.jobs import JobStore, new_job_id
@@ -113,10 +113,8 @@ return 0
 """
 
 
-class QueueUnavailable(DuccError):
+class QueueUnavailable(ServiceUnavailable):
     """The request could not be recorded; the sender should retry (HTTP 503)."""
-
-    temporary = True
 
 
 @dataclass(frozen=True)
@@ -149,7 +147,7 @@ class Queue:
                 self.jobs.ttl, WAITING_TTL, self.jobs.recent, EVENT_TTL,
             ])
         except redis.RedisError as exc:
-            raise QueueUnavailable(f"cannot record the request: {exc}") from exc
+            raise QueueUnavailable(f"cannot record the request: Redis unreachable: {exc}") from exc
         outcome, target = str(outcome), str(target)
         if outcome == "duplicate":
             log.info("%s event %s for %s delivered again: job %s", source, event_id, image, target)

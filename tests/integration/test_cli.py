@@ -88,7 +88,7 @@ def test_check_wishlist_rejects_an_invalid_file_with_the_entry_named(tmp_path, r
     wishlist = tmp_path / "bad.yaml"
     wishlist.write_text("version: 1\ninput:\n  - ok/image:1\n  - 'Bad Image'\n")
     done = ducc("check-wishlist", str(wishlist), "--no-expand", root=root)
-    assert done.returncode == 1 and "input #2" in done.stderr
+    assert done.returncode == 2 and "input #2" in done.stderr  # a wishlist that does not validate: a usage error
 
 
 def test_inspect_reports_config_layers_and_paths(client, unique_ref, root):
