@@ -156,3 +156,46 @@ def test_credentials_from_the_environment_and_a_password_file(auth_registry, aut
     elsewhere = {**env, "DUCC_REGISTRY_HOSTS": "other.example.org"}
     refused = ducc("convert", str(ref), root=tmp_path / "other", env=elsewhere)
     assert refused.returncode == 1  # the password is not offered to a host it was not given for
+
+
+def test_log_lines_are_never_glued_onto_the_terminal_progress_line(client, unique_ref, proxy, root):
+    """On a terminal (a real pty) ducc keeps one live progress line; a log line written meanwhile (a retry
+    of another layer here) starts on a line of its own, and the progress line comes back after it."""
+    import pty
+    import re
+    import select
+
+    from tests.support.proxy import via
+
+    ref = via(proxy, unique_ref())
+    built = push_image(client, ref, ImageSpec(layers=[Layer([File("slow", os.urandom(600_000))]),
+                                                      Layer([File("other", os.urandom(50_000))])]))
+    proxy.add("slow", f"/blobs/{built.layer_digests[0]}", keep_bytes=30_000)  # about 2 s of progress
+    proxy.add("status", f"/blobs/{built.layer_digests[1]}", times=3, status=503)  # retries logged meanwhile
+    master, terminal = pty.openpty()
+    env = {**os.environ, "DUCC_ROOT": str(root), "DUCC_CACHE_DIR": "off", "DUCC_RETRY_ATTEMPTS": "5"}
+    process = subprocess.Popen([sys.executable, "-m", "ducc", "convert", str(ref)], env=env, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=terminal)
+    os.close(terminal)
+    output = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], 120)
+        assert ready, "ducc convert did not finish"
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the terminal's other end is closed
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(master)
+    assert process.wait(60) == 0, output.decode(errors="replace")
+    text = output.decode(errors="replace")
+    logs = list(re.finditer(r"\d\d:\d\d:\d\d (INFO|WARNING|ERROR) ", text))
+    assert logs and "Traceback" not in text
+    for match in logs:
+        before = text[: match.start()]
+        assert before == "" or before.endswith(("\n", "\x1b[K")), f"log line glued onto {before[-80:]!r}"
+    retries = [m for m in logs if text[m.end():].startswith("blob ") and "retrying" in text[m.end():].split("\n")[0]]
+    shown = [m for m in retries if " MB" in text[: m.start()]]
+    assert shown, "no retry was logged while the progress line was shown: the test did not exercise it"
