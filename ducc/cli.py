@@ -212,17 +212,9 @@ def _summary(total: int, failures: list[tuple[str, str]]) -> int:
 
 
 def _load_wishlist(path: str | Path):  # type: ignore[no-untyped-def]
-    from ducc import wishlist
+    from ducc.sync import read_wishlist
 
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
-        raise WishlistError(f"cannot read wishlist {path}: {reason}") from exc
-    try:
-        return wishlist.load(text)
-    except WishlistError as exc:
-        raise WishlistError(f"wishlist {path}: {exc}") from exc
+    return read_wishlist(Path(path))
 
 
 def _wishlist_repository(settings: Settings, repo: str) -> Settings:
@@ -469,7 +461,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from ducc.service.embedded import serve
 
     return serve(settings, root=args.root or settings.root, wishlist=args.wishlist or settings.wishlist,
-                 web=not args.no_web)
+                 web=not args.no_web, initial_sync=not args.no_initial_sync)
 
 
 def _additions(raw: bytes | None) -> list[str]:
@@ -525,9 +517,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the whole service on this machine (Redis, worker, beat, web)",
                        description="Run everything in one command: an embedded Redis under DUCC_STATE_DIR unless "
-                       "DUCC_REDIS_URL is set, a worker, the scheduler (nightly wishlist sync) and the web app.")
+                       "DUCC_REDIS_URL is set, a worker, the scheduler (wishlist sync) and the web app. The "
+                       "wishlist is synced once at start, then on DUCC_SYNC_SCHEDULE. One ducc serve per state "
+                       "directory: a second one refuses to start (exit 69).")
     with_root(p)
-    p.add_argument("--wishlist", type=Path, help="wishlist to sync on DUCC_SYNC_SCHEDULE (default $DUCC_WISHLIST)")
+    p.add_argument("--wishlist", type=Path, help="wishlist to sync at start and on DUCC_SYNC_SCHEDULE "
+                   "(default $DUCC_WISHLIST); checked before anything starts")
+    p.add_argument("--no-initial-sync", action="store_true", help="do not sync the wishlist at start, "
+                   "only on DUCC_SYNC_SCHEDULE")
     p.add_argument("--no-web", action="store_true", help="do not run the web app")
     p.set_defaults(func=cmd_serve)
 

@@ -29,23 +29,29 @@ class Policy:
         self.wishlist_path = wishlist_path
         self._wishlist: Wishlist | None = None
         self._mtime: float | None = None
+        self.problem: str | None = None  # why the wishlist allows nothing (unreadable, invalid)
         if not self.allow and wishlist_path is None:
             log.warning("no DUCC_ALLOW and no wishlist: every conversion request will be refused by policy")
 
-    def _wishes(self) -> Wishlist | None:
-        """The wishlist, re-read when its file changes; an unreadable one allows nothing (and says so)."""
+    def wishlist(self) -> Wishlist | None:
+        """The wishlist, re-read when its file changes; an unreadable one allows nothing (and says so:
+        ``problem`` keeps why)."""
         if self.wishlist_path is None:
             return None
         try:
             mtime = os.stat(self.wishlist_path).st_mtime
         except OSError as exc:
-            log.error("policy: cannot read wishlist %s: %s", self.wishlist_path, exc)
+            self.problem = f"cannot read wishlist {self.wishlist_path}: {exc.strerror or exc}"
+            log.error("policy: %s", self.problem)
+            self._wishlist, self._mtime = None, None
             return None
         if mtime != self._mtime:
             try:
                 self._wishlist = load(self.wishlist_path.read_text(encoding="utf-8"))
-            except (OSError, WishlistError) as exc:
-                log.error("policy: wishlist %s is invalid, it allows nothing: %s", self.wishlist_path, exc)
+                self.problem = None
+            except (OSError, UnicodeDecodeError, WishlistError) as exc:
+                self.problem = f"wishlist {self.wishlist_path} is invalid: {exc}"
+                log.error("policy: %s; it allows nothing", self.problem)
                 self._wishlist = None
             self._mtime = mtime
         return self._wishlist
@@ -56,15 +62,13 @@ class Policy:
         for pattern in self.allow:
             if fnmatch.fnmatchcase(full, pattern) or fnmatch.fnmatchcase(name, pattern):
                 return Decision(True, f"DUCC_ALLOW {pattern}")
-        wishes = self._wishes()
+        wishes = self.wishlist()
         if wishes is not None:
             for wish in wishes.wishes:
-                if (wish.registry, wish.repository) != (ref.registry, ref.repository):
-                    continue
-                if (ref.tag is not None and wish.matches(ref.tag)) or (
-                    ref.digest is not None and wish.digest == str(ref.digest)
-                ):
+                if wish.covers(ref):
                     return Decision(True, f"wishlist entry {wish.text}", wish.platforms)
+        if self.problem:
+            return Decision(False, f"matches no DUCC_ALLOW pattern, and the {self.problem}")
         return Decision(False, "matches neither DUCC_ALLOW nor the wishlist")
 
 

@@ -6,6 +6,8 @@ registers the task bodies in worker processes only). ``ducc.services`` calls the
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -41,12 +43,25 @@ def broker_url(redis_url: str) -> str:
     return redis_url
 
 
-def parse_cron(expression: str) -> crontab:
+def parse_cron(expression: str, nowfun: Callable[[], datetime] | None = None) -> crontab:
     fields = expression.split()
     if len(fields) != 5:
         raise ValueError(f"DUCC_SYNC_SCHEDULE {expression!r} is not a 5-field cron expression")
     minute, hour, day_of_month, month, day_of_week = fields
-    return crontab(minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month, day_of_week=day_of_week)
+    try:
+        return crontab(minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month,
+                       day_of_week=day_of_week, nowfun=nowfun)
+    except ValueError as exc:
+        raise ValueError(f"DUCC_SYNC_SCHEDULE {expression!r} is not a valid cron expression: {exc}") from exc
+
+
+def next_sync(expression: str, now: datetime) -> datetime:
+    """When beat runs the wishlist sync next after ``now`` (aware, UTC): the schedule ``expression``
+    (DUCC_SYNC_SCHEDULE) read as Celery beat reads it, in UTC."""
+    at = now.astimezone(UTC)
+    schedule = parse_cron(expression, nowfun=lambda: at)
+    remaining: timedelta = schedule.remaining_estimate(at)
+    return at + remaining
 
 
 def create_celery(settings: Settings, redis_url: str, password: str | None = None) -> Celery:
