@@ -45,6 +45,7 @@ examples:
   ducc list --root /srv/cvmfs/unpacked
   ducc serve --root /srv/cvmfs/unpacked --wishlist wishlist.yaml   # everything, one machine
   ducc submit ubuntu:24.04 && ducc status ubuntu:24.04 --wait 600
+  ducc cancel JOB_ID
 
 Settings come from DUCC_* environment variables; see the README.
 
@@ -400,6 +401,39 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_FAILED if job.finished else EXIT_PENDING
 
 
+def _who() -> str:
+    """Who runs this command, for a job's timeline: ``cli (user@host)``."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        import os
+
+        user = f"uid {os.getuid()}"
+    return f"cli ({user}@{socket.gethostname()})"
+
+
+def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    queue = Services(settings).queue
+    by = _who()
+    code = EXIT_OK
+    for job_id in args.jobs:
+        done = queue.cancel(job_id, by)
+        via = f" (job {done.asked} had joined it)" if done.asked else ""
+        if done.outcome == "cancelled":
+            print(f"job {done.job_id}: cancelled{via}; it was {done.state}")
+        elif done.outcome == "requested":
+            print(f"job {done.job_id}: cancel requested{via}; it is {done.state} and stops at its next progress "
+                  f"point (ducc status {done.job_id} --wait 60)")
+        elif done.outcome == "finished":
+            code = _fail(f"job {done.job_id}{via} has already finished: {done.state}", EXIT_FAILED)
+        else:
+            code = _fail(f"no job {done.job_id}", EXIT_FAILED)
+    return code
+
+
 def cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
     for job in Services(settings).jobs.recent_jobs(args.limit):
         took = f"{job.updated_at - job.received_at:7.1f}s"
@@ -541,6 +575,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--platform", type=_platform_arg)
     with_root(p)
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("cancel", help="cancel jobs: queued or retrying ones end now, running ones stop at their "
+                       "next progress point", description="Cancel jobs. A queued or retrying job ends at once; a "
+                       "running conversion stops at its next progress point or stage and publishes nothing; jobs "
+                       "coalesced into it end with it. The timeline says who cancelled. Exit status: 0 cancelled "
+                       "(or stopping), 1 unknown or already finished, 69 Redis unreachable.")
+    p.add_argument("jobs", nargs="+", metavar="JOB_ID")
+    p.set_defaults(func=cmd_cancel)
 
     p = sub.add_parser("jobs", help="recent jobs, newest first")
     p.add_argument("--limit", type=int, default=30)

@@ -44,6 +44,7 @@ from ducc.cache import BlobCache, CacheWriter
 from ducc.errors import (
     DuccError,
     InvalidManifest,
+    JobCancelled,
     LocalStorageError,
     NoMatchingPlatform,
     RegistryUnavailable,
@@ -418,8 +419,8 @@ class Converter:
                 uncompressed.verify()
         except LocalStorageError as exc:  # at once, in the image's terms; the rest of the blob is not read
             raise type(exc)(f"{ref}: layer {descriptor.digest}: {exc}", errno_code=exc.errno) from exc
-        except (UnsafeLayer, RegistryUnavailable):
-            raise
+        except (UnsafeLayer, RegistryUnavailable, JobCancelled):
+            raise  # the blob's own digest is beside the point (and the rest of it not worth downloading)
         except (DuccError, OSError, EOFError, ValueError) as exc:
             # A blob that broke off or lied surfaces here as a bad tar or gzip stream:
             # the compressed digest says whether the blob is at fault (it is checked first).

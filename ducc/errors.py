@@ -26,6 +26,7 @@ Callers decide what to do from attributes, never from message text:
     │   └── StorageFull           no space or quota left (temporary)
     ├── WishlistError             a wishlist that does not validate (or cannot be read)
     ├── ThinImageNotPushed        the image is published, its thin image is not (temporary as its cause)
+    ├── JobCancelled              a job stopped on request (``ducc cancel``, the API); nothing half published
     ├── ServiceUnavailable        Redis (queue, job status) cannot be reached (temporary)
     ├── StateDirectoryInUse       another ``ducc serve`` runs with the same state directory
     └── PublishError              the publisher could not make the image visible
@@ -115,6 +116,19 @@ class PublishError(DuccError):
 
 class RepositoryUnusable(PublishError):
     """The repository root cannot be created, is not a directory, or cannot be written."""
+
+
+class JobCancelled(DuccError):
+    """A job was cancelled (``by`` says who) and its conversion stopped at a progress point or stage.
+
+    Raised from the conversion's progress reports, so it unwinds like any failure: staged trees are
+    discarded and an open transaction is aborted. Never retried.
+    """
+
+    def __init__(self, by: str, stage: str = "") -> None:
+        super().__init__(f"cancelled by {by}" + (f" while {stage}" if stage else ""))
+        self.by = by
+        self.stage = stage
 
 
 class ServiceUnavailable(DuccError):

@@ -151,7 +151,7 @@ STATUS_PAGE = """<!doctype html>
  body{font-family:system-ui,sans-serif;margin:2em;color:#222}
  table{border-collapse:collapse;width:100%;margin-bottom:2em;font-size:90%}
  th,td{border-bottom:1px solid #ddd;padding:.3em .6em;text-align:left}
- .published{color:#176f2c}.failed{color:#b00020}.retrying{color:#a15c00}
+ .published{color:#176f2c}.failed{color:#b00020}.retrying{color:#a15c00}.cancelled{color:#666}
  code{font-size:95%}
 </style></head><body>
 <h1>ducc</h1>

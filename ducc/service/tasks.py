@@ -27,7 +27,7 @@ from typing import Any
 from celery import Celery, Task
 from celery.signals import worker_ready
 
-from ducc.errors import DuccError, WishlistError
+from ducc.errors import DuccError, JobCancelled, WishlistError
 from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
 from ducc.model.request import ConversionResult
@@ -67,6 +67,15 @@ def run_conversion(services: Services, job_id: str, task: Task) -> str:
         record_conversion(services.redis, "failed", time.monotonic() - started)
         return JobState.FAILED
 
+    def cancelled(exc: JobCancelled) -> str:
+        log.warning("job %s (%s): %s; nothing was published", job_id, job.image, exc)
+        now = jobs.get(job_id, follow=False)
+        if now is None or now.state != JobState.CANCELLED:  # not ended by the cancel itself already
+            jobs.event(job_id, JobState.CANCELLED, f"{exc}; stopped, nothing half published",
+                       error=str(exc), temporary=0, attempts=attempts)
+        record_conversion(services.redis, JobState.CANCELLED, time.monotonic() - started)
+        return JobState.CANCELLED
+
     with running(services.redis, services.queue, jobs, job_id, request, settings.job_lease) as run:
         changed = False
         try:
@@ -74,6 +83,8 @@ def run_conversion(services: Services, job_id: str, task: Task) -> str:
             while True:
                 try:
                     result = services.converter.run(request, progress=progress)
+                except JobCancelled:
+                    raise  # never "look again": requests that joined this job are cancelled with it
                 except DuccError as exc:
                     # A request that arrived meanwhile may be for a push that converts: look again first.
                     if not run.finish():
@@ -86,7 +97,14 @@ def run_conversion(services: Services, job_id: str, task: Task) -> str:
                     why = "a request arrived during the conversion: checking the tag again"
                 log.info("job %s (%s): %s", job_id, job.image, why)
                 jobs.event(job_id, JobState.RESOLVING, why)
+        except JobCancelled as exc:
+            run.finish(recheck=False)
+            return cancelled(exc)
         except DuccError as exc:
+            now = jobs.get(job_id, follow=False)
+            if now is not None and now.cancelled_by:  # cancelled while this attempt failed: no retry
+                run.finish(recheck=False)
+                return cancelled(JobCancelled(now.cancelled_by))
             if exc.temporary and attempts < settings.job_max_attempts:
                 delay = min(settings.job_retry_base * 2 ** (attempts - 1), 3600)
                 log.warning("job %s (%s): %s; retry %d in %ds", job_id, job.image, exc, attempts, delay)
