@@ -2,6 +2,7 @@
 
 Order of work, and what each step promises:
 
+0. sweep     staging left by a crashed run (never a live one's), in every run.
 1. resolve   the tag's current digest (one HEAD). If the record in ``.metadata``
              matches it and its flat root exists, stop: nothing to do.
 2. fetch     manifest (platform chosen from an index), config; both verified.
@@ -199,6 +200,7 @@ class Converter:
         progress = progress or self.progress
         ref, platform = request.reference, request.platform
         started = time.monotonic()
+        self._sweep()
         progress.stage(ref, "resolving")
         record, tag_digest = self._current_record(ref, platform)
         path = str(layout.tag_link(ref, platform))
@@ -256,6 +258,14 @@ class Converter:
         if request.thin is None:
             return result
         return self._push_thin(image, record, result, started, progress)
+
+    def _sweep(self) -> None:
+        """Staging an earlier crash left behind goes now, whatever this run turns out to do (a run that
+        finds its tag current takes no lock and builds nothing, and would otherwise never clean it)."""
+        try:
+            self.publisher.sweep_staging()
+        except OSError as exc:  # cleaning up is never worth failing a conversion for
+            log.warning("could not sweep staging debris: %s", exc)
 
     # -- thin image ----------------------------------------------------------------------
 

@@ -199,3 +199,37 @@ def test_log_lines_are_never_glued_onto_the_terminal_progress_line(client, uniqu
     retries = [m for m in logs if text[m.end():].startswith("blob ") and "retrying" in text[m.end():].split("\n")[0]]
     shown = [m for m in retries if " MB" in text[: m.start()]]
     assert shown, "no retry was logged while the progress line was shown: the test did not exercise it"
+
+
+def test_a_run_that_finds_nothing_to_do_still_removes_a_crashed_runs_staging(client, unique_ref, proxy, root):
+    """``ducc convert`` killed with SIGKILL mid-download leaves staging debris; the next run, although its
+    image is already current (``unchanged``: it takes no lock and builds nothing), removes it."""
+    import signal
+    import time
+
+    from tests.support.proxy import via
+
+    current = unique_ref("current")
+    push_image(client, current, spec(b"already here"))
+    assert ducc("convert", str(current), root=root).returncode == 0
+    slow = via(proxy, unique_ref("slow"))
+    built = push_image(client, slow, ImageSpec(layers=[Layer([File("big", os.urandom(2_000_000))])]))
+    proxy.add("slow", f"/blobs/{built.layer_digests[0]}", keep_bytes=20_000)
+    env = {**os.environ, "DUCC_ROOT": str(root), "DUCC_CACHE_DIR": "off"}
+    crashing = subprocess.Popen([sys.executable, "-m", "ducc", "convert", str(slow)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    staging = root / layout.STAGING
+    deadline = time.monotonic() + 60
+    while not any((p / built.layer_digests[0].hex / "layerfs").is_dir() for p in staging.glob("*") if p.is_dir()):
+        assert time.monotonic() < deadline and crashing.poll() is None, "the slow conversion never started unpacking"
+        time.sleep(0.05)
+    crashing.send_signal(signal.SIGKILL)
+    crashing.wait(30)
+    debris = [p for p in staging.iterdir() if p.is_dir()]
+    assert debris, "the killed run left nothing to clean"
+
+    again = ducc("convert", str(current), root=root)
+    assert again.returncode == 0 and again.stdout.startswith("unchanged"), again.stderr
+    assert [p for p in staging.iterdir() if p.is_dir()] == []
+    assert "removed 1 staging directories left by interrupted runs" in again.stderr
+    assert not (root / layout.tag_link(slow)).exists()
