@@ -22,6 +22,7 @@ Callers decide what to do from attributes, never from message text:
     ├── DigestMismatch            bytes that do not hash to the digest that names them
     ├── UnsafeLayer               a tar entry that would land outside the root
     ├── UnsupportedLayer          a media type or compression ducc cannot apply
+    ├── LimitExceeded             an image over DUCC_MAX_IMAGE_BYTES or a layer over DUCC_MAX_LAYER_ENTRIES
     ├── LocalStorageError         the local filesystem refused a write (see ``storage_error``)
     │   └── StorageFull           no space or quota left (temporary)
     ├── WishlistError             a wishlist that does not validate (or cannot be read)
@@ -104,6 +105,11 @@ class UnsafeLayer(DuccError):
 
 class UnsupportedLayer(DuccError):
     pass
+
+
+class LimitExceeded(DuccError):
+    """An image that would write more than the operator allows (``ducc.unpack.limits``); nothing of it is
+    published, and retrying would refuse it again."""
 
 
 class WishlistError(DuccError, ValueError):

@@ -197,10 +197,13 @@ class Services:
     @cached_property
     def converter(self) -> Converter:
         from ducc.convert import Converter
+        from ducc.model.limits import Limits
 
+        limits = Limits(self.settings.max_image_bytes, self.settings.max_layer_entries)
         return Converter(self.client, self.publisher, cache=self.cache, progress=self.progress,
                          parallel_layers=self.settings.parallel_layers,
-                         layer_lock=self._layer_lock if self.shared_locks else None, thin_client=self.thin_client)
+                         layer_lock=self._layer_lock if self.shared_locks else None, thin_client=self.thin_client,
+                         limits=limits)
 
     def celery(self) -> Celery:
         """The Celery app (a new one each call: a worker registers its tasks on its own)."""

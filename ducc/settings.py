@@ -16,6 +16,8 @@
 | DUCC_PLATFORM | default platform | ``linux/amd64`` |
 | DUCC_INSECURE_REGISTRIES | hosts reached over plain HTTP (loopback always is) | |
 | DUCC_PARALLEL_LAYERS | layers fetched and unpacked at once, per image | 3 |
+| DUCC_MAX_IMAGE_BYTES | uncompressed bytes one conversion may write (the layers it unpacks) | 100 GiB |
+| DUCC_MAX_LAYER_ENTRIES | tar entries one layer may have | 1,000,000 |
 | DUCC_SYNC_CONCURRENCY | images checked/converted at once by ``sync`` | 4 |
 | DUCC_RETRY_ATTEMPTS | attempts per registry request | 5 |
 | DUCC_REGISTRY_USER / _PASSWORD(_FILE) / _HOSTS | credentials and the hosts they are for | |
@@ -53,6 +55,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from ducc.model.limits import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_LAYER_ENTRIES
 from ducc.model.manifest import Platform
 
 
@@ -109,6 +112,13 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer, not {value!r}") from exc
 
 
+def _positive(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _int(env, name, default)
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, not {value}")
+    return value
+
+
 def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in env.get(name, "").split(",") if item.strip())
 
@@ -156,6 +166,8 @@ class Settings:
     retry_attempts: int
     log_level: str
     fsync: bool = False
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    max_layer_entries: int = DEFAULT_MAX_LAYER_ENTRIES
     redis_url: str | None = None
     redis_password: str | None = field(repr=False, default=None)
     redis_fsync: str = "everysec"
@@ -222,6 +234,8 @@ class Settings:
             retry_attempts=_int(env, "DUCC_RETRY_ATTEMPTS", 5),
             log_level=(env.get("DUCC_LOG_LEVEL") or "INFO").upper(),
             fsync=_flag(env, "DUCC_FSYNC"),
+            max_image_bytes=_positive(env, "DUCC_MAX_IMAGE_BYTES", DEFAULT_MAX_IMAGE_BYTES),
+            max_layer_entries=_positive(env, "DUCC_MAX_LAYER_ENTRIES", DEFAULT_MAX_LAYER_ENTRIES),
             redis_url=env.get("DUCC_REDIS_URL") or None,
             redis_password=_redis_password(env),
             redis_fsync=_choice(env, "DUCC_REDIS_FSYNC", ("everysec", "always"), "everysec"),
