@@ -208,6 +208,22 @@ def test_while_redis_is_down_the_pages_say_so_with_503_and_liveness_stays_200(re
         app.stop()
 
 
+def test_without_a_token_every_post_is_refused_and_the_get_endpoints_still_answer(redis_server, root, tmp_path):
+    """What ``ducc serve`` warns about at start, and what the README promises about tokens."""
+    settings = Settings.from_env({"HOME": os.environ.get("HOME", "/root"), "DUCC_REDIS_URL": redis_server.url,
+                                  "DUCC_ROOT": str(root), "DUCC_ALLOW": "*", "DUCC_STATE_DIR": str(tmp_path / "state")})
+    app = create_app(settings).test_client()
+    for path, body in [("/webhooks/registry", manifest_push()), ("/api/v1/conversions", {"image": "a/b:1"}),
+                       ("/api/v1/conversions/0000000000-0000000000/cancel", {})]:
+        content_type = EVENTS_V1 if "registry" in path else "application/json"
+        refused = post(app, path, body, token="anything", content_type=content_type)
+        assert refused.status_code == 401 and "no token is configured" in refused.json["error"], path
+    assert jobs_count(redis_server) == 0
+    for path in ("/", "/livez", "/healthz", "/metrics", "/api/v1/conversions/0000000000-0000000000",
+                 "/api/v1/images?ref=a/b:1"):
+        assert app.get(path).status_code in (200, 404), path
+
+
 def test_rest_api_submits_reports_and_refuses_what_policy_forbids(web):
     response = post(web, "/api/v1/conversions", {"image": "127.0.0.1:5000/allowed/api:1"})
     assert response.status_code == 202
