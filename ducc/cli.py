@@ -461,10 +461,14 @@ def _ping_worker(args: argparse.Namespace, settings: Settings) -> int:
     """Celery's own ping of the worker node ``--name`` (a liveness probe): its main process answers
     over the broker even while every slot converts."""
     from celery.utils.nodenames import host_format
+    from kombu.exceptions import OperationalError
 
     name = host_format(args.name)
     app = Services(settings).celery()
-    replies = app.control.ping(destination=[name], timeout=args.timeout)
+    try:
+        replies = app.control.ping(destination=[name], timeout=args.timeout)
+    except OperationalError as exc:  # kombu's word for a broker it cannot reach
+        raise ServiceUnavailable(f"Redis at {_redis_location(settings)} unreachable: {exc}") from exc
     if any(name in reply for reply in replies or []):
         print(f"{name}: pong")
         return 0

@@ -137,8 +137,12 @@ def state_directory(state: Path) -> Iterator[None]:
 
 
 def preflight(settings: Settings, *, root: Path, wishlist: Path | None, web: bool) -> None:
-    """What must hold before anything starts: a usable root and a valid wishlist (errors), a webhook
-    token (a warning: without one the web app refuses every webhook and API request)."""
+    """What must hold before anything starts: a readable DUCC_SYNC_SCHEDULE, a usable root and a valid
+    wishlist (errors), a webhook token (a warning: without one the web app refuses every webhook and
+    API request)."""
+    from ducc.service.broker import next_sync
+
+    next_sync(settings.sync_schedule, datetime.now(UTC))  # ValueError for a schedule beat could not read
     if settings.publisher == "directory":
         from ducc.publish.directory import DirectoryPublisher
 

@@ -81,7 +81,9 @@ def test_an_unreachable_registry_is_named_with_the_reason_and_the_attempts(tmp_p
 
 
 @pytest.mark.parametrize("argv", [["status", "127.0.0.1:1/a/b:1"], ["status", "18f0c0a0b00-0123456789"], ["jobs"],
-                                  ["submit", "127.0.0.1:1/a/b:1"]], ids=["status-image", "status-id", "jobs", "submit"])
+                                  ["submit", "127.0.0.1:1/a/b:1"], ["cancel", "18f0c0a0b00-0123456789"],
+                                  ["worker", "--ping", "--timeout", "1"]],
+                         ids=["status-image", "status-id", "jobs", "submit", "cancel", "worker-ping"])
 def test_commands_that_need_redis_say_it_is_unreachable(argv):
     url = f"redis://127.0.0.1:{free_port()}/0"
     line = one_line(ducc(*argv, env={"DUCC_REDIS_URL": url}), UNAVAILABLE)
@@ -89,8 +91,8 @@ def test_commands_that_need_redis_say_it_is_unreachable(argv):
     assert url.split("//")[1].split("/")[0] in line
 
 
-@pytest.mark.parametrize("argv", [["status", "127.0.0.1:1/a/b:1"], ["jobs"], ["submit", "127.0.0.1:1/a/b:1"]],
-                         ids=["status", "jobs", "submit"])
+@pytest.mark.parametrize("argv", [["status", "127.0.0.1:1/a/b:1"], ["jobs"], ["submit", "127.0.0.1:1/a/b:1"],
+                                  ["cancel", "18f0c0a0b00-0123456789"]], ids=["status", "jobs", "submit", "cancel"])
 def test_without_redis_url_and_without_ducc_serve_the_commands_say_so(argv, tmp_path):
     state = tmp_path / "state"
     line = one_line(ducc(*argv, env={"DUCC_STATE_DIR": str(state)}), UNAVAILABLE)

@@ -106,6 +106,12 @@ def test_a_missing_or_invalid_wishlist_stops_serve_before_anything_starts(tmp_pa
     assert done.returncode == 2 and "Traceback" not in done.stderr
     (line,) = done.stderr.splitlines()
     assert line.startswith(f"ducc: wishlist {invalid}: input #1: ")
+    for argv, extra, expected in [
+        (["--root", "/proc/x"], {}, "ducc: repository root /proc/x cannot be created: No such file or directory"),
+        ([], {"DUCC_SYNC_SCHEDULE": "at three"}, "ducc: DUCC_SYNC_SCHEDULE 'at three' is not a 5-field cron expression"),
+    ]:
+        done = ducc("serve", *argv, env={**env, **extra})
+        assert done.returncode == 2 and done.stderr.splitlines() == [expected], done.stderr
     assert not (tmp_path / "state" / "redis").exists(), "nothing may start before the checks"
 
 
