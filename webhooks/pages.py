@@ -109,16 +109,22 @@ def _wishlist_status(context: Web) -> WishlistStatus | None:
         upcoming = _when(next_sync(schedule, datetime.now(UTC)).timestamp())
     except ValueError as exc:
         upcoming = f"never ({exc})"
-    rows = [] if wishlist is None else [row for wish in wishlist.wishes for row in _wish_rows(wish, last, services)]
+    checked: dict[tuple[str, str], list[tuple[Reference, lastsync.ImageOutcome]]] = {}
+    for outcome in last.images if last else ():
+        ref = Reference.parse(outcome.image)
+        checked.setdefault((ref.registry, ref.repository), []).append((ref, outcome))
+    rows = [] if wishlist is None else [row for wish in wishlist.wishes for row in _wish_rows(wish, last, checked, services)]
     return WishlistStatus(str(settings.wishlist), context.policy.problem, rows, last.at if last else None, upcoming,
                           schedule)
 
 
-def _wish_rows(wish: Wish, last: lastsync.LastSync | None, services: Services) -> list[WishRow]:
+def _wish_rows(wish: Wish, last: lastsync.LastSync | None,
+               checked: dict[tuple[str, str], list[tuple[Reference, lastsync.ImageOutcome]]],
+               services: Services) -> list[WishRow]:
     if last is not None and wish.text in last.wish_failures:
         return [WishRow(wish.text, "", "", "failed", last.wish_failures[wish.text])]
-    checked = [o for o in (last.images if last else ()) if wish.covers(Reference.parse(o.image))]
-    rows = [_image_row(wish, outcome, services) for outcome in checked]
+    rows = [_image_row(wish, outcome, services) for ref, outcome in checked.get((wish.registry, wish.repository), [])
+            if wish.covers(ref)]
     if rows:
         return rows
     if wish.is_pattern:

@@ -41,9 +41,10 @@ class Policy:
         try:
             mtime = os.stat(self.wishlist_path).st_mtime
         except OSError as exc:
-            self.problem = f"cannot read wishlist {self.wishlist_path}: {exc.strerror or exc}"
-            log.error("policy: %s", self.problem)
-            self._wishlist, self._mtime = None, None
+            problem = f"cannot read wishlist {self.wishlist_path}: {exc.strerror or exc}"
+            if problem != self.problem:  # said once, not at every request
+                log.error("policy: %s; it allows nothing", problem)
+            self.problem, self._wishlist, self._mtime = problem, None, None
             return None
         if mtime != self._mtime:
             try:
