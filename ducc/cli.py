@@ -402,15 +402,15 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _who() -> str:
-    """Who runs this command, for a job's timeline: ``cli (user@host)``."""
-    import getpass
+    """Who runs this command, for a job's timeline: ``cli (user@host)``, the user from the account
+    database (not from the environment, which anyone can set)."""
+    import os
+    import pwd
     import socket
 
     try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        import os
-
+        user = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
         user = f"uid {os.getuid()}"
     return f"cli ({user}@{socket.gethostname()})"
 
