@@ -2,6 +2,7 @@
 
 Order of work, and what each step promises:
 
+0. sweep     staging left by a crashed run (never a live one's), in every run.
 1. resolve   the tag's current digest (one HEAD). If the record in ``.metadata``
              matches it and its flat root exists, stop: nothing to do.
 2. fetch     manifest (platform chosen from an index), config; both verified.
@@ -22,6 +23,8 @@ Order of work, and what each step promises:
 
 A failure at any step leaves no part of this image visible: staged trees are
 discarded, and a layer is published only after its whole stream was verified.
+The layers an image writes are held to the operator's limits while they stream
+(``ducc.unpack.limits``): over them, the image is refused with ``LimitExceeded``.
 Registry requests are retried by the registry client (one retry policy, in the
 transport); the converter never retries around it. A local write that fails
 (a full disk) stops the conversion at once with a typed error.
@@ -45,6 +48,8 @@ from ducc.errors import (
     DuccError,
     InvalidManifest,
     InvalidReference,
+    JobCancelled,
+    LimitExceeded,
     LocalStorageError,
     NoMatchingPlatform,
     RegistryUnavailable,
@@ -54,6 +59,7 @@ from ducc.errors import (
     storage_error,
 )
 from ducc.model.digest import Digest
+from ducc.model.limits import Limits
 from ducc.model.manifest import DEFAULT_PLATFORM, Descriptor, ImageConfig, Index, Manifest, Platform
 from ducc.model.reference import Reference
 from ducc.model.request import ConversionRequest, ConversionResult
@@ -68,6 +74,7 @@ from ducc.unpack.apply import LayerReport, resolve_lower_links, unpack_layer
 from ducc.unpack.compression import decompressed
 from ducc.unpack.extend import add_singularity
 from ducc.unpack.flatten import flatten
+from ducc.unpack.limits import Budget
 from ducc.verify import Readable, VerifyingReader
 
 log = logging.getLogger(__name__)
@@ -153,6 +160,7 @@ class Converter:
         flat_hooks: Sequence[FlatHook] = (add_singularity,),
         layer_lock: Callable[[Digest], AbstractContextManager[object]] | None = None,
         thin_client: ThinClient | None = None,
+        limits: Limits = Limits(),
     ) -> None:
         self.client = client
         self.publisher = publisher
@@ -162,6 +170,7 @@ class Converter:
         self.flat_hooks = tuple(flat_hooks)
         self.layer_lock = layer_lock or LocalLocks()
         self.thin_client: ThinClient = thin_client or (lambda target, user: client)
+        self.limits = limits
 
     # -- the use case --------------------------------------------------------------------
 
@@ -199,6 +208,7 @@ class Converter:
         progress = progress or self.progress
         ref, platform = request.reference, request.platform
         started = time.monotonic()
+        self._sweep()
         progress.stage(ref, "resolving")
         record, tag_digest = self._current_record(ref, platform)
         path = str(layout.tag_link(ref, platform))
@@ -218,7 +228,7 @@ class Converter:
         image = fetch_image(self.client, ref, platform, tag_digest)
         tally = _Tally()
         with self.publisher.staging() as stage:
-            self._publish_layers(image, stage, tally, progress)
+            self._publish_layers(image, stage, tally, progress, Budget(self.limits))
             flat: Path | None = None
             flat_reused = self.publisher.has_flat(image.config.digest)
             if not flat_reused:
@@ -257,6 +267,14 @@ class Converter:
             return result
         return self._push_thin(image, record, result, started, progress)
 
+    def _sweep(self) -> None:
+        """Staging an earlier crash left behind goes now, whatever this run turns out to do (a run that
+        finds its tag current takes no lock and builds nothing, and would otherwise never clean it)."""
+        try:
+            self.publisher.sweep_staging()
+        except OSError as exc:  # cleaning up is never worth failing a conversion for
+            log.warning("could not sweep staging debris: %s", exc)
+
     # -- thin image ----------------------------------------------------------------------
 
     def _push_thin(
@@ -288,7 +306,7 @@ class Converter:
 
     # -- layers --------------------------------------------------------------------------
 
-    def _publish_layers(self, image: Image, stage: Path, result: _Tally, progress: Progress) -> None:
+    def _publish_layers(self, image: Image, stage: Path, result: _Tally, progress: Progress, budget: Budget) -> None:
         missing: dict[Digest, tuple[Descriptor, Digest]] = {}
         for descriptor, diff_id in image.layers:
             if self.publisher.has_layer(descriptor.digest):
@@ -301,7 +319,7 @@ class Converter:
         reports: dict[Digest, LayerReport] = {}
         with ThreadPoolExecutor(max_workers=min(self.parallel_layers, len(missing))) as pool:
             futures = {
-                digest: pool.submit(self._obtain_layer, image.reference, descriptor, diff_id, stage, progress)
+                digest: pool.submit(self._obtain_layer, image.reference, descriptor, diff_id, stage, progress, budget)
                 for digest, (descriptor, diff_id) in missing.items()
             }
             errors = []
@@ -332,7 +350,7 @@ class Converter:
             lowers.append(self.publisher.layer_source(descriptor.digest))
 
     def _obtain_layer(
-        self, ref: Reference, descriptor: Descriptor, diff_id: Digest, stage: Path, progress: Progress
+        self, ref: Reference, descriptor: Descriptor, diff_id: Digest, stage: Path, progress: Progress, budget: Budget
     ) -> tuple[LayerReport | None, int]:
         """Unpack one layer unless another conversion publishes it first (None: reused).
 
@@ -344,7 +362,7 @@ class Converter:
         with self.layer_lock(digest):
             if self.publisher.has_layer(digest):
                 return None, 0
-            report, fetched = self._unpack(ref, descriptor, diff_id, stage, progress)
+            report, fetched = self._unpack(ref, descriptor, diff_id, stage, progress, budget)
             if not report.pending:
                 self._commit_layer(ref, digest, stage, report)
             return report, fetched
@@ -360,7 +378,7 @@ class Converter:
             txn.add_layer(digest, stage / digest.hex)
 
     def _unpack(
-        self, ref: Reference, descriptor: Descriptor, diff_id: Digest, stage: Path, progress: Progress
+        self, ref: Reference, descriptor: Descriptor, diff_id: Digest, stage: Path, progress: Progress, budget: Budget
     ) -> tuple[LayerReport, int]:
         """Stream one blob through both digest checks into ``stage/<hex>/layerfs``."""
         digest = descriptor.digest
@@ -387,12 +405,12 @@ class Converter:
                     cached_file = None
                 if cached_file is not None:
                     with cached_file:
-                        report = self._apply(ref, cached_file, descriptor, diff_id, staged, on_read)
+                        report = self._apply(ref, cached_file, descriptor, diff_id, staged, on_read, budget)
                     return report, 0
             with self.client.open_blob(ref, digest) as stream:
                 if self.cache is not None:
                     writer = self.cache.writer(digest)
-                report = self._apply(ref, stream, descriptor, diff_id, staged, on_read)
+                report = self._apply(ref, stream, descriptor, diff_id, staged, on_read, budget)
             if writer is not None:
                 writer.commit()
             return report, fetched
@@ -409,6 +427,7 @@ class Converter:
         diff_id: Digest,
         staged: Path,
         on_read: Callable[[bytes], None],
+        budget: Budget,
     ) -> LayerReport:
         compressed = VerifyingReader(
             source, descriptor.digest, what=f"layer {descriptor.digest}", size=descriptor.size, on_read=on_read
@@ -418,12 +437,14 @@ class Converter:
                 uncompressed = VerifyingReader(
                     tar_stream, diff_id, what=f"uncompressed layer {descriptor.digest.short} (diff_id)"
                 )
-                report = unpack_layer(uncompressed, staged / "layerfs")
+                report = unpack_layer(uncompressed, staged / "layerfs", budget)
                 uncompressed.verify()
         except LocalStorageError as exc:  # at once, in the image's terms; the rest of the blob is not read
             raise type(exc)(f"{ref}: layer {descriptor.digest}: {exc}", errno_code=exc.errno) from exc
-        except (UnsafeLayer, RegistryUnavailable):
-            raise
+        except LimitExceeded as exc:  # the same: refused at the entry that crossed the limit
+            raise LimitExceeded(f"{ref}: layer {descriptor.digest} refused: {exc}") from exc
+        except (UnsafeLayer, RegistryUnavailable, JobCancelled):
+            raise  # the blob's own digest is beside the point (and the rest of it not worth downloading)
         except (DuccError, OSError, EOFError, ValueError) as exc:
             # A blob that broke off or lied surfaces here as a bad tar or gzip stream:
             # the compressed digest says whether the blob is at fault (it is checked first).

@@ -13,13 +13,14 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from ducc.errors import DuccError
+from ducc.errors import DuccError, WishlistError
 from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
 from ducc.model.request import ConversionRequest, ConversionResult
 from ducc.registry.client import RegistryClient
-from ducc.wishlist import Wishlist
+from ducc.wishlist import Wishlist, load
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,19 @@ class SyncReport:
     results: list[ConversionResult] = field(default_factory=list)
     outcomes: list[tuple[str, str]] = field(default_factory=list)  # (image, what happened)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (what, why)
+
+
+def read_wishlist(path: Path) -> Wishlist:
+    """The wishlist in the file ``path``; a WishlistError naming the file if it cannot be read or is invalid."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+        raise WishlistError(f"cannot read wishlist {path}: {reason}") from exc
+    try:
+        return load(text)
+    except WishlistError as exc:
+        raise WishlistError(f"wishlist {path}: {exc}") from exc
 
 
 def plan(wishlist: Wishlist, client: RegistryClient, report: SyncReport) -> list[tuple[Reference, Platform]]:

@@ -67,6 +67,13 @@ class Wish:
             return False
         return not any(fnmatch.fnmatchcase(tag, pattern) for pattern in self.exclude)
 
+    def covers(self, ref: Reference) -> bool:
+        """Whether ``ref`` is one of the images this wish asks for (its tag matches, or its digest is the wish's)."""
+        if (self.registry, self.repository) != (ref.registry, ref.repository):
+            return False
+        return (ref.tag is not None and self.matches(ref.tag)) or (
+            ref.digest is not None and self.digest == str(ref.digest))
+
     def expand(self, tags: Iterable[str]) -> list[Reference]:
         """The references this wish stands for, given the repository's tags (ignored unless a pattern)."""
         if not self.is_pattern:

@@ -107,3 +107,8 @@ class Publisher(RepositoryView, Protocol):
         """Exclusive write access to the repository (serialised with other writers, on every host).
         Staging left by crashed writers is swept while it is held."""
         ...
+
+    def sweep_staging(self) -> int:
+        """Remove staging left by crashed writers (never a live one's); returns how many directories.
+        Every conversion calls it first, so a run that finds nothing to do cleans up too."""
+        ...

@@ -164,6 +164,9 @@ class CvmfsPublisher(CvmfsView):
     def staging(self) -> AbstractContextManager[Path]:
         return self._staging.directory()
 
+    def sweep_staging(self) -> int:
+        return self._staging.sweep()
+
     @contextmanager
     def transaction(self) -> Iterator[CvmfsTransaction]:
         with self._lock(self.lease_name) if self._lock else nullcontext(), self._staging.writer():

@@ -18,7 +18,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path, PurePosixPath
 
 from ducc import layout
-from ducc.errors import PublishError
+from ducc.errors import PublishError, RepositoryUnusable
 from ducc.model.digest import Digest
 from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
@@ -198,8 +198,23 @@ class DirectoryView:
             dirnames[:] = [d for d in dirnames if not (Path(dirpath) / d).is_symlink()]
 
 
+def _check_writable(root: Path, staging: Path) -> None:
+    """RepositoryUnusable unless trees can be built and renamed into ``root`` (its staging directory
+    can be created and written): a read-only mount or a root owned by someone else fails here."""
+    try:
+        staging.mkdir(exist_ok=True)
+        writable = os.access(root, os.W_OK | os.X_OK) and os.access(staging, os.W_OK | os.X_OK)
+    except OSError as exc:
+        raise RepositoryUnusable(f"repository root {root} is not writable: {exc.strerror or exc}") from exc
+    if not writable:
+        read_only = bool(os.statvfs(root).f_flag & os.ST_RDONLY)
+        reason = "read-only file system" if read_only else "permission denied"
+        raise RepositoryUnusable(f"repository root {root} is not writable: {reason}")
+
+
 class DirectoryPublisher(DirectoryView):
-    """Publishes into the directory ``root`` (created if missing; PublishError if it cannot be).
+    """Publishes into the directory ``root`` (created if missing; RepositoryUnusable if it cannot be
+    created or written: checked here, before any work, by creating the staging directory in it).
 
     Renames make every step safe against a crash of ducc itself. ``durable`` also
     makes it safe against a power loss: the filesystem is flushed before each record.
@@ -219,12 +234,15 @@ class DirectoryPublisher(DirectoryView):
         self._lock = lock
         try:
             root.mkdir(parents=True, exist_ok=True)
+        except FileExistsError as exc:
+            raise RepositoryUnusable(f"repository root {root} is not a directory") from exc
         except OSError as exc:
-            raise PublishError(f"repository root {root} cannot be created: {exc.strerror or exc}") from exc
+            raise RepositoryUnusable(f"repository root {root} cannot be created: {exc.strerror or exc}") from exc
         if not root.is_dir():
-            raise PublishError(f"repository root {root} is not a directory")
+            raise RepositoryUnusable(f"repository root {root} is not a directory")
         super().__init__(root, name)
         self._staging = Staging(self.root / layout.STAGING)
+        _check_writable(self.root, self._staging.root)
 
     def ensure_name(self) -> str:
         """The repository's name, stored inside the root on first use unless ``DUCC_REPOSITORY`` gives it:

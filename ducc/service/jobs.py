@@ -8,9 +8,15 @@ repository stays the source of truth, and the next wishlist sync converges.
 
 States, in order: received, queued, resolving, fetching, unpacking,
 flattening, publishing, thin (only when a thin image was asked for: pushing it,
-then "thin image pushed: <ref>@<digest>"), then published or failed (retrying in between for
-temporary errors). A request coalesced onto another job records
+then "thin image pushed: <ref>@<digest>"), then published, failed or cancelled
+(retrying in between for temporary errors). A request coalesced onto another job records
 ``coalesced_into`` and reports that job's state and outcome.
+
+A final state is final: ``event`` never moves a job out of published, failed or
+cancelled into a working state (a worker that had not yet noticed a cancel cannot
+bring the job back). ``cancelled_by`` says who asked for a cancel; a worker
+reporting progress learns of it from ``event`` and ``set_bytes`` and stops
+(``JobProgress`` raises ``JobCancelled``).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import Any
 
 import redis
 
+from ducc.errors import JobCancelled
 from ducc.model.request import ConversionRequest
 from ducc.service import keys
 
@@ -44,11 +51,28 @@ class JobState(StrEnum):
     RETRYING = "retrying"
     PUBLISHED = "published"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # by ducc cancel or the API: stopped, nothing half published
 
 
-FINAL_STATES = frozenset({JobState.PUBLISHED, JobState.FAILED})
+FINAL_STATES = frozenset({JobState.PUBLISHED, JobState.FAILED, JobState.CANCELLED})
 ACTIVE_STATES = frozenset({JobState.RESOLVING, JobState.FETCHING, JobState.UNPACKING, JobState.FLATTENING,
                            JobState.PUBLISHING, JobState.THIN})
+
+
+# KEYS: job, events, active. ARGV: job id, state, is the state final (1/0), event JSON, ttl,
+# membership of the active set (add | remove | ''), then field, value, ... for the job's hash.
+_EVENT = """
+local current = redis.call('HGET', KEYS[1], 'state')
+if (current == 'published' or current == 'failed' or current == 'cancelled') and ARGV[3] == '0' then
+  return redis.call('HGET', KEYS[1], 'cancelled_by') or ''
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+redis.call('RPUSH', KEYS[2], ARGV[4])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5]))
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[5]))
+if ARGV[6] == 'add' then redis.call('SADD', KEYS[3], ARGV[1]) elseif ARGV[6] == 'remove' then redis.call('SREM', KEYS[3], ARGV[1]) end
+return redis.call('HGET', KEYS[1], 'cancelled_by') or ''
+"""
 
 
 def new_job_id() -> str:
@@ -70,6 +94,7 @@ class Job:
     attempts: int = 0
     bytes: int = 0
     coalesced_into: str = ""
+    cancelled_by: str = ""  # who asked for a cancel (the job may still be stopping)
     result: dict[str, Any] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
     request_json: dict[str, Any] = field(default_factory=dict)
@@ -89,7 +114,7 @@ class Job:
             "state": self.state, "received_at": self.received_at, "updated_at": self.updated_at,
             "error": self.error or None, "temporary": self.temporary, "attempts": self.attempts,
             "bytes": self.bytes, "coalesced_into": self.coalesced_into or None, "result": self.result,
-            "timeline": self.events,
+            "cancelled_by": self.cancelled_by or None, "timeline": self.events,
         }
 
 
@@ -100,11 +125,13 @@ class JobStore:
         self.redis = client
         self.ttl = ttl
         self.recent = recent
+        self._event = client.register_script(_EVENT)
 
     # -- writing ------------------------------------------------------------------------
 
-    def event(self, job_id: str, state: str, detail: str = "", **fields: Any) -> None:
-        """Append a timeline event and move the job to ``state``.
+    def event(self, job_id: str, state: str, detail: str = "", **fields: Any) -> str:
+        """Append a timeline event and move the job to ``state``, unless the job is in a final state and
+        ``state`` is not one (then nothing changes). Returns who asked for a cancel, if anyone did.
 
         Jobs a worker has started and not finished are also kept in ``ducc:jobs:active``, which
         reconciliation walks: it finds an interrupted job however many jobs came after it.
@@ -116,19 +143,21 @@ class JobStore:
                 mapping[name] = json.dumps(value)
             else:
                 mapping[name] = value if isinstance(value, (int, float)) else str(value)
-        pipe = self.redis.pipeline()
-        pipe.hset(keys.job(job_id), mapping=mapping)  # type: ignore[arg-type]  # redis-py's Mapping key is invariant
-        pipe.rpush(keys.events(job_id), json.dumps({"state": str(state), "at": now, "detail": detail}))
-        pipe.expire(keys.job(job_id), self.ttl)
-        pipe.expire(keys.events(job_id), self.ttl)
-        if state in ACTIVE_STATES or state == JobState.RETRYING:
-            pipe.sadd(keys.ACTIVE, job_id)
-        elif state in FINAL_STATES:
-            pipe.srem(keys.ACTIVE, job_id)
-        pipe.execute()
+        membership = "add" if state in ACTIVE_STATES or state == JobState.RETRYING else \
+            "remove" if state in FINAL_STATES else ""
+        pairs = [str(item) for pair in mapping.items() for item in pair]
+        cancelled_by = self._event(keys=[keys.job(job_id), keys.events(job_id), keys.ACTIVE], args=[
+            job_id, str(state), int(state in FINAL_STATES), json.dumps({"state": str(state), "at": now, "detail": detail}),
+            self.ttl, membership, *pairs,
+        ])
+        return str(cancelled_by or "")
 
-    def set_bytes(self, job_id: str, count: int) -> None:
-        self.redis.hset(keys.job(job_id), mapping={"bytes": count, "updated_at": time.time()})
+    def set_bytes(self, job_id: str, count: int) -> str:
+        """Record the bytes fetched so far; returns who asked for a cancel, if anyone did."""
+        pipe = self.redis.pipeline()
+        pipe.hset(keys.job(job_id), mapping={"bytes": count, "updated_at": time.time()})
+        pipe.hget(keys.job(job_id), "cancelled_by")
+        return str(pipe.execute()[1] or "")
 
     # -- reading ------------------------------------------------------------------------
 
@@ -144,6 +173,7 @@ class JobStore:
             if target is not None:
                 job.state, job.error, job.temporary = target.state, target.error, target.temporary
                 job.result, job.bytes, job.attempts = target.result, target.bytes, target.attempts
+                job.cancelled_by = target.cancelled_by
                 job.events = job.events + [dict(e, job=target.id) for e in target.events if e["state"] != "received"]
         return job
 
@@ -154,6 +184,7 @@ class JobStore:
             updated_at=float(raw.get("updated_at", 0)), error=raw.get("error", ""),
             temporary=raw.get("temporary") in ("1", "True", "true"), attempts=int(raw.get("attempts", 0) or 0),
             bytes=int(raw.get("bytes", 0) or 0), coalesced_into=raw.get("coalesced_into", ""),
+            cancelled_by=raw.get("cancelled_by", ""),
             result=json.loads(raw["result"]) if raw.get("result") else {},
             request_json=json.loads(raw["request"]) if raw.get("request") else {},
         )
@@ -190,7 +221,12 @@ class JobStore:
 
 
 class JobProgress:
-    """Progress of a conversion recorded in its job's timeline (stages) and byte count (throttled)."""
+    """Progress of a conversion recorded in its job's timeline (stages) and byte count (throttled).
+
+    These are the conversion's progress points: when its job was cancelled, the next stage or byte
+    count it reports raises ``JobCancelled`` (so a running conversion stops within about ``interval``
+    seconds of a download, or at its next stage), and the conversion unwinds publishing nothing.
+    """
 
     def __init__(self, store: JobStore, job_id: str, interval: float = 1.0) -> None:
         self.store = store
@@ -198,12 +234,14 @@ class JobProgress:
         self.interval = interval
         self.layers: dict[object, int] = {}
         self.last = 0.0
+        self.current = ""
         self.lock = threading.Lock()  # layers report from several threads
 
     def stage(self, ref: object, stage: str, detail: str = "") -> None:
         if stage in (JobState.PUBLISHED, "unchanged"):
             return  # the task records the outcome itself, with the result
-        self.store.event(self.job_id, stage, detail)
+        self.current = stage
+        self._stop_if(self.store.event(self.job_id, stage, detail))
 
     def layer(self, digest: object, done: int, total: int | None) -> None:
         with self.lock:
@@ -211,4 +249,8 @@ class JobProgress:
             now = time.monotonic()
             if now - self.last >= self.interval or (total is not None and done >= total):
                 self.last = now
-                self.store.set_bytes(self.job_id, sum(self.layers.values()))
+                self._stop_if(self.store.set_bytes(self.job_id, sum(self.layers.values())))
+
+    def _stop_if(self, cancelled_by: str) -> None:
+        if cancelled_by:
+            raise JobCancelled(cancelled_by, self.current)

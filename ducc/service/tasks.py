@@ -27,12 +27,13 @@ from typing import Any
 from celery import Celery, Task
 from celery.signals import worker_ready
 
-from ducc.errors import DuccError, WishlistError
+from ducc.errors import DuccError, JobCancelled, WishlistError
 from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
 from ducc.model.request import ConversionResult
-from ducc.service import keys
+from ducc.service import keys, lastsync
 from ducc.service.jobs import ACTIVE_STATES, JobProgress, JobState
+from ducc.service.lastsync import ImageOutcome, LastSync
 from ducc.service.locks import try_lease
 from ducc.service.metrics import record_conversion
 from ducc.service.queue import CONVERT_TASK, PROPAGATION_TASK, RECONCILE_TASK, SYNC_TASK, Dispatcher
@@ -66,6 +67,15 @@ def run_conversion(services: Services, job_id: str, task: Task) -> str:
         record_conversion(services.redis, "failed", time.monotonic() - started)
         return JobState.FAILED
 
+    def cancelled(exc: JobCancelled) -> str:
+        log.warning("job %s (%s): %s; nothing was published", job_id, job.image, exc)
+        now = jobs.get(job_id, follow=False)
+        if now is None or now.state != JobState.CANCELLED:  # not ended by the cancel itself already
+            jobs.event(job_id, JobState.CANCELLED, f"{exc}; stopped, nothing half published",
+                       error=str(exc), temporary=0, attempts=attempts)
+        record_conversion(services.redis, JobState.CANCELLED, time.monotonic() - started)
+        return JobState.CANCELLED
+
     with running(services.redis, services.queue, jobs, job_id, request, settings.job_lease) as run:
         changed = False
         try:
@@ -73,6 +83,8 @@ def run_conversion(services: Services, job_id: str, task: Task) -> str:
             while True:
                 try:
                     result = services.converter.run(request, progress=progress)
+                except JobCancelled:
+                    raise  # never "look again": requests that joined this job are cancelled with it
                 except DuccError as exc:
                     # A request that arrived meanwhile may be for a push that converts: look again first.
                     if not run.finish():
@@ -85,7 +97,14 @@ def run_conversion(services: Services, job_id: str, task: Task) -> str:
                     why = "a request arrived during the conversion: checking the tag again"
                 log.info("job %s (%s): %s", job_id, job.image, why)
                 jobs.event(job_id, JobState.RESOLVING, why)
+        except JobCancelled as exc:
+            run.finish(recheck=False)
+            return cancelled(exc)
         except DuccError as exc:
+            now = jobs.get(job_id, follow=False)
+            if now is not None and now.cancelled_by:  # cancelled while this attempt failed: no retry
+                run.finish(recheck=False)
+                return cancelled(JobCancelled(now.cancelled_by))
             if exc.temporary and attempts < settings.job_max_attempts:
                 delay = min(settings.job_retry_base * 2 ** (attempts - 1), 3600)
                 log.warning("job %s (%s): %s; retry %d in %ds", job_id, job.image, exc, attempts, delay)
@@ -156,30 +175,42 @@ def _job_result(result: ConversionResult, changed: bool) -> dict[str, Any]:
 
 
 def run_sync(services: Services) -> dict[str, Any]:
-    """Queue a conversion for every wishlist image whose tag moved; the checks are manifest HEADs only."""
-    from ducc import wishlist as wishlist_module
-    from ducc.sync import check_all
+    """Queue a conversion for every wishlist image whose tag moved; the checks are manifest HEADs only.
+    What became of each image is recorded for the status page (``ducc.service.lastsync``)."""
+    from ducc.sync import check_all, read_wishlist
 
     path = services.settings.wishlist
     if path is None:
         log.info("no wishlist configured (DUCC_WISHLIST): nothing to sync")
         return {"checked": 0}
     try:
-        wishes = wishlist_module.load(path.read_text(encoding="utf-8"))
-    except (OSError, WishlistError) as exc:
-        log.error("wishlist %s: %s", path, exc)
+        wishes = read_wishlist(path)
+    except WishlistError as exc:
+        log.error("%s", exc)
         return {"error": str(exc)}
     queued: list[str] = []
+    outcomes: list[ImageOutcome] = []
+    guard = threading.Lock()
 
     def check(ref: Reference, platform: Platform) -> str:
-        request = wishes.request(ref, platform)  # with the thin image the wishlist's output_format names
-        current, _ = services.converter.is_current(ref, platform, thin=request.thin)
-        if current:
-            return "unchanged"
-        queued.append(services.queue.submit(request, "wishlist").job_id)
-        return "queued"
+        try:
+            request = wishes.request(ref, platform)  # with the thin image the wishlist's output_format names
+            current, _ = services.converter.is_current(ref, platform, thin=request.thin)
+            job = "" if current else services.queue.submit(request, "wishlist").job_id
+        except DuccError as exc:
+            with guard:
+                outcomes.append(ImageOutcome(str(ref), str(platform), "failed", error=str(exc)))
+            raise
+        with guard:
+            outcomes.append(ImageOutcome(str(ref), str(platform), "queued" if job else "unchanged", job=job))
+            if job:
+                queued.append(job)
+        return "queued" if job else "unchanged"
 
     report = check_all(wishes, services.client, check, per_registry=services.settings.registry_concurrency)
+    texts = {wish.text for wish in wishes.wishes}
+    lastsync.record(services.redis, LastSync(time.time(), str(path), tuple(outcomes),
+                                             {what: why for what, why in report.failures if what in texts}))
     summary = {"checked": len(report.outcomes), "queued": len(queued), "failed": len(report.failures)}
     log.info("wishlist sync: %(checked)d checked, %(queued)d queued, %(failed)d failed", summary)
     for what, why in report.failures:
