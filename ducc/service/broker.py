@@ -27,10 +27,10 @@ def broker_url(redis_url: str) -> str:
     return redis_url
 
 
-def parse_cron(expression: str) -> crontab:
+def parse_cron(expression: str, name: str = "DUCC_SYNC_SCHEDULE") -> crontab:
     fields = expression.split()
     if len(fields) != 5:
-        raise ValueError(f"DUCC_SYNC_SCHEDULE {expression!r} is not a 5-field cron expression")
+        raise ValueError(f"{name} {expression!r} is not a 5-field cron expression")
     minute, hour, day_of_month, month, day_of_week = fields
     return crontab(minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month, day_of_week=day_of_week)
 
