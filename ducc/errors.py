@@ -27,7 +27,8 @@ Callers decide what to do from attributes, never from message text:
     ├── WishlistError             a wishlist that does not validate
     ├── ThinImageNotPushed        the image is published, its thin image is not (temporary as its cause)
     └── PublishError              the publisher could not make the image visible
-        └── CvmfsError            a cvmfs_server command failed (its command, exit code, stderr)
+        ├── CvmfsError            a cvmfs_server command failed (its command, exit code, stderr)
+        └── TreeMissing           a layer or flat root was removed under a conversion (temporary)
 """
 
 from __future__ import annotations
@@ -171,3 +172,10 @@ class CvmfsError(PublishError):
         self.returncode = returncode
         self.stderr = stderr
         self.temporary = returncode == 16  # EBUSY: lease path busy
+
+
+class TreeMissing(PublishError):
+    """A layer or flat root the conversion was about to record was removed meanwhile (by garbage
+    collection where it could not see the conversion's reservation); a retry publishes it again."""
+
+    temporary = True
