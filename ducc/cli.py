@@ -24,7 +24,7 @@ from ducc.model.reference import Reference
 from ducc.model.request import ConversionRequest
 from ducc.progress import LogProgress
 from ducc.services import Services
-from ducc.settings import Settings
+from ducc.settings import Settings, parse_duration
 
 log = logging.getLogger("ducc")
 
@@ -37,6 +37,8 @@ examples:
   ducc list --root /srv/cvmfs/unpacked
   ducc serve --root /srv/cvmfs/unpacked --wishlist wishlist.yaml   # everything, one machine
   ducc submit ubuntu:24.04 && ducc status ubuntu:24.04 --wait 600
+  ducc rm 127.0.0.1:5000/team/app:old --root /srv/cvmfs/unpacked
+  ducc gc --root /srv/cvmfs/unpacked --dry-run
 
 Settings come from DUCC_* environment variables; see the README.
 """
@@ -90,6 +92,13 @@ def _platform(args: argparse.Namespace, settings: Settings) -> Platform:
 def _platform_arg(text: str) -> Platform:
     try:
         return Platform.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _duration_arg(text: str) -> int:
+    try:
+        return parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
@@ -215,6 +224,36 @@ def cmd_check_wishlist(args: argparse.Namespace, settings: Settings) -> int:
             print(line)
     print(f"{len(work)} images would be kept converted")
     return _summary(len(work) + unexpanded, report.failures)
+
+
+def cmd_gc(args: argparse.Namespace, settings: Settings) -> int:
+    from ducc.gc import collect
+
+    services = _services(args, settings)
+    if not services.view.exists():
+        print(f"nothing to collect: there is no repository at {services.view.location}")
+        return 0
+    grace = settings.gc_grace if args.grace is None else args.grace
+    collection = collect(services.publisher, grace=grace, dry_run=args.dry_run)
+    for line in collection.lines():
+        print(line)
+    print(collection.summary())
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace, settings: Settings) -> int:
+    from ducc.unpublish import unpublish
+
+    services = _services(args, settings)
+    platform = _platform(args, settings)
+    targets = [(Reference.parse(text), platform) for text in args.images]  # all parsed before anything goes
+    results = unpublish(services.publisher, targets)
+    for result in results:
+        print(f"{result.outcome}\t{result.path}")
+    if any(r.outcome == "unpublished" for r in results):
+        print(f"ducc: the flat roots and layers they used go with the first 'ducc gc' after the grace period "
+              f"({settings.gc_grace}s, DUCC_GC_GRACE)", file=sys.stderr)
+    return 0 if all(r.outcome == "unpublished" for r in results) else 1
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
@@ -464,6 +503,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", help="host:port (default $DUCC_LISTEN)")
     p.add_argument("--workers", type=int, default=2)
     p.set_defaults(func=cmd_web)
+
+    p = sub.add_parser(
+        "gc", help="delete flat roots and layers no published image uses, after a grace period",
+        description="Mark and sweep: every flat root a published path leads to, and every layer its record "
+        "lists, is kept; everything else under .flat and .layers is deleted once ducc has seen it unreferenced "
+        "for the grace period (jobs keep running from a tag's old target meanwhile). Prints one line per "
+        "deleted, waiting or in-use tree and a summary. On CVMFS, reclaiming the object store is then "
+        "'cvmfs_server gc', a separate step.")
+    with_root(p)
+    p.add_argument("--grace", type=_duration_arg, metavar="DURATION",
+                   help="how long a tree stays once unreferenced: seconds (0 included) or 90s, 30m, 12h, 7d "
+                   "(default: $DUCC_GC_GRACE or 7d)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    p.set_defaults(func=cmd_gc)
+
+    p = sub.add_parser(
+        "rm", help="unpublish images (the tag link and its record, at once)",
+        description="Unpublish each IMAGE: its tag link and .metadata record go together, in one transaction. "
+        "Its flat root and layers stay until 'ducc gc' finds them unreferenced for the grace period. "
+        "Exit status 1 if an IMAGE was not published.")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    with_root(p)
+    p.add_argument("--platform", type=_platform_arg, help="os/arch[/variant] (default: $DUCC_PLATFORM or linux/amd64)")
+    p.set_defaults(func=cmd_rm)
 
     p = sub.add_parser("list", help="list published images")
     with_root(p)

@@ -271,6 +271,8 @@ def collect(
         found = survey(publisher, publisher.reserved())
         sizes = measure_missing(publisher, found.present, sizes)
         return Collection(plan(found, replace(state, sizes=sizes), clock(), grace), sizes, found.present, True)
+    log.info("gc of %s: %d layers and %d flat roots present; taking the repository", publisher.name,
+             sum(1 for i in present if i.kind == Kind.LAYER), sum(1 for i in present if i.kind == Kind.FLAT))
     with publisher.transaction() as txn:
         reserved = txn.reserved()  # from here until the removals are done, nothing can be reserved
         state = GcState.parse(publisher.read_gc_state())
