@@ -176,14 +176,14 @@ def _wishlist_repository(settings: Settings, repo: str) -> Settings:
 
 
 def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
-    from ducc.sync import sync
+    from ducc.sync import sync, wishlist_origin
 
     wishes = _load_wishlist(args.wishlist)
     if wishes.cvmfs_repo and args.root is None and settings.publisher == "directory":
         settings = _wishlist_repository(settings, wishes.cvmfs_repo)
     services = _services(args, settings)
     report = sync(wishes, services.client, services.converter.run, concurrency=settings.sync_concurrency,
-                  per_registry=settings.registry_concurrency)
+                  per_registry=settings.registry_concurrency, origin=wishlist_origin(args.wishlist))
     counts: dict[str, int] = {}
     for result in report.results:
         counts[result.state] = counts.get(result.state, 0) + 1
@@ -319,7 +319,9 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _print_job(job) -> None:  # type: ignore[no-untyped-def]
-    print(f"job {job.id}: {job.image} ({job.platform}) from {job.source}: {job.state.upper()}")
+    what = f"{job.image} ({job.platform})" if job.platform else job.image
+    kind = "" if job.kind == "convert" else f"{job.kind} "
+    print(f"job {job.id}: {kind}{what} from {job.source}: {job.state.upper()}")
     for event in job.events:
         suffix = f" [{event['job']}]" if event.get("job") else ""
         print(f"  {_when(event['at'])}  {event['state']:<11} {event.get('detail', '')}{suffix}")
@@ -362,7 +364,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             break
         time.sleep(0.5)
     _print_job(job)
-    if job.state == "published":
+    if job.state in ("published", "done"):
         return 0
     return 1 if job.state == "failed" else EXIT_PENDING
 
@@ -370,7 +372,9 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
     for job in Services(settings).jobs.recent_jobs(args.limit):
         took = f"{job.updated_at - job.received_at:7.1f}s"
-        print(f"{job.id}  {_when(job.received_at)}  {job.state:<10} {took}  {job.source:<9} {job.image} ({job.platform})"
+        what = f"{job.image} ({job.platform})" if job.platform else job.image
+        kind = "" if job.kind == "convert" else f"{job.kind}: "
+        print(f"{job.id}  {_when(job.received_at)}  {job.state:<10} {took}  {job.source:<9} {kind}{what}"
               + (f"  -> {job.coalesced_into}" if job.coalesced_into else "")
               + (f"  {job.error}" if job.error else ""))
     return 0
@@ -479,7 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("status", help="the timeline of a job (by id) or of an image's latest job",
-                       description="Exit status: 0 published, 1 failed or unknown, 75 not finished yet.")
+                       description="Exit status: 0 published (or done, for an unpublish or a garbage collection), "
+                       "1 failed or unknown, 75 not finished yet.")
     p.add_argument("target", metavar="JOB_ID|IMAGE")
     p.add_argument("--wait", type=float, default=0, metavar="SECONDS", help="wait up to SECONDS for the job to finish")
     p.add_argument("--platform", type=_platform_arg)

@@ -248,7 +248,7 @@ class Converter:
                 self._check_present(image)
                 progress.stage(ref, "publishing")
                 txn.point_tag(ref, platform, image.config.digest)
-                record = self._record(image)
+                record = self._record(image, request.origin)
                 txn.write_record(ref, platform, record)
         revision = self.publisher.revision()
         seconds = time.monotonic() - started
@@ -453,10 +453,11 @@ class Converter:
 
     # -- record --------------------------------------------------------------------------
 
-    def _record(self, image: Image) -> Record:
+    def _record(self, image: Image, origin: str | None) -> Record:
         return Record.create(
             image.reference, image.platform, image.tag_digest, image.manifest, image.config,
             converted_at=datetime.now(UTC).isoformat(timespec="seconds"), converted_by=f"ducc {__version__}",
+            extra={"requested_by": origin} if origin else None,
         )
 
 

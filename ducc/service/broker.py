@@ -11,7 +11,7 @@ from celery import Celery
 from celery.schedules import crontab
 
 from ducc.service import keys
-from ducc.service.queue import RECONCILE_TASK, SYNC_TASK
+from ducc.service.queue import GC_TASK, RECONCILE_TASK, SYNC_TASK
 from ducc.settings import Settings
 
 
@@ -54,6 +54,7 @@ def create_celery(settings: Settings, redis_url: str) -> Celery:
         beat_schedule={
             "wishlist-sync": {"task": SYNC_TASK, "schedule": parse_cron(settings.sync_schedule)},
             "reconcile": {"task": RECONCILE_TASK, "schedule": float(settings.job_lease)},
+            "garbage-collection": {"task": GC_TASK, "schedule": parse_cron(settings.gc_schedule, "DUCC_GC_SCHEDULE")},
         },
         timezone="UTC",
     )

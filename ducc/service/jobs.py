@@ -11,6 +11,12 @@ flattening, publishing, thin (only when a thin image was asked for: pushing it,
 then "thin image pushed: <ref>@<digest>"), then published or failed (retrying in between for
 temporary errors). A request coalesced onto another job records
 ``coalesced_into`` and reports that job's state and outcome.
+
+Jobs of other kinds (``Job.kind``, the ``action`` of the request they carry) have
+timelines too, ending in done or failed: an unpublish (received, queued,
+resolving: asking the registry, unpublishing, done) and a garbage collection
+(received, collecting, done), which the scheduled task creates itself
+(``JobStore.create``) rather than queueing.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from typing import Any
 
 import redis
 
-from ducc.model.request import ConversionRequest
+from ducc.model.request import ConversionRequest, UnpublishRequest, parse_request
 from ducc.service import keys
 
 
@@ -44,11 +50,15 @@ class JobState(StrEnum):
     RETRYING = "retrying"
     PUBLISHED = "published"
     FAILED = "failed"
+    UNPUBLISHING = "unpublishing"  # an unpublish job removing the tag
+    COLLECTING = "collecting"  # a garbage collection reading and sweeping the repository
+    DONE = "done"  # an unpublish or a garbage collection finished (the detail says what it did)
 
 
-FINAL_STATES = frozenset({JobState.PUBLISHED, JobState.FAILED})
+FINAL_STATES = frozenset({JobState.PUBLISHED, JobState.FAILED, JobState.DONE})
 ACTIVE_STATES = frozenset({JobState.RESOLVING, JobState.FETCHING, JobState.UNPACKING, JobState.FLATTENING,
-                           JobState.PUBLISHING, JobState.THIN})
+                           JobState.PUBLISHING, JobState.THIN, JobState.UNPUBLISHING, JobState.COLLECTING})
+KINDS = ("convert", "unpublish", "gc")
 
 
 def new_job_id() -> str:
@@ -79,13 +89,18 @@ class Job:
         return self.state in FINAL_STATES
 
     @property
-    def request(self) -> ConversionRequest:
-        """The request this job converts (ValueError if its record does not parse)."""
-        return ConversionRequest.from_json(self.request_json or {"image": self.image, "platform": self.platform})
+    def kind(self) -> str:
+        """``convert`` (most jobs), ``unpublish`` or ``gc``."""
+        return str(self.request_json.get("action") or "convert")
+
+    @property
+    def request(self) -> ConversionRequest | UnpublishRequest:
+        """The request this job carries out (ValueError if its record does not parse, or it has none: gc)."""
+        return parse_request(self.request_json or {"image": self.image, "platform": self.platform})
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "id": self.id, "image": self.image, "platform": self.platform, "source": self.source,
+            "id": self.id, "kind": self.kind, "image": self.image, "platform": self.platform, "source": self.source,
             "state": self.state, "received_at": self.received_at, "updated_at": self.updated_at,
             "error": self.error or None, "temporary": self.temporary, "attempts": self.attempts,
             "bytes": self.bytes, "coalesced_into": self.coalesced_into or None, "result": self.result,
@@ -126,6 +141,24 @@ class JobStore:
         elif state in FINAL_STATES:
             pipe.srem(keys.ACTIVE, job_id)
         pipe.execute()
+
+    def create(self, kind: str, subject: str, source: str) -> str:
+        """A new job of ``kind`` about ``subject`` (shown where a conversion shows its image) that no
+        queue dispatches: its task runs it at once (the scheduled garbage collection). Returns its id."""
+        job_id = new_job_id()
+        now = time.time()
+        pipe = self.redis.pipeline()
+        pipe.hset(keys.job(job_id), mapping={
+            "id": job_id, "image": subject, "platform": "", "source": source, "state": JobState.RECEIVED,
+            "request": json.dumps({"action": kind}), "received_at": now, "updated_at": now,
+        })
+        pipe.rpush(keys.events(job_id), json.dumps({"state": str(JobState.RECEIVED), "at": now, "detail": source}))
+        pipe.zadd(keys.RECENT, {job_id: now})
+        pipe.zremrangebyrank(keys.RECENT, 0, -self.recent - 1)
+        pipe.expire(keys.job(job_id), self.ttl)
+        pipe.expire(keys.events(job_id), self.ttl)
+        pipe.execute()
+        return job_id
 
     def set_bytes(self, job_id: str, count: int) -> None:
         self.redis.hset(keys.job(job_id), mapping={"bytes": count, "updated_at": time.time()})
