@@ -21,7 +21,7 @@ from flask import current_app, request
 
 from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
-from ducc.model.request import ConversionRequest, QueuedRequest, UnpublishRequest
+from ducc.model.request import ConversionRequest, UnpublishRequest
 from ducc.service.metrics import record_request
 from ducc.service.queue import QueueUnavailable
 from ducc.services import Services
@@ -104,33 +104,15 @@ def body(source: str, content_types: frozenset[str]) -> Any:
 
 
 def submit(source: str, ref: Reference, platforms: tuple[Platform, ...], event_id: str | None) -> list[dict[str, Any]]:
-    """Queue the conversion of ``ref`` (the queue counts the outcome); a redelivered event reports the job
-    it created first."""
-    return submit_requests(source, [ConversionRequest(ref, p) for p in platforms or (web().settings.platform,)],
-                           event_id)
-
-
-def submit_unpublish(source: str, ref: Reference, platforms: tuple[Platform, ...],
-                     event_id: str | None) -> list[dict[str, Any]]:
-    """Queue the unpublishing of ``ref`` on ``platforms``, once the registry confirms with a 404."""
-    return submit_requests(source, [UnpublishRequest(ref, p, reason=f"deleted from {ref.registry} (a {source} "
-                                                     "notification)") for p in platforms], event_id)
-
-
-def submit_requests(source: str, queued_requests: list[QueuedRequest], event_id: str | None) -> list[dict[str, Any]]:
-    """Queue each request (conversions or unpublishings) of one event."""
+    """Queue ``ref`` (the queue counts the outcome); a redelivered event reports the job it created first."""
     context = web()
-    ref = queued_requests[0].reference if queued_requests else None
     try:
         out = []
-        for queued in queued_requests:
-            platform = queued.platform
+        for platform in platforms or (context.settings.platform,):
             # one event may stand for several platforms: each gets its own delivery key
             key = f"{event_id}|{platform}" if event_id else None
-            sub = context.services.queue.submit(queued, source, key)
-            entry: dict[str, Any] = {"image": queued.image, "platform": str(platform), "job": sub.job_id}
-            if isinstance(queued, UnpublishRequest):
-                entry["action"] = "unpublish"
+            sub = context.services.queue.submit(ConversionRequest(ref, platform), source, key)
+            entry: dict[str, Any] = {"image": str(ref), "platform": str(platform), "job": sub.job_id}
             if sub.outcome == "duplicate":
                 entry["duplicate_delivery"] = True
             else:
@@ -140,4 +122,24 @@ def submit_requests(source: str, queued_requests: list[QueuedRequest], event_id:
     except (QueueUnavailable, redis.RedisError) as exc:
         count(source, "unavailable")
         log.error("%s event for %s could not be queued: %s", source, ref, exc)
+        raise BadRequest(503, "the queue is unavailable; retry later") from exc
+
+
+def submit_unpublish(source: str, ref: Reference, platforms: tuple[Platform, ...],
+                     event_id: str | None) -> list[dict[str, Any]]:
+    """Queue the unpublishing of ``ref`` on ``platforms``, which the worker does only once the registry
+    answers the manifest with a clean 404; a redelivered event reports the job it created first."""
+    context = web()
+    try:
+        out = []
+        for platform in platforms:
+            key = f"{event_id}|{platform}" if event_id else None
+            request = UnpublishRequest(ref, platform, reason=f"deleted from {ref.registry} (a {source} notification)")
+            sub = context.services.queue.submit(request, source, key)
+            out.append({"image": str(ref), "platform": str(platform), "job": sub.job_id, "action": "unpublish",
+                        **({"duplicate_delivery": True} if sub.outcome == "duplicate" else {"coalesced_into": sub.into})})
+        return out
+    except (QueueUnavailable, redis.RedisError) as exc:
+        count(source, "unavailable")
+        log.error("%s delete event for %s could not be queued: %s", source, ref, exc)
         raise BadRequest(503, "the queue is unavailable; retry later") from exc

@@ -37,16 +37,16 @@ def receive(sender: Sender) -> Any:
     accepted: list[dict[str, Any]] = []
     ignored = [{"what": what, "reason": why} for what, why in parsed.ignored]
     policy = web().policy
+    for deleted in parsed.deleted:
+        why = _unpublish(sender.name, deleted, accepted)
+        if why:
+            ignored.append({"what": f"delete {deleted.reference}", "reason": why})
     for event in parsed.events:
         decision = policy.decide(event.reference)
         if not decision.allowed:
             ignored.append({"what": str(event.reference), "reason": f"not allowed: {decision.why}"})
             continue
         accepted.extend(submit(sender.name, event.reference, decision.platforms, event.event_id))
-    for event in parsed.deleted:
-        why = _unpublish(sender.name, event, accepted)
-        if why:
-            ignored.append({"what": f"delete {event.reference}", "reason": why})
     if ignored:
         count(sender.name, "ignored", len(ignored))
     log.info("%s webhook: %d accepted%s, %d ignored%s", sender.name, len(accepted),
