@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmark (issue #11): `ducc gc` on a directory repository of BENCH_IMAGES (default 2000) small real
+# Benchmark: `ducc gc` on a directory repository of BENCH_IMAGES (default 2000) small real
 # images (two layers each, pushed to a real registry and converted by `ducc sync`), BENCH_SUPERSEDED
 # (default 10 %) of them superseded by a new image under the same tag: times a gc with nothing to
 # delete (first and later runs), one with the default grace (everything waits), a dry run and one
