@@ -32,7 +32,7 @@ from ducc.model.request import ConversionRequest
 from ducc.progress import LogProgress
 from ducc.publish import RepositoryView
 from ducc.services import Services
-from ducc.settings import Settings
+from ducc.settings import Settings, parse_duration
 
 log = logging.getLogger("ducc")
 
@@ -46,6 +46,8 @@ examples:
   ducc serve --root /srv/cvmfs/unpacked --wishlist wishlist.yaml   # everything, one machine
   ducc submit ubuntu:24.04 && ducc status ubuntu:24.04 --wait 600
   ducc cancel JOB_ID
+  ducc rm 127.0.0.1:5000/team/app:old --root /srv/cvmfs/unpacked
+  ducc gc --root /srv/cvmfs/unpacked --dry-run
 
 Settings come from DUCC_* environment variables; see the README.
 
@@ -158,6 +160,13 @@ def _platform_arg(text: str) -> Platform:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+def _duration_arg(text: str) -> int:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def _services(args: argparse.Namespace, settings: Settings) -> Services:
     return Services(settings, root=getattr(args, "root", None), progress=_progress(args))
 
@@ -235,6 +244,7 @@ def _wishlist_repository(settings: Settings, repo: str) -> Settings:
 
 def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
     from ducc.sync import sync
+    from ducc.wishlist import wishlist_origin
 
     wishes = _load_wishlist(args.wishlist)
     if wishes.cvmfs_repo and args.root is None and settings.publisher == "directory":
@@ -242,7 +252,7 @@ def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
     services = _services(args, settings)
     services.publisher  # noqa: B018  # a root that cannot be created or written: one error, before any work
     report = sync(wishes, services.client, services.converter.run, concurrency=settings.sync_concurrency,
-                  per_registry=settings.registry_concurrency)
+                  per_registry=settings.registry_concurrency, origin=wishlist_origin(args.wishlist))
     counts: dict[str, int] = {}
     for result in report.results:
         counts[result.state] = counts.get(result.state, 0) + 1
@@ -283,6 +293,37 @@ def cmd_check_wishlist(args: argparse.Namespace, settings: Settings) -> int:
             print(line)
     print(f"{len(work)} images would be kept converted")
     return _summary(len(work) + unexpanded, report.failures)
+
+
+def cmd_gc(args: argparse.Namespace, settings: Settings) -> int:
+    from ducc.gc import collect
+
+    services = _services(args, settings)
+    if not services.view.exists():
+        print(f"nothing to collect: there is no repository at {services.view.location}")
+        return 0
+    grace = settings.gc_grace if args.grace is None else args.grace
+    collection = collect(services.publisher, grace=grace, dry_run=args.dry_run)
+    for line in collection.lines():
+        print(line)
+    print(collection.summary())
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace, settings: Settings) -> int:
+    from ducc.unpublish import unpublish
+
+    _existing_view(args, settings)  # nothing to unpublish from a repository that is not there (never created)
+    services = _services(args, settings)
+    platform = _platform(args, settings)
+    targets = [(Reference.parse(text), platform) for text in args.images]  # all parsed before anything goes
+    results = unpublish(services.publisher, targets)
+    for result in results:
+        print(f"{result.outcome}\t{result.path}")
+    if any(r.outcome == "unpublished" for r in results):
+        print(f"ducc: the flat roots and layers they used go with the first 'ducc gc' after the grace period "
+              f"({settings.gc_grace}s, DUCC_GC_GRACE)", file=sys.stderr)
+    return 0 if all(r.outcome == "unpublished" for r in results) else 1
 
 
 def _existing_view(args: argparse.Namespace, settings: Settings) -> RepositoryView:
@@ -357,7 +398,9 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _print_job(job) -> None:  # type: ignore[no-untyped-def]
-    print(f"job {job.id}: {job.image} ({job.platform}) from {job.source}: {job.state.upper()}")
+    what = f"{job.image} ({job.platform})" if job.platform else job.image
+    kind = "" if job.kind == "convert" else f"{job.kind} "
+    print(f"job {job.id}: {kind}{what} from {job.source}: {job.state.upper()}")
     for event in job.events:
         suffix = f" [{event['job']}]" if event.get("job") else ""
         print(f"  {_when(event['at'])}  {event['state']:<11} {event.get('detail', '')}{suffix}")
@@ -398,7 +441,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             break
         time.sleep(0.5)
     _print_job(job)
-    if job.state == "published":
+    if job.state in ("published", "done"):
         return EXIT_OK
     return EXIT_FAILED if job.finished else EXIT_PENDING
 
@@ -439,7 +482,9 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
     for job in Services(settings).jobs.recent_jobs(args.limit):
         took = f"{job.updated_at - job.received_at:7.1f}s"
-        print(f"{job.id}  {_when(job.received_at)}  {job.state:<10} {took}  {job.source:<9} {job.image} ({job.platform})"
+        what = f"{job.image} ({job.platform})" if job.platform else job.image
+        kind = "" if job.kind == "convert" else f"{job.kind}: "
+        print(f"{job.id}  {_when(job.received_at)}  {job.state:<10} {took}  {job.source:<9} {kind}{what}"
               + (f"  -> {job.coalesced_into}" if job.coalesced_into else "")
               + (f"  {job.error}" if job.error else ""))
     return 0
@@ -575,8 +620,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("status", help="the timeline of a job (by id) or of an image's latest job",
-                       description="Exit status: 0 published, 1 failed, cancelled or unknown, 75 not finished yet, "
-                       "69 Redis unreachable.")
+                       description="Exit status: 0 published (or done, for an unpublish or a garbage collection), "
+                       "1 failed, cancelled or unknown, 75 not finished yet, 69 Redis unreachable.")
     p.add_argument("target", metavar="JOB_ID|IMAGE")
     p.add_argument("--wait", type=float, default=0, metavar="SECONDS", help="wait up to SECONDS for the job to finish")
     p.add_argument("--platform", type=_platform_arg)
@@ -611,6 +656,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", help="host:port (default $DUCC_LISTEN)")
     p.add_argument("--workers", type=int, default=2)
     p.set_defaults(func=cmd_web)
+
+    p = sub.add_parser(
+        "gc", help="delete flat roots and layers no published image uses, after a grace period",
+        description="Mark and sweep: every flat root a published path leads to, and every layer its record "
+        "lists, is kept; everything else under .flat and .layers is deleted once ducc has seen it unreferenced "
+        "for the grace period (jobs keep running from a tag's old target meanwhile). Prints one line per "
+        "deleted, waiting or in-use tree and a summary. On CVMFS, reclaiming the object store is then "
+        "'cvmfs_server gc', a separate step.")
+    with_root(p)
+    p.add_argument("--grace", type=_duration_arg, metavar="DURATION",
+                   help="how long a tree stays once unreferenced: seconds (0 included) or 90s, 30m, 12h, 7d "
+                   "(default: $DUCC_GC_GRACE or 7d)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    p.set_defaults(func=cmd_gc)
+
+    p = sub.add_parser(
+        "rm", help="unpublish images (the tag link and its record, at once)",
+        description="Unpublish each IMAGE: its tag link and .metadata record go together, in one transaction. "
+        "Its flat root and layers stay until 'ducc gc' finds them unreferenced for the grace period. "
+        "Exit status 1 if an IMAGE was not published.")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    with_root(p)
+    p.add_argument("--platform", type=_platform_arg, help="os/arch[/variant] (default: $DUCC_PLATFORM or linux/amd64)")
+    p.set_defaults(func=cmd_rm)
 
     p = sub.add_parser("list", help="list published images")
     with_root(p)

@@ -21,6 +21,14 @@ Order of work, and what each step promises:
              a later run of the same request, finding the record current but
              without that thin image, pushes only the thin image.
 
+Beside garbage collection: before it looks whether any layer or the flat root
+exists, the conversion reserves them all in its staging directory
+(``Publisher.reserve``), so a sweep keeps them while it runs; and in its final
+transaction, before the tag moves, it checks that every layer and the flat
+root are there (a sweep on a host that cannot see its reservations could have
+removed them): if one is missing it stops with a temporary error, and the
+retry publishes it again. A record never lists a layer or flat that is gone.
+
 A failure at any step leaves no part of this image visible: staged trees are
 discarded, and a layer is published only after its whole stream was verified.
 The layers an image writes are held to the operator's limits while they stream
@@ -54,6 +62,7 @@ from ducc.errors import (
     NoMatchingPlatform,
     RegistryUnavailable,
     ThinImageNotPushed,
+    TreeMissing,
     UnsafeLayer,
     UnsupportedLayer,
     storage_error,
@@ -228,6 +237,8 @@ class Converter:
         image = fetch_image(self.client, ref, platform, tag_digest)
         tally = _Tally()
         with self.publisher.staging() as stage:
+            # Reserved before anything is looked at: garbage collection keeps them while this runs.
+            self.publisher.reserve(stage, [d.digest for d, _ in image.layers] + [image.config.digest])
             self._publish_layers(image, stage, tally, progress, Budget(self.limits))
             flat: Path | None = None
             flat_reused = self.publisher.has_flat(image.config.digest)
@@ -245,9 +256,10 @@ class Converter:
             with self.publisher.transaction() as txn:
                 if flat is not None:
                     txn.add_flat(image.config.digest, flat)  # a twin built meanwhile by another worker wins
+                self._check_present(image)
                 progress.stage(ref, "publishing")
                 txn.point_tag(ref, platform, image.config.digest)
-                record = self._record(image)
+                record = self._record(image, request.origin)
                 txn.write_record(ref, platform, record)
         revision = self.publisher.revision()
         seconds = time.monotonic() - started
@@ -274,6 +286,15 @@ class Converter:
             self.publisher.sweep_staging()
         except OSError as exc:  # cleaning up is never worth failing a conversion for
             log.warning("could not sweep staging debris: %s", exc)
+
+    def _check_present(self, image: Image) -> None:
+        """Every layer and the flat root are published: the record about to be written lists them."""
+        missing = [f"layer {d.digest}" for d, _ in image.layers if not self.publisher.has_layer(d.digest)]
+        if not self.publisher.has_flat(image.config.digest):
+            missing.append(f"flat root {image.config.digest}")
+        if missing:
+            raise TreeMissing(f"{image.reference}: {', '.join(missing)} removed during the conversion "
+                              "(garbage collection on another host?); a retry publishes them again")
 
     # -- thin image ----------------------------------------------------------------------
 
@@ -457,10 +478,11 @@ class Converter:
 
     # -- record --------------------------------------------------------------------------
 
-    def _record(self, image: Image) -> Record:
+    def _record(self, image: Image, origin: str | None) -> Record:
         return Record.create(
             image.reference, image.platform, image.tag_digest, image.manifest, image.config,
             converted_at=datetime.now(UTC).isoformat(timespec="seconds"), converted_by=f"ducc {__version__}",
+            extra={"requested_by": origin} if origin else None,
         )
 
 

@@ -32,7 +32,8 @@ Callers decide what to do from attributes, never from message text:
     ├── StateDirectoryInUse       another ``ducc serve`` runs with the same state directory
     └── PublishError              the publisher could not make the image visible
         ├── RepositoryUnusable    a repository root that cannot be created or written
-        └── CvmfsError            a cvmfs_server command failed (its command, exit code, stderr)
+        ├── CvmfsError            a cvmfs_server command failed (its command, exit code, stderr)
+        └── TreeMissing           a layer or flat root was removed under a conversion (temporary)
 """
 
 from __future__ import annotations
@@ -208,3 +209,10 @@ class CvmfsError(PublishError):
         self.returncode = returncode
         self.stderr = stderr
         self.temporary = returncode == 16  # EBUSY: lease path busy
+
+
+class TreeMissing(PublishError):
+    """A layer or flat root the conversion was about to record was removed meanwhile (by garbage
+    collection where it could not see the conversion's reservation); a retry publishes it again."""
+
+    temporary = True

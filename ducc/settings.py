@@ -30,6 +30,10 @@
 | DUCC_STATE_DIR | embedded Redis data, beat schedule | ``$XDG_STATE_HOME/ducc`` |
 | DUCC_WISHLIST | wishlist the scheduled sync reads | |
 | DUCC_SYNC_SCHEDULE | cron expression of the wishlist sync | ``0 3 * * *`` |
+| DUCC_GC_GRACE | how long a flat root or layer stays after it became unreferenced (a DURATION: seconds, or ``90s`` ``30m`` ``12h`` ``7d``) | ``7d`` |
+| DUCC_GC_SCHEDULE | cron expression of the service's garbage collection | ``0 4 * * 0`` (weekly) |
+| DUCC_UNPUBLISH_ON_DELETE | ``1``: a registry ``delete`` notification unpublishes the tag, once the registry answers its manifest with a 404 | off |
+| DUCC_UNPUBLISH_REMOVED_WISHES | ``1``: the scheduled sync unpublishes tags it had published that left the (fully expanded) wishlist | off |
 | DUCC_LISTEN | address of the web app | ``127.0.0.1:8080`` |
 | DUCC_WORKER_CONCURRENCY | conversions one worker runs at once | 2 |
 | DUCC_REGISTRY_CONCURRENCY | manifest checks at once per registry during a sync | 8 |
@@ -50,6 +54,7 @@ processes of ``ducc serve``).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -142,6 +147,26 @@ def _tokens(env: Mapping[str, str]) -> dict[str, str]:
 
 PUBLISHERS = ("directory", "cvmfs")
 
+_DURATION = re.compile(r"^(\d+)([smhd]?)$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in a DURATION: plain seconds (``0``, ``90``) or a whole number with a unit (``90s``,
+    ``30m``, ``12h``, ``7d``). ValueError, with the accepted forms, for anything else."""
+    found = _DURATION.match(text.strip().lower())
+    if not found:
+        raise ValueError(f"{text!r} is not a duration: use seconds (90) or a whole number with a unit "
+                         "s, m, h or d (90s, 30m, 12h, 7d)")
+    return int(found.group(1)) * _UNIT_SECONDS[found.group(2)]
+
+
+def _duration(env: Mapping[str, str], name: str, default: str) -> int:
+    try:
+        return parse_duration(env.get(name) or default)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from exc
+
 
 def _flag(env: Mapping[str, str], name: str) -> bool:
     return env.get(name, "").lower() in ("1", "true", "yes", "on")
@@ -174,6 +199,10 @@ class Settings:
     state_dir: Path = Path("/var/lib/ducc")
     wishlist: Path | None = None
     sync_schedule: str = "0 3 * * *"
+    gc_grace: int = 7 * 86400
+    gc_schedule: str = "0 4 * * 0"
+    unpublish_on_delete: bool = False
+    unpublish_removed_wishes: bool = False
     listen: str = "127.0.0.1:8080"
     worker_concurrency: int = 2
     registry_concurrency: int = 8
@@ -242,6 +271,10 @@ class Settings:
             state_dir=Path(env.get("DUCC_STATE_DIR") or _state_home(env) / "ducc"),
             wishlist=Path(env["DUCC_WISHLIST"]) if env.get("DUCC_WISHLIST") else None,
             sync_schedule=env.get("DUCC_SYNC_SCHEDULE") or "0 3 * * *",
+            gc_grace=_duration(env, "DUCC_GC_GRACE", "7d"),
+            gc_schedule=env.get("DUCC_GC_SCHEDULE") or "0 4 * * 0",
+            unpublish_on_delete=_flag(env, "DUCC_UNPUBLISH_ON_DELETE"),
+            unpublish_removed_wishes=_flag(env, "DUCC_UNPUBLISH_REMOVED_WISHES"),
             listen=env.get("DUCC_LISTEN") or "127.0.0.1:8080",
             worker_concurrency=_int(env, "DUCC_WORKER_CONCURRENCY", 2),
             registry_concurrency=_int(env, "DUCC_REGISTRY_CONCURRENCY", 8),

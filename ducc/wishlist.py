@@ -23,6 +23,7 @@ whole tag with shell-glob semantics.
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -195,6 +196,12 @@ def load(text: str) -> Wishlist:
     user = data.get("user")
     repo = data.get("cvmfs_repo")
     return Wishlist(1, str(user) if user else None, str(repo) if repo else None, output_format, tuple(wishes))
+
+
+def wishlist_origin(path: str) -> str:
+    """How the records of the conversions a wishlist asked for name it (``ConversionRequest.origin``),
+    whoever queued them: its sync, or a webhook for an image it names."""
+    return f"wishlist {os.path.abspath(path)}"
 
 
 def thin_name(output_format: str, ref: Reference, scheme: str | None = None) -> str:

@@ -21,6 +21,7 @@ from flask import current_app, request
 
 from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
+from ducc.model.request import UnpublishRequest
 from ducc.service.metrics import record_request
 from ducc.service.queue import QueueUnavailable
 from ducc.services import Services
@@ -124,4 +125,24 @@ def submit(
     except (QueueUnavailable, redis.RedisError) as exc:
         count(source, "unavailable")
         log.error("%s event for %s could not be queued: %s", source, ref, exc)
+        raise BadRequest(503, "the queue is unavailable; retry later") from exc
+
+
+def submit_unpublish(source: str, ref: Reference, platforms: tuple[Platform, ...],
+                     event_id: str | None) -> list[dict[str, Any]]:
+    """Queue the unpublishing of ``ref`` on ``platforms``, which the worker does only once the registry
+    answers the manifest with a clean 404; a redelivered event reports the job it created first."""
+    context = web()
+    try:
+        out = []
+        for platform in platforms:
+            key = f"{event_id}|{platform}" if event_id else None
+            request = UnpublishRequest(ref, platform, reason=f"deleted from {ref.registry} (a {source} notification)")
+            sub = context.services.queue.submit(request, source, key)
+            out.append({"image": str(ref), "platform": str(platform), "job": sub.job_id, "action": "unpublish",
+                        **({"duplicate_delivery": True} if sub.outcome == "duplicate" else {"coalesced_into": sub.into})})
+        return out
+    except (QueueUnavailable, redis.RedisError) as exc:
+        count(source, "unavailable")
+        log.error("%s delete event for %s could not be queued: %s", source, ref, exc)
         raise BadRequest(503, "the queue is unavailable; retry later") from exc

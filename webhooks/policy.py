@@ -12,14 +12,14 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ducc.errors import WishlistError
 from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
 from ducc.model.request import ConversionRequest
-from ducc.wishlist import Wishlist, load
+from ducc.wishlist import Wishlist, load, wishlist_origin
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,7 @@ class Policy:
         self._wishlist: Wishlist | None = None
         self._mtime: float | None = None
         self.problem: str | None = None  # why the wishlist allows nothing (unreadable, invalid)
+        self._origin = wishlist_origin(str(wishlist_path)) if wishlist_path is not None else None
         if not self.allow and wishlist_path is None:
             log.warning("no DUCC_ALLOW and no wishlist: every conversion request will be refused by policy")
 
@@ -68,10 +69,10 @@ class Policy:
         for pattern in self.allow:
             if fnmatch.fnmatchcase(full, pattern) or fnmatch.fnmatchcase(name, pattern):
                 if wish is not None:
-                    return Decision(True, f"DUCC_ALLOW {pattern}", wish.platforms, wishes)
+                    return Decision(True, f"DUCC_ALLOW {pattern}", wish.platforms, wishes, self._origin)
                 return Decision(True, f"DUCC_ALLOW {pattern}")
         if wish is not None:
-            return Decision(True, f"wishlist entry {wish.text}", wish.platforms, wishes)
+            return Decision(True, f"wishlist entry {wish.text}", wish.platforms, wishes, self._origin)
         if self.problem:
             return Decision(False, f"matches no DUCC_ALLOW pattern, and the {self.problem}")
         return Decision(False, "matches neither DUCC_ALLOW nor the wishlist")
@@ -83,9 +84,11 @@ class Decision:
     why: str
     platforms: tuple[Platform, ...] = ()
     wishlist: Wishlist | None = None  # the wishlist that names the image, if one does
+    origin: str | None = None  # how records name that wishlist
 
     def request(self, ref: Reference, platform: Platform) -> ConversionRequest:
-        """The conversion to queue for ``ref`` on ``platform``: with the wishlist's thin image, if it names one."""
+        """The conversion to queue for ``ref`` on ``platform``: as the wishlist that names it asks for it (its
+        thin image, its name in the record), if one does."""
         if self.wishlist is not None:
-            return self.wishlist.request(ref, platform)
+            return replace(self.wishlist.request(ref, platform), origin=self.origin)
         return ConversionRequest(ref, platform)

@@ -16,6 +16,15 @@ and so are the promises (``ducc.publish``); only how a change becomes visible di
 Costs, in publishing calls: a new image = its new layers + 1 (flat) + 1 (tag and record); a tag
 that moved onto a published flat = 1; an unchanged tag = 0 (the converter stops before writing).
 
+Removal: an unpublished tag (its link and record) is a small change like any other, so a tag and
+its record disappear in one revision, the record first. Layers and flat roots that garbage
+collection removes are collected too and deleted at the end of the transaction with
+``cvmfs_server ingest --delete``, 64 paths per call (one per call on a gateway, which takes no
+more): each call is one revision in which whole trees disappear. Reclaiming the object store is
+``cvmfs_server gc``, the operator's separate step. The garbage-collection state is a local file
+(``gc_state``, under DUCC_STATE_DIR): writing it into the repository would cost a revision per run,
+and a publisher's own record can only be later than the truth, which delays deletion, never hastens it.
+
 Any failure of a command aborts the transaction where one is open, and the command's own words are
 in the error. One writer per repository: the repository lease (Redis, in the service) and an flock
 among this host's writers. A writer that died with a transaction open leaves it to the next, which
@@ -30,8 +39,8 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, TypeVar
 
@@ -41,7 +50,7 @@ from ducc.model.digest import Digest
 from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
 from ducc.publish.cvmfs_server import CvmfsServer
-from ducc.publish.directory import DirectoryView, write_record_files, write_tag_link
+from ducc.publish.directory import DirectoryView, remove_tag_files, write_record_files, write_tag_link
 from ducc.publish.staging import Staging
 from ducc.record import Record
 
@@ -50,6 +59,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _SETTLE_ATTEMPTS = 20
+DELETE_BATCH = 64  # paths per ``ingest --delete``: one revision each, command lines well below ARG_MAX
 
 
 def split_repository(text: str) -> tuple[str, str]:
@@ -81,6 +91,9 @@ class CvmfsView(DirectoryView):
     def read_record(self, ref: Reference, platform: Platform) -> Record | None:
         return self._settled(lambda: DirectoryView.read_record(self, ref, platform))
 
+    def read_record_at(self, link: str) -> Record | None:
+        return self._settled(lambda: DirectoryView.read_record_at(self, link))
+
     def _settled(self, read: Callable[[], T]) -> T:
         """``read()``, again until the mount (its device) did not change while it ran."""
         for _ in range(_SETTLE_ATTEMPTS):
@@ -95,9 +108,12 @@ class CvmfsView(DirectoryView):
 class CvmfsTransaction:
     """Layers and flat roots are ingested at once; tags and records wait for ``commit``."""
 
-    def __init__(self, publisher: CvmfsPublisher) -> None:
+    def __init__(self, publisher: CvmfsPublisher, held: ExitStack) -> None:
         self.publisher = publisher
+        self._held = held  # unwound after ``commit``
         self._small: list[tuple[PurePosixPath, Callable[[Path], None]]] = []
+        self._deletes: list[PurePosixPath] = []
+        self._frozen = False
 
     def add_layer(self, digest: Digest, staged: Path) -> None:
         if self.publisher.has_layer(digest):
@@ -125,12 +141,44 @@ class CvmfsTransaction:
         self._small.append((layout.metadata_dir(ref, platform) / layout.RECORD_MANIFEST,
                             lambda root: write_record_files(root, ref, platform, record)))
 
+    def remove_tag(self, ref: Reference, platform: Platform) -> None:
+        root = self.publisher.root
+        link, metadata = layout.tag_link(ref, platform), layout.metadata_dir(ref, platform)
+        if not (root / link).is_symlink() and not (root / metadata).is_dir():
+            return
+        # Both paths name the change, so that on a gateway the lease covers the record and the link.
+        self._small.append((metadata / layout.RECORD_MANIFEST, lambda root: _remove_tag(root, ref, platform)))
+        self._small.append((link, _lease_only))
+
+    def remove_layer(self, digest: Digest) -> None:
+        if (self.publisher.root / layout.layer_dir(digest)).exists():
+            self._deletes.append(layout.layer_dir(digest))
+
+    def remove_flat(self, config_digest: Digest) -> None:
+        if (self.publisher.root / layout.flat_dir(config_digest)).exists():
+            self._deletes.append(layout.flat_dir(config_digest))
+
+    def reserved(self) -> frozenset[Digest]:
+        if self._frozen:
+            return self.publisher._staging.reserved()
+        self._frozen = True
+        return self._held.enter_context(self.publisher._staging.frozen())
+
+    def write_gc_state(self, data: bytes) -> None:
+        self.publisher.write_gc_state(data)
+
     def commit(self) -> None:
-        """Write the small changes in one transaction … publish, in the order they were asked for."""
+        """Write the small changes in one transaction … publish, in the order they were asked for;
+        then delete the removed trees (``ingest --delete``, batched)."""
         if self._small:
             paths = [path for path, _ in self._small]
             self.publisher.small_changes(paths, [change for _, change in self._small])
             self._small.clear()
+        if self._deletes:
+            self.publisher.delete_trees(self._deletes)
+            for path in self._deletes:
+                log.info("removed %s from %s", path, self.publisher.name)
+            self._deletes.clear()
 
 
 class CvmfsPublisher(CvmfsView):
@@ -146,6 +194,7 @@ class CvmfsPublisher(CvmfsView):
         lock: Callable[[str], AbstractContextManager[None]] | None = None,
         busy_timeout: float = 600.0,
         host: str | None = None,
+        gc_state: Path | None = None,
     ) -> None:
         super().__init__(server.repository, subdir=subdir, mount=server.mount)
         mount = os.path.realpath(self.mount)
@@ -156,6 +205,7 @@ class CvmfsPublisher(CvmfsView):
         self.busy_timeout = busy_timeout
         self._lock = lock
         self._staging = Staging(staging_root)
+        self.gc_state = gc_state if gc_state is not None else staging_root.with_name(staging_root.name + ".gc.json")
         self.lease_name = f"cvmfs:{self.repository}" + (f"@{host or socket.gethostname()}" if self.gateway else "")
 
     def revision(self) -> int | None:
@@ -167,12 +217,31 @@ class CvmfsPublisher(CvmfsView):
     def sweep_staging(self) -> int:
         return self._staging.sweep()
 
+    def reserve(self, stage: Path, digests: Iterable[Digest]) -> None:
+        self._staging.reserve(stage, digests)
+
+    def reserved(self) -> frozenset[Digest]:
+        return self._staging.reserved()
+
+    def read_gc_state(self) -> bytes | None:
+        try:
+            return self.gc_state.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def write_gc_state(self, data: bytes) -> None:
+        self.gc_state.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.gc_state.with_name(f".{self.gc_state.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, self.gc_state)
+
     @contextmanager
     def transaction(self) -> Iterator[CvmfsTransaction]:
-        with self._lock(self.lease_name) if self._lock else nullcontext(), self._staging.writer():
+        with self._lock(self.lease_name) if self._lock else nullcontext(), self._staging.writer(), \
+                ExitStack() as held:
             if self.server.abort(missing_ok=True):
                 log.warning("aborted the transaction an interrupted writer left open on %s", self.repository)
-            txn = CvmfsTransaction(self)
+            txn = CvmfsTransaction(self, held)
             yield txn
             txn.commit()
 
@@ -221,6 +290,13 @@ class CvmfsPublisher(CvmfsView):
                 raise PublishError(f"cannot write into the transaction on {self.repository}: {exc}") from exc
             raise
 
+    def delete_trees(self, paths: list[PurePosixPath]) -> None:
+        """``ingest --delete`` every path (relative to the published root), ``DELETE_BATCH`` per call."""
+        full = [self._path(path) for path in paths]
+        for start in range(0, len(full), DELETE_BATCH):
+            batch = full[start:start + DELETE_BATCH]
+            self._retry_busy(lambda batch=batch: self.server.delete(batch, batch=DELETE_BATCH))  # type: ignore[misc]
+
     def _retry_busy(self, call: Callable[[], T]) -> T:
         """``call``, again while it fails only because a gateway lease is busy (up to ``busy_timeout``)."""
         deadline = time.monotonic() + self.busy_timeout
@@ -234,6 +310,14 @@ class CvmfsPublisher(CvmfsView):
                 log.info("%s: lease busy, retrying in %.1f s", self.repository, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 15.0)
+
+
+def _remove_tag(root: Path, ref: Reference, platform: Platform) -> None:
+    remove_tag_files(root, ref, platform)
+
+
+def _lease_only(root: Path) -> None:
+    """A path that only widens the lease of a change listed before it."""
 
 
 def _device(path: Path) -> int | None:

@@ -384,6 +384,16 @@ class RegistryClient:
             return ref.digest
         return self._head_manifest(ref, "pull")
 
+    def served(self, ref: Reference) -> Digest | None:
+        """What the registry serves at ``ref`` (tag or digest) now, from one HEAD; None only when it
+        answers that manifest request with 404. Anything else raises, as ``resolve`` does: an outage,
+        a timeout, a 5xx or 429 after retries (``RegistryUnavailable``), an authentication failure
+        (``AuthenticationError``) never reads as "gone"."""
+        try:
+            return self._head_manifest(ref, "pull")
+        except NotFound:
+            return None
+
     def _head_manifest(self, ref: Reference, actions: str) -> Digest:
         """What the registry serves at ``ref``'s selector, from one HEAD with the token scope ``actions``."""
         response = self._request(

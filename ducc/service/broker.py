@@ -15,7 +15,7 @@ from celery import Celery
 from celery.schedules import crontab
 
 from ducc.service import keys
-from ducc.service.queue import RECONCILE_TASK, SYNC_TASK
+from ducc.service.queue import GC_TASK, RECONCILE_TASK, SYNC_TASK
 from ducc.settings import Settings
 
 
@@ -43,16 +43,18 @@ def broker_url(redis_url: str) -> str:
     return redis_url
 
 
-def parse_cron(expression: str, nowfun: Callable[[], datetime] | None = None) -> crontab:
+def parse_cron(
+    expression: str, name: str = "DUCC_SYNC_SCHEDULE", nowfun: Callable[[], datetime] | None = None
+) -> crontab:
     fields = expression.split()
     if len(fields) != 5:
-        raise ValueError(f"DUCC_SYNC_SCHEDULE {expression!r} is not a 5-field cron expression")
+        raise ValueError(f"{name} {expression!r} is not a 5-field cron expression")
     minute, hour, day_of_month, month, day_of_week = fields
     try:
         return crontab(minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month,
                        day_of_week=day_of_week, nowfun=nowfun)
     except ValueError as exc:
-        raise ValueError(f"DUCC_SYNC_SCHEDULE {expression!r} is not a valid cron expression: {exc}") from exc
+        raise ValueError(f"{name} {expression!r} is not a valid cron expression: {exc}") from exc
 
 
 def next_sync(expression: str, now: datetime) -> datetime:
@@ -86,6 +88,7 @@ def create_celery(settings: Settings, redis_url: str, password: str | None = Non
         beat_schedule={
             "wishlist-sync": {"task": SYNC_TASK, "schedule": parse_cron(settings.sync_schedule)},
             "reconcile": {"task": RECONCILE_TASK, "schedule": float(settings.job_lease)},
+            "garbage-collection": {"task": GC_TASK, "schedule": parse_cron(settings.gc_schedule, "DUCC_GC_SCHEDULE")},
         },
         timezone="UTC",
     )

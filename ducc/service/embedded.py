@@ -137,12 +137,13 @@ def state_directory(state: Path) -> Iterator[None]:
 
 
 def preflight(settings: Settings, *, root: Path, wishlist: Path | None, web: bool) -> None:
-    """What must hold before anything starts: a readable DUCC_SYNC_SCHEDULE, a usable root and a valid
-    wishlist (errors), a webhook token (a warning: without one the web app refuses every webhook and
-    API request)."""
-    from ducc.service.broker import next_sync
+    """What must hold before anything starts: readable DUCC_SYNC_SCHEDULE and DUCC_GC_SCHEDULE, a usable
+    root and a valid wishlist (errors), a webhook token (a warning: without one the web app refuses every
+    webhook and API request)."""
+    from ducc.service.broker import next_sync, parse_cron
 
     next_sync(settings.sync_schedule, datetime.now(UTC))  # ValueError for a schedule beat could not read
+    parse_cron(settings.gc_schedule, "DUCC_GC_SCHEDULE")
     if settings.publisher == "directory":
         from ducc.publish.directory import DirectoryPublisher
 

@@ -17,6 +17,12 @@ cancelled into a working state (a worker that had not yet noticed a cancel canno
 bring the job back). ``cancelled_by`` says who asked for a cancel; a worker
 reporting progress learns of it from ``event`` and ``set_bytes`` and stops
 (``JobProgress`` raises ``JobCancelled``).
+
+Jobs of other kinds (``Job.kind``, the ``action`` of the request they carry) have
+timelines too, ending in done or failed: an unpublish (received, queued,
+resolving: asking the registry, unpublishing, done) and a garbage collection
+(received, collecting, done), which the scheduled task creates itself
+(``JobStore.create``) rather than queueing.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from typing import Any
 import redis
 
 from ducc.errors import JobCancelled
-from ducc.model.request import ConversionRequest
+from ducc.model.request import ConversionRequest, UnpublishRequest, parse_request
 from ducc.service import keys
 
 
@@ -52,18 +58,22 @@ class JobState(StrEnum):
     PUBLISHED = "published"
     FAILED = "failed"
     CANCELLED = "cancelled"  # by ducc cancel or the API: stopped, nothing half published
+    UNPUBLISHING = "unpublishing"  # an unpublish job removing the tag
+    COLLECTING = "collecting"  # a garbage collection reading and sweeping the repository
+    DONE = "done"  # an unpublish or a garbage collection finished (the detail says what it did)
 
 
-FINAL_STATES = frozenset({JobState.PUBLISHED, JobState.FAILED, JobState.CANCELLED})
+FINAL_STATES = frozenset({JobState.PUBLISHED, JobState.FAILED, JobState.CANCELLED, JobState.DONE})
 ACTIVE_STATES = frozenset({JobState.RESOLVING, JobState.FETCHING, JobState.UNPACKING, JobState.FLATTENING,
-                           JobState.PUBLISHING, JobState.THIN})
+                           JobState.PUBLISHING, JobState.THIN, JobState.UNPUBLISHING, JobState.COLLECTING})
+KINDS = ("convert", "unpublish", "gc")
 
 
 # KEYS: job, events, active. ARGV: job id, state, is the state final (1/0), event JSON, ttl,
 # membership of the active set (add | remove | ''), then field, value, ... for the job's hash.
 _EVENT = """
 local current = redis.call('HGET', KEYS[1], 'state')
-if (current == 'published' or current == 'failed' or current == 'cancelled') and ARGV[3] == '0' then
+if (""" + " or ".join(f"current == '{s}'" for s in sorted(FINAL_STATES)) + """) and ARGV[3] == '0' then
   return redis.call('HGET', KEYS[1], 'cancelled_by') or ''
 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 7))
@@ -104,13 +114,18 @@ class Job:
         return self.state in FINAL_STATES
 
     @property
-    def request(self) -> ConversionRequest:
-        """The request this job converts (ValueError if its record does not parse)."""
-        return ConversionRequest.from_json(self.request_json or {"image": self.image, "platform": self.platform})
+    def kind(self) -> str:
+        """``convert`` (most jobs), ``unpublish`` or ``gc``."""
+        return str(self.request_json.get("action") or "convert")
+
+    @property
+    def request(self) -> ConversionRequest | UnpublishRequest:
+        """The request this job carries out (ValueError if its record does not parse, or it has none: gc)."""
+        return parse_request(self.request_json or {"image": self.image, "platform": self.platform})
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "id": self.id, "image": self.image, "platform": self.platform, "source": self.source,
+            "id": self.id, "kind": self.kind, "image": self.image, "platform": self.platform, "source": self.source,
             "state": self.state, "received_at": self.received_at, "updated_at": self.updated_at,
             "error": self.error or None, "temporary": self.temporary, "attempts": self.attempts,
             "bytes": self.bytes, "coalesced_into": self.coalesced_into or None, "result": self.result,
@@ -158,6 +173,24 @@ class JobStore:
         pipe.hset(keys.job(job_id), mapping={"bytes": count, "updated_at": time.time()})
         pipe.hget(keys.job(job_id), "cancelled_by")
         return str(pipe.execute()[1] or "")
+
+    def create(self, kind: str, subject: str, source: str) -> str:
+        """A new job of ``kind`` about ``subject`` (shown where a conversion shows its image) that no
+        queue dispatches: its task runs it at once (the scheduled garbage collection). Returns its id."""
+        job_id = new_job_id()
+        now = time.time()
+        pipe = self.redis.pipeline()
+        pipe.hset(keys.job(job_id), mapping={
+            "id": job_id, "image": subject, "platform": "", "source": source, "state": JobState.RECEIVED,
+            "request": json.dumps({"action": kind}), "received_at": now, "updated_at": now,
+        })
+        pipe.rpush(keys.events(job_id), json.dumps({"state": str(JobState.RECEIVED), "at": now, "detail": source}))
+        pipe.zadd(keys.RECENT, {job_id: now})
+        pipe.zremrangebyrank(keys.RECENT, 0, -self.recent - 1)
+        pipe.expire(keys.job(job_id), self.ttl)
+        pipe.expire(keys.events(job_id), self.ttl)
+        pipe.execute()
+        return job_id
 
     # -- reading ------------------------------------------------------------------------
 

@@ -23,6 +23,8 @@ repository stays the source of truth, so losing Redis loses no published data.
     ducc:metrics:requests             hash   <source>|<outcome> → count
     ducc:metrics:conversions          hash   <result> → count
     ducc:metrics:duration             hash   histogram buckets le=<bound>, count, sum
+    ducc:metrics:gc                   hash   deleted|<layer|flat> → count, bytes_freed → bytes
+    ducc:metrics:repository           hash   <layers|flats> → bytes, as the last garbage collection measured
     ducc                              list   Celery's queue (kombu's Redis transport)
     unacked                           hash   kombu: messages taken by a worker, not yet acknowledged
 """
@@ -41,6 +43,8 @@ SYNC_LAST = f"{PREFIX}:sync:last"
 METRICS_REQUESTS = f"{PREFIX}:metrics:requests"
 METRICS_CONVERSIONS = f"{PREFIX}:metrics:conversions"
 METRICS_DURATION = f"{PREFIX}:metrics:duration"
+METRICS_GC = f"{PREFIX}:metrics:gc"
+METRICS_REPOSITORY = f"{PREFIX}:metrics:repository"
 
 # Celery's own keys (kombu's Redis transport): read for metrics, never written by ducc.
 CELERY_QUEUE = "ducc"

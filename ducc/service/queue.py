@@ -1,6 +1,9 @@
 """Submitting conversion requests: one job per request, one conversion per image at a time.
 
-``Queue.submit`` takes a ``ConversionRequest`` and is one Redis round trip (a
+Unpublish requests (``UnpublishRequest``) are queued the same way, under keys of their own; a
+dispatcher hands each job to the task of its kind (``ducc.convert``, ``ducc.unpublish``, ``ducc.gc``).
+
+``Queue.submit`` takes a request (``QueuedRequest``) and is one Redis round trip (a
 Lua script, atomic): it records the job (the request is "accepted" once this returns), answers a redelivered event
 with the job it created the first time, coalesces onto a job of the same image
 and platform that is still waiting (both ids then report that job's outcome),
@@ -32,7 +35,7 @@ from dataclasses import dataclass
 import redis
 
 from ducc.errors import ServiceUnavailable
-from ducc.model.request import ConversionRequest
+from ducc.model.request import QueuedRequest
 from ducc.service import keys
 from ducc.service.jobs import ACTIVE_STATES, JobStore, new_job_id
 
@@ -42,6 +45,9 @@ CONVERT_TASK = "ducc.convert"
 SYNC_TASK = "ducc.sync"
 RECONCILE_TASK = "ducc.reconcile"
 PROPAGATION_TASK = "ducc.propagation"
+UNPUBLISH_TASK = "ducc.unpublish"
+GC_TASK = "ducc.gc"
+TASK_OF_KIND = {"convert": CONVERT_TASK, "unpublish": UNPUBLISH_TASK, "gc": GC_TASK}
 WAITING_TTL = 24 * 3600
 EVENT_TTL = 24 * 3600
 
@@ -177,7 +183,7 @@ class Queue:
         self._finish = client.register_script(_FINISH)
         self._cancel = client.register_script(_CANCEL)
 
-    def submit(self, request: ConversionRequest, source: str, event_id: str | None = None) -> Submission:
+    def submit(self, request: QueuedRequest, source: str, event_id: str | None = None) -> Submission:
         """Accept ``request`` (one atomic round trip); ``event_id`` recognises a redelivered webhook event."""
         job_id = new_job_id()
         image, platform = request.image, str(request.platform)
@@ -235,15 +241,15 @@ class Queue:
         self.jobs.event(job_id, "queued", detail)
         self.redis.lpush(keys.INCOMING, job_id)
 
-    def started(self, job_id: str, request: ConversionRequest, lease: int) -> None:
+    def started(self, job_id: str, request: QueuedRequest, lease: int) -> None:
         """Called by the worker before it resolves: later requests coalesce onto it as a running job
         (and make it check the tag again), no longer as a waiting one."""
         self._started(keys=[keys.waiting(request.key), keys.running(request.key)], args=[job_id, lease])
 
-    def renew(self, job_id: str, request: ConversionRequest, lease: int) -> None:
+    def renew(self, job_id: str, request: QueuedRequest, lease: int) -> None:
         self._renew(keys=[keys.running(request.key)], args=[job_id, lease])
 
-    def finish(self, job_id: str, request: ConversionRequest, *, recheck: bool = True) -> bool:
+    def finish(self, job_id: str, request: QueuedRequest, *, recheck: bool = True) -> bool:
         """True if a request arrived during the conversion and the tag must be checked again;
         otherwise the job stops being the running one. ``recheck=False`` (on failure) only stops it."""
         again = self._finish(keys=[keys.running(request.key), keys.recheck(request.key)],
@@ -252,11 +258,19 @@ class Queue:
 
 
 class Dispatcher:
-    """Moves jobs from ``ducc:incoming`` to Celery; run by every worker in a thread."""
+    """Moves jobs from ``ducc:incoming`` to Celery, each to the task of its kind; run by every worker in a thread."""
 
     def __init__(self, client: redis.Redis, send: Callable[[str, list[str]], object]) -> None:
         self.redis = client
         self.send = send
+
+    def task_of(self, job_id: str) -> str:
+        raw = self.redis.hget(keys.job(job_id), "request")
+        try:
+            action = json.loads(str(raw)).get("action") if raw else None
+        except (ValueError, AttributeError):
+            action = None
+        return TASK_OF_KIND.get(str(action or "convert"), CONVERT_TASK)  # the convert task fails what it cannot read
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -274,6 +288,6 @@ class Dispatcher:
         if job_id is None:
             return None
         job = str(job_id)
-        self.send(CONVERT_TASK, [job])
+        self.send(self.task_of(job), [job])
         self.redis.lrem(keys.DISPATCHING, 1, job)
         return job

@@ -31,3 +31,21 @@ def test_other_platforms_live_under_multiarch():
     assert str(layout.tag_link(ref, Platform.parse("linux/arm/v7"))) == ".multiarch/arm:v7/ghcr.io/org/img:1"
     target = layout.link_target(ref, Platform.parse("linux/arm64"), CONFIG)
     assert target == "../../../../.flat/5f/" + "5f" * 32
+
+
+def test_the_record_of_a_public_path_is_found_without_parsing_the_reference():
+    for ref, platform in [(Reference.parse("ubuntu:24.04"), Platform.parse("linux/amd64")),
+                          (Reference.parse("ghcr.io/org/img:1"), Platform.parse("linux/arm/v7")),
+                          (Reference.parse("ghcr.io/org/img@sha256:" + "ab" * 32), Platform.parse("linux/arm64"))]:
+        assert layout.metadata_for_link(layout.tag_link(ref, platform)) == layout.metadata_dir(ref, platform)
+
+
+def test_only_sharded_trees_named_by_a_digest_have_one():
+    from pathlib import PurePosixPath
+
+    assert layout.tree_digest(layout.flat_dir(CONFIG), layout.FLAT) == CONFIG
+    assert layout.tree_digest(layout.layer_dir(CONFIG), layout.LAYERS) == CONFIG
+    assert layout.tree_digest(layout.flat_dir(CONFIG), layout.LAYERS) is None
+    for odd in [".flat/5f", ".flat/ab/" + "5f" * 32, ".flat/5f/" + "5f" * 31, ".flat/5f/" + "5F" * 32,
+                ".flat/5f/" + "5f" * 32 + "/usr", "registry/x:1", ".flat/.cvmfscatalog"]:
+        assert layout.tree_digest(PurePosixPath(odd), layout.FLAT) is None, odd

@@ -84,6 +84,14 @@ upgrade keeps it), else a new random one. Alphanumeric, so it is safe in a URL a
   value: {{ .Values.settings.platform | quote }}
 - name: DUCC_SYNC_SCHEDULE
   value: {{ .Values.settings.syncSchedule | quote }}
+- name: DUCC_GC_SCHEDULE
+  value: {{ .Values.settings.gcSchedule | quote }}
+- name: DUCC_GC_GRACE
+  value: {{ .Values.settings.gcGrace | quote }}
+- name: DUCC_UNPUBLISH_ON_DELETE
+  value: {{ ternary "1" "0" .Values.settings.unpublishOnDelete | quote }}
+- name: DUCC_UNPUBLISH_REMOVED_WISHES
+  value: {{ ternary "1" "0" .Values.settings.unpublishRemovedWishes | quote }}
 - name: DUCC_ALLOW
   value: {{ .Values.settings.allow | quote }}
 - name: DUCC_INSECURE_REGISTRIES
