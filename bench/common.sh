@@ -2,7 +2,8 @@
 # first argument, default /var/tmp/ducc-bench), $py (the virtualenv's python) and $reg (host:port of a
 # registry holding the real Debian images of ../shared/bench/make-images.sh). Reuses BENCH_REGISTRY if given; otherwise starts docker-registry on a free
 # loopback port under $work and, if the images are missing, pushes the OCI layout kept under
-# $DUCC_BENCH_IMAGES (default /var/tmp/ducc-bench/images) or builds it (debootstrap + apt: needs root).
+# $DUCC_BENCH_IMAGES (default /var/tmp/ducc-bench/images) or builds it (debootstrap + apt: needs root),
+# unless the caller set bench_debian=0 (it pushes images of its own).
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 work=${1:-/var/tmp/ducc-bench}
 mkdir -p "$work"
@@ -25,7 +26,8 @@ YML
   registry_pid=$!
   for _ in $(seq 100); do curl -fs "http://$reg/v2/" >/dev/null && break; sleep 0.1; done
 fi
-if ! curl -fs "http://$reg/v2/bench/debian/manifests/big" -H 'Accept: application/vnd.oci.image.manifest.v1+json' >/dev/null; then
+# A benchmark that builds its own images sets bench_debian=0 before sourcing this.
+if [ "${bench_debian:-1}" = 1 ] && ! curl -fs "http://$reg/v2/bench/debian/manifests/big" -H 'Accept: application/vnd.oci.image.manifest.v1+json' >/dev/null; then
   images=${DUCC_BENCH_IMAGES:-/var/tmp/ducc-bench/images}
   if umoci ls --layout "$images/layout" 2>/dev/null | grep -qx big; then
     for t in base python edited big; do

@@ -16,15 +16,23 @@ from pathlib import Path
 import redis
 
 from ducc import __version__, layout
-from ducc.errors import DuccError
+from ducc.errors import (
+    DuccError,
+    NotFound,
+    RepositoryUnusable,
+    ServiceUnavailable,
+    StateDirectoryInUse,
+    WishlistError,
+)
 from ducc.logs import setup_logging
 from ducc.model.digest import Digest
 from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
 from ducc.model.request import ConversionRequest
 from ducc.progress import LogProgress
+from ducc.publish import RepositoryView
 from ducc.services import Services
-from ducc.settings import Settings
+from ducc.settings import Settings, parse_duration
 
 log = logging.getLogger("ducc")
 
@@ -37,24 +45,62 @@ examples:
   ducc list --root /srv/cvmfs/unpacked
   ducc serve --root /srv/cvmfs/unpacked --wishlist wishlist.yaml   # everything, one machine
   ducc submit ubuntu:24.04 && ducc status ubuntu:24.04 --wait 600
+  ducc cancel JOB_ID
+  ducc rm 127.0.0.1:5000/team/app:old --root /srv/cvmfs/unpacked
+  ducc gc --root /srv/cvmfs/unpacked --dry-run
 
 Settings come from DUCC_* environment variables; see the README.
+
+exit status (every failure is one line on stderr: "ducc: <what>: <why>"):
+  0   done
+  1   the work failed: an image did not convert, a job failed or was cancelled,
+      nothing found for what was asked
+  2   usage or configuration: a bad argument or setting, a wishlist that is missing
+      or invalid, a repository root that cannot be created or written
+  69  a service is unavailable: Redis cannot be reached, or another ducc serve
+      holds the state directory
+  75  ducc status: the job has not finished yet
+  130 interrupted
 """
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE
+EXIT_PENDING = 75  # EX_TEMPFAIL: not finished yet
+EXIT_INTERRUPTED = 130
 
 
 class TerminalProgress(LogProgress):
-    """Stage lines as logs, plus one live line of per-layer bytes on a terminal."""
+    """Stage lines as logs, plus one live line of per-layer bytes on a terminal.
+
+    The live line is written without a newline; every log line of the process takes it off the
+    terminal first (``attach``), so no log line is ever glued onto it. It comes back at the next update.
+    """
 
     def __init__(self, stream=sys.stderr) -> None:  # type: ignore[no-untyped-def]
         super().__init__()
         self.stream = stream
         self.layers: dict[Digest, tuple[int, int | None]] = {}
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
         self.last = 0.0
+        self.shown = False  # the live line is on the terminal
+
+    def attach(self) -> None:
+        """Make the log handlers that write to this terminal clear the live line before each record."""
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is self.stream:
+                handler.setStream(_ClearingStream(self))
+
+    def clear(self) -> None:
+        with self.lock:
+            if self.shown:
+                self.stream.write("\r\033[K")
+                self.shown = False
 
     def stage(self, ref: Reference, stage: str, detail: str = "") -> None:
         with self.lock:
-            self.stream.write("\r\033[K")
+            self.clear()
             if stage not in ("fetching",):
                 self.layers.clear()
         super().stage(ref, stage, detail)
@@ -71,8 +117,24 @@ class TerminalProgress(LogProgress):
                 if size and got >= size:
                     continue
                 parts.append(f"{d.short[:8]} {got / 1e6:.1f}/{(size or 0) / 1e6:.1f} MB")
-            self.stream.write("\r\033[K  " + " | ".join(parts[:4]))
+            self.stream.write("\r\033[K" + ("  " + " | ".join(parts[:4]) if parts else ""))
             self.stream.flush()
+            self.shown = bool(parts)
+
+
+class _ClearingStream:
+    """The terminal as a log handler sees it: the live progress line is cleared before each write."""
+
+    def __init__(self, progress: TerminalProgress) -> None:
+        self.progress = progress
+
+    def write(self, text: str) -> int:
+        with self.progress.lock:
+            self.progress.clear()
+            return int(self.progress.stream.write(text))
+
+    def flush(self) -> None:
+        self.progress.stream.flush()
 
 
 def _setup_logging(args: argparse.Namespace, settings: Settings) -> None:
@@ -80,7 +142,11 @@ def _setup_logging(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def _progress(args: argparse.Namespace) -> LogProgress:
-    return TerminalProgress() if sys.stderr.isatty() and not args.quiet else LogProgress()
+    if sys.stderr.isatty() and not args.quiet:
+        terminal = TerminalProgress()
+        terminal.attach()
+        return terminal
+    return LogProgress()
 
 
 def _platform(args: argparse.Namespace, settings: Settings) -> Platform:
@@ -94,12 +160,20 @@ def _platform_arg(text: str) -> Platform:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+def _duration_arg(text: str) -> int:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def _services(args: argparse.Namespace, settings: Settings) -> Services:
     return Services(settings, root=getattr(args, "root", None), progress=_progress(args))
 
 
 def cmd_convert(args: argparse.Namespace, settings: Settings) -> int:
     services = _services(args, settings)
+    services.publisher  # noqa: B018  # a root that cannot be created or written: one error, before any work
     platform = _platform(args, settings)
     failures = []
     thin_of: dict[Reference, Reference] = {}  # thin target -> the image pushed there
@@ -109,7 +183,8 @@ def cmd_convert(args: argparse.Namespace, settings: Settings) -> int:
             thin = _thin_target(args.thin, ref, thin_of)
             result = services.converter.run(ConversionRequest(ref, platform, thin=thin), force=args.force)
         except DuccError as exc:
-            log.error("%s: %s", text, exc)
+            if len(args.images) > 1:
+                log.error("%s: %s", text, exc)
             failures.append((text, str(exc)))
             continue
         print(f"{result.state}\t{services.view.public_path(ref, platform)}")
@@ -133,22 +208,23 @@ def _thin_target(output: str | None, ref: Reference, thin_of: dict[Reference, Re
 
 
 def _summary(total: int, failures: list[tuple[str, str]]) -> int:
-    if failures:
-        print(f"\n{len(failures)} of {total} failed:", file=sys.stderr)
-        for what, why in failures:
-            print(f"  {what}: {why}", file=sys.stderr)
-        return 1
-    return 0
+    """One line for one image (``ducc: IMAGE: why``), a list at the end for several; EXIT_FAILED if any."""
+    if not failures:
+        return EXIT_OK
+    if total == 1:
+        ((what, why),) = failures
+        print(f"ducc: {why}" if what in why else f"ducc: {what}: {why}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"\n{len(failures)} of {total} failed:", file=sys.stderr)
+    for what, why in failures:
+        print(f"  {what}: {why}", file=sys.stderr)
+    return EXIT_FAILED
 
 
-def _load_wishlist(path: str):  # type: ignore[no-untyped-def]
-    from ducc import wishlist
+def _load_wishlist(path: str | Path):  # type: ignore[no-untyped-def]
+    from ducc.sync import read_wishlist
 
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise DuccError(f"cannot read wishlist {path}: {exc.strerror}") from exc
-    return wishlist.load(text)
+    return read_wishlist(Path(path))
 
 
 def _wishlist_repository(settings: Settings, repo: str) -> Settings:
@@ -168,13 +244,15 @@ def _wishlist_repository(settings: Settings, repo: str) -> Settings:
 
 def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
     from ducc.sync import sync
+    from ducc.wishlist import wishlist_origin
 
     wishes = _load_wishlist(args.wishlist)
     if wishes.cvmfs_repo and args.root is None and settings.publisher == "directory":
         settings = _wishlist_repository(settings, wishes.cvmfs_repo)
     services = _services(args, settings)
+    services.publisher  # noqa: B018  # a root that cannot be created or written: one error, before any work
     report = sync(wishes, services.client, services.converter.run, concurrency=settings.sync_concurrency,
-                  per_registry=settings.registry_concurrency)
+                  per_registry=settings.registry_concurrency, origin=wishlist_origin(args.wishlist))
     counts: dict[str, int] = {}
     for result in report.results:
         counts[result.state] = counts.get(result.state, 0) + 1
@@ -217,21 +295,60 @@ def cmd_check_wishlist(args: argparse.Namespace, settings: Settings) -> int:
     return _summary(len(work) + unexpanded, report.failures)
 
 
-def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_gc(args: argparse.Namespace, settings: Settings) -> int:
+    from ducc.gc import collect
+
+    services = _services(args, settings)
+    if not services.view.exists():
+        print(f"nothing to collect: there is no repository at {services.view.location}")
+        return 0
+    grace = settings.gc_grace if args.grace is None else args.grace
+    collection = collect(services.publisher, grace=grace, dry_run=args.dry_run)
+    for line in collection.lines():
+        print(line)
+    print(collection.summary())
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace, settings: Settings) -> int:
+    from ducc.unpublish import unpublish
+
+    _existing_view(args, settings)  # nothing to unpublish from a repository that is not there (never created)
+    services = _services(args, settings)
+    platform = _platform(args, settings)
+    targets = [(Reference.parse(text), platform) for text in args.images]  # all parsed before anything goes
+    results = unpublish(services.publisher, targets)
+    for result in results:
+        print(f"{result.outcome}\t{result.path}")
+    if any(r.outcome == "unpublished" for r in results):
+        print(f"ducc: the flat roots and layers they used go with the first 'ducc gc' after the grace period "
+              f"({settings.gc_grace}s, DUCC_GC_GRACE)", file=sys.stderr)
+    return 0 if all(r.outcome == "unpublished" for r in results) else 1
+
+
+def _existing_view(args: argparse.Namespace, settings: Settings) -> RepositoryView:
+    """The repository to read; a missing one is a one-line error (reading never creates it)."""
     view = _services(args, settings).view
+    if not view.exists():
+        raise NotFound(f"no repository at {view.location} (nothing was ever published there)")
+    return view
+
+
+def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
+    view = _existing_view(args, settings)
     for path, flat in sorted(view.published()):
         print(f"{path}\t{flat.name[:12] if flat.exists() else '(dangling)'}")
     return 0
 
 
 def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
-    view = _services(args, settings).view
     ref = Reference.parse(args.image)
+    view = _existing_view(args, settings)
     platform = _platform(args, settings)
     record = view.read_record(ref, platform)
     if record is None:
-        print(f"{ref} ({platform}) is not published in {view.location}", file=sys.stderr)
-        return 1
+        print(f"ducc: {ref} ({platform}) is not published in {view.location}", file=sys.stderr)
+        return EXIT_FAILED
     container = record.container_config()
     out = {
         "reference": str(ref),
@@ -260,7 +377,6 @@ def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
 
 
 JOB_ID = re.compile(r"^[0-9a-f]{8,16}-[0-9a-f]{10}$")
-EXIT_PENDING = 75  # EX_TEMPFAIL: not finished yet
 
 
 def _when(ts: float) -> str:
@@ -270,9 +386,11 @@ def _when(ts: float) -> str:
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     queue = Services(settings).queue
     platform = _platform(args, settings)
+    thin_of: dict[Reference, Reference] = {}
     for text in args.images:
         ref = Reference.parse(text)
-        submission = queue.submit(ConversionRequest(ref, platform), "cli")
+        thin = _thin_target(args.thin, ref, thin_of)
+        submission = queue.submit(ConversionRequest(ref, platform, thin=thin), "cli")
         note = f" (coalesced into {submission.into})" if submission.into else ""
         print(f"{ref} ({platform}): job {submission.job_id}{note}", file=sys.stderr)
         print(submission.job_id)
@@ -280,7 +398,9 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _print_job(job) -> None:  # type: ignore[no-untyped-def]
-    print(f"job {job.id}: {job.image} ({job.platform}) from {job.source}: {job.state.upper()}")
+    what = f"{job.image} ({job.platform})" if job.platform else job.image
+    kind = "" if job.kind == "convert" else f"{job.kind} "
+    print(f"job {job.id}: {kind}{what} from {job.source}: {job.state.upper()}")
     for event in job.events:
         suffix = f" [{event['job']}]" if event.get("job") else ""
         print(f"  {_when(event['at'])}  {event['state']:<11} {event.get('detail', '')}{suffix}")
@@ -294,44 +414,77 @@ def _print_job(job) -> None:  # type: ignore[no-untyped-def]
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     services = _services(args, settings)
-    jobs = services.jobs
     deadline = time.monotonic() + (args.wait or 0)
     platform = _platform(args, settings)
+    ref = None if JOB_ID.match(args.target) else Reference.parse(args.target)
     while True:
         try:
-            if JOB_ID.match(args.target):
-                job = jobs.get(args.target)
+            if ref is None:
+                job = services.jobs.get(args.target)
             else:
-                ref = Reference.parse(args.target)
-                found = [j for j in jobs.for_image(str(ref)) if j.platform == str(platform)]
+                found = [j for j in services.jobs.for_image(str(ref)) if j.platform == str(platform)]
                 job = found[0] if found else None
-        except redis.ConnectionError:
+        except (redis.ConnectionError, ServiceUnavailable):
             if time.monotonic() >= deadline:
                 raise
             time.sleep(0.5)  # --wait: a service (re)starting its Redis is waited for too
             continue
-        if job is None and not JOB_ID.match(args.target):
-            ref = Reference.parse(args.target)
+        if job is None and ref is not None:
             record = services.view.read_record(ref, platform)
             if record is not None:
                 print(f"{ref} ({platform}) is published (no job on record): config {record.config_digest.short}")
-                return 0
+                return EXIT_OK
         if job is None:
             print(f"ducc: no job or published image for {args.target}", file=sys.stderr)
-            return 1
+            return EXIT_FAILED
         if job.finished or time.monotonic() >= deadline:
             break
         time.sleep(0.5)
     _print_job(job)
-    if job.state == "published":
-        return 0
-    return 1 if job.state == "failed" else EXIT_PENDING
+    if job.state in ("published", "done"):
+        return EXIT_OK
+    return EXIT_FAILED if job.finished else EXIT_PENDING
+
+
+def _who() -> str:
+    """Who runs this command, for a job's timeline: ``cli (user@host)``, the user from the account
+    database (not from the environment, which anyone can set)."""
+    import os
+    import pwd
+    import socket
+
+    try:
+        user = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        user = f"uid {os.getuid()}"
+    return f"cli ({user}@{socket.gethostname()})"
+
+
+def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    queue = Services(settings).queue
+    by = _who()
+    code = EXIT_OK
+    for job_id in args.jobs:
+        done = queue.cancel(job_id, by)
+        via = f" (job {done.asked} had joined it)" if done.asked else ""
+        if done.outcome == "cancelled":
+            print(f"job {done.job_id}: cancelled{via}; it was {done.state}")
+        elif done.outcome == "requested":
+            print(f"job {done.job_id}: cancel requested{via}; it is {done.state} and stops at its next progress "
+                  f"point (ducc status {done.job_id} --wait 60)")
+        elif done.outcome == "finished":
+            code = _fail(f"job {done.job_id}{via} has already finished: {done.state}", EXIT_FAILED)
+        else:
+            code = _fail(f"no job {done.job_id}", EXIT_FAILED)
+    return code
 
 
 def cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
     for job in Services(settings).jobs.recent_jobs(args.limit):
         took = f"{job.updated_at - job.received_at:7.1f}s"
-        print(f"{job.id}  {_when(job.received_at)}  {job.state:<10} {took}  {job.source:<9} {job.image} ({job.platform})"
+        what = f"{job.image} ({job.platform})" if job.platform else job.image
+        kind = "" if job.kind == "convert" else f"{job.kind}: "
+        print(f"{job.id}  {_when(job.received_at)}  {job.state:<10} {took}  {job.source:<9} {kind}{what}"
               + (f"  -> {job.coalesced_into}" if job.coalesced_into else "")
               + (f"  {job.error}" if job.error else ""))
     return 0
@@ -341,12 +494,33 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from ducc.service import keys
     from ducc.service.tasks import register
 
+    if args.ping:
+        return _ping_worker(args, settings)
     services = Services(settings, shared_locks=True)
     app = register(services.celery(), services)
     concurrency = args.concurrency or settings.worker_concurrency
     app.worker_main(["worker", f"--loglevel={settings.log_level}", f"--concurrency={concurrency}",
                      "-Q", keys.CELERY_QUEUE, "--without-gossip", "--without-mingle", "-n", args.name])
     return 0
+
+
+def _ping_worker(args: argparse.Namespace, settings: Settings) -> int:
+    """Celery's own ping of the worker node ``--name`` (a liveness probe): its main process answers
+    over the broker even while every slot converts."""
+    from celery.utils.nodenames import host_format
+    from kombu.exceptions import OperationalError
+
+    name = host_format(args.name)
+    app = Services(settings).celery()
+    try:
+        replies = app.control.ping(destination=[name], timeout=args.timeout)
+    except OperationalError as exc:  # kombu's word for a broker it cannot reach
+        raise ServiceUnavailable(f"Redis at {_redis_location(settings)} unreachable: {exc}") from exc
+    if any(name in reply for reply in replies or []):
+        print(f"{name}: pong")
+        return 0
+    print(f"ducc: worker {name} did not answer a ping within {args.timeout:g}s", file=sys.stderr)
+    return 1
 
 
 def cmd_beat(args: argparse.Namespace, settings: Settings) -> int:
@@ -372,7 +546,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from ducc.service.embedded import serve
 
     return serve(settings, root=args.root or settings.root, wishlist=args.wishlist or settings.wishlist,
-                 web=not args.no_web)
+                 web=not args.no_web, initial_sync=not args.no_initial_sync)
 
 
 def _additions(raw: bytes | None) -> list[str]:
@@ -428,24 +602,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the whole service on this machine (Redis, worker, beat, web)",
                        description="Run everything in one command: an embedded Redis under DUCC_STATE_DIR unless "
-                       "DUCC_REDIS_URL is set, a worker, the scheduler (nightly wishlist sync) and the web app.")
+                       "DUCC_REDIS_URL is set, a worker, the scheduler (wishlist sync) and the web app. The "
+                       "wishlist is synced once at start, then on DUCC_SYNC_SCHEDULE. One ducc serve per state "
+                       "directory: a second one refuses to start (exit 69).")
     with_root(p)
-    p.add_argument("--wishlist", type=Path, help="wishlist to sync on DUCC_SYNC_SCHEDULE (default $DUCC_WISHLIST)")
+    p.add_argument("--wishlist", type=Path, help="wishlist to sync at start and on DUCC_SYNC_SCHEDULE "
+                   "(default $DUCC_WISHLIST); checked before anything starts")
+    p.add_argument("--no-initial-sync", action="store_true", help="do not sync the wishlist at start, "
+                   "only on DUCC_SYNC_SCHEDULE")
     p.add_argument("--no-web", action="store_true", help="do not run the web app")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("submit", help="queue conversions; prints one job id per image")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--platform", type=_platform_arg)
+    p.add_argument("--thin", metavar="OUTPUT_REF", help="also push a thin image there, as with convert --thin")
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("status", help="the timeline of a job (by id) or of an image's latest job",
-                       description="Exit status: 0 published, 1 failed or unknown, 75 not finished yet.")
+                       description="Exit status: 0 published (or done, for an unpublish or a garbage collection), "
+                       "1 failed, cancelled or unknown, 75 not finished yet, 69 Redis unreachable.")
     p.add_argument("target", metavar="JOB_ID|IMAGE")
     p.add_argument("--wait", type=float, default=0, metavar="SECONDS", help="wait up to SECONDS for the job to finish")
     p.add_argument("--platform", type=_platform_arg)
     with_root(p)
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("cancel", help="cancel jobs: queued or retrying ones end now, running ones stop at their "
+                       "next progress point", description="Cancel jobs. A queued or retrying job ends at once; a "
+                       "running conversion stops at its next progress point or stage and publishes nothing; jobs "
+                       "coalesced into it end with it. The timeline says who cancelled. Exit status: 0 cancelled "
+                       "(or stopping), 1 unknown or already finished, 69 Redis unreachable.")
+    p.add_argument("jobs", nargs="+", metavar="JOB_ID")
+    p.set_defaults(func=cmd_cancel)
 
     p = sub.add_parser("jobs", help="recent jobs, newest first")
     p.add_argument("--limit", type=int, default=30)
@@ -454,6 +643,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run a conversion worker (production; needs DUCC_REDIS_URL)")
     p.add_argument("--concurrency", type=int, help="conversions at once (default $DUCC_WORKER_CONCURRENCY)")
     p.add_argument("--name", default="ducc@%h", help="worker node name")
+    p.add_argument("--ping", action="store_true", help="do not run a worker: ask the running worker --name "
+                   "to answer Celery's ping (a liveness probe); exit 0 if it does, 1 if not")
+    p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="how long --ping waits")
     with_cvmfs(p)
     p.set_defaults(func=cmd_worker)
 
@@ -464,6 +656,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", help="host:port (default $DUCC_LISTEN)")
     p.add_argument("--workers", type=int, default=2)
     p.set_defaults(func=cmd_web)
+
+    p = sub.add_parser(
+        "gc", help="delete flat roots and layers no published image uses, after a grace period",
+        description="Mark and sweep: every flat root a published path leads to, and every layer its record "
+        "lists, is kept; everything else under .flat and .layers is deleted once ducc has seen it unreferenced "
+        "for the grace period (jobs keep running from a tag's old target meanwhile). Prints one line per "
+        "deleted, waiting or in-use tree and a summary. On CVMFS, reclaiming the object store is then "
+        "'cvmfs_server gc', a separate step.")
+    with_root(p)
+    p.add_argument("--grace", type=_duration_arg, metavar="DURATION",
+                   help="how long a tree stays once unreferenced: seconds (0 included) or 90s, 30m, 12h, 7d "
+                   "(default: $DUCC_GC_GRACE or 7d)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    p.set_defaults(func=cmd_gc)
+
+    p = sub.add_parser(
+        "rm", help="unpublish images (the tag link and its record, at once)",
+        description="Unpublish each IMAGE: its tag link and .metadata record go together, in one transaction. "
+        "Its flat root and layers stay until 'ducc gc' finds them unreferenced for the grace period. "
+        "Exit status 1 if an IMAGE was not published.")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    with_root(p)
+    p.add_argument("--platform", type=_platform_arg, help="os/arch[/variant] (default: $DUCC_PLATFORM or linux/amd64)")
+    p.set_defaults(func=cmd_rm)
 
     p = sub.add_parser("list", help="list published images")
     with_root(p)
@@ -477,28 +693,58 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _redis_location(settings: Settings) -> str:
+    from ducc.service.broker import display_url
+
+    return display_url(settings.redis_url) if settings.redis_url else settings.embedded_redis_url
+
+
+def _fail(message: object, code: int) -> int:
+    """The one line a failure prints (newlines folded: a message from below may carry some)."""
+    print("ducc: " + " ".join(str(message).split()), file=sys.stderr)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; every failure a user can cause ends as one line on stderr and an exit status
+    of the table in ``EXAMPLES`` (``-v`` also logs the traceback, for reporting a bug)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
     except ValueError as exc:
-        print(f"ducc: {exc}", file=sys.stderr)
-        return 2
+        return _fail(exc, EXIT_USAGE)
     _setup_logging(args, settings)
     if getattr(args, "cvmfs_repo", None):
         settings = settings.with_cvmfs_repo(args.cvmfs_repo)
     try:
         return int(args.func(args, settings))
-    except DuccError as exc:
-        print(f"ducc: {exc}", file=sys.stderr)
-        return 1
-    except ValueError as exc:  # settings that do not make sense, e.g. no DUCC_REDIS_URL for submit
-        print(f"ducc: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("ducc: interrupted; nothing half-published (staging is cleaned on the next run)", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        log.debug("the command failed", exc_info=True)
+        return _fail(*_failure(exc, settings))
+
+
+def _failure(exc: Exception, settings: Settings) -> tuple[str, int]:
+    """What to say about ``exc`` and with which exit status; anything unforeseen is re-raised."""
+    if isinstance(exc, (WishlistError, RepositoryUnusable)):
+        return str(exc), EXIT_USAGE
+    if isinstance(exc, (ServiceUnavailable, StateDirectoryInUse)):
+        return str(exc), EXIT_UNAVAILABLE
+    if isinstance(exc, ValueError):  # settings or arguments that do not make sense (a reference, say)
+        return str(exc), EXIT_USAGE
+    if isinstance(exc, DuccError):
+        return str(exc), EXIT_FAILED
+    if isinstance(exc, redis.AuthenticationError):
+        return f"Redis at {_redis_location(settings)} refused the password: {exc}", EXIT_UNAVAILABLE
+    if isinstance(exc, redis.RedisError):
+        return f"Redis at {_redis_location(settings)} unreachable: {exc}", EXIT_UNAVAILABLE
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" {exc.filename}" if exc.filename else ""
+        return f"cannot access{where}: {exc.strerror}", EXIT_FAILED
+    raise exc
 
 
 if __name__ == "__main__":

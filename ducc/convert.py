@@ -2,6 +2,7 @@
 
 Order of work, and what each step promises:
 
+0. sweep     staging left by a crashed run (never a live one's), in every run.
 1. resolve   the tag's current digest (one HEAD). If the record in ``.metadata``
              matches it and its flat root exists, stop: nothing to do.
 2. fetch     manifest (platform chosen from an index), config; both verified.
@@ -22,8 +23,18 @@ Order of work, and what each step promises:
              a later run of the same request, finding the record current but
              without that thin image, pushes only the thin image.
 
+Beside garbage collection: before it looks whether any layer or the flat root
+exists, the conversion reserves them all in its staging directory
+(``Publisher.reserve``), so a sweep keeps them while it runs; and in its final
+transaction, before the tag moves, it checks that every layer and the flat
+root are there (a sweep on a host that cannot see its reservations could have
+removed them): if one is missing it stops with a temporary error, and the
+retry publishes it again. A record never lists a layer or flat that is gone.
+
 A failure at any step leaves no part of this image visible: staged trees are
 discarded, and a layer is published only after its whole stream was verified.
+The layers an image writes are held to the operator's limits while they stream
+(``ducc.unpack.limits``): over them, the image is refused with ``LimitExceeded``.
 Registry requests are retried by the registry client (one retry policy, in the
 transport); the converter never retries around it. A local write that fails
 (a full disk) stops the conversion at once with a typed error.
@@ -46,15 +57,20 @@ from ducc.cache import BlobCache, CacheWriter
 from ducc.errors import (
     DuccError,
     InvalidManifest,
+    InvalidReference,
+    JobCancelled,
+    LimitExceeded,
     LocalStorageError,
     NoMatchingPlatform,
     RegistryUnavailable,
     ThinImageNotPushed,
+    TreeMissing,
     UnsafeLayer,
     UnsupportedLayer,
     storage_error,
 )
 from ducc.model.digest import Digest
+from ducc.model.limits import Limits
 from ducc.model.manifest import DEFAULT_PLATFORM, Descriptor, ImageConfig, Index, Manifest, Platform
 from ducc.model.reference import Reference
 from ducc.model.request import ConversionRequest, ConversionResult
@@ -69,6 +85,7 @@ from ducc.unpack.apply import LayerReport, resolve_lower_links, unpack_layer
 from ducc.unpack.compression import decompressed
 from ducc.unpack.extend import add_singularity
 from ducc.unpack.flatten import flatten
+from ducc.unpack.limits import Budget
 from ducc.verify import Readable, VerifyingReader
 
 log = logging.getLogger(__name__)
@@ -154,6 +171,7 @@ class Converter:
         flat_hooks: Sequence[FlatHook] = (add_singularity,),
         layer_lock: Callable[[Digest], AbstractContextManager[object]] | None = None,
         thin_client: ThinClient | None = None,
+        limits: Limits = Limits(),
     ) -> None:
         self.client = client
         self.publisher = publisher
@@ -163,6 +181,7 @@ class Converter:
         self.flat_hooks = tuple(flat_hooks)
         self.layer_lock = layer_lock or LocalLocks()
         self.thin_client: ThinClient = thin_client or (lambda target, user: client)
+        self.limits = limits
 
     # -- the use case --------------------------------------------------------------------
 
@@ -200,6 +219,7 @@ class Converter:
         progress = progress or self.progress
         ref, platform = request.reference, request.platform
         started = time.monotonic()
+        self._sweep()
         progress.stage(ref, "resolving")
         record, tag_digest = self._current_record(ref, platform)
         path = str(layout.tag_link(ref, platform))
@@ -219,7 +239,9 @@ class Converter:
         image = fetch_image(self.client, ref, platform, tag_digest)
         tally = _Tally()
         with self.publisher.staging() as stage:
-            sources = self._publish_layers(image, stage, tally, progress)
+            # Reserved before anything is looked at: garbage collection keeps them while this runs.
+            self.publisher.reserve(stage, [d.digest for d, _ in image.layers] + [image.config.digest])
+            sources = self._publish_layers(image, stage, tally, progress, Budget(self.limits))
             flat: Path | None = None
             flat_reused = self.publisher.has_flat(image.config.digest)
             if not flat_reused:
@@ -237,9 +259,10 @@ class Converter:
             with self.publisher.transaction() as txn:
                 if flat is not None:
                     txn.add_flat(image.config.digest, flat)  # a twin built meanwhile by another worker wins
+                self._check_present(image)
                 progress.stage(ref, "publishing")
                 txn.point_tag(ref, platform, image.config.digest)
-                record = self._record(image)
+                record = self._record(image, request.origin)
                 txn.write_record(ref, platform, record)
         revision = txn.revision
         seconds = time.monotonic() - started
@@ -259,6 +282,23 @@ class Converter:
             return result
         return self._push_thin(image, record, result, started, progress)
 
+    def _sweep(self) -> None:
+        """Staging an earlier crash left behind goes now, whatever this run turns out to do (a run that
+        finds its tag current takes no lock and builds nothing, and would otherwise never clean it)."""
+        try:
+            self.publisher.sweep_staging()
+        except OSError as exc:  # cleaning up is never worth failing a conversion for
+            log.warning("could not sweep staging debris: %s", exc)
+
+    def _check_present(self, image: Image) -> None:
+        """Every layer and the flat root are published: the record about to be written lists them."""
+        missing = [f"layer {d.digest}" for d, _ in image.layers if not self.publisher.has_layer(d.digest)]
+        if not self.publisher.has_flat(image.config.digest):
+            missing.append(f"flat root {image.config.digest}")
+        if missing:
+            raise TreeMissing(f"{image.reference}: {', '.join(missing)} removed during the conversion "
+                              "(garbage collection on another host?); a retry publishes them again")
+
     # -- thin image ----------------------------------------------------------------------
 
     def _push_thin(
@@ -275,8 +315,11 @@ class Converter:
             thin = build_thin_image(ref, image.manifest, image.config, self.publisher.name)
         except ValueError as exc:
             raise ThinImageNotPushed(f"cannot name the layers of {ref} in thin.json: {exc}") from exc
+        # A thin image pushed earlier under another name (the output_format changed) holds the same blobs:
+        # the registry can mount them from there instead of receiving them again.
+        mount_from = _earlier_thin(record, target)
         try:
-            pushed = push_thin_image(self.thin_client(target, request.thin_user), target, thin)
+            pushed = push_thin_image(self.thin_client(target, request.thin_user), target, thin, mount_from=mount_from)
         except DuccError as exc:
             raise ThinImageNotPushed.because(exc) from exc
         with self.publisher.transaction() as txn:  # a failure here is the publisher's: retried like any other
@@ -287,7 +330,9 @@ class Converter:
 
     # -- layers --------------------------------------------------------------------------
 
-    def _publish_layers(self, image: Image, stage: Path, result: _Tally, progress: Progress) -> dict[Digest, Path]:
+    def _publish_layers(
+        self, image: Image, stage: Path, result: _Tally, progress: Progress, budget: Budget
+    ) -> dict[Digest, Path]:
         """Publish every layer of ``image`` not yet published; returns where the layers published here can
         be read while ``stage`` lasts (the publisher's word: see ``Transaction.add_layer``)."""
         sources: dict[Digest, Path] = {}
@@ -303,7 +348,7 @@ class Converter:
         reports: dict[Digest, LayerReport] = {}
         with ThreadPoolExecutor(max_workers=min(self.parallel_layers, len(missing))) as pool:
             futures = {
-                digest: pool.submit(self._obtain_layer, image.reference, descriptor, diff_id, stage, progress)
+                digest: pool.submit(self._obtain_layer, image.reference, descriptor, diff_id, stage, progress, budget)
                 for digest, (descriptor, diff_id) in missing.items()
             }
             errors = []
@@ -337,7 +382,7 @@ class Converter:
         return sources
 
     def _obtain_layer(
-        self, ref: Reference, descriptor: Descriptor, diff_id: Digest, stage: Path, progress: Progress
+        self, ref: Reference, descriptor: Descriptor, diff_id: Digest, stage: Path, progress: Progress, budget: Budget
     ) -> tuple[LayerReport | None, int, Path | None]:
         """Unpack one layer unless another conversion publishes it first (None: reused); with where it
         can be read if it was published here.
@@ -350,7 +395,7 @@ class Converter:
         with self.layer_lock(digest):
             if self.publisher.has_layer(digest):
                 return None, 0, None
-            report, fetched = self._unpack(ref, descriptor, diff_id, stage, progress)
+            report, fetched = self._unpack(ref, descriptor, diff_id, stage, progress, budget)
             source = None if report.pending else self._commit_layer(ref, digest, stage, report)
             return report, fetched, source
 
@@ -365,7 +410,7 @@ class Converter:
             return txn.add_layer(digest, stage / digest.hex)
 
     def _unpack(
-        self, ref: Reference, descriptor: Descriptor, diff_id: Digest, stage: Path, progress: Progress
+        self, ref: Reference, descriptor: Descriptor, diff_id: Digest, stage: Path, progress: Progress, budget: Budget
     ) -> tuple[LayerReport, int]:
         """Stream one blob through both digest checks into ``stage/<hex>/layerfs``."""
         digest = descriptor.digest
@@ -392,12 +437,12 @@ class Converter:
                     cached_file = None
                 if cached_file is not None:
                     with cached_file:
-                        report = self._apply(ref, cached_file, descriptor, diff_id, staged, on_read)
+                        report = self._apply(ref, cached_file, descriptor, diff_id, staged, on_read, budget)
                     return report, 0
             with self.client.open_blob(ref, digest) as stream:
                 if self.cache is not None:
                     writer = self.cache.writer(digest)
-                report = self._apply(ref, stream, descriptor, diff_id, staged, on_read)
+                report = self._apply(ref, stream, descriptor, diff_id, staged, on_read, budget)
             if writer is not None:
                 writer.commit()
             return report, fetched
@@ -414,6 +459,7 @@ class Converter:
         diff_id: Digest,
         staged: Path,
         on_read: Callable[[bytes], None],
+        budget: Budget,
     ) -> LayerReport:
         compressed = VerifyingReader(
             source, descriptor.digest, what=f"layer {descriptor.digest}", size=descriptor.size, on_read=on_read
@@ -423,12 +469,14 @@ class Converter:
                 uncompressed = VerifyingReader(
                     tar_stream, diff_id, what=f"uncompressed layer {descriptor.digest.short} (diff_id)"
                 )
-                report = unpack_layer(uncompressed, staged / "layerfs")
+                report = unpack_layer(uncompressed, staged / "layerfs", budget)
                 uncompressed.verify()
         except LocalStorageError as exc:  # at once, in the image's terms; the rest of the blob is not read
             raise type(exc)(f"{ref}: layer {descriptor.digest}: {exc}", errno_code=exc.errno) from exc
-        except (UnsafeLayer, RegistryUnavailable):
-            raise
+        except LimitExceeded as exc:  # the same: refused at the entry that crossed the limit
+            raise LimitExceeded(f"{ref}: layer {descriptor.digest} refused: {exc}") from exc
+        except (UnsafeLayer, RegistryUnavailable, JobCancelled):
+            raise  # the blob's own digest is beside the point (and the rest of it not worth downloading)
         except (DuccError, OSError, EOFError, ValueError) as exc:
             # A blob that broke off or lied surfaces here as a bad tar or gzip stream:
             # the compressed digest says whether the blob is at fault (it is checked first).
@@ -441,11 +489,21 @@ class Converter:
 
     # -- record --------------------------------------------------------------------------
 
-    def _record(self, image: Image) -> Record:
+    def _record(self, image: Image, origin: str | None) -> Record:
         return Record.create(
             image.reference, image.platform, image.tag_digest, image.manifest, image.config,
             converted_at=datetime.now(UTC).isoformat(timespec="seconds"), converted_by=f"ducc {__version__}",
+            extra={"requested_by": origin} if origin else None,
         )
+
+
+def _earlier_thin(record: Record, target: Reference) -> Reference | None:
+    """The thin image ``record`` names, if it was pushed somewhere other than ``target``."""
+    try:
+        earlier = Reference.parse(record.thin_reference) if record.thin_reference else None
+    except InvalidReference:
+        return None
+    return earlier if earlier is not None and earlier != target else None
 
 
 def _has_thin(record: Record, target: Reference) -> bool:

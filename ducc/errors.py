@@ -22,12 +22,18 @@ Callers decide what to do from attributes, never from message text:
     ├── DigestMismatch            bytes that do not hash to the digest that names them
     ├── UnsafeLayer               a tar entry that would land outside the root
     ├── UnsupportedLayer          a media type or compression ducc cannot apply
+    ├── LimitExceeded             an image over DUCC_MAX_IMAGE_BYTES or a layer over DUCC_MAX_LAYER_ENTRIES
     ├── LocalStorageError         the local filesystem refused a write (see ``storage_error``)
     │   └── StorageFull           no space or quota left (temporary)
-    ├── WishlistError             a wishlist that does not validate
+    ├── WishlistError             a wishlist that does not validate (or cannot be read)
     ├── ThinImageNotPushed        the image is published, its thin image is not (temporary as its cause)
+    ├── JobCancelled              a job stopped on request (``ducc cancel``, the API); nothing half published
+    ├── ServiceUnavailable        Redis (queue, job status) cannot be reached (temporary)
+    ├── StateDirectoryInUse       another ``ducc serve`` runs with the same state directory
     └── PublishError              the publisher could not make the image visible
-        └── CvmfsError            a cvmfs_server command failed (its command, exit code, stderr)
+        ├── RepositoryUnusable    a repository root that cannot be created or written
+        ├── CvmfsError            a cvmfs_server command failed (its command, exit code, stderr)
+        └── TreeMissing           a layer or flat root was removed under a conversion (temporary)
 """
 
 from __future__ import annotations
@@ -102,12 +108,44 @@ class UnsupportedLayer(DuccError):
     pass
 
 
+class LimitExceeded(DuccError):
+    """An image that would write more than the operator allows (``ducc.unpack.limits``); nothing of it is
+    published, and retrying would refuse it again."""
+
+
 class WishlistError(DuccError, ValueError):
     pass
 
 
 class PublishError(DuccError):
     pass
+
+
+class RepositoryUnusable(PublishError):
+    """The repository root cannot be created, is not a directory, or cannot be written."""
+
+
+class JobCancelled(DuccError):
+    """A job was cancelled (``by`` says who) and its conversion stopped at a progress point or stage.
+
+    Raised from the conversion's progress reports, so it unwinds like any failure: staged trees are
+    discarded and an open transaction is aborted. Never retried.
+    """
+
+    def __init__(self, by: str, stage: str = "") -> None:
+        super().__init__(f"cancelled by {by}" + (f" while {stage}" if stage else ""))
+        self.by = by
+        self.stage = stage
+
+
+class ServiceUnavailable(DuccError):
+    """A service ducc needs (Redis: the queue, locks and job status) cannot be reached."""
+
+    temporary = True
+
+
+class StateDirectoryInUse(DuccError):
+    """Another ``ducc serve`` holds the state directory (its embedded Redis, its schedule)."""
 
 
 class ThinImageNotPushed(DuccError):
@@ -173,3 +211,10 @@ class CvmfsError(PublishError):
         self.returncode = returncode
         self.stderr = stderr
         self.temporary = returncode == 16 or "lease path busy" in stderr
+
+
+class TreeMissing(PublishError):
+    """A layer or flat root the conversion was about to record was removed meanwhile (by garbage
+    collection where it could not see the conversion's reservation); a retry publishes it again."""
+
+    temporary = True

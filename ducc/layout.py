@@ -36,6 +36,8 @@ RECORD_MANIFEST = "manifest.json"  # its presence means "this tag is converted"
 RECORD_DETAILS = "ducc.json"
 RECORD_CONFIG = "config.json"
 STAGING = PurePosixPath(".ducc-staging")
+TRASH = PurePosixPath(".ducc-trash")  # what garbage collection removed, until it is deleted (directory roots)
+GC_STATE = ".ducc-gc.json"  # when garbage collection first saw each unreferenced tree (directory roots)
 REPOSITORY_NAME = ".ducc-repository"  # a directory root's name, stored in it on first use
 LAYERFS = "layerfs"
 FLAT_ADDITIONS = ".singularity.d/ducc.json"  # inside a flat root: what ducc added to the image
@@ -87,6 +89,36 @@ def tag_link(ref: Reference, platform: Platform = DEFAULT_PLATFORM) -> PurePosix
 
 def metadata_dir(ref: Reference, platform: Platform = DEFAULT_PLATFORM) -> PurePosixPath:
     return platform_prefix(platform) / METADATA / ref.registry / image_name(ref)
+
+
+def metadata_for_link(link: PurePosixPath) -> PurePosixPath:
+    """The ``.metadata`` directory of the image published at ``link`` (a ``tag_link``): the inverse
+    of ``tag_link`` to ``metadata_dir`` without parsing the reference back."""
+    parts = link.parts
+    prefix = parts[:2] if parts[:1] == (MULTIARCH.name,) else ()
+    # The default platform's own link moves to .multiarch/amd64/ when a variant link takes its public
+    # path (CVMFS, several platforms); its record stays where it was.
+    record_prefix = () if prefix[1:] == (VARIANT_DEFAULT,) else prefix
+    return PurePosixPath(*record_prefix) / METADATA / PurePosixPath(*parts[len(prefix):])
+
+
+def tree_digest(relative: PurePosixPath, top: PurePosixPath) -> Digest | None:
+    """The digest naming ``relative`` if it is ``<top>/xx/<hex>`` (a layer or flat root directory), else None."""
+    parts = relative.parts
+    if len(parts) != 3 or PurePosixPath(parts[0]) != top or parts[2][:2] != parts[1]:
+        return None
+    return digest_of_hex(parts[2])
+
+
+def digest_of_hex(name: str) -> Digest | None:
+    """The digest whose hex is ``name`` (sha256 or sha512, by length), or None if it is not one."""
+    algorithm = {64: "sha256", 128: "sha512"}.get(len(name))
+    if algorithm is None:
+        return None
+    try:
+        return Digest(algorithm, name)
+    except ValueError:
+        return None
 
 
 def link_target(ref: Reference, platform: Platform, config_digest: Digest) -> str:

@@ -2,8 +2,8 @@
 
 A record is three files in ``.metadata/<registry>/<repository>:<tag>/``:
 ``config.json`` (the image config), ``ducc.json`` (what ducc converted, when,
-and from which digests; ``thin_reference`` and ``thin_digest`` once a thin
-image of it was pushed) and ``manifest.json`` (the image manifest), written in
+and from which digests; ``requested_by`` when a wishlist asked for it;
+``thin_reference`` and ``thin_digest`` once a thin image of it was pushed) and ``manifest.json`` (the image manifest), written in
 that order: ``manifest.json`` last, because its presence is what says "this tag
 is converted". Records written by CVMFS's DUCC hold only ``manifest.json``
 (with Go-struct keys, which the manifest parser reads case-insensitively).
@@ -99,6 +99,12 @@ class Record:
     def thin_digest(self) -> Digest | None:
         value = self.details.get("thin_digest")
         return Digest.parse(str(value)) if value else None
+
+    @property
+    def requested_by(self) -> str | None:
+        """Who asked for this conversion (``wishlist <path>``), if it was recorded."""
+        value = self.details.get("requested_by")
+        return str(value) if value else None
 
     @property
     def converted_at(self) -> str | None:

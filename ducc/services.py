@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import redis
 
-from ducc.errors import PublishError
+from ducc.errors import PublishError, ServiceUnavailable
 from ducc.progress import LogProgress, Progress
 from ducc.publish import Publisher, RepositoryView
 from ducc.publish.cvmfs import CvmfsView, split_repository
@@ -77,11 +77,18 @@ class Services:
             return self.settings.redis_url
         if self.settings.embedded_redis_socket.exists():
             return self.settings.embedded_redis_url
-        raise ValueError(f"DUCC_REDIS_URL is not set and no ducc serve runs here (no {self.settings.embedded_redis_socket})")
+        raise ServiceUnavailable(f"DUCC_REDIS_URL is not set and no ducc serve runs here "
+                                 f"(no {self.settings.embedded_redis_socket})")
+
+    @property
+    def redis_password(self) -> str | None:
+        """``DUCC_REDIS_PASSWORD`` for the Redis at ``DUCC_REDIS_URL``; the embedded Redis of ``ducc serve``
+        needs none (its socket is private to its user)."""
+        return self.settings.redis_password if self.settings.redis_url else None
 
     @cached_property
     def redis(self) -> redis.Redis:
-        return build_redis(self.redis_url)
+        return build_redis(self.redis_url, self.redis_password)
 
     @cached_property
     def jobs(self) -> JobStore:
@@ -120,8 +127,11 @@ class Services:
             repository, subdir = self._cvmfs_repo
             server = CvmfsServer(repository, binary=self.settings.cvmfs_server, mount=self.settings.cvmfs_mount,
                                  gateway=self.settings.cvmfs_gateway, env=dict(self.settings.env) or None)
+            # The gc state is this host's own record, per repository and sub-directory (see ducc.publish.cvmfs).
+            gc_name = repository + (f"@{subdir.replace('/', '@')}" if subdir else "")
             return CvmfsPublisher(server, subdir=subdir, lock=lock,
-                                  staging_root=self.settings.state_dir / "cvmfs-staging" / repository)
+                                  staging_root=self.settings.state_dir / "cvmfs-staging" / repository,
+                                  gc_state=self.settings.state_dir / "gc" / f"{gc_name}.json")
         if self.settings.publisher != "directory":
             raise ValueError(f"unknown publisher {self.settings.publisher!r}")
         return DirectoryPublisher(self.root, name=self.settings.repository, durable=self.settings.fsync, lock=lock)
@@ -190,13 +200,16 @@ class Services:
     @cached_property
     def converter(self) -> Converter:
         from ducc.convert import Converter
+        from ducc.model.limits import Limits
 
+        limits = Limits(self.settings.max_image_bytes, self.settings.max_layer_entries)
         return Converter(self.client, self.publisher, cache=self.cache, progress=self.progress,
                          parallel_layers=self.settings.parallel_layers,
-                         layer_lock=self._layer_lock if self.shared_locks else None, thin_client=self.thin_client)
+                         layer_lock=self._layer_lock if self.shared_locks else None, thin_client=self.thin_client,
+                         limits=limits)
 
     def celery(self) -> Celery:
         """The Celery app (a new one each call: a worker registers its tasks on its own)."""
         from ducc.service.broker import create_celery
 
-        return create_celery(self.settings, self.redis_url)
+        return create_celery(self.settings, self.redis_url, self.redis_password)

@@ -16,6 +16,8 @@
 | DUCC_PLATFORM | default platform | ``linux/amd64`` |
 | DUCC_INSECURE_REGISTRIES | hosts reached over plain HTTP (loopback always is) | |
 | DUCC_PARALLEL_LAYERS | layers fetched and unpacked at once, per image | 3 |
+| DUCC_MAX_IMAGE_BYTES | uncompressed bytes one conversion may write (the layers it unpacks) | 100 GiB |
+| DUCC_MAX_LAYER_ENTRIES | tar entries one layer may have | 1,000,000 |
 | DUCC_SYNC_CONCURRENCY | images checked/converted at once by ``sync`` | 4 |
 | DUCC_RETRY_ATTEMPTS | attempts per registry request | 5 |
 | DUCC_REGISTRY_USER / _PASSWORD(_FILE) / _HOSTS | credentials and the hosts they are for | |
@@ -23,10 +25,15 @@
 | DOCKER_CONFIG | directory of a Docker ``config.json`` to take credentials from | ``~/.docker`` |
 | DUCC_FSYNC | ``1``: flush the filesystem before each record (power-loss safety) | off |
 | DUCC_REDIS_URL | broker, locks and job status; unset: ``ducc serve`` runs its own Redis | |
+| DUCC_REDIS_PASSWORD(_FILE) | the password of the Redis at DUCC_REDIS_URL (``redis://`` or ``rediss://``), kept out of the URL, so it is never in a process's arguments or a log line | |
 | DUCC_REDIS_FSYNC | embedded Redis: ``everysec`` (survives any crash of a process; a power cut may lose the last second) or ``always`` (survives that too, slower) | everysec |
 | DUCC_STATE_DIR | embedded Redis data, beat schedule | ``$XDG_STATE_HOME/ducc`` |
 | DUCC_WISHLIST | wishlist the scheduled sync reads | |
 | DUCC_SYNC_SCHEDULE | cron expression of the wishlist sync | ``0 3 * * *`` |
+| DUCC_GC_GRACE | how long a flat root or layer stays after it became unreferenced (a DURATION: seconds, or ``90s`` ``30m`` ``12h`` ``7d``) | ``7d`` |
+| DUCC_GC_SCHEDULE | cron expression of the service's garbage collection | ``0 4 * * 0`` (weekly) |
+| DUCC_UNPUBLISH_ON_DELETE | ``1``: a registry ``delete`` notification unpublishes the tag, once the registry answers its manifest with a 404 | off |
+| DUCC_UNPUBLISH_REMOVED_WISHES | ``1``: the scheduled sync unpublishes tags it had published that left the (fully expanded) wishlist | off |
 | DUCC_LISTEN | address of the web app | ``127.0.0.1:8080`` |
 | DUCC_WORKER_CONCURRENCY | conversions one worker runs at once | 2 |
 | DUCC_REGISTRY_CONCURRENCY | manifest checks at once per registry during a sync | 8 |
@@ -47,23 +54,45 @@ processes of ``ducc serve``).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
+from ducc.model.limits import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_LAYER_ENTRIES
 from ducc.model.manifest import Platform
 
 
 def read_secret(env: Mapping[str, str], name: str) -> str | None:
-    """``NAME`` from the environment, or the content of the file named by ``NAME_FILE`` (trailing newline dropped)."""
+    """``NAME`` from the environment, or the content of the file named by ``NAME_FILE`` (trailing newline
+    dropped); a file that cannot be read is a ValueError naming it (never its content)."""
     value = env.get(name)
     if value:
         return value
     path = env.get(f"{name}_FILE")
     if path:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read().strip()
+        try:
+            with open(path, encoding="utf-8") as fh:
+                return fh.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc.__class__.__name__
+            raise ValueError(f"{name}_FILE {path} cannot be read: {reason}") from None
     return None
+
+
+def _redis_password(env: Mapping[str, str]) -> str | None:
+    password = read_secret(env, "DUCC_REDIS_PASSWORD")
+    url = env.get("DUCC_REDIS_URL") or ""
+    if password and url:
+        try:
+            in_url = urlsplit(url).password
+        except ValueError:
+            in_url = None
+        if in_url:
+            raise ValueError("the Redis password is given twice: in DUCC_REDIS_URL and in DUCC_REDIS_PASSWORD(_FILE); "
+                             "keep it out of the URL")
+    return password
 
 
 def _data_home(env: Mapping[str, str]) -> Path:
@@ -86,6 +115,13 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         return int(value)
     except ValueError as exc:
         raise ValueError(f"{name} must be an integer, not {value!r}") from exc
+
+
+def _positive(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _int(env, name, default)
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, not {value}")
+    return value
 
 
 def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
@@ -111,6 +147,26 @@ def _tokens(env: Mapping[str, str]) -> dict[str, str]:
 
 PUBLISHERS = ("directory", "cvmfs")
 
+_DURATION = re.compile(r"^(\d+)([smhd]?)$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in a DURATION: plain seconds (``0``, ``90``) or a whole number with a unit (``90s``,
+    ``30m``, ``12h``, ``7d``). ValueError, with the accepted forms, for anything else."""
+    found = _DURATION.match(text.strip().lower())
+    if not found:
+        raise ValueError(f"{text!r} is not a duration: use seconds (90) or a whole number with a unit "
+                         "s, m, h or d (90s, 30m, 12h, 7d)")
+    return int(found.group(1)) * _UNIT_SECONDS[found.group(2)]
+
+
+def _duration(env: Mapping[str, str], name: str, default: str) -> int:
+    try:
+        return parse_duration(env.get(name) or default)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from exc
+
 
 def _flag(env: Mapping[str, str], name: str) -> bool:
     return env.get(name, "").lower() in ("1", "true", "yes", "on")
@@ -135,11 +191,18 @@ class Settings:
     retry_attempts: int
     log_level: str
     fsync: bool = False
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    max_layer_entries: int = DEFAULT_MAX_LAYER_ENTRIES
     redis_url: str | None = None
+    redis_password: str | None = field(repr=False, default=None)
     redis_fsync: str = "everysec"
     state_dir: Path = Path("/var/lib/ducc")
     wishlist: Path | None = None
     sync_schedule: str = "0 3 * * *"
+    gc_grace: int = 7 * 86400
+    gc_schedule: str = "0 4 * * 0"
+    unpublish_on_delete: bool = False
+    unpublish_removed_wishes: bool = False
     listen: str = "127.0.0.1:8080"
     worker_concurrency: int = 2
     registry_concurrency: int = 8
@@ -200,11 +263,18 @@ class Settings:
             retry_attempts=_int(env, "DUCC_RETRY_ATTEMPTS", 5),
             log_level=(env.get("DUCC_LOG_LEVEL") or "INFO").upper(),
             fsync=_flag(env, "DUCC_FSYNC"),
+            max_image_bytes=_positive(env, "DUCC_MAX_IMAGE_BYTES", DEFAULT_MAX_IMAGE_BYTES),
+            max_layer_entries=_positive(env, "DUCC_MAX_LAYER_ENTRIES", DEFAULT_MAX_LAYER_ENTRIES),
             redis_url=env.get("DUCC_REDIS_URL") or None,
+            redis_password=_redis_password(env),
             redis_fsync=_choice(env, "DUCC_REDIS_FSYNC", ("everysec", "always"), "everysec"),
             state_dir=Path(env.get("DUCC_STATE_DIR") or _state_home(env) / "ducc"),
             wishlist=Path(env["DUCC_WISHLIST"]) if env.get("DUCC_WISHLIST") else None,
             sync_schedule=env.get("DUCC_SYNC_SCHEDULE") or "0 3 * * *",
+            gc_grace=_duration(env, "DUCC_GC_GRACE", "7d"),
+            gc_schedule=env.get("DUCC_GC_SCHEDULE") or "0 4 * * 0",
+            unpublish_on_delete=_flag(env, "DUCC_UNPUBLISH_ON_DELETE"),
+            unpublish_removed_wishes=_flag(env, "DUCC_UNPUBLISH_REMOVED_WISHES"),
             listen=env.get("DUCC_LISTEN") or "127.0.0.1:8080",
             worker_concurrency=_int(env, "DUCC_WORKER_CONCURRENCY", 2),
             registry_concurrency=_int(env, "DUCC_REGISTRY_CONCURRENCY", 8),

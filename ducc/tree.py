@@ -5,7 +5,45 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+from dataclasses import dataclass
 from pathlib import Path
+
+
+@dataclass(frozen=True)
+class TreeSize:
+    """What a tree holds: its entries (directories, files, links; the top not counted) and the bytes of
+    its regular files, each file counted once however many names it has inside the tree."""
+
+    entries: int = 0
+    bytes: int = 0
+
+    def __add__(self, other: TreeSize) -> TreeSize:
+        return TreeSize(self.entries + other.entries, self.bytes + other.bytes)
+
+
+def measure(path: Path) -> TreeSize:
+    """The size of the tree at ``path``, symlinks not followed; a missing tree is empty."""
+    entries = size = 0
+    seen: set[tuple[int, int]] = set()
+    stack = [str(path)]
+    while stack:
+        try:
+            scan = os.scandir(stack.pop())
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        with scan:
+            for entry in scan:
+                entries += 1
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                elif entry.is_file(follow_symlinks=False):
+                    st = entry.stat(follow_symlinks=False)
+                    if st.st_nlink > 1:
+                        if (st.st_dev, st.st_ino) in seen:
+                            continue
+                        seen.add((st.st_dev, st.st_ino))
+                    size += st.st_size
+    return TreeSize(entries, size)
 
 
 def remove_tree(path: Path) -> None:

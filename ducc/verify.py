@@ -15,6 +15,10 @@ from ducc.errors import DigestMismatch
 from ducc.model.digest import Digest
 
 CHUNK = 1 << 20
+# The most one read() takes from the source. A decompressor asks for megabytes at a time; served in
+# smaller pieces, whoever watches the stream (progress, a cancel, the cache) hears from it every
+# quarter MiB even on a slow link. Readers of streams take short reads as a matter of course.
+MAX_READ = 256 << 10
 
 
 class Readable(Protocol):
@@ -45,7 +49,7 @@ class VerifyingReader:
         self.bytes_read = 0
 
     def read(self, n: int = -1, /) -> bytes:
-        data = self._source.read(n if n is not None and n >= 0 else CHUNK * 64)
+        data = self._source.read(min(n, MAX_READ) if n is not None and n >= 0 else MAX_READ)
         if data:
             self._hash.update(data)
             self.bytes_read += len(data)

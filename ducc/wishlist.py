@@ -23,6 +23,7 @@ whole tag with shell-glob semantics.
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -66,6 +67,13 @@ class Wish:
         if self.tag is None or not fnmatch.fnmatchcase(tag, self.tag):
             return False
         return not any(fnmatch.fnmatchcase(tag, pattern) for pattern in self.exclude)
+
+    def covers(self, ref: Reference) -> bool:
+        """Whether ``ref`` is one of the images this wish asks for (its tag matches, or its digest is the wish's)."""
+        if (self.registry, self.repository) != (ref.registry, ref.repository):
+            return False
+        return (ref.tag is not None and self.matches(ref.tag)) or (
+            ref.digest is not None and self.digest == str(ref.digest))
 
     def expand(self, tags: Iterable[str]) -> list[Reference]:
         """The references this wish stands for, given the repository's tags (ignored unless a pattern)."""
@@ -188,6 +196,12 @@ def load(text: str) -> Wishlist:
     user = data.get("user")
     repo = data.get("cvmfs_repo")
     return Wishlist(1, str(user) if user else None, str(repo) if repo else None, output_format, tuple(wishes))
+
+
+def wishlist_origin(path: str) -> str:
+    """How the records of the conversions a wishlist asked for name it (``ConversionRequest.origin``),
+    whoever queued them: its sync, or a webhook for an image it names."""
+    return f"wishlist {os.path.abspath(path)}"
 
 
 def thin_name(output_format: str, ref: Reference, scheme: str | None = None) -> str:

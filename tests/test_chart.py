@@ -34,7 +34,9 @@ def test_chart_lints(helm):
      "ingress.tls[0].secretName=ducc-tls", "ingress.tls[0].hosts[0]=ducc.example.org"),
     ("secrets.existingSecret=mine", "redis.enabled=false", "redis.url=redis://redis.example.org:6379/0"),
     ("secrets.webhookToken=x", "secrets.registryUser=u", "secrets.registryPassword=p", "redis.networkPolicy.enabled=false"),
-], ids=["defaults", "ingress", "external-redis", "registry-credentials"])
+    ("secrets.webhookToken=x", "secrets.redisPassword=pw", "redis.enabled=false", "redis.url=redis://r:6379/0",
+     "redis.passwordFromSecret=true"),
+], ids=["defaults", "ingress", "external-redis", "registry-credentials", "external-redis-password"])
 def test_every_rendered_object_passes_strict_schema_validation(helm, overrides):
     rendered = objects(helm, *overrides)
     version = kubernetes_validate.latest_version()
@@ -59,7 +61,7 @@ def test_object_names_are_the_release_and_the_component_never_doubled(helm, rele
     assert not any("ducc-ducc" in name for name in names)
     web = container(rendered[("Deployment", f"{prefix}-web")])
     url = next(e["value"] for e in web["env"] if e["name"] == "DUCC_REDIS_URL")
-    assert url == f"redis://:$(REDIS_PASSWORD)@{prefix}-redis:6379/0"
+    assert url == f"redis://{prefix}-redis:6379/0"
     assert rendered[("Service", f"{prefix}-redis")]["spec"]["selector"]["app.kubernetes.io/component"] == "redis"
 
 
@@ -78,13 +80,13 @@ def test_probes_by_role_redis_is_readiness_only_for_web_and_the_worker_pings_its
     rendered = objects(helm, "secrets.webhookToken=x")
     web = container(rendered[("Deployment", "t-ducc-web")])
     assert web["readinessProbe"]["httpGet"]["path"] == "/healthz"  # checks Redis: no traffic without it
-    assert "tcpSocket" in web["livenessProbe"], "web liveness must not depend on Redis"
+    assert web["livenessProbe"]["httpGet"]["path"] == "/livez", "web liveness must not depend on Redis"
     worker = container(rendered[("Deployment", "t-ducc-worker")])
     assert worker["args"][0] == "worker" and worker["args"][-2:] == ["--name", "ducc@$(POD_NAME)"]
     pod_name = next(e for e in worker["env"] if e["name"] == "POD_NAME")
     assert pod_name["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     ping = " ".join(worker["livenessProbe"]["exec"]["command"])
-    assert "celery inspect ping" in ping and '--destination "ducc@$POD_NAME"' in ping
+    assert "ducc worker --ping" in ping and '--name "ducc@$POD_NAME"' in ping
     beat = rendered[("Deployment", "t-ducc-beat")]["spec"]
     assert beat["replicas"] == 1 and beat["strategy"]["type"] == "Recreate"
     redis = container(rendered[("StatefulSet", "t-ducc-redis")])
@@ -148,9 +150,14 @@ def test_secrets_reach_the_pods_only_as_files_or_references(helm):
         assert "DUCC_WEBHOOK_TOKEN" not in env and "DUCC_REGISTRY_PASSWORD" not in env
         assert env["DUCC_WEBHOOK_TOKEN_FILE"]["value"] == "/run/secrets/ducc/webhook-token"
         assert env["DUCC_REGISTRY_PASSWORD_FILE"]["value"] == "/run/secrets/ducc/registry-password"
-        assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "t-ducc-secrets", "key": "redis-password"}
-        names = [e["name"] for e in container(obj)["env"]]
-        assert names.index("REDIS_PASSWORD") < names.index("DUCC_REDIS_URL"), "$(VAR) expands only earlier variables"
+        # The Redis password is a file of the mounted Secret too: nothing in the environment carries it.
+        assert env["DUCC_REDIS_PASSWORD_FILE"]["value"] == "/run/secrets/ducc/redis-password"
+        assert not any("secretKeyRef" in str(e.get("valueFrom")) for e in env.values()), name
+        assert env["DUCC_REDIS_URL"]["value"] == "redis://t-ducc-redis:6379/0"
+        secret_volume = next(v for v in obj["spec"]["template"]["spec"]["volumes"] if v["name"] == "secrets")
+        assert secret_volume["secret"]["secretName"] == "t-ducc-secrets" and "items" not in secret_volume["secret"]
+        mount = next(m for m in container(obj)["volumeMounts"] if m["name"] == "secrets")
+        assert mount["mountPath"] == "/run/secrets/ducc" and mount["readOnly"] is True
     redis_volumes = rendered[("StatefulSet", "t-ducc-redis")]["spec"]["template"]["spec"]["volumes"]
     assert redis_volumes == [{"name": "password", "secret": {"secretName": "t-ducc-secrets", "defaultMode": 0o440,
                                                              "items": [{"key": "redis-password", "path": "redis-password"}]}}]
@@ -169,7 +176,16 @@ def test_a_token_is_required_and_an_external_redis_can_replace_the_bundled_one(h
     assert ("NetworkPolicy", "t-ducc-redis") not in rendered
     worker = container(rendered[("Deployment", "t-ducc-worker")])
     assert {"name": "DUCC_REDIS_URL", "value": "redis://redis.example.org:6379/0"} in worker["env"]
-    assert "REDIS_PASSWORD" not in {e["name"] for e in worker["env"]}
+    assert "DUCC_REDIS_PASSWORD_FILE" not in {e["name"] for e in worker["env"]}
+    # An external Redis with a password: from the Secret's file, like the bundled one's, never in the URL.
+    protected = objects(helm, "secrets.webhookToken=x", "secrets.redisPassword=extPw0rd", "redis.enabled=false",
+                        "redis.url=redis://redis.example.org:6379/0", "redis.passwordFromSecret=true")
+    assert protected[("Secret", "t-ducc-secrets")]["stringData"]["redis-password"] == "extPw0rd"
+    env = {e["name"]: e.get("value") for e in container(protected[("Deployment", "t-ducc-worker")])["env"]}
+    assert env["DUCC_REDIS_PASSWORD_FILE"] == "/run/secrets/ducc/redis-password" and "extPw0rd" not in str(env)
+    no_password = render(helm, "secrets.webhookToken=x", "redis.enabled=false", "redis.url=redis://r:6379/0",
+                         "redis.passwordFromSecret=true")
+    assert no_password.returncode != 0 and "secrets.redisPassword" in no_password.stderr
 
 
 def test_the_ingress_is_off_by_default_and_routes_to_the_web_service_when_enabled(helm):

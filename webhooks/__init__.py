@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
 from flask import Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
@@ -51,6 +52,7 @@ def create_app(
     app.register_blueprint(pages)
     app.register_error_handler(BadRequest, _bad_request)
     app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(redis.RedisError, _redis_down)
     app.register_error_handler(Exception, _internal_error)
     return app
 
@@ -70,6 +72,12 @@ def _http_error(exc: HTTPException) -> Any:
     if exc.code == 413:
         message = f"body larger than {current_app.config['MAX_CONTENT_LENGTH']} bytes"
     return jsonify({"error": message}), exc.code
+
+
+def _redis_down(exc: redis.RedisError) -> Any:
+    """Redis (queue, job status) is unreachable: a 503 that says so, for every endpoint that needs it."""
+    log.error("answering %s %s: Redis is unreachable: %s", request.method, request.path, exc)
+    return jsonify({"error": f"Redis is unreachable: {exc}; retry later"}), 503, {"Retry-After": "10"}
 
 
 def _internal_error(exc: Exception) -> Any:

@@ -1,8 +1,12 @@
-"""The REST API: submit a conversion, read a job, read what is published for a reference.
+"""The REST API: submit a conversion, cancel one, read a job, read what is published for a reference.
 
 ``POST /api/v1/conversions`` needs the ``api`` token and answers 403 for an
 image outside the policy (webhooks answer 200 with ``ignored`` instead: a
-registry would retry anything else forever). The GET endpoints need no token.
+registry would retry anything else forever). ``POST
+/api/v1/conversions/<id>/cancel`` needs the ``api`` token too: 200 when the job
+ended now, 202 when a running conversion was asked to stop (it stops at its next
+progress point), 409 when it had already finished, 404 for an unknown id. The
+GET endpoints need no token.
 """
 
 from __future__ import annotations
@@ -38,11 +42,30 @@ def submit_conversion() -> Any:
     if not decision.allowed:
         count(API, "ignored")
         return jsonify({"error": f"{ref} is not allowed: {decision.why}"}), 403
-    accepted = submit(API, ref, platforms or decision.platforms, None)
+    accepted = submit(API, ref, decision, None, platforms)
     first = accepted[0]
     return jsonify({"id": first["job"], "image": str(ref), "platform": first["platform"],
                     "coalesced_into": first.get("coalesced_into"), "jobs": accepted,
                     "status": f"/api/v1/conversions/{first['job']}"}), 202
+
+
+CANCEL_STATUS = {"cancelled": 200, "requested": 202, "finished": 409, "unknown": 404}
+
+
+@api.post("/conversions/<job_id>/cancel")
+def cancel_conversion(job_id: str) -> Any:
+    authenticate(API)
+    done = web().services.queue.cancel(job_id, f"api ({request.remote_addr})")
+    answer: dict[str, Any] = {"id": done.job_id, "outcome": done.outcome, "status": f"/api/v1/conversions/{done.job_id}"}
+    if done.asked:
+        answer["coalesced"] = done.asked
+    if done.outcome == "unknown":
+        answer["error"] = f"no job {done.job_id}"
+    elif done.outcome == "finished":
+        answer.update(error=f"job {done.job_id} has already finished", state=done.state)
+    else:
+        answer["state"] = "cancelled" if done.outcome == "cancelled" else done.state
+    return jsonify(answer), CANCEL_STATUS[done.outcome]
 
 
 @api.get("/conversions/<job_id>")

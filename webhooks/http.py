@@ -21,12 +21,12 @@ from flask import current_app, request
 
 from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
-from ducc.model.request import ConversionRequest
+from ducc.model.request import UnpublishRequest
 from ducc.service.metrics import record_request
 from ducc.service.queue import QueueUnavailable
 from ducc.services import Services
 from ducc.settings import Settings
-from webhooks.policy import Policy
+from webhooks.policy import Decision, Policy
 from webhooks.security import Tokens, presented_token
 
 log = logging.getLogger("ducc.web")
@@ -103,15 +103,18 @@ def body(source: str, content_types: frozenset[str]) -> Any:
         raise BadRequest(400, f"malformed JSON: {exc}") from exc
 
 
-def submit(source: str, ref: Reference, platforms: tuple[Platform, ...], event_id: str | None) -> list[dict[str, Any]]:
-    """Queue ``ref`` (the queue counts the outcome); a redelivered event reports the job it created first."""
+def submit(
+    source: str, ref: Reference, decision: Decision, event_id: str | None, platforms: tuple[Platform, ...] = ()
+) -> list[dict[str, Any]]:
+    """Queue ``ref`` as the policy's ``decision`` says (its platforms unless ``platforms`` are given, its
+    thin image); the queue counts the outcome; a redelivered event reports the job it created first."""
     context = web()
     try:
         out = []
-        for platform in platforms or (context.settings.platform,):
+        for platform in platforms or decision.platforms or (context.settings.platform,):
             # one event may stand for several platforms: each gets its own delivery key
             key = f"{event_id}|{platform}" if event_id else None
-            sub = context.services.queue.submit(ConversionRequest(ref, platform), source, key)
+            sub = context.services.queue.submit(decision.request(ref, platform), source, key)
             entry: dict[str, Any] = {"image": str(ref), "platform": str(platform), "job": sub.job_id}
             if sub.outcome == "duplicate":
                 entry["duplicate_delivery"] = True
@@ -122,4 +125,24 @@ def submit(source: str, ref: Reference, platforms: tuple[Platform, ...], event_i
     except (QueueUnavailable, redis.RedisError) as exc:
         count(source, "unavailable")
         log.error("%s event for %s could not be queued: %s", source, ref, exc)
+        raise BadRequest(503, "the queue is unavailable; retry later") from exc
+
+
+def submit_unpublish(source: str, ref: Reference, platforms: tuple[Platform, ...],
+                     event_id: str | None) -> list[dict[str, Any]]:
+    """Queue the unpublishing of ``ref`` on ``platforms``, which the worker does only once the registry
+    answers the manifest with a clean 404; a redelivered event reports the job it created first."""
+    context = web()
+    try:
+        out = []
+        for platform in platforms:
+            key = f"{event_id}|{platform}" if event_id else None
+            request = UnpublishRequest(ref, platform, reason=f"deleted from {ref.registry} (a {source} notification)")
+            sub = context.services.queue.submit(request, source, key)
+            out.append({"image": str(ref), "platform": str(platform), "job": sub.job_id, "action": "unpublish",
+                        **({"duplicate_delivery": True} if sub.outcome == "duplicate" else {"coalesced_into": sub.into})})
+        return out
+    except (QueueUnavailable, redis.RedisError) as exc:
+        count(source, "unavailable")
+        log.error("%s delete event for %s could not be queued: %s", source, ref, exc)
         raise BadRequest(503, "the queue is unavailable; retry later") from exc

@@ -1,8 +1,19 @@
-"""Pages for people and monitors: the status page, ``/healthz`` and Prometheus ``/metrics``. No token needed."""
+"""Pages for people and monitors: the status page, ``/livez``, ``/healthz`` and Prometheus ``/metrics``.
+No token needed.
+
+- ``/livez`` (liveness): the process answers; it touches nothing behind it, so an outage of Redis
+  never restarts the web app.
+- ``/healthz`` (readiness): 200 while Redis answers; 503 saying what is down otherwise (the app
+  cannot record a request without it).
+- ``/``: recent jobs and published images; while Redis is down, a 503 page that says so (what
+  is published is in the repository and unaffected).
+"""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -10,11 +21,21 @@ from flask import Blueprint, Response, current_app, jsonify, render_template_str
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from ducc.model.reference import Reference
+from ducc.service import lastsync
+from ducc.service.broker import next_sync
 from ducc.service.jobs import PROPAGATION, Job
 from ducc.service.metrics import RedisCollector
-from webhooks.http import web
+from ducc.services import Services
+from ducc.wishlist import Wish
+from webhooks.http import Web, web
 
 pages = Blueprint("pages", __name__)
+
+
+@pages.get("/livez")
+def livez() -> Any:
+    return jsonify({"status": "alive"})
 
 
 @pages.get("/healthz")
@@ -22,8 +43,8 @@ def healthz() -> Any:
     try:
         web().services.redis.ping()
     except redis.RedisError as exc:
-        return jsonify({"status": "unhealthy", "redis": str(exc)}), 503
-    return jsonify({"status": "ok"})
+        return jsonify({"status": "unhealthy", "down": ["redis"], "redis": f"unreachable: {exc}"}), 503
+    return jsonify({"status": "ok", "redis": "ok"})
 
 
 @pages.get("/metrics")
@@ -39,10 +60,15 @@ def prometheus() -> Any:
 @pages.get("/")
 def status_page() -> Any:
     context = web()
-    recent = context.services.jobs.recent_jobs(100)
+    root = str(context.services.view.location)
+    try:
+        recent = context.services.jobs.recent_jobs(100)
+        wishlist = _wishlist_status(context)
+    except redis.RedisError as exc:
+        return render_template_string(DOWN_PAGE, root=root, reason=str(exc)), 503, {"Retry-After": "10"}
     published = [j for j in recent if j.state == "published" and not j.coalesced_into]
     return render_template_string(STATUS_PAGE, jobs=recent[:50], published=published[:30], now=time.time(),
-                                  root=str(context.services.view.location), when=_when, outcome=_outcome,
+                                  root=root, when=_when, wishlist=wishlist, outcome=_outcome,
                                   propagation=_propagation)
 
 
@@ -60,6 +86,82 @@ def _propagation(job: Job) -> list[str]:
     return [e.get("detail", "") for e in job.events if e.get("kind") == PROPAGATION]
 
 
+@dataclass(frozen=True)
+class WishRow:
+    """One line of the wishlist table: an image a wish stands for (or the wish alone), and its state."""
+
+    wish: str
+    image: str
+    platform: str
+    state: str  # published, queued (or a stage), retrying, failed, cancelled, not yet converted, ...
+    detail: str = ""
+    job: str = ""
+
+
+@dataclass(frozen=True)
+class WishlistStatus:
+    path: str
+    problem: str | None
+    rows: list[WishRow]
+    last_sync: float | None
+    next_sync: str
+    schedule: str
+
+
+def _wishlist_status(context: Web) -> WishlistStatus | None:
+    """The configured wishlist's entries with their state: from the last sync's outcome per image, the
+    jobs it queued and, for an image no sync has checked yet, the repository's record. None without a wishlist."""
+    settings, services = context.settings, context.services
+    if settings.wishlist is None:
+        return None
+    wishlist = context.policy.wishlist()
+    last = lastsync.read(services.redis)
+    schedule = settings.sync_schedule
+    try:
+        upcoming = _when(next_sync(schedule, datetime.now(UTC)).timestamp())
+    except ValueError as exc:
+        upcoming = f"never ({exc})"
+    checked: dict[tuple[str, str], list[tuple[Reference, lastsync.ImageOutcome]]] = {}
+    for outcome in last.images if last else ():
+        ref = Reference.parse(outcome.image)
+        checked.setdefault((ref.registry, ref.repository), []).append((ref, outcome))
+    rows = [] if wishlist is None else [row for wish in wishlist.wishes for row in _wish_rows(wish, last, checked, services)]
+    return WishlistStatus(str(settings.wishlist), context.policy.problem, rows, last.at if last else None, upcoming,
+                          schedule)
+
+
+def _wish_rows(wish: Wish, last: lastsync.LastSync | None,
+               checked: dict[tuple[str, str], list[tuple[Reference, lastsync.ImageOutcome]]],
+               services: Services) -> list[WishRow]:
+    if last is not None and wish.text in last.wish_failures:
+        return [WishRow(wish.text, "", "", "failed", last.wish_failures[wish.text])]
+    rows = [_image_row(wish, outcome, services) for ref, outcome in checked.get((wish.registry, wish.repository), [])
+            if wish.covers(ref)]
+    if rows:
+        return rows
+    if wish.is_pattern:
+        detail = "no tag matched at the last sync" if last else "its tags are listed at the first sync"
+        return [WishRow(wish.text, "", "", "not yet converted", detail)]
+    for ref in wish.expand(()):
+        for platform in wish.platforms:
+            published = services.view.read_record(ref, platform) is not None
+            rows.append(WishRow(wish.text, str(ref), str(platform), "published" if published else "not yet converted",
+                                "" if published else "waiting for the next sync"))
+    return rows
+
+
+def _image_row(wish: Wish, outcome: lastsync.ImageOutcome, services: Services) -> WishRow:
+    if outcome.outcome == "failed":
+        return WishRow(wish.text, outcome.image, outcome.platform, "failed", outcome.error)
+    if outcome.outcome == "unchanged":
+        return WishRow(wish.text, outcome.image, outcome.platform, "published", "current at the last sync")
+    job = services.jobs.get(outcome.job)
+    if job is None:
+        return WishRow(wish.text, outcome.image, outcome.platform, "queued", "its job record has expired", outcome.job)
+    detail = job.error or (job.events[-1].get("detail", "") if job.events else "")
+    return WishRow(wish.text, outcome.image, outcome.platform, job.state, detail, outcome.job)
+
+
 STATUS_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>ducc</title>
 <meta http-equiv="refresh" content="10">
@@ -67,12 +169,26 @@ STATUS_PAGE = """<!doctype html>
  body{font-family:system-ui,sans-serif;margin:2em;color:#222}
  table{border-collapse:collapse;width:100%;margin-bottom:2em;font-size:90%}
  th,td{border-bottom:1px solid #ddd;padding:.3em .6em;text-align:left}
- .published{color:#176f2c}.failed{color:#b00020}.retrying{color:#a15c00}
+ .published{color:#176f2c}.failed{color:#b00020}.retrying{color:#a15c00}.cancelled{color:#666}
  code{font-size:95%}
 </style></head><body>
 <h1>ducc</h1>
 <p>Repository root <code>{{ root }}</code>. This page refreshes every 10 s;
 JSON at <code>/api/v1/conversions/&lt;id&gt;</code> and <code>/api/v1/images?ref=…</code>.</p>
+{% if wishlist %}
+<h2>Wishlist</h2>
+<p><code>{{ wishlist.path }}</code>:
+{% if wishlist.last_sync %}last synced {{ when(wishlist.last_sync) }}{% else %}not synced yet{% endif %};
+next sync {{ wishlist.next_sync }} (<code>DUCC_SYNC_SCHEDULE</code> <code>{{ wishlist.schedule }}</code>, UTC).</p>
+{% if wishlist.problem %}<p class="failed">{{ wishlist.problem }}: nothing in it is converted or allowed.</p>{% endif %}
+<table><tr><th>entry</th><th>image</th><th>platform</th><th>state</th><th>detail</th></tr>
+{% for r in wishlist.rows %}<tr>
+ <td><code>{{ r.wish }}</code></td><td>{{ r.image }}</td><td>{{ r.platform }}</td>
+ <td class="{{ r.state }}">{% if r.job %}<a href="/api/v1/conversions/{{ r.job }}">{{ r.state }}</a>{% else %}{{ r.state }}{% endif %}</td>
+ <td>{{ r.detail }}</td>
+</tr>{% else %}<tr><td colspan="5">no entries</td></tr>{% endfor %}
+</table>
+{% endif %}
 <h2>Recent jobs</h2>
 <table><tr><th>job</th><th>image</th><th>platform</th><th>from</th><th>received</th><th>state</th><th>took</th><th>detail</th></tr>
 {% for j in jobs %}<tr>
@@ -95,5 +211,18 @@ JSON at <code>/api/v1/conversions/&lt;id&gt;</code> and <code>/api/v1/images?ref
  {% for p in propagation(j) %}<br>{{ p }}{% endfor %}</td>
 </tr>{% else %}<tr><td colspan="6">nothing published yet</td></tr>{% endfor %}
 </table>
+</body></html>
+"""
+
+DOWN_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>ducc: Redis unreachable</title>
+<meta http-equiv="refresh" content="10">
+<style>body{font-family:system-ui,sans-serif;margin:2em;color:#222} .down{color:#b00020} code{font-size:95%}</style>
+</head><body>
+<h1>ducc</h1>
+<p class="down"><strong>Redis is unreachable</strong>: {{ reason }}</p>
+<p>Redis holds the queue and the job timelines, so no request can be accepted and no job shown until it is
+back; nothing accepted earlier is lost, and the images already published under <code>{{ root }}</code> are
+unaffected. <code>/healthz</code> says the same to monitors. This page refreshes every 10 s.</p>
 </body></html>
 """

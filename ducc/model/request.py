@@ -1,8 +1,9 @@
-"""A conversion request and its result: the values the queue carries between submitters and workers.
+"""What the queue carries between submitters and workers: a conversion request and its result, and an
+unpublish request (a policy's: a tag deleted from its registry, or one that left the wishlist).
 
-Both are frozen and serialise to JSON (``to_json``/``from_json``); only the
-queue serialises them. The coalescing key, what makes two requests "the same
-conversion", is derived from the request and nowhere else.
+All are frozen and serialise to JSON (``to_json``/``from_json``, ``parse_request`` for either request);
+only the queue serialises them. The coalescing key, what makes two requests "the same conversion" (or
+the same unpublishing), is derived from the request and nowhere else.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ class ConversionRequest:
     the account that pushes it when the settings name none (a wishlist's ``user``, as
     in DUCC; never a password), ``repository`` the repository to publish into (None:
     the service's own). Requests with the same ``key`` are one conversion: the queue
-    coalesces them.
+    coalesces them. ``origin`` says who asks (``wishlist <path>`` for a wishlist's sync):
+    the record keeps it, so a policy can tell the tags a wishlist published.
     """
 
     reference: Reference
@@ -32,6 +34,7 @@ class ConversionRequest:
     thin: Reference | None = None
     repository: str | None = None
     thin_user: str | None = None
+    origin: str | None = None
 
     @property
     def image(self) -> str:
@@ -55,6 +58,8 @@ class ConversionRequest:
             out["thin_user"] = self.thin_user
         if self.repository:
             out["repository"] = self.repository
+        if self.origin:
+            out["origin"] = self.origin
         return out
 
     @classmethod
@@ -67,7 +72,57 @@ class ConversionRequest:
             thin=Reference.parse(str(thin)) if thin else None,
             repository=str(obj["repository"]) if obj.get("repository") else None,
             thin_user=str(obj["thin_user"]) if obj.get("thin_user") else None,
+            origin=str(obj["origin"]) if obj.get("origin") else None,
         )
+
+
+UNPUBLISH = "unpublish"
+
+
+@dataclass(frozen=True)
+class UnpublishRequest:
+    """Unpublish ``reference`` on ``platform`` (its tag link and record) because of ``reason``.
+
+    ``confirm``: only once the registry answers the manifest with a clean 404 (a delete notification
+    says the tag is gone; the registry has the last word). Without it (a tag that left the wishlist)
+    it is unpublished as asked. Its ``key`` never coalesces with a conversion of the same image.
+    """
+
+    reference: Reference
+    platform: Platform = DEFAULT_PLATFORM
+    confirm: bool = True
+    reason: str = ""
+
+    @property
+    def image(self) -> str:
+        return str(self.reference)
+
+    @property
+    def key(self) -> str:
+        return f"{UNPUBLISH}|{self.image}|{self.platform}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"action": UNPUBLISH, "image": self.image, "platform": str(self.platform), "confirm": self.confirm,
+                "reason": self.reason}
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> UnpublishRequest:
+        return cls(Reference.parse(str(obj["image"])), Platform.parse(str(obj.get("platform") or DEFAULT_PLATFORM)),
+                   confirm=bool(obj.get("confirm", True)), reason=str(obj.get("reason") or ""))
+
+
+QueuedRequest = ConversionRequest | UnpublishRequest
+
+
+def parse_request(obj: Mapping[str, Any]) -> QueuedRequest:
+    """The request a job carries, by its ``action`` (a conversion when there is none); ValueError if it
+    does not parse."""
+    action = obj.get("action")
+    if action == UNPUBLISH:
+        return UnpublishRequest.from_json(obj)
+    if action not in (None, "convert"):
+        raise ValueError(f"a job for {action!r} carries no request")
+    return ConversionRequest.from_json(obj)
 
 
 @dataclass(frozen=True)

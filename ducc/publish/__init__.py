@@ -15,12 +15,21 @@ checks each, for every backend):
   record and the tag are in place;
 - idempotence: publishing what is already there changes nothing and is no error;
 - crash debris swept: what a killed writer left in staging is removed by the
-  next writer, and never becomes visible.
+  next writer, and never becomes visible;
+- removal is atomic too: a layer, a flat root or a tag (its link and record,
+  the record's ``manifest.json`` first) disappears whole; what a killed
+  remover left behind is never visible at a layer, flat or tag path, and the
+  next remover finishes deleting it;
+- reservations hold: a digest that a live staging directory reserved
+  (``reserve``) is reported by ``Transaction.reserved``, and no reservation
+  can be made from that call until the transaction has ended.
+
+Garbage collection (``ducc.gc``) is written against these protocols only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Protocol
@@ -29,6 +38,7 @@ from ducc.model.digest import Digest
 from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
 from ducc.record import Record
+from ducc.tree import TreeSize
 
 
 class RepositoryView(Protocol):
@@ -82,6 +92,22 @@ class RepositoryView(Protocol):
         """The repository's published revision (CVMFS); None for a backend without revisions."""
         ...
 
+    def read_record_at(self, link: str) -> Record | None:
+        """The record of the image published at ``link`` (a path as ``published`` gives it); None if none."""
+        ...
+
+    def layers(self) -> Iterator[Digest]:
+        """Every layer present (published or not reachable any more), in no particular order."""
+        ...
+
+    def flats(self) -> Iterator[Digest]:
+        """Every flat root present, in no particular order."""
+        ...
+
+    def layer_size(self, digest: Digest) -> TreeSize: ...
+
+    def flat_size(self, config_digest: Digest) -> TreeSize: ...
+
 
 class Transaction(Protocol):
     """Changes to one repository; each method makes one complete thing visible, or nothing.
@@ -109,6 +135,24 @@ class Transaction(Protocol):
     def write_record(self, ref: Reference, platform: Platform, record: Record) -> None:
         """Write the ``.metadata`` files; ``manifest.json`` last, the mark of a finished conversion."""
 
+    def remove_tag(self, ref: Reference, platform: Platform) -> None:
+        """Unpublish ``ref``: its record (``manifest.json`` first, so it stops counting as converted at
+        once) and its tag link go together. Nothing there is no error."""
+
+    def remove_layer(self, digest: Digest) -> None:
+        """Remove the layer, whole; nothing there is no error."""
+
+    def remove_flat(self, config_digest: Digest) -> None:
+        """Remove the flat root, whole; nothing there is no error."""
+
+    def reserved(self) -> frozenset[Digest]:
+        """The digests live conversions reserved (``Publisher.reserve``). From this call until the
+        transaction has ended (its removals done), no conversion can reserve anything."""
+        ...
+
+    def write_gc_state(self, data: bytes) -> None:
+        """Replace the garbage-collection state (``Publisher.read_gc_state``), atomically."""
+
 
 class Publisher(RepositoryView, Protocol):
     """A repository that images are published into."""
@@ -121,4 +165,23 @@ class Publisher(RepositoryView, Protocol):
     def transaction(self) -> AbstractContextManager[Transaction]:
         """Exclusive write access to the repository (serialised with other writers, on every host).
         Staging left by crashed writers is swept while it is held."""
+        ...
+
+    def sweep_staging(self) -> int:
+        """Remove staging left by crashed writers (never a live one's); returns how many directories.
+        Every conversion calls it first, so a run that finds nothing to do cleans up too."""
+        ...
+
+    def reserve(self, stage: Path, digests: Iterable[Digest]) -> None:
+        """Declare that the conversion staging in ``stage`` is going to reuse or publish these layers and
+        flat root: garbage collection keeps them while ``stage`` lives. Call it before looking whether
+        they exist; it waits while a sweep is removing things."""
+        ...
+
+    def reserved(self) -> frozenset[Digest]:
+        """What live conversions reserve now: a snapshot, for a plan that removes nothing."""
+        ...
+
+    def read_gc_state(self) -> bytes | None:
+        """The garbage-collection state last written (``Transaction.write_gc_state``); None if none."""
         ...

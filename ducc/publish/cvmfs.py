@@ -21,6 +21,15 @@ and so are the promises (``ducc.publish``); only how a change becomes visible di
 Costs, in publishing calls: a new image = its new layers + 1 (flat) + 1 (tag and record); a tag
 that moved onto a published flat = 1; an unchanged tag = 0 (the converter stops before writing).
 
+Removal: an unpublished tag (its link and record) is a small change like any other, so a tag and
+its record disappear in one revision, the record first. Layers and flat roots that garbage
+collection removes are collected too and deleted at the end of the transaction with
+``cvmfs_server ingest --delete``, 64 paths per call (one per call on a gateway, which takes no
+more): each call is one revision in which whole trees disappear. Reclaiming the object store is
+``cvmfs_server gc``, the operator's separate step. The garbage-collection state is a local file
+(``gc_state``, under DUCC_STATE_DIR): writing it into the repository would cost a revision per run,
+and a publisher's own record can only be later than the truth, which delays deletion, never hastens it.
+
 Any failure of a command aborts the transaction where one is open, and the command's own words are
 in the error. One writer per repository: the repository lease (Redis, in the service) and an flock
 among this host's writers. A writer that died with a transaction open leaves it to the next, which
@@ -38,8 +47,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, TypeVar
 
@@ -49,7 +58,7 @@ from ducc.model.digest import Digest
 from ducc.model.manifest import DEFAULT_PLATFORM, Platform
 from ducc.model.reference import Reference
 from ducc.publish.cvmfs_server import CvmfsServer
-from ducc.publish.directory import DirectoryView, write_link, write_record_files
+from ducc.publish.directory import DirectoryView, remove_tag_files, write_link, write_record_files
 from ducc.publish.staging import Staging
 from ducc.record import Record
 
@@ -58,6 +67,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _SETTLE_ATTEMPTS = 20
+DELETE_BATCH = 64  # paths per ``ingest --delete``: one revision each, command lines well below ARG_MAX
 
 
 def split_repository(text: str) -> tuple[str, str]:
@@ -89,6 +99,9 @@ class CvmfsView(DirectoryView):
     def read_record(self, ref: Reference, platform: Platform) -> Record | None:
         return self._settled(lambda: DirectoryView.read_record(self, ref, platform))
 
+    def read_record_at(self, link: str) -> Record | None:
+        return self._settled(lambda: DirectoryView.read_record_at(self, link))
+
     def _leads_to(self, link: Path) -> Path:
         """A variant link (a tag published for several platforms) read as a client without ``CVMFS_ARCH``
         reads it: it leads to the default platform's flat root. Each platform's own link is listed too,
@@ -112,10 +125,13 @@ class CvmfsView(DirectoryView):
 class CvmfsTransaction:
     """Layers and flat roots are ingested at once; tags and records wait for ``commit``."""
 
-    def __init__(self, publisher: CvmfsPublisher) -> None:
+    def __init__(self, publisher: CvmfsPublisher, held: ExitStack) -> None:
         self.publisher = publisher
         self.revision: int | None = None  # set by the publisher once the transaction is committed
+        self._held = held  # unwound after ``commit``
         self._small: list[tuple[list[PurePosixPath], Callable[[Path], None]]] = []  # (paths it writes, change)
+        self._deletes: list[PurePosixPath] = []
+        self._frozen = False
 
     def add_layer(self, digest: Digest, staged: Path) -> Path:
         if self.publisher.has_layer(digest):
@@ -145,12 +161,43 @@ class CvmfsTransaction:
         self._small.append(([layout.metadata_dir(ref, platform) / layout.RECORD_MANIFEST],
                             lambda root: write_record_files(root, ref, platform, record)))
 
+    def remove_tag(self, ref: Reference, platform: Platform) -> None:
+        root = self.publisher.root
+        paths = tag_removal(root, ref, platform)
+        if not any(os.path.lexists(root / path) for path in paths):
+            return
+        # Every path names the change, so that on a gateway the lease covers the record and the links.
+        self._small.append((paths, lambda root: _remove_tag(root, ref, platform)))
+
+    def remove_layer(self, digest: Digest) -> None:
+        if (self.publisher.root / layout.layer_dir(digest)).exists():
+            self._deletes.append(layout.layer_dir(digest))
+
+    def remove_flat(self, config_digest: Digest) -> None:
+        if (self.publisher.root / layout.flat_dir(config_digest)).exists():
+            self._deletes.append(layout.flat_dir(config_digest))
+
+    def reserved(self) -> frozenset[Digest]:
+        if self._frozen:
+            return self.publisher._staging.reserved()
+        self._frozen = True
+        return self._held.enter_context(self.publisher._staging.frozen())
+
+    def write_gc_state(self, data: bytes) -> None:
+        self.publisher.write_gc_state(data)
+
     def commit(self) -> None:
-        """Write the small changes in one transaction … publish, in the order they were asked for."""
+        """Write the small changes in one transaction … publish, in the order they were asked for;
+        then delete the removed trees (``ingest --delete``, batched)."""
         if self._small:
             paths = [path for written, _ in self._small for path in written]
             self.publisher.small_changes(paths, [change for _, change in self._small])
             self._small.clear()
+        if self._deletes:
+            self.publisher.delete_trees(self._deletes)
+            for path in self._deletes:
+                log.info("removed %s from %s", path, self.publisher.name)
+            self._deletes.clear()
 
 
 class CvmfsPublisher(CvmfsView):
@@ -166,6 +213,7 @@ class CvmfsPublisher(CvmfsView):
         lock: Callable[[str], AbstractContextManager[None]] | None = None,
         busy_timeout: float = 600.0,
         host: str | None = None,
+        gc_state: Path | None = None,
     ) -> None:
         super().__init__(server.repository, subdir=subdir, mount=server.mount)
         mount = os.path.realpath(self.mount)
@@ -177,6 +225,7 @@ class CvmfsPublisher(CvmfsView):
         self._lock = lock
         self._staging = Staging(staging_root)
         self._holder = threading.local()  # whether this thread holds the repository
+        self.gc_state = gc_state if gc_state is not None else staging_root.with_name(staging_root.name + ".gc.json")
         self.lease_name = f"cvmfs:{self.repository}" + (f"@{host or socket.gethostname()}" if self.gateway else "")
 
     def revision(self) -> int | None:
@@ -185,10 +234,31 @@ class CvmfsPublisher(CvmfsView):
     def staging(self) -> AbstractContextManager[Path]:
         return self._staging.directory()
 
+    def sweep_staging(self) -> int:
+        return self._staging.sweep()
+
+    def reserve(self, stage: Path, digests: Iterable[Digest]) -> None:
+        self._staging.reserve(stage, digests)
+
+    def reserved(self) -> frozenset[Digest]:
+        return self._staging.reserved()
+
+    def read_gc_state(self) -> bytes | None:
+        try:
+            return self.gc_state.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def write_gc_state(self, data: bytes) -> None:
+        self.gc_state.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.gc_state.with_name(f".{self.gc_state.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, self.gc_state)
+
     @contextmanager
     def transaction(self) -> Iterator[CvmfsTransaction]:
-        with self._held():
-            txn = CvmfsTransaction(self)
+        with self._held(), ExitStack() as held:
+            txn = CvmfsTransaction(self, held)
             yield txn
             txn.commit()
             # Still holding the repository: no other writer's revision can be in between (on a gateway
@@ -278,6 +348,13 @@ class CvmfsPublisher(CvmfsView):
                 raise PublishError(f"cannot write into the transaction on {self.repository}: {exc}") from exc
             raise
 
+    def delete_trees(self, paths: list[PurePosixPath]) -> None:
+        """``ingest --delete`` every path (relative to the published root), ``DELETE_BATCH`` per call."""
+        full = [self._path(path) for path in paths]
+        for start in range(0, len(full), DELETE_BATCH):
+            batch = full[start:start + DELETE_BATCH]
+            self._retry_busy(lambda batch=batch: self.server.delete(batch, batch=DELETE_BATCH))  # type: ignore[misc]
+
     def _retry_busy(self, call: Callable[[], T]) -> T:
         """``call``, again while it fails only because a gateway lease is busy (up to ``busy_timeout``)."""
         deadline = time.monotonic() + self.busy_timeout
@@ -350,6 +427,33 @@ def _writable(path: Path) -> bool:
         return not os.statvfs(path).f_flag & os.ST_RDONLY
     except OSError:
         return False
+
+
+def tag_removal(root: Path, ref: Reference, platform: Platform) -> list[PurePosixPath]:
+    """The paths that unpublishing ``ref`` on ``platform`` removes from the repository at ``root``: its
+    record, its own link, and the variant link with the aliases' targets left alone (they serve other
+    tags) once no platform of the tag is left.
+
+    Without a variant link this is the directory publisher's pair (the tag link, the record).
+    """
+    metadata = layout.metadata_dir(ref, platform)
+    public = layout.tag_link(ref)
+    if not layout.is_variant(_readlink(root / public) or ""):
+        return [metadata / layout.RECORD_MANIFEST, layout.tag_link(ref, platform)]
+    own = layout.multiarch_link(ref, platform)
+    others = [p for p in _platform_dirs(root)
+              if p != layout.platform_name(platform) and os.path.lexists(root / layout.MULTIARCH / p / public)]
+    return [metadata / layout.RECORD_MANIFEST, own, *([] if others else [public])]
+
+
+def _remove_tag(root: Path, ref: Reference, platform: Platform) -> None:
+    """Unpublish ``ref`` on ``platform`` under ``root`` (inside a transaction): the record first, then the
+    links ``tag_removal`` names."""
+    _, own, *public = tag_removal(root, ref, platform)
+    remove_tag_files(root, ref, platform, link_path=own)
+    for path in public:  # the variant link, once no platform of the tag is left
+        if (root / path).is_symlink():
+            (root / path).unlink()
 
 
 def _device(path: Path) -> int | None:

@@ -5,6 +5,14 @@ Atomicity comes from ``rename(2)``: trees are built under ``<root>/.ducc-staging
 ``symlink`` + ``rename``. A crash leaves at worst a staging directory, which
 the next run removes (``ducc.publish.staging``: concurrent runs never remove
 each other's).
+
+Removal is the same in reverse: a layer, a flat root or a tag's record is
+renamed into a private directory under ``<root>/.ducc-trash`` while the
+transaction is held, and that directory is deleted once the transaction has
+ended (so the lock is not held while large trees are deleted). A crash leaves
+only trash, which the next transaction deletes; nothing half-deleted is ever
+at a layer, flat or tag path. The garbage-collection state is
+``<root>/.ducc-gc.json``, replaced atomically.
 """
 
 from __future__ import annotations
@@ -13,17 +21,18 @@ import errno
 import logging
 import os
 import secrets
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from pathlib import Path, PurePosixPath
 
 from ducc import layout
-from ducc.errors import PublishError
+from ducc.errors import PublishError, RepositoryUnusable
 from ducc.model.digest import Digest
 from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
 from ducc.publish.staging import Staging
 from ducc.record import FILES, Record
+from ducc.tree import TreeSize, measure, remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +48,13 @@ def _write_atomic(path: Path, data: bytes) -> None:
 class DirectoryTransaction:
     revision: int | None = None  # a plain tree has no revisions
 
-    def __init__(self, publisher: DirectoryPublisher) -> None:
+    def __init__(self, publisher: DirectoryPublisher, held: ExitStack, after: ExitStack) -> None:
         self.publisher = publisher
         self.root = publisher.root
+        self._held = held  # unwound when the transaction ends, before its locks are released
+        self._after = after  # unwound once they are released
+        self._trash: Path | None = None
+        self._frozen = False
 
     def _markers(self, *relative: PurePosixPath) -> None:
         for marker in relative:
@@ -86,6 +99,46 @@ class DirectoryTransaction:
             os.sync()  # the image's data reaches the disk before the record that declares it converted
         write_record_files(self.root, ref, platform, record)
 
+    # -- removal: rename into the trash (atomic), delete the trash after the transaction ----------
+
+    def _to_trash(self, path: Path, name: str) -> bool:
+        """Move ``path`` into this transaction's trash; False if there was nothing."""
+        if not path.exists() and not path.is_symlink():
+            return False
+        if self._trash is None:
+            self._trash = self._after.enter_context(self.publisher._trash.directory())
+        target = self._trash / name
+        try:
+            os.rename(path, target)
+        except PermissionError:
+            # Moving a directory rewrites its ``..``: a read-only one (an image's root may be) must be
+            # made writable first; it is about to be deleted anyway.
+            os.chmod(path, os.lstat(path).st_mode & 0o7777 | 0o700)
+            os.rename(path, target)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def remove_layer(self, digest: Digest) -> None:
+        if self._to_trash(self.root / layout.layer_dir(digest), f"layer-{digest.hex}"):
+            log.info("removed layer %s", digest.short)
+
+    def remove_flat(self, config_digest: Digest) -> None:
+        if self._to_trash(self.root / layout.flat_dir(config_digest), f"flat-{config_digest.hex}"):
+            log.info("removed flat root %s", config_digest.short)
+
+    def remove_tag(self, ref: Reference, platform: Platform) -> None:
+        remove_tag_files(self.root, ref, platform, self._to_trash)
+
+    def reserved(self) -> frozenset[Digest]:
+        if self._frozen:
+            return self.publisher._staging.reserved()
+        self._frozen = True
+        return self._held.enter_context(self.publisher._staging.frozen())
+
+    def write_gc_state(self, data: bytes) -> None:
+        _write_atomic(self.root / layout.GC_STATE, data)
+
 
 def write_tag_link(root: Path, ref: Reference, platform: Platform, config_digest: Digest) -> None:
     """Point the tag link under ``root`` at the flat root."""
@@ -103,6 +156,42 @@ def write_link(link: Path, target: str) -> None:
     tmp = link.with_name(f".{link.name}.{secrets.token_hex(4)}.tmp")
     os.symlink(target, tmp)
     os.replace(tmp, link)
+
+
+def remove_tag_files(root: Path, ref: Reference, platform: Platform,
+                     discard: Callable[[Path, str], bool] | None = None, link_path: PurePosixPath | None = None) -> bool:
+    """Unpublish ``ref`` under ``root``: the record first (its directory at once, so ``manifest.json``
+    goes with it), then the tag link (``link_path``, default ``tag_link``); parent directories left
+    empty go too. ``discard(path, name)`` moves a record directory away atomically (default: delete
+    it, ``manifest.json`` first). Returns whether anything was there."""
+    link = root / (link_path or layout.tag_link(ref, platform))
+    metadata = root / layout.metadata_dir(ref, platform)
+    found = False
+    if metadata.is_dir():
+        if discard is not None:
+            found = discard(metadata, f"record-{secrets.token_hex(6)}")
+        else:
+            (metadata / layout.RECORD_MANIFEST).unlink(missing_ok=True)
+            remove_tree(metadata)
+            found = True
+    if link.is_symlink():
+        link.unlink()
+        found = True
+    elif link.exists():
+        raise PublishError(f"{link} exists and is not a symlink; refusing to remove it")
+    _prune_empty(link.parent, root)
+    _prune_empty(metadata.parent, root / layout.platform_prefix(platform) / layout.METADATA)
+    return found
+
+
+def _prune_empty(directory: Path, stop: Path) -> None:
+    """Remove ``directory`` and its parents while they are empty, up to (not including) ``stop``."""
+    while directory != stop and stop in directory.parents:
+        try:
+            directory.rmdir()
+        except OSError:
+            return
+        directory = directory.parent
 
 
 def write_record_files(root: Path, ref: Reference, platform: Platform, record: Record) -> None:
@@ -156,7 +245,12 @@ class DirectoryView:
         return self.root / layout.tag_link(ref, platform)
 
     def read_record(self, ref: Reference, platform: Platform) -> Record | None:
-        directory = self.root / layout.metadata_dir(ref, platform)
+        return self._read_record(self.root / layout.metadata_dir(ref, platform))
+
+    def read_record_at(self, link: str) -> Record | None:
+        return self._read_record(self.root / layout.metadata_for_link(PurePosixPath(link)))
+
+    def _read_record(self, directory: Path) -> Record | None:
         files: dict[str, bytes] = {}
         # manifest.json first: it is written last, so once it is there the other files are too.
         for name in reversed(FILES):
@@ -179,6 +273,35 @@ class DirectoryView:
 
     def revision(self) -> int | None:
         return None  # a plain tree has no revisions
+
+    def layers(self) -> Iterator[Digest]:
+        return self._trees(layout.LAYERS)
+
+    def flats(self) -> Iterator[Digest]:
+        return self._trees(layout.FLAT)
+
+    def _trees(self, top: PurePosixPath) -> Iterator[Digest]:
+        """Every ``<top>/xx/<hex>`` directory (markers and anything else left aside)."""
+        base = self.root / top
+        try:
+            shards = sorted(os.listdir(base))
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for shard in shards:
+            try:
+                names = sorted(os.listdir(base / shard))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for name in names:
+                digest = layout.tree_digest(top / shard / name, top)
+                if digest is not None and (base / shard / name).is_dir():
+                    yield digest
+
+    def layer_size(self, digest: Digest) -> TreeSize:
+        return measure(self.root / layout.layer_dir(digest))
+
+    def flat_size(self, config_digest: Digest) -> TreeSize:
+        return measure(self.root / layout.flat_dir(config_digest))
 
     def published(self) -> Iterator[tuple[str, Path]]:
         """Symlinks under the registries' directories, and under ``.multiarch/<platform>/`` the same
@@ -211,8 +334,23 @@ class DirectoryView:
         return link.resolve()
 
 
+def _check_writable(root: Path, staging: Path) -> None:
+    """RepositoryUnusable unless trees can be built and renamed into ``root`` (its staging directory
+    can be created and written): a read-only mount or a root owned by someone else fails here."""
+    try:
+        staging.mkdir(exist_ok=True)
+        writable = os.access(root, os.W_OK | os.X_OK) and os.access(staging, os.W_OK | os.X_OK)
+    except OSError as exc:
+        raise RepositoryUnusable(f"repository root {root} is not writable: {exc.strerror or exc}") from exc
+    if not writable:
+        read_only = bool(os.statvfs(root).f_flag & os.ST_RDONLY)
+        reason = "read-only file system" if read_only else "permission denied"
+        raise RepositoryUnusable(f"repository root {root} is not writable: {reason}")
+
+
 class DirectoryPublisher(DirectoryView):
-    """Publishes into the directory ``root`` (created if missing; PublishError if it cannot be).
+    """Publishes into the directory ``root`` (created if missing; RepositoryUnusable if it cannot be
+    created or written: checked here, before any work, by creating the staging directory in it).
 
     Renames make every step safe against a crash of ducc itself. ``durable`` also
     makes it safe against a power loss: the filesystem is flushed before each record.
@@ -232,12 +370,16 @@ class DirectoryPublisher(DirectoryView):
         self._lock = lock
         try:
             root.mkdir(parents=True, exist_ok=True)
+        except FileExistsError as exc:
+            raise RepositoryUnusable(f"repository root {root} is not a directory") from exc
         except OSError as exc:
-            raise PublishError(f"repository root {root} cannot be created: {exc.strerror or exc}") from exc
+            raise RepositoryUnusable(f"repository root {root} cannot be created: {exc.strerror or exc}") from exc
         if not root.is_dir():
-            raise PublishError(f"repository root {root} is not a directory")
+            raise RepositoryUnusable(f"repository root {root} is not a directory")
         super().__init__(root, name)
         self._staging = Staging(self.root / layout.STAGING)
+        self._trash = Staging(self.root / layout.TRASH)
+        _check_writable(self.root, self._staging.root)
 
     def ensure_name(self) -> str:
         """The repository's name, stored inside the root on first use unless ``DUCC_REPOSITORY`` gives it:
@@ -269,9 +411,25 @@ class DirectoryPublisher(DirectoryView):
     def staging(self) -> AbstractContextManager[Path]:
         return self._staging.directory()
 
+    def reserve(self, stage: Path, digests: Iterable[Digest]) -> None:
+        self._staging.reserve(stage, digests)
+
+    def reserved(self) -> frozenset[Digest]:
+        return self._staging.reserved()
+
+    def read_gc_state(self) -> bytes | None:
+        try:
+            return (self.root / layout.GC_STATE).read_bytes()
+        except FileNotFoundError:
+            return None
+
     @contextmanager
     def transaction(self) -> Iterator[DirectoryTransaction]:
         """Writers are serialised by an flock on the root (one host) and, where the service passes
-        one, the repository's lease (many hosts sharing the root). Holding it, crash debris is swept."""
-        with self._lock(self.ensure_name()) if self._lock else nullcontext(), self._staging.writer():
-            yield DirectoryTransaction(self)
+        one, the repository's lease (many hosts sharing the root). Holding it, crash debris (staging
+        and trash) is swept; what the transaction removed is deleted after it lets go."""
+        with ExitStack() as after:
+            with self._lock(self.ensure_name()) if self._lock else nullcontext(), self._staging.writer(), \
+                    ExitStack() as held:
+                self._trash.sweep()
+                yield DirectoryTransaction(self, held, after)

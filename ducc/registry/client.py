@@ -26,10 +26,13 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import http.client
 import io
 import ipaddress
 import logging
 import random
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -102,6 +105,39 @@ def _retry_after(response: requests.Response) -> float | None:
         return max(0.0, float(parsed.timestamp()) - time.time())
 
 
+def transport_reason(exc: BaseException, timeout: tuple[float, float] | None = None) -> str:
+    """Why a request never got an answer, in a few words (``connection refused``, ``name does not
+    resolve``, ``timed out``...), from the chain of errors ``requests`` and ``urllib3`` wrap around it."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        error = todo.pop(0)
+        if id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, socket.gaierror) or isinstance(error, urllib3.exceptions.NameResolutionError):
+            return "name does not resolve"
+        if isinstance(error, ssl.SSLError):
+            return f"TLS handshake failed: {error.reason or error}"
+        if isinstance(error, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(error, ConnectionResetError):
+            return "connection reset"
+        if isinstance(error, http.client.IncompleteRead):
+            return "the connection closed before the end of the body"
+        if isinstance(error, (requests.exceptions.ConnectTimeout, urllib3.exceptions.ConnectTimeoutError)) and not \
+                isinstance(error, urllib3.exceptions.NewConnectionError):
+            return f"no connection within {timeout[0]:g}s" if timeout else "connection timed out"
+        if isinstance(error, (requests.exceptions.ReadTimeout, urllib3.exceptions.ReadTimeoutError)):
+            return f"no answer within {timeout[1]:g}s" if timeout else "read timed out"
+        if isinstance(error, OSError) and error.errno is not None and error.strerror:
+            return error.strerror[0].lower() + error.strerror[1:]
+        todo += [e for e in (getattr(error, "reason", None), error.__cause__, error.__context__, *error.args)
+                 if isinstance(e, BaseException)]
+    text = str(exc)
+    return f"{exc.__class__.__name__}: {text[:200]}" if text else exc.__class__.__name__
+
+
 def is_loopback(host: str) -> bool:
     name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
     name = name.strip("[]")
@@ -146,7 +182,8 @@ class BlobStream:
             try:
                 data: bytes = self._response.raw.read(n if n >= 0 else None, decode_content=False) or b""
             except _STREAM_ERRORS as exc:
-                error = RegistryUnavailable(f"download of {self._what} broke off at byte {self._offset}: {exc}")
+                error = RegistryUnavailable(
+                    f"download of {self._what} broke off at byte {self._offset}: {transport_reason(exc, self._client.timeout)}")
                 self._resume(error)
                 continue
             self._offset += len(data)
@@ -222,7 +259,8 @@ class RegistryClient:
         ``attempts`` is the budget of the operation this request belongs to (a blob download and
         its resumptions share one); by default the request has a budget of its own."""
         budget = attempts or Attempts(self.retry)
-        last: Exception | None = None
+        host = urlsplit(url).netloc
+        last: RegistryUnavailable | None = None
         while budget.left:
             attempt = budget.used
             budget.used += 1
@@ -230,13 +268,13 @@ class RegistryClient:
             try:
                 response = self._session.request(method, url, timeout=self.timeout, **kwargs)
             except _STREAM_ERRORS as exc:
-                last = RegistryUnavailable(f"{what}: {exc.__class__.__name__}: {exc}")
+                last = RegistryUnavailable(f"{what}: registry {host} unreachable: {transport_reason(exc, self.timeout)}")
             else:
                 if response.status_code != 429 and response.status_code < 500:
                     return response
                 retry_after = _retry_after(response)
                 last = RegistryUnavailable(
-                    f"{what}: HTTP {response.status_code}",
+                    f"{what}: registry {host} answered HTTP {response.status_code}",
                     status=response.status_code,
                     retry_after=retry_after,
                 )
@@ -249,7 +287,8 @@ class RegistryClient:
                 kwargs["data"].seek(0)
         if last is None:
             raise RegistryUnavailable(f"{what}: no attempts left")
-        raise last
+        tries = f"{budget.used} attempt{'s' if budget.used != 1 else ''}"
+        raise RegistryUnavailable(f"{last} ({tries})", status=last.status, retry_after=last.retry_after)
 
     def _request(
         self,
@@ -344,6 +383,16 @@ class RegistryClient:
         if ref.digest:
             return ref.digest
         return self._head_manifest(ref, "pull")
+
+    def served(self, ref: Reference) -> Digest | None:
+        """What the registry serves at ``ref`` (tag or digest) now, from one HEAD; None only when it
+        answers that manifest request with 404. Anything else raises, as ``resolve`` does: an outage,
+        a timeout, a 5xx or 429 after retries (``RegistryUnavailable``), an authentication failure
+        (``AuthenticationError``) never reads as "gone"."""
+        try:
+            return self._head_manifest(ref, "pull")
+        except NotFound:
+            return None
 
     def _head_manifest(self, ref: Reference, actions: str) -> Digest:
         """What the registry serves at ``ref``'s selector, from one HEAD with the token scope ``actions``."""

@@ -6,18 +6,34 @@ registers the task bodies in worker processes only). ``ducc.services`` calls the
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit, urlunsplit
+
 import redis
 from celery import Celery
 from celery.schedules import crontab
 
 from ducc.service import keys
-from ducc.service.queue import RECONCILE_TASK, SYNC_TASK
+from ducc.service.queue import GC_TASK, RECONCILE_TASK, SYNC_TASK
 from ducc.settings import Settings
 
 
-def build_redis(url: str) -> redis.Redis:
-    client: redis.Redis = redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+def build_redis(url: str, password: str | None = None) -> redis.Redis:
+    """A client of the Redis at ``url``; ``password`` (kept out of the URL) authenticates it."""
+    client: redis.Redis = redis.Redis.from_url(url, decode_responses=True, health_check_interval=30,
+                                               password=password)
     return client
+
+
+def display_url(url: str) -> str:
+    """``url`` as messages show it: any password in it replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
 def broker_url(redis_url: str) -> str:
@@ -27,16 +43,34 @@ def broker_url(redis_url: str) -> str:
     return redis_url
 
 
-def parse_cron(expression: str) -> crontab:
+def parse_cron(
+    expression: str, name: str = "DUCC_SYNC_SCHEDULE", nowfun: Callable[[], datetime] | None = None
+) -> crontab:
     fields = expression.split()
     if len(fields) != 5:
-        raise ValueError(f"DUCC_SYNC_SCHEDULE {expression!r} is not a 5-field cron expression")
+        raise ValueError(f"{name} {expression!r} is not a 5-field cron expression")
     minute, hour, day_of_month, month, day_of_week = fields
-    return crontab(minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month, day_of_week=day_of_week)
+    try:
+        return crontab(minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month,
+                       day_of_week=day_of_week, nowfun=nowfun)
+    except ValueError as exc:
+        raise ValueError(f"{name} {expression!r} is not a valid cron expression: {exc}") from exc
 
 
-def create_celery(settings: Settings, redis_url: str) -> Celery:
+def next_sync(expression: str, now: datetime) -> datetime:
+    """When beat runs the wishlist sync next after ``now`` (aware, UTC): the schedule ``expression``
+    (DUCC_SYNC_SCHEDULE) read as Celery beat reads it, in UTC."""
+    at = now.astimezone(UTC)
+    schedule = parse_cron(expression, nowfun=lambda: at)
+    remaining: timedelta = schedule.remaining_estimate(at)
+    return at + remaining
+
+
+def create_celery(settings: Settings, redis_url: str, password: str | None = None) -> Celery:
     """The Celery app, configured from settings; workers add the task bodies with ``ducc.tasks.register``.
+
+    ``password`` authenticates to Redis without being part of the broker URL (Celery's
+    ``broker_password``), so Celery's banner and logs never show it.
 
     Messages are acknowledged late and rejected when a worker is lost, so the broker redelivers
     them; one task at a time is prefetched, so a long conversion never holds others hostage.
@@ -54,7 +88,10 @@ def create_celery(settings: Settings, redis_url: str) -> Celery:
         beat_schedule={
             "wishlist-sync": {"task": SYNC_TASK, "schedule": parse_cron(settings.sync_schedule)},
             "reconcile": {"task": RECONCILE_TASK, "schedule": float(settings.job_lease)},
+            "garbage-collection": {"task": GC_TASK, "schedule": parse_cron(settings.gc_schedule, "DUCC_GC_SCHEDULE")},
         },
         timezone="UTC",
     )
+    if password:
+        app.conf.broker_password = password
     return app

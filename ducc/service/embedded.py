@@ -1,5 +1,14 @@
 """``ducc serve``: the whole service on one machine in one command.
 
+Before anything starts it checks what an operator can get wrong, each a one-line
+error: the state directory is taken (an flock on ``serve.lock`` in it, held for the
+supervisor's life, so a second ``ducc serve`` there refuses to start and never
+touches the first one's Redis), the repository root cannot be created or written,
+the wishlist is missing or invalid. With no webhook token configured it warns that
+the web app will refuse every webhook and API request. It queues one wishlist sync
+as soon as it runs (as DUCC's loop starts with a conversion; ``--no-initial-sync``
+skips it), then beat syncs on ``DUCC_SYNC_SCHEDULE``.
+
 Runs, as child processes it supervises: an embedded Redis (``redis-server`` on
 a unix socket under ``DUCC_STATE_DIR``, with an append-only file written before
 every answer, so an accepted request survives any process crash; fsynced every
@@ -13,17 +22,23 @@ SIGTERM/SIGINT stop everything in order. Children die with the supervisor
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import logging
+import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import redis
 
+from ducc.errors import ServiceUnavailable, StateDirectoryInUse
 from ducc.settings import Settings
 
 log = logging.getLogger("ducc.serve")
@@ -77,7 +92,7 @@ def redis_config(state: Path, socket: Path, fsync: str) -> list[str]:
 def start_redis(settings: Settings) -> tuple[Child, str]:
     binary = shutil.which("redis-server")
     if binary is None:
-        raise RuntimeError("redis-server is not installed (./bootstrap.sh installs it) and DUCC_REDIS_URL is not set")
+        raise ServiceUnavailable("redis-server is not installed (./bootstrap.sh installs it) and DUCC_REDIS_URL is not set")
     state = settings.embedded_redis_dir
     state.mkdir(parents=True, exist_ok=True)
     child = Child("redis", [binary, *redis_config(state, settings.embedded_redis_socket, settings.redis_fsync)], dict(settings.env))
@@ -86,16 +101,84 @@ def start_redis(settings: Settings) -> tuple[Child, str]:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if not child.alive():
-            raise RuntimeError("the embedded redis-server exited at start; see its messages above")
+            raise ServiceUnavailable("the embedded redis-server exited at start; see its messages above")
         try:
             if redis.Redis.from_url(url).ping():
                 return child, url
         except redis.RedisError:
             time.sleep(0.05)
-    raise RuntimeError("the embedded redis-server did not answer within 30s")
+    raise ServiceUnavailable("the embedded redis-server did not answer within 30s")
 
 
-def serve(settings: Settings, *, root: Path, wishlist: Path | None, web: bool = True) -> int:
+LOCK_NAME = "serve.lock"
+
+
+@contextmanager
+def state_directory(state: Path) -> Iterator[None]:
+    """Hold ``state`` for this ``ducc serve`` (an flock on ``serve.lock``, which also names our pid);
+    StateDirectoryInUse if another one holds it. The lock goes with the process, however it ends."""
+    try:
+        state.mkdir(parents=True, exist_ok=True)
+        fd = os.open(state / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise ValueError(f"state directory {state} cannot be used: {exc.strerror or exc}") from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise StateDirectoryInUse(f"another ducc serve (pid {holder}) is running with the state directory "
+                                      f"{state}; stop it first, or give this one its own DUCC_STATE_DIR") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def preflight(settings: Settings, *, root: Path, wishlist: Path | None, web: bool) -> None:
+    """What must hold before anything starts: readable DUCC_SYNC_SCHEDULE and DUCC_GC_SCHEDULE, a usable
+    root and a valid wishlist (errors), a webhook token (a warning: without one the web app refuses every
+    webhook and API request)."""
+    from ducc.service.broker import next_sync, parse_cron
+
+    next_sync(settings.sync_schedule, datetime.now(UTC))  # ValueError for a schedule beat could not read
+    parse_cron(settings.gc_schedule, "DUCC_GC_SCHEDULE")
+    if settings.publisher == "directory":
+        from ducc.publish.directory import DirectoryPublisher
+
+        DirectoryPublisher(root)  # RepositoryUnusable if it cannot be created or written
+    if wishlist is not None:
+        from ducc.sync import read_wishlist
+
+        wishes = read_wishlist(wishlist)  # WishlistError if missing or invalid
+        log.info("wishlist %s: %d entries", wishlist, len(wishes.wishes))
+    if web and not settings.webhook_tokens:
+        log.warning("no webhook token is configured (DUCC_WEBHOOK_TOKEN or DUCC_WEBHOOK_TOKEN_<SOURCE>, or _FILE): "
+                    "the web app will refuse every webhook and every POST to the API with 401")
+    if web and not settings.allow and wishlist is None:
+        log.warning("neither DUCC_ALLOW nor a wishlist is configured: webhooks and the API may convert nothing")
+
+
+def queue_first_sync(settings: Settings, env: dict[str, str], wishlist: Path) -> None:
+    """Queue the wishlist sync once now; the worker runs it as soon as it is ready."""
+    from ducc.service.broker import next_sync
+    from ducc.service.queue import SYNC_TASK
+    from ducc.services import Services
+
+    Services(Settings.from_env(env)).celery().send_task(SYNC_TASK)
+    upcoming = next_sync(settings.sync_schedule, datetime.now(UTC)).strftime("%Y-%m-%d %H:%M UTC")
+    log.info("wishlist %s: first sync queued; then on DUCC_SYNC_SCHEDULE %r (next %s)", wishlist,
+             settings.sync_schedule, upcoming)
+
+
+def serve(settings: Settings, *, root: Path, wishlist: Path | None, web: bool = True, initial_sync: bool = True) -> int:
+    with state_directory(settings.state_dir):
+        preflight(settings, root=root, wishlist=wishlist, web=web)
+        return _supervise(settings, root=root, wishlist=wishlist, web=web, initial_sync=initial_sync)
+
+
+def _supervise(settings: Settings, *, root: Path, wishlist: Path | None, web: bool, initial_sync: bool) -> int:
     env = dict(settings.env)
     env["DUCC_ROOT"] = str(root.resolve())
     if wishlist is not None:
@@ -105,6 +188,9 @@ def serve(settings: Settings, *, root: Path, wishlist: Path | None, web: bool = 
         redis_child, url = start_redis(settings)
         children.append(redis_child)
         env["DUCC_REDIS_URL"] = url
+        # The embedded Redis has no password (its socket is private to this user): none is sent to it.
+        for name in ("DUCC_REDIS_PASSWORD", "DUCC_REDIS_PASSWORD_FILE"):
+            env.pop(name, None)
         log.info("embedded Redis at %s (data in %s)", url, settings.embedded_redis_dir)
     ducc = [sys.executable, "-m", "ducc"]
     services = [Child("worker", [*ducc, "worker"], env), Child("beat", [*ducc, "beat"], env)]
@@ -114,6 +200,14 @@ def serve(settings: Settings, *, root: Path, wishlist: Path | None, web: bool = 
         child.start()
     children.extend(services)
     log.info("ducc is serving %s%s", root, f" on http://{settings.listen}" if web else "")
+    if wishlist is not None and initial_sync:
+        try:
+            queue_first_sync(settings, env, wishlist)
+        except Exception as exc:  # the schedule still syncs; the service is up either way
+            log.error("could not queue the first wishlist sync: %s", exc)
+    elif wishlist is not None:
+        log.info("wishlist %s: no sync now (--no-initial-sync); first on DUCC_SYNC_SCHEDULE %r", wishlist,
+                 settings.sync_schedule)
 
     stopping = False
 

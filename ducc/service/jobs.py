@@ -8,9 +8,21 @@ repository stays the source of truth, and the next wishlist sync converges.
 
 States, in order: received, queued, resolving, fetching, unpacking,
 flattening, publishing, thin (only when a thin image was asked for: pushing it,
-then "thin image pushed: <ref>@<digest>"), then published or failed (retrying in between for
-temporary errors). A request coalesced onto another job records
+then "thin image pushed: <ref>@<digest>"), then published, failed or cancelled
+(retrying in between for temporary errors). A request coalesced onto another job records
 ``coalesced_into`` and reports that job's state and outcome.
+
+A final state is final: ``event`` never moves a job out of published, failed or
+cancelled into a working state (a worker that had not yet noticed a cancel cannot
+bring the job back). ``cancelled_by`` says who asked for a cancel; a worker
+reporting progress learns of it from ``event`` and ``set_bytes`` and stops
+(``JobProgress`` raises ``JobCancelled``).
+
+Jobs of other kinds (``Job.kind``, the ``action`` of the request they carry) have
+timelines too, ending in done or failed: an unpublish (received, queued,
+resolving: asking the registry, unpublishing, done) and a garbage collection
+(received, collecting, done), which the scheduled task creates itself
+(``JobStore.create``) rather than queueing.
 """
 
 from __future__ import annotations
@@ -26,7 +38,8 @@ from typing import Any
 
 import redis
 
-from ducc.model.request import ConversionRequest
+from ducc.errors import JobCancelled
+from ducc.model.request import ConversionRequest, UnpublishRequest, parse_request
 from ducc.service import keys
 
 
@@ -44,13 +57,34 @@ class JobState(StrEnum):
     RETRYING = "retrying"
     PUBLISHED = "published"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # by ducc cancel or the API: stopped, nothing half published
+    UNPUBLISHING = "unpublishing"  # an unpublish job removing the tag
+    COLLECTING = "collecting"  # a garbage collection reading and sweeping the repository
+    DONE = "done"  # an unpublish or a garbage collection finished (the detail says what it did)
 
 
 PROPAGATION = "propagation"  # the kind of "visible on <host> at <time>" events (DUCC_STRATUM1_URLS)
 
-FINAL_STATES = frozenset({JobState.PUBLISHED, JobState.FAILED})
+FINAL_STATES = frozenset({JobState.PUBLISHED, JobState.FAILED, JobState.CANCELLED, JobState.DONE})
 ACTIVE_STATES = frozenset({JobState.RESOLVING, JobState.FETCHING, JobState.UNPACKING, JobState.FLATTENING,
-                           JobState.PUBLISHING, JobState.THIN})
+                           JobState.PUBLISHING, JobState.THIN, JobState.UNPUBLISHING, JobState.COLLECTING})
+KINDS = ("convert", "unpublish", "gc")
+
+
+# KEYS: job, events, active. ARGV: job id, state, is the state final (1/0), event JSON, ttl,
+# membership of the active set (add | remove | ''), then field, value, ... for the job's hash.
+_EVENT = """
+local current = redis.call('HGET', KEYS[1], 'state')
+if (""" + " or ".join(f"current == '{s}'" for s in sorted(FINAL_STATES)) + """) and ARGV[3] == '0' then
+  return redis.call('HGET', KEYS[1], 'cancelled_by') or ''
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+redis.call('RPUSH', KEYS[2], ARGV[4])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5]))
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[5]))
+if ARGV[6] == 'add' then redis.call('SADD', KEYS[3], ARGV[1]) elseif ARGV[6] == 'remove' then redis.call('SREM', KEYS[3], ARGV[1]) end
+return redis.call('HGET', KEYS[1], 'cancelled_by') or ''
+"""
 
 
 def new_job_id() -> str:
@@ -72,6 +106,7 @@ class Job:
     attempts: int = 0
     bytes: int = 0
     coalesced_into: str = ""
+    cancelled_by: str = ""  # who asked for a cancel (the job may still be stopping)
     result: dict[str, Any] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
     request_json: dict[str, Any] = field(default_factory=dict)
@@ -81,17 +116,22 @@ class Job:
         return self.state in FINAL_STATES
 
     @property
-    def request(self) -> ConversionRequest:
-        """The request this job converts (ValueError if its record does not parse)."""
-        return ConversionRequest.from_json(self.request_json or {"image": self.image, "platform": self.platform})
+    def kind(self) -> str:
+        """``convert`` (most jobs), ``unpublish`` or ``gc``."""
+        return str(self.request_json.get("action") or "convert")
+
+    @property
+    def request(self) -> ConversionRequest | UnpublishRequest:
+        """The request this job carries out (ValueError if its record does not parse, or it has none: gc)."""
+        return parse_request(self.request_json or {"image": self.image, "platform": self.platform})
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "id": self.id, "image": self.image, "platform": self.platform, "source": self.source,
+            "id": self.id, "kind": self.kind, "image": self.image, "platform": self.platform, "source": self.source,
             "state": self.state, "received_at": self.received_at, "updated_at": self.updated_at,
             "error": self.error or None, "temporary": self.temporary, "attempts": self.attempts,
             "bytes": self.bytes, "coalesced_into": self.coalesced_into or None, "result": self.result,
-            "timeline": self.events,
+            "cancelled_by": self.cancelled_by or None, "timeline": self.events,
         }
 
 
@@ -102,11 +142,13 @@ class JobStore:
         self.redis = client
         self.ttl = ttl
         self.recent = recent
+        self._event = client.register_script(_EVENT)
 
     # -- writing ------------------------------------------------------------------------
 
-    def event(self, job_id: str, state: str, detail: str = "", *, kind: str = "", **fields: Any) -> None:
-        """Append a timeline event and move the job to ``state``.
+    def event(self, job_id: str, state: str, detail: str = "", *, kind: str = "", **fields: Any) -> str:
+        """Append a timeline event and move the job to ``state``, unless the job is in a final state and
+        ``state`` is not one (then nothing changes). Returns who asked for a cancel, if anyone did.
 
         ``kind`` marks events that report on something other than the conversion's stage (``PROPAGATION``:
         where a published revision is visible), so pages can show them apart. Jobs a worker has started
@@ -120,22 +162,42 @@ class JobStore:
                 mapping[name] = json.dumps(value)
             else:
                 mapping[name] = value if isinstance(value, (int, float)) else str(value)
-        pipe = self.redis.pipeline()
-        pipe.hset(keys.job(job_id), mapping=mapping)  # type: ignore[arg-type]  # redis-py's Mapping key is invariant
         entry: dict[str, Any] = {"state": str(state), "at": now, "detail": detail}
         if kind:
             entry["kind"] = kind
-        pipe.rpush(keys.events(job_id), json.dumps(entry))
+        membership = "add" if state in ACTIVE_STATES or state == JobState.RETRYING else \
+            "remove" if state in FINAL_STATES else ""
+        pairs = [str(item) for pair in mapping.items() for item in pair]
+        cancelled_by = self._event(keys=[keys.job(job_id), keys.events(job_id), keys.ACTIVE], args=[
+            job_id, str(state), int(state in FINAL_STATES), json.dumps(entry),
+            self.ttl, membership, *pairs,
+        ])
+        return str(cancelled_by or "")
+
+    def set_bytes(self, job_id: str, count: int) -> str:
+        """Record the bytes fetched so far; returns who asked for a cancel, if anyone did."""
+        pipe = self.redis.pipeline()
+        pipe.hset(keys.job(job_id), mapping={"bytes": count, "updated_at": time.time()})
+        pipe.hget(keys.job(job_id), "cancelled_by")
+        return str(pipe.execute()[1] or "")
+
+    def create(self, kind: str, subject: str, source: str) -> str:
+        """A new job of ``kind`` about ``subject`` (shown where a conversion shows its image) that no
+        queue dispatches: its task runs it at once (the scheduled garbage collection). Returns its id."""
+        job_id = new_job_id()
+        now = time.time()
+        pipe = self.redis.pipeline()
+        pipe.hset(keys.job(job_id), mapping={
+            "id": job_id, "image": subject, "platform": "", "source": source, "state": JobState.RECEIVED,
+            "request": json.dumps({"action": kind}), "received_at": now, "updated_at": now,
+        })
+        pipe.rpush(keys.events(job_id), json.dumps({"state": str(JobState.RECEIVED), "at": now, "detail": source}))
+        pipe.zadd(keys.RECENT, {job_id: now})
+        pipe.zremrangebyrank(keys.RECENT, 0, -self.recent - 1)
         pipe.expire(keys.job(job_id), self.ttl)
         pipe.expire(keys.events(job_id), self.ttl)
-        if state in ACTIVE_STATES or state == JobState.RETRYING:
-            pipe.sadd(keys.ACTIVE, job_id)
-        elif state in FINAL_STATES:
-            pipe.srem(keys.ACTIVE, job_id)
         pipe.execute()
-
-    def set_bytes(self, job_id: str, count: int) -> None:
-        self.redis.hset(keys.job(job_id), mapping={"bytes": count, "updated_at": time.time()})
+        return job_id
 
     # -- reading ------------------------------------------------------------------------
 
@@ -151,6 +213,7 @@ class JobStore:
             if target is not None:
                 job.state, job.error, job.temporary = target.state, target.error, target.temporary
                 job.result, job.bytes, job.attempts = target.result, target.bytes, target.attempts
+                job.cancelled_by = target.cancelled_by
                 job.events = job.events + [dict(e, job=target.id) for e in target.events if e["state"] != "received"]
         return job
 
@@ -161,6 +224,7 @@ class JobStore:
             updated_at=float(raw.get("updated_at", 0)), error=raw.get("error", ""),
             temporary=raw.get("temporary") in ("1", "True", "true"), attempts=int(raw.get("attempts", 0) or 0),
             bytes=int(raw.get("bytes", 0) or 0), coalesced_into=raw.get("coalesced_into", ""),
+            cancelled_by=raw.get("cancelled_by", ""),
             result=json.loads(raw["result"]) if raw.get("result") else {},
             request_json=json.loads(raw["request"]) if raw.get("request") else {},
         )
@@ -197,7 +261,12 @@ class JobStore:
 
 
 class JobProgress:
-    """Progress of a conversion recorded in its job's timeline (stages) and byte count (throttled)."""
+    """Progress of a conversion recorded in its job's timeline (stages) and byte count (throttled).
+
+    These are the conversion's progress points: when its job was cancelled, the next stage or byte
+    count it reports raises ``JobCancelled`` (so a running conversion stops within about ``interval``
+    seconds of a download, or at its next stage), and the conversion unwinds publishing nothing.
+    """
 
     def __init__(self, store: JobStore, job_id: str, interval: float = 1.0) -> None:
         self.store = store
@@ -205,12 +274,14 @@ class JobProgress:
         self.interval = interval
         self.layers: dict[object, int] = {}
         self.last = 0.0
+        self.current = ""
         self.lock = threading.Lock()  # layers report from several threads
 
     def stage(self, ref: object, stage: str, detail: str = "") -> None:
         if stage in (JobState.PUBLISHED, "unchanged"):
             return  # the task records the outcome itself, with the result
-        self.store.event(self.job_id, stage, detail)
+        self.current = stage
+        self._stop_if(self.store.event(self.job_id, stage, detail))
 
     def layer(self, digest: object, done: int, total: int | None) -> None:
         with self.lock:
@@ -218,4 +289,8 @@ class JobProgress:
             now = time.monotonic()
             if now - self.last >= self.interval or (total is not None and done >= total):
                 self.last = now
-                self.store.set_bytes(self.job_id, sum(self.layers.values()))
+                self._stop_if(self.store.set_bytes(self.job_id, sum(self.layers.values())))
+
+    def _stop_if(self, cancelled_by: str) -> None:
+        if cancelled_by:
+            raise JobCancelled(cancelled_by, self.current)

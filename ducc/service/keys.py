@@ -19,9 +19,12 @@ repository stays the source of truth, so losing Redis loses no published data.
     ducc:lease:<id>                   string a running job's worker is alive (expires unless renewed)
     ducc:lock:<name>                  string a lease (ducc.service.locks): image:…, layer:…, publish:…
     ducc:event:<source>:<event id>    string the job a webhook delivery created (redeliveries)
+    ducc:sync:last                    string the last wishlist sync's outcome per image, JSON (the status page)
     ducc:metrics:requests             hash   <source>|<outcome> → count
     ducc:metrics:conversions          hash   <result> → count
     ducc:metrics:duration             hash   histogram buckets le=<bound>, count, sum
+    ducc:metrics:gc                   hash   deleted|<layer|flat> → count, bytes_freed → bytes
+    ducc:metrics:repository           hash   <layers|flats> → bytes, as the last garbage collection measured
     ducc                              list   Celery's queue (kombu's Redis transport)
     unacked                           hash   kombu: messages taken by a worker, not yet acknowledged
 """
@@ -36,9 +39,12 @@ DISPATCHING = f"{PREFIX}:dispatching"
 DISPATCHING_SEEN = f"{DISPATCHING}:seen"
 RECENT = f"{PREFIX}:jobs:recent"
 ACTIVE = f"{PREFIX}:jobs:active"
+SYNC_LAST = f"{PREFIX}:sync:last"
 METRICS_REQUESTS = f"{PREFIX}:metrics:requests"
 METRICS_CONVERSIONS = f"{PREFIX}:metrics:conversions"
 METRICS_DURATION = f"{PREFIX}:metrics:duration"
+METRICS_GC = f"{PREFIX}:metrics:gc"
+METRICS_REPOSITORY = f"{PREFIX}:metrics:repository"
 
 # Celery's own keys (kombu's Redis transport): read for metrics, never written by ducc.
 CELERY_QUEUE = "ducc"

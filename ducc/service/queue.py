@@ -1,6 +1,9 @@
 """Submitting conversion requests: one job per request, one conversion per image at a time.
 
-``Queue.submit`` takes a ``ConversionRequest`` and is one Redis round trip (a
+Unpublish requests (``UnpublishRequest``) are queued the same way, under keys of their own; a
+dispatcher hands each job to the task of its kind (``ducc.convert``, ``ducc.unpublish``, ``ducc.gc``).
+
+``Queue.submit`` takes a request (``QueuedRequest``) and is one Redis round trip (a
 Lua script, atomic): it records the job (the request is "accepted" once this returns), answers a redelivered event
 with the job it created the first time, coalesces onto a job of the same image
 and platform that is still waiting (both ids then report that job's outcome),
@@ -31,10 +34,10 @@ from dataclasses import dataclass
 
 import redis
 
-from ducc.errors import DuccError
-from ducc.model.request import ConversionRequest
+from ducc.errors import ServiceUnavailable
+from ducc.model.request import QueuedRequest
 from ducc.service import keys
-from ducc.service.jobs import JobStore, new_job_id
+from ducc.service.jobs import ACTIVE_STATES, JobStore, new_job_id
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,9 @@ CONVERT_TASK = "ducc.convert"
 SYNC_TASK = "ducc.sync"
 RECONCILE_TASK = "ducc.reconcile"
 PROPAGATION_TASK = "ducc.propagation"
+UNPUBLISH_TASK = "ducc.unpublish"
+GC_TASK = "ducc.gc"
+TASK_OF_KIND = {"convert": CONVERT_TASK, "unpublish": UNPUBLISH_TASK, "gc": GC_TASK}
 WAITING_TTL = 24 * 3600
 EVENT_TTL = 24 * 3600
 
@@ -72,11 +78,17 @@ local function coalesce(into, why)
   redis.call('RPUSH', events, cjson.encode({state = 'queued', at = tonumber(now), detail = 'coalesced into ' .. into .. ' (' .. why .. ')'}))
   outcome, target = 'coalesced', into
 end
+-- a job that ended (a cancelled one still marked waiting or running, say) is never joined
+local function open(id)
+  if not id then return false end
+  local state = redis.call('HGET', job_prefix .. id, 'state')
+  return state and state ~= 'published' and state ~= 'failed' and state ~= 'cancelled'
+end
 local queued = redis.call('GET', waiting)
 local converting = redis.call('GET', running)
-if queued and redis.call('EXISTS', job_prefix .. queued) == 1 then
+if open(queued) then
   coalesce(queued, 'same image already queued')
-elseif converting and redis.call('EXISTS', job_prefix .. converting) == 1 then
+elseif open(converting) then
   -- the running job has resolved the tag already: it must look again before it finishes
   redis.call('SET', recheck, '1', 'EX', waiting_ttl)
   coalesce(converting, 'same image converting; it checks the tag again before it finishes')
@@ -113,10 +125,45 @@ return 0
 """
 
 
-class QueueUnavailable(DuccError):
-    """The request could not be recorded; the sender should retry (HTTP 503)."""
+# A cancel. KEYS: job, events, active, incoming, waiting, running, job lease.
+# ARGV: job id, who, now, "cancelled" event JSON, "cancel requested" event JSON, ttl.
+# A job a live worker runs is only marked (the worker stops at its next progress point and records
+# the end); any other unfinished job ends here, atomically, and leaves every queue mark.
+_CANCEL = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return {'unknown', ''} end
+if state == 'published' or state == 'failed' or state == 'cancelled' then return {'finished', state} end
+redis.call('HSET', KEYS[1], 'cancelled_by', ARGV[2], 'updated_at', ARGV[3])
+local working = {WORKING}
+if working[state] and redis.call('EXISTS', KEYS[7]) == 1 then
+  redis.call('RPUSH', KEYS[2], ARGV[5])
+  return {'requested', state}
+end
+redis.call('HSET', KEYS[1], 'state', 'cancelled', 'error', 'cancelled by ' .. ARGV[2], 'temporary', '0')
+redis.call('RPUSH', KEYS[2], ARGV[4])
+redis.call('SREM', KEYS[3], ARGV[1])
+redis.call('LREM', KEYS[4], 0, ARGV[1])
+if redis.call('GET', KEYS[5]) == ARGV[1] then redis.call('DEL', KEYS[5]) end
+if redis.call('GET', KEYS[6]) == ARGV[1] then redis.call('DEL', KEYS[6]) end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[6]))
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[6]))
+return {'cancelled', state}
+""".replace("WORKING", ", ".join(f"{state} = 1" for state in sorted(ACTIVE_STATES)))
 
-    temporary = True
+
+@dataclass(frozen=True)
+class Cancellation:
+    """What a cancel did: ``cancelled`` (the job ended now), ``requested`` (a worker is converting it and
+    stops at its next progress point), ``finished`` (too late: it ended as ``state``) or ``unknown``."""
+
+    job_id: str  # the job that was cancelled: the one asked for, or the one it was coalesced into
+    outcome: str
+    state: str = ""
+    asked: str = ""  # the id the caller gave, when it was coalesced into ``job_id``
+
+
+class QueueUnavailable(ServiceUnavailable):
+    """The request could not be recorded; the sender should retry (HTTP 503)."""
 
 
 @dataclass(frozen=True)
@@ -134,8 +181,9 @@ class Queue:
         self._started = client.register_script(_STARTED)
         self._renew = client.register_script(_RENEW)
         self._finish = client.register_script(_FINISH)
+        self._cancel = client.register_script(_CANCEL)
 
-    def submit(self, request: ConversionRequest, source: str, event_id: str | None = None) -> Submission:
+    def submit(self, request: QueuedRequest, source: str, event_id: str | None = None) -> Submission:
         """Accept ``request`` (one atomic round trip); ``event_id`` recognises a redelivered webhook event."""
         job_id = new_job_id()
         image, platform = request.image, str(request.platform)
@@ -149,7 +197,7 @@ class Queue:
                 self.jobs.ttl, WAITING_TTL, self.jobs.recent, EVENT_TTL,
             ])
         except redis.RedisError as exc:
-            raise QueueUnavailable(f"cannot record the request: {exc}") from exc
+            raise QueueUnavailable(f"cannot record the request: Redis unreachable: {exc}") from exc
         outcome, target = str(outcome), str(target)
         if outcome == "duplicate":
             log.info("%s event %s for %s delivered again: job %s", source, event_id, image, target)
@@ -160,20 +208,48 @@ class Queue:
         log.info("job %s: %s (%s) queued from %s", job_id, image, platform, source)
         return Submission(job_id, outcome)
 
+    def cancel(self, job_id: str, by: str) -> Cancellation:
+        """Cancel ``job_id`` on behalf of ``by`` (who, for the timeline). A job coalesced into another
+        cancels that one: it is the same conversion, and every job that joined it reports its end."""
+        job = self.jobs.get(job_id, follow=False)
+        if job is None:
+            return Cancellation(job_id, "unknown")
+        asked = ""
+        if job.coalesced_into:
+            asked, job_id = job_id, job.coalesced_into
+            job = self.jobs.get(job_id, follow=False)
+            if job is None:
+                return Cancellation(job_id, "unknown", asked=asked)
+        try:
+            key = job.request.key
+        except ValueError:
+            key = f"{job.image}|{job.platform}"
+        now = time.time()
+        ended = json.dumps({"state": "cancelled", "at": now, "detail": f"cancelled by {by}; nothing was published"})
+        asked_event = json.dumps({"state": job.state, "at": now,
+                                  "detail": f"cancel requested by {by}; stopping at the next progress point"})
+        outcome, state = self._cancel(keys=[
+            keys.job(job_id), keys.events(job_id), keys.ACTIVE, keys.INCOMING, keys.waiting(key), keys.running(key),
+            keys.job_lease(job_id),
+        ], args=[job_id, by, f"{now:.6f}", ended, asked_event, self.jobs.ttl])
+        if outcome in ("cancelled", "requested"):
+            log.info("job %s (%s): cancel %s by %s while %s", job_id, job.image, outcome, by, state)
+        return Cancellation(job_id, str(outcome), str(state), asked)
+
     def requeue(self, job_id: str, detail: str) -> None:
         """Queue an existing job again (reconciliation)."""
         self.jobs.event(job_id, "queued", detail)
         self.redis.lpush(keys.INCOMING, job_id)
 
-    def started(self, job_id: str, request: ConversionRequest, lease: int) -> None:
+    def started(self, job_id: str, request: QueuedRequest, lease: int) -> None:
         """Called by the worker before it resolves: later requests coalesce onto it as a running job
         (and make it check the tag again), no longer as a waiting one."""
         self._started(keys=[keys.waiting(request.key), keys.running(request.key)], args=[job_id, lease])
 
-    def renew(self, job_id: str, request: ConversionRequest, lease: int) -> None:
+    def renew(self, job_id: str, request: QueuedRequest, lease: int) -> None:
         self._renew(keys=[keys.running(request.key)], args=[job_id, lease])
 
-    def finish(self, job_id: str, request: ConversionRequest, *, recheck: bool = True) -> bool:
+    def finish(self, job_id: str, request: QueuedRequest, *, recheck: bool = True) -> bool:
         """True if a request arrived during the conversion and the tag must be checked again;
         otherwise the job stops being the running one. ``recheck=False`` (on failure) only stops it."""
         again = self._finish(keys=[keys.running(request.key), keys.recheck(request.key)],
@@ -182,11 +258,19 @@ class Queue:
 
 
 class Dispatcher:
-    """Moves jobs from ``ducc:incoming`` to Celery; run by every worker in a thread."""
+    """Moves jobs from ``ducc:incoming`` to Celery, each to the task of its kind; run by every worker in a thread."""
 
     def __init__(self, client: redis.Redis, send: Callable[[str, list[str]], object]) -> None:
         self.redis = client
         self.send = send
+
+    def task_of(self, job_id: str) -> str:
+        raw = self.redis.hget(keys.job(job_id), "request")
+        try:
+            action = json.loads(str(raw)).get("action") if raw else None
+        except (ValueError, AttributeError):
+            action = None
+        return TASK_OF_KIND.get(str(action or "convert"), CONVERT_TASK)  # the convert task fails what it cannot read
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -204,6 +288,6 @@ class Dispatcher:
         if job_id is None:
             return None
         job = str(job_id)
-        self.send(CONVERT_TASK, [job])
+        self.send(self.task_of(job), [job])
         self.redis.lrem(keys.DISPATCHING, 1, job)
         return job

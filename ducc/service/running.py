@@ -8,6 +8,9 @@ lease, the running mark and the job lease (reconciliation requeues a job
 whose job lease lapsed). On exit, however the block ends, the heartbeat stops
 and the job lease and image lease are released. ``RunningJob.finish`` is the
 atomic "look again, or stop being the running job" of ``Queue.finish``.
+
+``heartbeat(...)`` is the job lease alone, for a job that is no request's
+(the scheduled garbage collection): reconciliation requeues it if its worker dies.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 
 import redis
 
-from ducc.model.request import ConversionRequest
+from ducc.model.request import QueuedRequest
 from ducc.service import keys
 from ducc.service.jobs import JobStore
 from ducc.service.locks import Lease
@@ -32,7 +35,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class RunningJob:
     job_id: str
-    request: ConversionRequest
+    request: QueuedRequest
     queue: Queue
 
     def finish(self, *, recheck: bool = True) -> bool:
@@ -43,7 +46,7 @@ class RunningJob:
 
 @contextmanager
 def running(
-    client: redis.Redis, queue: Queue, jobs: JobStore, job_id: str, request: ConversionRequest, seconds: int
+    client: redis.Redis, queue: Queue, jobs: JobStore, job_id: str, request: QueuedRequest, seconds: int
 ) -> Iterator[RunningJob]:
     image_lease = Lease(client, keys.image_lease(request.key), seconds=seconds)
     image_lease.acquire()
@@ -72,3 +75,27 @@ def running(
             jobs.drop_lease(job_id)
     finally:
         image_lease.release()
+
+
+@contextmanager
+def heartbeat(jobs: JobStore, job_id: str, seconds: int) -> Iterator[None]:
+    """Keep ``job_id``'s job lease alive while the block runs; drop it at the end."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            try:
+                jobs.touch_lease(job_id, seconds)
+            except redis.RedisError as exc:
+                log.warning("job %s: cannot renew its lease: %s", job_id, exc)
+            if stop.wait(seconds / 3):
+                return
+
+    thread = threading.Thread(target=beat, name=f"job-{job_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        jobs.drop_lease(job_id)

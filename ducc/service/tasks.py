@@ -6,6 +6,11 @@
                              until they serve ``revision`` (DUCC_STRATUM1_URLS); "visible on" events
 - ``ducc.reconcile()``       requeue jobs whose worker died (their lease lapsed); runs at worker
                              start and every DUCC_JOB_LEASE seconds from beat
+- ``ducc.unpublish(job_id)`` unpublish a tag (an optional policy queued it): after a clean 404 of its
+                             manifest for a registry's delete notification, as asked for a tag that
+                             left the wishlist
+- ``ducc.gc(job_id=None)``   garbage collection of the repository (beat, on DUCC_GC_SCHEDULE): a job
+                             of its own with a timeline, under the repository's lease; metrics
 
 Reliability: messages are acknowledged late and rejected when a worker is lost,
 so the broker redelivers them; a redelivered job that already finished does
@@ -22,22 +27,35 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery, Task
 from celery.signals import worker_ready
 
-from ducc.errors import DuccError, WishlistError
+from ducc.errors import DuccError, JobCancelled, WishlistError
 from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
-from ducc.model.request import ConversionResult
-from ducc.service import keys
+from ducc.model.request import ConversionResult, UnpublishRequest
+from ducc.service import keys, lastsync
 from ducc.service.jobs import ACTIVE_STATES, PROPAGATION, JobProgress, JobState
+from ducc.service.lastsync import ImageOutcome, LastSync
 from ducc.service.locks import try_lease
-from ducc.service.metrics import record_conversion
-from ducc.service.queue import CONVERT_TASK, PROPAGATION_TASK, RECONCILE_TASK, SYNC_TASK, Dispatcher
-from ducc.service.running import running
+from ducc.service.metrics import record_conversion, record_gc
+from ducc.service.queue import (
+    CONVERT_TASK,
+    GC_TASK,
+    PROPAGATION_TASK,
+    RECONCILE_TASK,
+    SYNC_TASK,
+    UNPUBLISH_TASK,
+    Dispatcher,
+)
+from ducc.service.running import heartbeat, running
 from ducc.services import Services
+
+if TYPE_CHECKING:
+    from ducc.sync import SyncReport
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +76,8 @@ def run_conversion(services: Services, job_id: str, task: Task) -> str:
     except ValueError as exc:  # submitters validate; a record edited by hand must still end somewhere
         jobs.event(job_id, JobState.FAILED, str(exc), error=str(exc), temporary=0, attempts=job.attempts + 1)
         return JobState.FAILED
+    if isinstance(request, UnpublishRequest):  # sent here by a dispatcher that predates ducc.unpublish
+        return run_unpublish(services, job_id, task)
     attempts = job.attempts + 1
     started = time.monotonic()
 
@@ -66,6 +86,15 @@ def run_conversion(services: Services, job_id: str, task: Task) -> str:
         record_conversion(services.redis, "failed", time.monotonic() - started)
         return JobState.FAILED
 
+    def cancelled(exc: JobCancelled) -> str:
+        log.warning("job %s (%s): %s; nothing was published", job_id, job.image, exc)
+        now = jobs.get(job_id, follow=False)
+        if now is None or now.state != JobState.CANCELLED:  # not ended by the cancel itself already
+            jobs.event(job_id, JobState.CANCELLED, f"{exc}; stopped, nothing half published",
+                       error=str(exc), temporary=0, attempts=attempts)
+        record_conversion(services.redis, JobState.CANCELLED, time.monotonic() - started)
+        return JobState.CANCELLED
+
     with running(services.redis, services.queue, jobs, job_id, request, settings.job_lease) as run:
         changed = False
         try:
@@ -73,6 +102,8 @@ def run_conversion(services: Services, job_id: str, task: Task) -> str:
             while True:
                 try:
                     result = services.converter.run(request, progress=progress)
+                except JobCancelled:
+                    raise  # never "look again": requests that joined this job are cancelled with it
                 except DuccError as exc:
                     # A request that arrived meanwhile may be for a push that converts: look again first.
                     if not run.finish():
@@ -85,7 +116,14 @@ def run_conversion(services: Services, job_id: str, task: Task) -> str:
                     why = "a request arrived during the conversion: checking the tag again"
                 log.info("job %s (%s): %s", job_id, job.image, why)
                 jobs.event(job_id, JobState.RESOLVING, why)
+        except JobCancelled as exc:
+            run.finish(recheck=False)
+            return cancelled(exc)
         except DuccError as exc:
+            now = jobs.get(job_id, follow=False)
+            if now is not None and now.cancelled_by:  # cancelled while this attempt failed: no retry
+                run.finish(recheck=False)
+                return cancelled(JobCancelled(now.cancelled_by))
             if exc.temporary and attempts < settings.job_max_attempts:
                 delay = min(settings.job_retry_base * 2 ** (attempts - 1), 3600)
                 log.warning("job %s (%s): %s; retry %d in %ds", job_id, job.image, exc, attempts, delay)
@@ -111,6 +149,106 @@ def run_conversion(services: Services, job_id: str, task: Task) -> str:
         task.app.send_task(PROPAGATION_TASK, args=[job_id, result.revision, list(settings.stratum1_urls),
                                                   time.time() + settings.stratum1_timeout])
     return JobState.PUBLISHED
+
+
+def run_unpublish(services: Services, job_id: str, task: Task) -> str:
+    """Unpublish the job's tag (``ducc.unpublish``): a registry error never unpublishes; a temporary one
+    is retried like a conversion's, with doubling delays; a permanent one fails the job, tag kept."""
+    from ducc.unpublish import unpublish, unpublish_if_gone
+
+    jobs, settings = services.jobs, services.settings
+    job = jobs.get(job_id, follow=False)
+    if job is None or job.finished or job.coalesced_into:
+        return job.state if job is not None else "unknown"
+    if job.state in ACTIVE_STATES and jobs.lease_alive(job_id):
+        return "running"
+    try:
+        request = job.request
+        if not isinstance(request, UnpublishRequest):
+            raise ValueError(f"job {job_id} is not an unpublish")
+    except ValueError as exc:
+        jobs.event(job_id, JobState.FAILED, str(exc), error=str(exc), temporary=0, attempts=job.attempts + 1)
+        return JobState.FAILED
+    attempts = job.attempts + 1
+    ref, platform = request.reference, request.platform
+    with running(services.redis, services.queue, jobs, job_id, request, settings.job_lease) as run:
+        try:
+            if request.confirm:
+                jobs.event(job_id, JobState.RESOLVING,
+                           f"{request.reason + '; ' if request.reason else ''}asking {ref.registry} whether {ref} "
+                           "is gone (only a 404 of its manifest says so)")
+                done = unpublish_if_gone(services.client, services.publisher, ref, platform)
+            else:
+                jobs.event(job_id, JobState.UNPUBLISHING, request.reason)
+                [done] = unpublish(services.publisher, [(ref, platform)])
+        except DuccError as exc:
+            run.finish(recheck=False)
+            if exc.temporary and attempts < settings.job_max_attempts:
+                delay = min(settings.job_retry_base * 2 ** (attempts - 1), 3600)
+                jobs.event(job_id, JobState.RETRYING, f"kept for now: {exc}; attempt {attempts} failed, next in {delay}s",
+                           error=str(exc), temporary=1, attempts=attempts, retry_at=time.time() + delay)
+                raise task.retry(countdown=delay) from exc
+            why = f"kept: cannot tell whether {ref} is gone: {exc}"
+            log.error("job %s: %s", job_id, why)
+            jobs.event(job_id, JobState.FAILED, why, error=why, temporary=int(exc.temporary), attempts=attempts)
+            return JobState.FAILED
+        run.finish(recheck=False)
+    detail = {
+        "unpublished": f"unpublished {done.path}" + (f" ({done.why})" if done.why else ""),
+        "kept": f"kept: {done.why}",
+        "not published": "nothing to unpublish: not published",
+    }[done.outcome]
+    jobs.event(job_id, JobState.DONE, detail, error="", attempts=attempts,
+               result={"action": "unpublish", "outcome": done.outcome, "path": str(done.path)})
+    log.info("job %s (%s): %s", job_id, job.image, detail)
+    return JobState.DONE
+
+
+def run_gc(services: Services, job_id: str | None = None) -> str:
+    """Garbage collection of the repository as a job (``ducc.gc``); a new job unless ``job_id`` (a
+    requeued one) is given. Its timeline ends with the summary; every line of the plan is logged."""
+    from ducc.gc import Kind, collect, when
+
+    jobs, settings = services.jobs, services.settings
+    if job_id is None:
+        job_id = jobs.create("gc", f"garbage collection of {services.view.name}", "schedule")
+    else:
+        job = jobs.get(job_id, follow=False)
+        if job is None or job.finished:
+            return job.state if job is not None else "unknown"
+        if job.state in ACTIVE_STATES and jobs.lease_alive(job_id):
+            return "running"
+    with heartbeat(jobs, job_id, settings.job_lease):
+        jobs.event(job_id, JobState.COLLECTING,
+                   f"reading {services.view.name}; grace {settings.gc_grace}s (DUCC_GC_GRACE)")
+        try:
+            collection = collect(services.publisher, grace=settings.gc_grace)
+        except DuccError as exc:
+            log.error("job %s: garbage collection failed: %s", job_id, exc)
+            jobs.event(job_id, JobState.FAILED, str(exc), error=str(exc), temporary=int(exc.temporary), attempts=1)
+            return JobState.FAILED
+        except Exception as exc:
+            log.exception("job %s: garbage collection: unexpected error", job_id)
+            jobs.event(job_id, JobState.FAILED, f"internal error: {exc.__class__.__name__}: {exc}",
+                       error=f"internal error: {exc}", temporary=0, attempts=1)
+            return JobState.FAILED
+    for line in collection.lines():
+        log.info("gc: %s", line)
+    summary = collection.summary()
+    log.info("job %s: %s", job_id, summary)
+    flats, flat_size = collection.holds(Kind.FLAT)
+    layers, layer_size = collection.holds(Kind.LAYER)
+    freed = collection.freed
+    record_gc(services.redis, {"flat": collection.deleted_of(Kind.FLAT), "layer": collection.deleted_of(Kind.LAYER)},
+              freed.bytes, {"flats": flat_size.bytes, "layers": layer_size.bytes})
+    waiting = collection.plan.waiting
+    jobs.event(job_id, JobState.DONE, summary, error="", attempts=1, result={
+        "action": "gc", "deleted": [str(item) for item in collection.deleted], "entries_freed": freed.entries,
+        "bytes_freed": freed.bytes, "waiting": len(waiting), "next_deletion": when(waiting[0].until) if waiting else None,
+        "in_use": len(collection.plan.in_use), "flats": flats, "layers": layers,
+        "flat_bytes": flat_size.bytes, "layer_bytes": layer_size.bytes,
+    })
+    return JobState.DONE
 
 
 PROPAGATION_POLL = 5.0
@@ -157,35 +295,71 @@ def _job_result(result: ConversionResult, changed: bool) -> dict[str, Any]:
 
 
 def run_sync(services: Services) -> dict[str, Any]:
-    """Queue a conversion for every wishlist image whose tag moved; the checks are manifest HEADs only."""
-    from ducc import wishlist as wishlist_module
-    from ducc.sync import check_all
+    """Queue a conversion for every wishlist image whose tag moved; the checks are manifest HEADs only.
+    What became of each image is recorded for the status page (``ducc.service.lastsync``)."""
+    from ducc.sync import check_all, read_wishlist
+    from ducc.wishlist import wishlist_origin
 
     path = services.settings.wishlist
     if path is None:
         log.info("no wishlist configured (DUCC_WISHLIST): nothing to sync")
         return {"checked": 0}
     try:
-        wishes = wishlist_module.load(path.read_text(encoding="utf-8"))
-    except (OSError, WishlistError) as exc:
-        log.error("wishlist %s: %s", path, exc)
+        wishes = read_wishlist(path)
+    except WishlistError as exc:
+        log.error("%s", exc)
         return {"error": str(exc)}
     queued: list[str] = []
+    outcomes: list[ImageOutcome] = []
+    guard = threading.Lock()
+    origin = wishlist_origin(str(path))
 
     def check(ref: Reference, platform: Platform) -> str:
-        request = wishes.request(ref, platform)  # with the thin image the wishlist's output_format names
-        current, _ = services.converter.is_current(ref, platform, thin=request.thin)
-        if current:
-            return "unchanged"
-        queued.append(services.queue.submit(request, "wishlist").job_id)
-        return "queued"
+        try:
+            # with the thin image the wishlist's output_format names, and the wishlist named in the record
+            request = replace(wishes.request(ref, platform), origin=origin)
+            current, _ = services.converter.is_current(ref, platform, thin=request.thin)
+            job = "" if current else services.queue.submit(request, "wishlist").job_id
+        except DuccError as exc:
+            with guard:
+                outcomes.append(ImageOutcome(str(ref), str(platform), "failed", error=str(exc)))
+            raise
+        with guard:
+            outcomes.append(ImageOutcome(str(ref), str(platform), "queued" if job else "unchanged", job=job))
+            if job:
+                queued.append(job)
+        return "queued" if job else "unchanged"
 
     report = check_all(wishes, services.client, check, per_registry=services.settings.registry_concurrency)
+    texts = {wish.text for wish in wishes.wishes}
+    lastsync.record(services.redis, LastSync(time.time(), str(path), tuple(outcomes),
+                                             {what: why for what, why in report.failures if what in texts}))
     summary = {"checked": len(report.outcomes), "queued": len(queued), "failed": len(report.failures)}
     log.info("wishlist sync: %(checked)d checked, %(queued)d queued, %(failed)d failed", summary)
     for what, why in report.failures:
         log.error("wishlist sync: %s: %s", what, why)
+    if services.settings.unpublish_removed_wishes:
+        summary["unpublishing"] = queue_removed_wishes(services, origin, report)
     return summary
+
+
+def queue_removed_wishes(services: Services, origin: str, report: SyncReport) -> int:
+    """Queue the unpublishing of every tag this wishlist published that its expansion no longer lists
+    (DUCC_UNPUBLISH_REMOVED_WISHES). Nothing when a wish could not be expanded: its tags would look removed."""
+    from ducc.sync import removed_wishes
+
+    if report.unexpanded:
+        log.warning("wishlist sync: not unpublishing tags that left the wishlist: %s could not be expanded",
+                    ", ".join(report.unexpanded))
+        return 0
+    view = services.view
+    removed = removed_wishes(((link, view.read_record_at(link)) for link, _ in view.published()), origin,
+                             report.planned)
+    for ref, platform in removed:
+        services.queue.submit(UnpublishRequest(ref, platform, confirm=False, reason=f"left the {origin}"), "wishlist")
+    if removed:
+        log.info("wishlist sync: %d tags left the wishlist: unpublishing them", len(removed))
+    return len(removed)
 
 
 def run_reconcile(services: Services) -> int:
@@ -248,6 +422,14 @@ def register(app: Celery, services: Services) -> Celery:
     @app.task(name=RECONCILE_TASK)  # type: ignore[untyped-decorator]
     def reconcile() -> int:
         return run_reconcile(services)
+
+    @app.task(name=UNPUBLISH_TASK, bind=True, max_retries=None)  # type: ignore[untyped-decorator]
+    def unpublish(self: Task, job_id: str) -> str:
+        return run_unpublish(services, job_id, self)
+
+    @app.task(name=GC_TASK)  # type: ignore[untyped-decorator]
+    def gc(job_id: str | None = None) -> str:
+        return run_gc(services, job_id)
 
     def at_start(sender: object = None, **_: object) -> None:
         start_dispatcher(services, app)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ducc.errors import UnsafeLayer, UnsupportedLayer, storage_error
+from ducc.unpack.limits import Budget
 from ducc.unpack.policy import OPAQUE, WHITEOUT_PREFIX, clean_name, readable_mode, whiteout_of
 from ducc.verify import Readable
 
@@ -40,8 +41,9 @@ class LayerReport:
 
 
 class _Unpacker:
-    def __init__(self, dest: Path) -> None:
+    def __init__(self, dest: Path, budget: Budget | None = None) -> None:
         self.dest = dest
+        self.budget = budget
         self.root = str(dest)
         self.kinds: dict[str, str] = {"": _DIR}
         self.dir_meta: dict[str, tuple[int, float]] = {}
@@ -180,6 +182,8 @@ class _Unpacker:
     def entry(self, member: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
         rel = clean_name(member.name)
         self.report.entries += 1
+        if self.budget is not None:  # before anything of the entry is written
+            self.budget.charge(rel, self.report.entries, member.size if member.isreg() else 0)
         if rel:
             self.ensure_parent(rel)
         if rel and whiteout_of(rel) is not None:
@@ -216,15 +220,16 @@ class _Unpacker:
             os.chmod(self.root, 0o755)
 
 
-def unpack_layer(stream: Readable, dest: Path) -> LayerReport:
+def unpack_layer(stream: Readable, dest: Path, budget: Budget | None = None) -> LayerReport:
     """Write the layer tar read from ``stream`` into the empty directory ``dest``.
 
     Raises UnsafeLayer for an entry that would leave ``dest`` or pass a symlink,
     UnsupportedLayer for something that is not a tar, LocalStorageError (StorageFull,
-    temporary, for a full disk or quota) as soon as a write fails. On error ``dest`` holds
-    debris that the caller discards (it is always a staging directory).
+    temporary, for a full disk or quota) as soon as a write fails, LimitExceeded as soon as
+    an entry would take the image over ``budget``. On error ``dest`` holds debris that the
+    caller discards (it is always a staging directory).
     """
-    return _Unpacker(dest).run(stream)
+    return _Unpacker(dest, budget).run(stream)
 
 
 def lookup_lower(layers: Sequence[Path], rel: str) -> Path | None:

@@ -83,23 +83,32 @@ def test_the_chart_redis_demands_the_password_and_never_shows_it(chart_redis):
 
 
 def test_the_worker_liveness_probe_pings_exactly_this_worker(rendered_port, chart_redis, tmp_path):
+    """The worker and its probe read the Redis password from the Secret's file: it is in no process's
+    arguments or environment and in no log line, and the probe is answered by this worker only."""
     rendered, port = rendered_port
+    _, _, _, secret_dir, _ = chart_redis
     worker = container(rendered[("Deployment", "t-ducc-worker")])
-    pod_env = {"POD_NAME": "t-ducc-worker-5d9c-abcde", "REDIS_PASSWORD": PASSWORD}
+    pod_env = {"POD_NAME": "t-ducc-worker-5d9c-abcde"}
     for item in worker["env"]:  # in order, as Kubernetes expands them
         if "value" in item:
             pod_env[item["name"]] = expand(item["value"], pod_env)
-    assert pod_env["DUCC_REDIS_URL"] == f"redis://:{PASSWORD}@t-ducc-redis:{port}/0"
-    url = f"redis://:{PASSWORD}@127.0.0.1:{port}/0"  # the Service's name is the pod's business: loopback here
+    assert pod_env["DUCC_REDIS_URL"] == f"redis://t-ducc-redis:{port}/0"
+    assert PASSWORD not in str(pod_env)
+    password_file = pod_env["DUCC_REDIS_PASSWORD_FILE"].replace("/run/secrets/ducc", str(secret_dir))
+    url = f"redis://127.0.0.1:{port}/0"  # the Service's name is the pod's business: loopback here
     args = [expand(arg, pod_env) for arg in worker["args"]]
     assert args[-2:] == ["--name", f"ducc@{pod_env['POD_NAME']}"]
-    env = service_env(tmp_path / "repo", url, tmp_path / "state")
+    env = service_env(tmp_path / "repo", url, tmp_path / "state", DUCC_REDIS_PASSWORD_FILE=password_file)
     proc = DuccProcess(args, env, tmp_path / "worker.log").start()
     try:
         proc.wait_for_log("ready.")
+        for pid in [proc.process.pid, *_children(proc.process.pid)]:
+            for view in ("cmdline", "environ"):
+                assert PASSWORD.encode() not in Path(f"/proc/{pid}/{view}").read_bytes(), f"{view} of {pid}"
         probe = worker["livenessProbe"]["exec"]["command"]
         probe_env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "DUCC_REDIS_URL": url,
-                     "POD_NAME": pod_env["POD_NAME"], "HOME": os.environ.get("HOME", "/root")}
+                     "DUCC_REDIS_PASSWORD_FILE": password_file, "POD_NAME": pod_env["POD_NAME"],
+                     "HOME": os.environ.get("HOME", "/root")}
         alive = sh(probe, probe_env)
         assert alive.returncode == 0, alive.stdout + alive.stderr
         assert f"ducc@{pod_env['POD_NAME']}" in alive.stdout
@@ -111,3 +120,13 @@ def test_the_worker_liveness_probe_pings_exactly_this_worker(rendered_port, char
         proc.stop()
     dead = sh(probe, probe_env)
     assert dead.returncode != 0, "a stopped worker fails its liveness probe"
+    assert "Traceback" not in dead.stderr and "did not answer" in dead.stderr
+
+
+def _children(pid: int) -> list[int]:
+    """Every descendant of ``pid`` (Celery's pool processes)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            found += [int(child), *_children(int(child))]
+    return found

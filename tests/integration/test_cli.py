@@ -88,7 +88,7 @@ def test_check_wishlist_rejects_an_invalid_file_with_the_entry_named(tmp_path, r
     wishlist = tmp_path / "bad.yaml"
     wishlist.write_text("version: 1\ninput:\n  - ok/image:1\n  - 'Bad Image'\n")
     done = ducc("check-wishlist", str(wishlist), "--no-expand", root=root)
-    assert done.returncode == 1 and "input #2" in done.stderr
+    assert done.returncode == 2 and "input #2" in done.stderr  # a wishlist that does not validate: a usage error
 
 
 def test_inspect_reports_config_layers_and_paths(client, unique_ref, root):
@@ -156,3 +156,80 @@ def test_credentials_from_the_environment_and_a_password_file(auth_registry, aut
     elsewhere = {**env, "DUCC_REGISTRY_HOSTS": "other.example.org"}
     refused = ducc("convert", str(ref), root=tmp_path / "other", env=elsewhere)
     assert refused.returncode == 1  # the password is not offered to a host it was not given for
+
+
+def test_log_lines_are_never_glued_onto_the_terminal_progress_line(client, unique_ref, proxy, root):
+    """On a terminal (a real pty) ducc keeps one live progress line; a log line written meanwhile (a retry
+    of another layer here) starts on a line of its own, and the progress line comes back after it."""
+    import pty
+    import re
+    import select
+
+    from tests.support.proxy import via
+
+    ref = via(proxy, unique_ref())
+    built = push_image(client, ref, ImageSpec(layers=[Layer([File("slow", os.urandom(600_000))]),
+                                                      Layer([File("other", os.urandom(50_000))])]))
+    proxy.add("slow", f"/blobs/{built.layer_digests[0]}", keep_bytes=30_000)  # about 2 s of progress
+    proxy.add("status", f"/blobs/{built.layer_digests[1]}", times=3, status=503)  # retries logged meanwhile
+    master, terminal = pty.openpty()
+    env = {**os.environ, "DUCC_ROOT": str(root), "DUCC_CACHE_DIR": "off", "DUCC_RETRY_ATTEMPTS": "5"}
+    process = subprocess.Popen([sys.executable, "-m", "ducc", "convert", str(ref)], env=env, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=terminal)
+    os.close(terminal)
+    output = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], 120)
+        assert ready, "ducc convert did not finish"
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the terminal's other end is closed
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(master)
+    assert process.wait(60) == 0, output.decode(errors="replace")
+    text = output.decode(errors="replace")
+    logs = list(re.finditer(r"\d\d:\d\d:\d\d (INFO|WARNING|ERROR) ", text))
+    assert logs and "Traceback" not in text
+    for match in logs:
+        before = text[: match.start()]
+        assert before == "" or before.endswith(("\n", "\x1b[K")), f"log line glued onto {before[-80:]!r}"
+    retries = [m for m in logs if text[m.end():].startswith("blob ") and "retrying" in text[m.end():].split("\n")[0]]
+    shown = [m for m in retries if " MB" in text[: m.start()]]
+    assert shown, "no retry was logged while the progress line was shown: the test did not exercise it"
+
+
+def test_a_run_that_finds_nothing_to_do_still_removes_a_crashed_runs_staging(client, unique_ref, proxy, root):
+    """``ducc convert`` killed with SIGKILL mid-download leaves staging debris; the next run, although its
+    image is already current (``unchanged``: it takes no lock and builds nothing), removes it."""
+    import signal
+    import time
+
+    from tests.support.proxy import via
+
+    current = unique_ref("current")
+    push_image(client, current, spec(b"already here"))
+    assert ducc("convert", str(current), root=root).returncode == 0
+    slow = via(proxy, unique_ref("slow"))
+    built = push_image(client, slow, ImageSpec(layers=[Layer([File("big", os.urandom(2_000_000))])]))
+    proxy.add("slow", f"/blobs/{built.layer_digests[0]}", keep_bytes=20_000)
+    env = {**os.environ, "DUCC_ROOT": str(root), "DUCC_CACHE_DIR": "off"}
+    crashing = subprocess.Popen([sys.executable, "-m", "ducc", "convert", str(slow)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    staging = root / layout.STAGING
+    deadline = time.monotonic() + 60
+    while not any((p / built.layer_digests[0].hex / "layerfs").is_dir() for p in staging.glob("*") if p.is_dir()):
+        assert time.monotonic() < deadline and crashing.poll() is None, "the slow conversion never started unpacking"
+        time.sleep(0.05)
+    crashing.send_signal(signal.SIGKILL)
+    crashing.wait(30)
+    debris = [p for p in staging.iterdir() if p.is_dir()]
+    assert debris, "the killed run left nothing to clean"
+
+    again = ducc("convert", str(current), root=root)
+    assert again.returncode == 0 and again.stdout.startswith("unchanged"), again.stderr
+    assert [p for p in staging.iterdir() if p.is_dir()] == []
+    assert "removed 1 staging directories left by interrupted runs" in again.stderr
+    assert not (root / layout.tag_link(slow)).exists()

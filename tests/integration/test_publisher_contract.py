@@ -190,3 +190,139 @@ def test_what_a_killed_writer_left_in_staging_is_swept_by_the_next_and_never_vis
     assert not debris.exists()
     assert not publisher.has_layer(Digest.of(b"half"))
     assert [p for p in publisher.published()] != []
+
+
+# -- what garbage collection needs: enumeration, removal, reservations, its state -------------------
+
+
+def test_every_layer_and_flat_present_is_listed_with_its_size(backend):
+    publisher = backend()
+    assert list(publisher.layers()) == [] and list(publisher.flats()) == []
+    manifest, config = an_image()
+    publish_all(publisher, manifest, config)
+    layer = manifest.layers[0].digest
+    assert list(publisher.layers()) == [layer]
+    assert list(publisher.flats()) == [config.digest]
+    # layerfs/ and layerfs/hello (+ the catalog marker); the bytes are the file's, markers are empty
+    assert publisher.layer_size(layer).bytes == len(b"hello") and publisher.layer_size(layer).entries >= 2
+    assert publisher.flat_size(config.digest).bytes == len(b"hello")
+
+
+def test_the_record_of_a_published_path_is_read_from_that_path(backend):
+    publisher = backend()
+    manifest, config = an_image()
+    publish_all(publisher, manifest, config)
+    [(path, _)] = list(publisher.published())
+    record = publisher.read_record_at(path)
+    assert record is not None and record.layers == (manifest.layers[0].digest,)
+    assert publisher.read_record_at("registry.example.org/team/other:v1") is None
+
+
+def test_removed_layers_and_flat_roots_are_gone_whole_and_removing_again_is_no_error(backend):
+    publisher = backend()
+    manifest, config = an_image()
+    publish_all(publisher, manifest, config)
+    layer = manifest.layers[0].digest
+    with publisher.transaction() as txn:
+        txn.remove_tag(REF, DEFAULT_PLATFORM)
+        txn.remove_flat(config.digest)
+        txn.remove_layer(layer)
+    assert not publisher.has_layer(layer) and not publisher.has_flat(config.digest)
+    assert list(publisher.layers()) == [] and list(publisher.flats()) == []
+    assert not (publisher.location / layout.layer_dir(layer)).exists()
+    with publisher.transaction() as txn:
+        txn.remove_flat(config.digest)
+        txn.remove_layer(layer)
+        txn.remove_tag(REF, DEFAULT_PLATFORM)
+    publish_all(publisher, manifest, config)  # and it can be published again
+    assert (publisher.public_path(REF, DEFAULT_PLATFORM) / "hello").read_bytes() == b"hello"
+
+
+def test_an_unpublished_tag_loses_its_link_and_record_together_and_keeps_its_flat(backend):
+    publisher = backend()
+    manifest, config = an_image()
+    publish_all(publisher, manifest, config)
+    with publisher.transaction() as txn:
+        txn.remove_tag(REF, DEFAULT_PLATFORM)
+        txn.remove_tag(Reference.parse("registry.example.org/team/never:v1"), DEFAULT_PLATFORM)
+    assert publisher.read_record(REF, DEFAULT_PLATFORM) is None
+    assert not publisher.public_path(REF, DEFAULT_PLATFORM).is_symlink()
+    assert list(publisher.published()) == []
+    assert publisher.has_flat(config.digest) and publisher.has_layer(manifest.layers[0].digest)
+    # Nothing of the image's paths is left: empty directories go with the link and the record.
+    public = [p for p in publisher.location.iterdir() if layout.is_public(p.name)]
+    assert public == [] and not any((publisher.location / layout.METADATA).rglob("*"))
+
+
+def test_the_gc_state_is_read_back_as_written(backend):
+    publisher = backend()
+    assert publisher.read_gc_state() is None
+    with publisher.transaction() as txn:
+        txn.write_gc_state(b'{"first": 1}')
+    with publisher.transaction() as txn:
+        txn.write_gc_state(b'{"second": 2}')
+    assert publisher.read_gc_state() == b'{"second": 2}'
+    assert backend().read_gc_state() == b'{"second": 2}'  # another writer of the same repository
+
+
+def test_reservations_last_as_long_as_their_staging_and_wait_for_a_sweep(backend):
+    publisher = backend()
+    manifest, config = an_image()
+    layer = manifest.layers[0].digest
+    with publisher.staging() as stage:
+        publisher.reserve(stage, [layer])
+        publisher.reserve(stage, [config.digest])
+        assert publisher.reserved() == {layer, config.digest}
+        other = backend()
+        assert other.reserved() == {layer, config.digest}  # any writer of the repository sees them
+        late = Digest.of(b"late")
+        reserved_later = threading.Event()
+        waiter = threading.Thread(target=lambda: (publisher.reserve(stage, [late]), reserved_later.set()))
+        with other.transaction() as txn:
+            assert txn.reserved() == {layer, config.digest}
+            # A reservation made while a transaction holds the reservations waits for its end.
+            waiter.start()
+            assert not reserved_later.wait(0.5)
+            txn.write_gc_state(b"{}")
+        waiter.join(30)
+        assert reserved_later.is_set() and publisher.reserved() == {layer, config.digest, late}
+    assert publisher.reserved() == frozenset()
+
+
+CRASHING_REMOVER = """
+import os, signal, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[3])
+from ducc.model.digest import Digest
+from tests.integration.test_publisher_contract import make_publisher
+publisher = make_publisher(sys.argv[1], Path(sys.argv[2]))
+with publisher.transaction() as txn:
+    txn.remove_flat(Digest.parse(sys.argv[4]))
+    print("removing", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_killed_remover_leaves_the_tree_whole_or_gone_and_the_next_writer_finishes(backend, request, root):
+    name = request.node.callspec.params["backend"]
+    publisher = backend()
+    manifest, config = an_image()
+    publish_all(publisher, manifest, config)
+    with publisher.staging() as stage:
+        big = staged_tree(stage, "flat", {f"d{i}/f{j}": b"x" * 100 for i in range(20) for j in range(50)})
+        other = Digest.of(b"other flat")
+        with publisher.transaction() as txn:
+            txn.add_flat(other, big)
+    project = Path(__file__).resolve().parents[2]
+    crashed = subprocess.run([sys.executable, "-c", CRASHING_REMOVER, name, str(root), str(project), str(other)],
+                             capture_output=True, text=True, timeout=60)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    flat = publisher.flat_path(other)
+    if flat.exists():  # not removed yet (CVMFS removes at the end of the transaction): whole
+        assert publisher.flat_size(other).entries == 20 * 51 + 1
+    with publisher.transaction() as txn:
+        txn.remove_flat(other)
+    assert not flat.exists()
+    assert (publisher.public_path(REF, DEFAULT_PLATFORM) / "hello").read_bytes() == b"hello"
+    trash = publisher.location / layout.TRASH
+    assert not trash.exists() or [p for p in trash.iterdir() if p.suffix != ".lock"] == []

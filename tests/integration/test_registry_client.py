@@ -174,3 +174,23 @@ def test_plain_http_only_for_loopback_and_listed_registries():
     assert client.base_url("registry.lan:5000") == "http://registry.lan:5000"
     assert client.base_url("ghcr.io") == "https://ghcr.io"
     assert client.base_url("127.0.0.1.example.org") == "https://127.0.0.1.example.org"
+
+
+def test_a_registry_that_cannot_be_reached_is_named_with_the_reason_and_the_attempts(unique_ref, proxy):
+    """What a user reads instead of requests' ``HTTPConnectionPool(...): Max retries exceeded``."""
+    from ducc.errors import RegistryUnavailable
+    from tests.support.processes import free_port
+
+    client = RegistryClient(retry=RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.02))
+    nobody = f"127.0.0.1:{free_port()}"  # nothing listens there
+    with pytest.raises(RegistryUnavailable) as refused:
+        client.resolve(Reference.parse(f"{nobody}/team/app:1"))
+    assert str(refused.value) == f"manifest of {nobody}/team/app:1: registry {nobody} unreachable: connection refused (3 attempts)"
+    with pytest.raises(RegistryUnavailable) as unresolved:
+        client.resolve(Reference.parse("registry.does-not-exist.invalid/team/app:1"))
+    assert "registry registry.does-not-exist.invalid unreachable: name does not resolve (3 attempts)" in str(unresolved.value)
+    proxy.add("status", "/v2/", method=None, times=-1, status=503)
+    with pytest.raises(RegistryUnavailable) as overloaded:
+        client.resolve(Reference(proxy.host, unique_ref().repository, "v1"))
+    assert str(overloaded.value).endswith(f"registry {proxy.host} answered HTTP 503 (3 attempts)")
+    assert overloaded.value.temporary and overloaded.value.status == 503

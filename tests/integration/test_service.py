@@ -397,3 +397,92 @@ def test_a_repository_named_in_the_settings_keeps_that_name(redis_server, root):
     with publisher.transaction():
         pass
     assert publisher.name == "unpacked.example.org" and not (root / layout.REPOSITORY_NAME).exists()
+
+
+def test_a_redis_password_from_a_file_serves_every_process_and_no_output_shows_it(client, unique_ref, service, root, tmp_path):
+    """Worker, submit, status and jobs all authenticate with ``DUCC_REDIS_PASSWORD_FILE``; the password is
+    in no process's arguments or environment and in no output, Celery's banner included."""
+    password = "Svc0Redis0Password0xyz"
+    server = start_redis(tmp_path / "redis-pw", password=password)
+    try:
+        secret = tmp_path / "redis-password"
+        secret.write_text(password + "\n")
+        ref = unique_ref()
+        push_image(client, ref, ImageSpec(layers=[Layer([File("app", b"with a password")])]))
+        env = service_env(root, server.url, tmp_path / "state", DUCC_REDIS_PASSWORD_FILE=str(secret))
+        worker = DuccProcess(["worker", "--name", "pw@%h"], env, tmp_path / "pw-worker.log").start()
+        try:
+            worker.wait_for_log("ready.")
+            assert password.encode() not in Path(f"/proc/{worker.process.pid}/cmdline").read_bytes()
+            assert password.encode() not in Path(f"/proc/{worker.process.pid}/environ").read_bytes()
+            submitted = ducc_cli("submit", str(ref), env=env)
+            assert submitted.returncode == 0, submitted.stderr
+            status = ducc_cli("status", str(ref), "--wait", "120", env=env)
+            assert status.returncode == 0 and "PUBLISHED" in status.stdout, status.stdout + status.stderr
+            listed = ducc_cli("jobs", env=env)
+            assert listed.returncode == 0 and str(ref) in listed.stdout
+            outputs = [submitted.stdout, submitted.stderr, status.stdout, status.stderr, listed.stdout, listed.stderr,
+                       worker.log()]
+            assert server.url.split("//")[1] in worker.log()  # the banner names the broker, without the password
+            assert not any(password in output for output in outputs)
+        finally:
+            worker.stop()
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs (root can mount one here): a disk that fills up for real, and can be grown."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root; this machine runs the tests unprivileged")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_a_full_disk_fails_the_job_for_now_publishes_nothing_and_the_retry_converts_once_there_is_room(
+    client, unique_ref, redis_server, small_disk, tmp_path
+):
+    """Through the CLI and a real worker: the full disk is named, nothing is visible, staging is empty after
+    every run, and the job (StorageFull is temporary) is retried later: once the disk has room it publishes."""
+    ref = unique_ref()
+    big = os.urandom(8 << 20)  # incompressible: 8 MiB for a 2 MiB disk
+    push_image(client, ref, ImageSpec(layers=[Layer([Dir("data"), File("data/big", big)])]))
+    root = small_disk / "repo"
+    staging = root / layout.STAGING
+
+    def staged() -> list[Path]:
+        return [p for p in staging.iterdir() if p.is_dir()] if staging.exists() else []
+
+    cli = ducc_cli("-q", "convert", str(ref), env={**os.environ, "DUCC_ROOT": str(root), "DUCC_CACHE_DIR": "off"})
+    assert cli.returncode == 1 and "Traceback" not in cli.stderr
+    (line,) = cli.stderr.splitlines()
+    assert line.startswith(f"ducc: {ref}: layer sha256:") and "No space left on device (local storage full)" in line
+    assert not (root / layout.tag_link(ref)).exists() and staged() == []
+
+    env = service_env(root, redis_server.url, tmp_path / "state", DUCC_JOB_RETRY_BASE="3", DUCC_RETRY_ATTEMPTS="1")
+    worker = DuccProcess(["worker", "--name", "disk@%h"], env, tmp_path / "disk-worker.log").start()
+    try:
+        worker.wait_for_log("ready.")
+        job_id = queue_for(redis_server, root).submit(ConversionRequest(ref), "test").job_id
+        jobs = JobStore(redis_server.client())
+        wait_state(jobs, job_id, ("retrying",), timeout=120)
+        job = jobs.get(job_id)
+        assert job.temporary and "No space left on device (local storage full)" in job.error and "data/big" in job.error
+        assert not (root / layout.tag_link(ref)).exists() and not (root / layout.metadata_dir(ref)).exists()
+        assert staged() == []
+        grown = subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], capture_output=True, text=True)
+        assert grown.returncode == 0, grown.stderr
+        (job,) = wait_finished(jobs, [job_id], timeout=180)
+        assert job.state == "published" and job.attempts >= 2, (job.state, job.error)
+        assert [e["state"] for e in job.events].count("retrying") >= 1
+        assert (root / layout.tag_link(ref) / "data" / "big").read_bytes() == big
+        assert staged() == []
+        assert "Traceback" not in worker.log()
+    finally:
+        worker.stop()

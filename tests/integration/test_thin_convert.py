@@ -171,3 +171,48 @@ def test_without_thin_nothing_is_pushed_and_the_record_names_no_thin_image(clien
     assert client.manifest_digest(default_thin) is None
     info = json.loads(ducc("inspect", str(source), root=root).stdout)
     assert info["thin_reference"] is None
+
+
+def test_a_thin_image_pushed_under_a_new_name_mounts_its_blobs_from_the_earlier_one(
+    client, unique_ref, registry, proxy, root, tmp_path
+):
+    """When the output_format changes, the image is current but its thin image must go to the new name: the
+    registry is asked to mount both blobs from the thin image recorded earlier; nothing is uploaded."""
+    source = unique_ref()
+    push_image(client, source, SOURCE)
+    env = {"DUCC_REPOSITORY": REPO, "DOCKER_CONFIG": str(tmp_path)}
+    first = via(proxy, Reference(registry.host, source.repository + "_thin", "v1"))
+    assert ducc("convert", str(source), "--thin", str(first), root=root, env=env).returncode == 0
+    renamed = via(proxy, Reference(registry.host, source.repository + "_thin2", "v1"))
+    before = len(proxy.seen)
+    done = ducc("convert", str(source), "--thin", str(renamed), root=root, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("unchanged\t")
+    sent = [(s.method, s.path) for s in proxy.seen[before:]]
+    mounts = [path for method, path in sent if method == "POST" and f"from={first.repository}" in path.replace("%2F", "/")]
+    assert len(mounts) == 2, sent  # the thin layer and the config
+    assert not [path for method, path in sent if method in ("PATCH", "PUT") and "/blobs/uploads/" in path], sent
+    assert skopeo("inspect", "--tls-verify=false", f"docker://{registry.host}/{renamed.repository}:v1")["Digest"] \
+        == str(thin_line(done.stdout).digest)
+    info = json.loads(ducc("inspect", str(source), root=root).stdout)
+    assert info["thin_reference"] == str(renamed)
+
+
+def test_a_thin_image_is_pushed_with_credentials_from_a_docker_config(client, unique_ref, auth_registry, root, tmp_path):
+    """No DUCC_OUTPUT_REGISTRY_* settings: the account in Docker's config.json for the thin image's registry
+    pushes it (the password never shows in the output)."""
+    import base64
+
+    source = unique_ref()
+    push_image(client, source, SOURCE)
+    docker = tmp_path / "docker"
+    docker.mkdir()
+    (docker / "config.json").write_text(json.dumps(
+        {"auths": {auth_registry.host: {"auth": base64.b64encode(b"ducc:s3cr3t-pw").decode()}}}))
+    target = Reference(auth_registry.host, "thin/" + source.repository.rsplit("/", 1)[1], "v1")
+    done = ducc("convert", str(source), "--thin", str(target), root=root,
+                env={"DUCC_REPOSITORY": REPO, "DOCKER_CONFIG": str(docker)})
+    assert done.returncode == 0, done.stderr
+    assert "s3cr3t-pw" not in done.stderr + done.stdout
+    seen = skopeo("inspect", "--tls-verify=false", "--creds", "ducc:s3cr3t-pw", f"docker://{target}")
+    assert seen["Digest"] == str(thin_line(done.stdout).digest)

@@ -7,6 +7,8 @@ import json
 import subprocess
 import time
 
+import pytest
+
 from ducc import layout
 from ducc.model.reference import Reference
 from ducc.model.request import ConversionRequest
@@ -96,3 +98,133 @@ def test_a_registry_outage_on_the_push_is_retried_without_converting_again(
     direct = Reference(registry.host, target.repository, target.tag)
     digest = skopeo_inspect(direct)["Digest"]
     assert f"thin image pushed: {target}@{digest}" in details(job)
+
+
+def test_a_webhook_for_a_wishlist_image_pushes_the_thin_image_the_wishlist_names(
+    client, unique_ref, registry, redis_server, service, root, tmp_path  # noqa: F811
+):
+    """A registry notification (the real web app, its real Redis) for an image the wishlist names queues the
+    conversion the nightly sync would: with the thin image of the wishlist's output_format."""
+    from tests.integration.test_webhooks import EVENTS_V1, TOKEN, manifest_push
+    from webhooks import create_app
+
+    source = unique_ref("2.0")
+    push_image(client, source, SOURCE)
+    wishlist = tmp_path / "wishlist.yaml"
+    wishlist.write_text(f"version: 1\noutput_format: '$(scheme)://{registry.host}/thin/$(image)'\n"
+                        f"input:\n  - 'http://{source.registry}/{source.repository}:2.*'\n")
+    service(DUCC_WISHLIST=str(wishlist), DUCC_REPOSITORY=REPO, DOCKER_CONFIG=str(tmp_path))
+    from ducc.settings import Settings
+
+    env = {**settings_for(redis_server, root).env, "DUCC_WISHLIST": str(wishlist), "DUCC_WEBHOOK_TOKEN": TOKEN}
+    web = create_app(Settings.from_env(env)).test_client()
+    answer = web.post("/webhooks/registry", data=json.dumps(manifest_push(source.repository, "2.0", source.registry)),
+                      headers={"Authorization": f"Bearer {TOKEN}"}, content_type=EVENTS_V1)
+    assert answer.status_code == 202, answer.get_data(as_text=True)
+    (accepted,) = answer.get_json()["accepted"]
+    (job,) = wait_finished(JobStore(redis_server.client()), [accepted["job"]])
+    assert job.state == "published", job.error
+    target = Reference(registry.host, f"thin/{source.repository}", "2.0")
+    assert job.request.thin == target
+    assert f"thin image pushed: {target}@{skopeo_inspect(target)['Digest']}" in details(job)
+
+
+def test_a_second_sync_finds_the_thin_image_current_and_pushes_nothing(
+    client, unique_ref, registry, proxy, redis_server, service, root, tmp_path  # noqa: F811
+):
+    """After a sync pushed the thin image, the next sync queues nothing for the image: the tag and its thin
+    image are current (the proxy sees no upload and no manifest PUT), and the thin digest stays the same."""
+    source = unique_ref("1.0")
+    push_image(client, source, SOURCE)
+    thin_host = via(proxy, Reference(registry.host, "thin/x", "1")).registry
+    wishlist = tmp_path / "wishlist.yaml"
+    wishlist.write_text(f"version: 1\noutput_format: '$(scheme)://{thin_host}/thin/$(image)'\n"
+                        f"input:\n  - 'http://{source}'\n")
+    service(DUCC_WISHLIST=str(wishlist), DUCC_REPOSITORY=REPO, DOCKER_CONFIG=str(tmp_path))
+    from ducc.services import Services
+
+    celery = Services(settings_for(redis_server, root)).celery()
+    jobs = JobStore(redis_server.client())
+
+    def sync_and_wait(count: int) -> list:
+        celery.send_task("ducc.sync")
+        deadline = time.monotonic() + 120
+        while len(found := jobs.for_image(str(source))) < count or not all(j.finished for j in found):
+            assert time.monotonic() < deadline, "the sync queued no job, or it never finished"
+            time.sleep(0.2)
+        return found
+
+    (first,) = sync_and_wait(1)
+    assert first.state == "published", first.error
+    digest = first.result["thin_digest"]
+    def writes() -> list:
+        return [r for r in proxy.requests() if r.method in ("POST", "PUT", "PATCH")]
+
+    assert writes(), "the first sync pushed nothing through the proxy"
+    pushed = len(writes())
+    sync_jobs_before = len(jobs.recent_jobs(1000))
+    celery.send_task("ducc.sync")
+    time.sleep(5)  # the sync checks the tag (a HEAD) and queues nothing: there is no job to wait for
+    assert len(jobs.for_image(str(source))) == 1 and len(jobs.recent_jobs(1000)) == sync_jobs_before
+    assert len(writes()) == pushed
+    target = Reference(registry.host, f"thin/{source.repository}", "1.0")
+    assert skopeo_inspect(target)["Digest"] == digest
+
+
+FINAL_FAULTS = [
+    ("upload-refused-403", dict(action="status", path="/blobs/uploads/", method=None, status=403, times=-1), "403"),
+    ("manifest-put-503", dict(action="status", path="/manifests/", method="PUT", status=503, times=-1), "503"),
+]
+
+
+@pytest.mark.parametrize("rule,reason", [f[1:] for f in FINAL_FAULTS], ids=[f[0] for f in FINAL_FAULTS])
+def test_a_push_refused_or_failing_for_good_ends_the_job_with_the_reason_and_no_tag(
+    client, unique_ref, registry, proxy, redis_server, service, root, tmp_path, rule, reason  # noqa: F811
+):
+    source = unique_ref()
+    push_image(client, source, SOURCE)
+    target = via(proxy, Reference(registry.host, source.repository + "_thin", "v1"))
+    proxy.add(rule.pop("action"), rule.pop("path"), **rule)
+    service(DUCC_REPOSITORY=REPO, DOCKER_CONFIG=str(tmp_path), DUCC_RETRY_ATTEMPTS="1",
+            DUCC_JOB_RETRY_BASE="1", DUCC_JOB_MAX_ATTEMPTS="2")
+    job_id = queue_for(redis_server, root).submit(ConversionRequest(source, thin=target), "test").job_id
+    (job,) = wait_finished(JobStore(redis_server.client()), [job_id], timeout=180)
+    assert job.state == "failed"
+    assert job.error.startswith(f"published, thin image not pushed: thin image {target}") and reason in job.error
+    assert (root / layout.tag_link(source) / "app").read_bytes() == b"v1"  # the flat stays published
+    assert client.manifest_digest(Reference(registry.host, target.repository, target.tag)) is None
+
+
+def test_a_wrong_password_for_a_token_registry_fails_the_job_as_published_without_its_thin_image(
+    client, unique_ref, token_registry, redis_server, service, root, tmp_path  # noqa: F811
+):
+    registry, _ = token_registry
+    source = unique_ref()
+    push_image(client, source, SOURCE)
+    target = Reference(registry.host, "thin/" + source.repository.rsplit("/", 1)[1], "v1")
+    service(DUCC_REPOSITORY=REPO, DOCKER_CONFIG=str(tmp_path),
+            DUCC_OUTPUT_REGISTRY_USER="ducc", DUCC_OUTPUT_REGISTRY_PASSWORD="not-the-pw")
+    job_id = queue_for(redis_server, root).submit(ConversionRequest(source, thin=target), "test").job_id
+    (job,) = wait_finished(JobStore(redis_server.client()), [job_id])
+    assert job.state == "failed" and not job.temporary
+    assert job.error.startswith("published, thin image not pushed: ") and "401" in job.error
+    assert str(target) in job.error and "not-the-pw" not in json.dumps(job.to_json())
+    assert (root / layout.tag_link(source) / "app").read_bytes() == b"v1"
+
+
+def test_ducc_submit_with_thin_queues_a_job_that_pushes_the_thin_image(
+    client, unique_ref, registry, redis_server, service, root, tmp_path  # noqa: F811
+):
+    from tests.integration.test_service import ducc_cli
+    from tests.support.service import service_env
+
+    source = unique_ref("3.1")
+    push_image(client, source, SOURCE)
+    service(DUCC_REPOSITORY=REPO, DOCKER_CONFIG=str(tmp_path))
+    env = service_env(root, redis_server.url, tmp_path / "state", DOCKER_CONFIG=str(tmp_path))
+    done = ducc_cli("submit", str(source), "--thin", f"http://{registry.host}/thin/$(image)", env=env)
+    assert done.returncode == 0, done.stderr
+    (job,) = wait_finished(JobStore(redis_server.client()), [done.stdout.strip()])
+    assert job.state == "published", job.error
+    target = Reference(registry.host, f"thin/{source.repository}", "3.1")
+    assert f"thin image pushed: {target}@{skopeo_inspect(target)['Digest']}" in details(job)

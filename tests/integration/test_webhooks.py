@@ -163,6 +163,67 @@ def test_queue_down_answers_503_so_the_sender_retries(app_settings, redis_server
     assert client.get("/healthz").status_code == 503
 
 
+def test_while_redis_is_down_the_pages_say_so_with_503_and_liveness_stays_200(redis_server, root, tmp_path):
+    """The web app under gunicorn (``ducc web``), its Redis stopped: the status page is a readable 503 page,
+    ``/healthz`` names what is down, the JSON endpoints answer 503, ``/livez`` (the liveness probe) stays
+    200; once Redis is back everything answers again."""
+    port = free_port()
+    env = service_env(root, redis_server.url, tmp_path / "state", DUCC_LISTEN=f"127.0.0.1:{port}",
+                      DUCC_WEBHOOK_TOKEN=TOKEN, DUCC_ALLOW="127.0.0.1:5000/allowed/*")
+    app = DuccProcess(["web", "--workers", "1"], env, tmp_path / "web.log").start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_port(port, timeout=30, process=app.process)
+        assert requests.get(f"{base}/", timeout=10).status_code == 200
+        assert requests.get(f"{base}/healthz", timeout=10).json() == {"status": "ok", "redis": "ok"}
+        directory = redis_server.directory
+        redis_server.stop()
+
+        page = requests.get(f"{base}/", timeout=10)
+        assert page.status_code == 503 and page.headers["Content-Type"].startswith("text/html")
+        assert "Redis is unreachable" in page.text and str(root) in page.text and "Traceback" not in page.text
+        health = requests.get(f"{base}/healthz", timeout=10)
+        assert health.status_code == 503 and health.json()["down"] == ["redis"]
+        assert "unreachable" in health.json()["redis"]
+        for path in ("/api/v1/conversions/0000-0000", "/api/v1/images?ref=127.0.0.1:5000/allowed/app:1"):
+            answer = requests.get(f"{base}{path}", timeout=10)
+            assert answer.status_code == 503 and "Redis is unreachable" in answer.json()["error"], path
+        assert requests.get(f"{base}/livez", timeout=10).status_code == 200
+
+        port_of_redis = int(redis_server.url.rsplit(":", 1)[1].split("/")[0])
+        restarted = subprocess.Popen(["redis-server", "--port", str(port_of_redis), "--bind", "127.0.0.1", "--dir",
+                                      str(directory), "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+        try:
+            wait_for_port(port_of_redis, process=restarted)
+            deadline = time.monotonic() + 30
+            while requests.get(f"{base}/healthz", timeout=10).status_code != 200:
+                assert time.monotonic() < deadline, "the app did not notice that Redis is back"
+                time.sleep(0.5)
+            assert requests.get(f"{base}/", timeout=10).status_code == 200
+        finally:
+            restarted.terminate()
+            restarted.wait(10)
+        assert "Traceback" not in app.log(), app.log()[-3000:]
+    finally:
+        app.stop()
+
+
+def test_without_a_token_every_post_is_refused_and_the_get_endpoints_still_answer(redis_server, root, tmp_path):
+    """What ``ducc serve`` warns about at start, and what the README promises about tokens."""
+    settings = Settings.from_env({"HOME": os.environ.get("HOME", "/root"), "DUCC_REDIS_URL": redis_server.url,
+                                  "DUCC_ROOT": str(root), "DUCC_ALLOW": "*", "DUCC_STATE_DIR": str(tmp_path / "state")})
+    app = create_app(settings).test_client()
+    for path, body in [("/webhooks/registry", manifest_push()), ("/api/v1/conversions", {"image": "a/b:1"}),
+                       ("/api/v1/conversions/0000000000-0000000000/cancel", {})]:
+        content_type = EVENTS_V1 if "registry" in path else "application/json"
+        refused = post(app, path, body, token="anything", content_type=content_type)
+        assert refused.status_code == 401 and "no token is configured" in refused.json["error"], path
+    assert jobs_count(redis_server) == 0
+    for path in ("/", "/livez", "/healthz", "/metrics", "/api/v1/conversions/0000000000-0000000000",
+                 "/api/v1/images?ref=a/b:1"):
+        assert app.get(path).status_code in (200, 404), path
+
+
 def test_rest_api_submits_reports_and_refuses_what_policy_forbids(web):
     response = post(web, "/api/v1/conversions", {"image": "127.0.0.1:5000/allowed/api:1"})
     assert response.status_code == 202

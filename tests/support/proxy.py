@@ -23,12 +23,13 @@ from ducc.model.reference import Reference
 class Rule:
     method: str | None
     path: re.Pattern[str]
-    action: str  # status | truncate | corrupt | redirect | paginate | slow | swallow | relative_location
+    action: str  # status | truncate | corrupt | redirect | paginate | slow | swallow | relative_location | stall
     times: int
     status: int = 503
     headers: dict[str, str] = field(default_factory=dict)
     keep_bytes: int = 0
     location: Callable[[str], str] | None = None
+    seconds: float = 0.0  # stall: how long the answer waits (a registry that does not answer in time)
 
     def matches(self, method: str, path: str) -> bool:
         return self.times != 0 and (self.method in (None, method)) and bool(self.path.search(path))
@@ -113,6 +114,8 @@ class FaultProxy:
         if rule is not None and rule.action == "paginate":
             self._paginate(h, rule)
             return
+        if rule is not None and rule.action == "stall":
+            time.sleep(rule.seconds)
         conn = http.client.HTTPConnection(self.upstream, timeout=60)
         headers = {k: v for k, v in h.headers.items() if k.lower() not in ("host", "connection")}
         headers["Host"] = self.host

@@ -21,27 +21,33 @@ class RedisServer:
     url: str
     process: subprocess.Popen
     directory: Path
+    password: str | None = None
 
     def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url, decode_responses=True)
+        return redis.Redis.from_url(self.url, decode_responses=True, password=self.password)
 
     def stop(self) -> None:
         stop_process(self.process)
 
 
-def start_redis(directory: Path) -> RedisServer:
+def start_redis(directory: Path, password: str | None = None) -> RedisServer:
+    """A redis-server on a free loopback port; with ``password``, it demands it (given on its standard
+    input, never in its arguments). ``url`` never contains the password."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed: run ./bootstrap.sh")
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
     process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory), "--save", "",
+        [binary, "-", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory), "--save", "",
          "--appendonly", "no", "--loglevel", "warning"],
-        stdout=open(directory / "redis.log", "ab"), stderr=subprocess.STDOUT,
+        stdin=subprocess.PIPE, stdout=open(directory / "redis.log", "ab"), stderr=subprocess.STDOUT,
     )
+    assert process.stdin is not None
+    process.stdin.write(f'requirepass "{password}"\n'.encode() if password else b"")
+    process.stdin.close()
     wait_for_port(port, process=process)
-    return RedisServer(f"redis://127.0.0.1:{port}/0", process, directory)
+    return RedisServer(f"redis://127.0.0.1:{port}/0", process, directory, password)
 
 
 @dataclass

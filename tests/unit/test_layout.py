@@ -61,3 +61,29 @@ def test_every_platform_of_a_multi_platform_tag_has_its_link_under_multiarch():
 ], ids=["amd64", "amd64+arm64", "arm64-v8-only", "others"])
 def test_client_architecture_names_are_aliased_to_the_platforms_present(present, expected):
     assert layout.arch_aliases(present) == expected
+
+
+def test_the_record_of_a_public_path_is_found_without_parsing_the_reference():
+    for ref, platform in [(Reference.parse("ubuntu:24.04"), Platform.parse("linux/amd64")),
+                          (Reference.parse("ghcr.io/org/img:1"), Platform.parse("linux/arm/v7")),
+                          (Reference.parse("ghcr.io/org/img@sha256:" + "ab" * 32), Platform.parse("linux/arm64"))]:
+        assert layout.metadata_for_link(layout.tag_link(ref, platform)) == layout.metadata_dir(ref, platform)
+
+
+def test_only_sharded_trees_named_by_a_digest_have_one():
+    from pathlib import PurePosixPath
+
+    assert layout.tree_digest(layout.flat_dir(CONFIG), layout.FLAT) == CONFIG
+    assert layout.tree_digest(layout.layer_dir(CONFIG), layout.LAYERS) == CONFIG
+    assert layout.tree_digest(layout.flat_dir(CONFIG), layout.LAYERS) is None
+    for odd in [".flat/5f", ".flat/ab/" + "5f" * 32, ".flat/5f/" + "5f" * 31, ".flat/5f/" + "5F" * 32,
+                ".flat/5f/" + "5f" * 32 + "/usr", "registry/x:1", ".flat/.cvmfscatalog"]:
+        assert layout.tree_digest(PurePosixPath(odd), layout.FLAT) is None, odd
+
+
+def test_the_default_platforms_link_moved_under_a_variant_link_keeps_its_record():
+    ref = Reference.parse("ghcr.io/org/img:1")
+    moved = layout.multiarch_link(ref, Platform.parse("linux/amd64"))
+    assert layout.metadata_for_link(moved) == layout.metadata_dir(ref, Platform.parse("linux/amd64"))
+    assert layout.metadata_for_link(layout.multiarch_link(ref, Platform.parse("linux/arm64"))) == \
+        layout.metadata_dir(ref, Platform.parse("linux/arm64"))

@@ -35,12 +35,33 @@ def test_other_registry_events_are_ignored_with_a_reason(name, reason):
     assert parsed.events == [] and reason in parsed.ignored[0][1]
 
 
-def test_a_delete_and_a_push_by_digest_are_ignored():
+def test_a_push_by_digest_is_ignored_and_a_delete_is_reported_as_deleted():
     event = load("distribution-2.8-real-manifest-push.json")["events"][0]
     deleted = dict(event, action="delete")
     by_digest = dict(event, target={k: v for k, v in event["target"].items() if k != "tag"})
     parsed = registry.parse({"events": [deleted, by_digest]})
-    assert parsed.events == [] and [why for _, why in parsed.ignored] == ["action 'delete' is not a push", "push by digest, no tag"]
+    assert parsed.events == [] and [why for _, why in parsed.ignored] == ["push by digest, no tag"]
+    assert [str(e.reference) for e in parsed.deleted] == ["127.0.0.1:5000/test/captured:v1"]
+
+
+DIGEST = "sha256:" + "04" * 32
+DELETES = {  # what distribution 2.8 sends when a manifest is deleted: the manifest, then each of its tags
+    "manifest": ({"digest": DIGEST, "repository": "team/app"}, f"127.0.0.1:5000/team/app@{DIGEST}"),
+    "tag": ({"repository": "team/app", "tag": "v2"}, "127.0.0.1:5000/team/app:v2"),
+}
+
+
+@pytest.mark.parametrize("target,image", list(DELETES.values()), ids=list(DELETES))
+def test_a_registry_delete_names_the_tag_or_else_the_manifest_digest(target, image):
+    event = {"id": "e1", "action": "delete", "target": target, "request": {"host": "127.0.0.1:5000", "method": "DELETE"}}
+    parsed = registry.parse({"events": [event]})
+    assert [(str(e.reference), e.event_id) for e in parsed.deleted] == [(image, "e1")] and parsed.events == []
+
+
+def test_a_delete_naming_neither_tag_nor_digest_is_ignored():
+    event = {"action": "delete", "target": {"repository": "team/app"}, "request": {"host": "127.0.0.1:5000"}}
+    parsed = registry.parse({"events": [event]})
+    assert parsed.deleted == [] and "neither a tag nor a manifest digest" in parsed.ignored[0][1]
 
 
 def test_docker_hub_push():

@@ -1,8 +1,9 @@
 """One pure parser per sender: a decoded JSON payload → the image events it reports.
 
-Each parser returns ``Parsed``: the events to act on and, for everything else
-in the payload, a reason it was ignored (a pull, a blob, a deleted tag). A
-payload that does not have the sender's shape raises ``PayloadError`` (HTTP 400).
+Each parser returns ``Parsed``: the events to act on (pushes, and for senders
+that report them, deleted tags), and for everything else in the payload, a
+reason it was ignored (a pull, a blob). A payload that does not have the
+sender's shape raises ``PayloadError`` (HTTP 400).
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ class ImageEvent:
 
 @dataclass
 class Parsed:
-    events: list[ImageEvent] = field(default_factory=list)
+    events: list[ImageEvent] = field(default_factory=list)  # pushed: convert
     ignored: list[tuple[str, str]] = field(default_factory=list)  # (what, why)
+    deleted: list[ImageEvent] = field(default_factory=list)  # deleted from the registry (by tag, or by digest)
 
 
 def obj(value: Any, where: str) -> Mapping[str, Any]:

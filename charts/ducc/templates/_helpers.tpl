@@ -62,18 +62,17 @@ upgrade keeps it), else a new random one. Alphanumeric, so it is safe in a URL a
 {{/* Environment shared by every ducc component: settings, Redis, secrets as files. */}}
 {{- define "ducc.env" -}}
 {{- if .Values.redis.enabled -}}
-# ducc reads only DUCC_REDIS_URL, so the password is put into it by Kubernetes ($(VAR) expansion) from the
-# Secret; neither the pod spec nor `kubectl describe` shows the value, and ducc and Celery log URLs masked.
-- name: REDIS_PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "ducc.secretName" . }}
-      key: redis-password
 - name: DUCC_REDIS_URL
-  value: "redis://:$(REDIS_PASSWORD)@{{ include "ducc.componentName" (dict "root" . "component" "redis") }}:{{ .Values.redis.port }}/0"
+  value: "redis://{{ include "ducc.componentName" (dict "root" . "component" "redis") }}:{{ .Values.redis.port }}/0"
 {{- else -}}
 - name: DUCC_REDIS_URL
   value: {{ required "redis.url is required when redis.enabled is false" .Values.redis.url | quote }}
+{{- end }}
+{{- if or .Values.redis.enabled .Values.redis.passwordFromSecret }}
+# The Redis password stays a file of the Secret: ducc adds it to the connection, never to the URL,
+# so it is in no pod spec, no environment, no process's arguments and no log line.
+- name: DUCC_REDIS_PASSWORD_FILE
+  value: /run/secrets/ducc/redis-password
 {{- end }}
 - name: DUCC_ROOT
   value: /repository
@@ -85,6 +84,14 @@ upgrade keeps it), else a new random one. Alphanumeric, so it is safe in a URL a
   value: {{ .Values.settings.platform | quote }}
 - name: DUCC_SYNC_SCHEDULE
   value: {{ .Values.settings.syncSchedule | quote }}
+- name: DUCC_GC_SCHEDULE
+  value: {{ .Values.settings.gcSchedule | quote }}
+- name: DUCC_GC_GRACE
+  value: {{ .Values.settings.gcGrace | quote }}
+- name: DUCC_UNPUBLISH_ON_DELETE
+  value: {{ ternary "1" "0" .Values.settings.unpublishOnDelete | quote }}
+- name: DUCC_UNPUBLISH_REMOVED_WISHES
+  value: {{ ternary "1" "0" .Values.settings.unpublishRemovedWishes | quote }}
 - name: DUCC_ALLOW
   value: {{ .Values.settings.allow | quote }}
 - name: DUCC_INSECURE_REGISTRIES

@@ -1,0 +1,57 @@
+"""When the next wishlist sync runs (DUCC_SYNC_SCHEDULE read as beat reads it, in UTC), which images a
+wish covers, and why the allow-policy refuses an image when the wishlist itself is broken."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from ducc.model.reference import Reference
+from ducc.service.broker import next_sync
+from ducc.wishlist import load
+from webhooks.policy import Policy
+
+CASES = [
+    ("0 3 * * *", datetime(2024, 1, 1, 12, 0, tzinfo=UTC), datetime(2024, 1, 2, 3, 0, tzinfo=UTC)),
+    ("0 3 * * *", datetime(2024, 1, 1, 2, 59, tzinfo=UTC), datetime(2024, 1, 1, 3, 0, tzinfo=UTC)),
+    ("0 3 * * *", datetime(2024, 1, 1, 3, 0, tzinfo=UTC), datetime(2024, 1, 2, 3, 0, tzinfo=UTC)),
+    ("*/5 * * * *", datetime(2024, 1, 1, 12, 1, 30, tzinfo=UTC), datetime(2024, 1, 1, 12, 5, tzinfo=UTC)),
+    ("0 3 * * 1", datetime(2024, 1, 1, 12, 0, tzinfo=UTC), datetime(2024, 1, 8, 3, 0, tzinfo=UTC)),  # Mondays
+    ("30 1 1 * *", datetime(2024, 1, 31, 23, 0, tzinfo=timezone(timedelta(hours=2))),
+     datetime(2024, 2, 1, 1, 30, tzinfo=UTC)),
+]
+
+
+@pytest.mark.parametrize(("expression", "now", "expected"), CASES,
+                         ids=["later-today", "in-a-minute", "just-ran", "every-5-minutes", "weekly", "now-in-another-zone"])
+def test_the_next_sync_follows_the_cron_expression_in_utc(expression, now, expected):
+    assert next_sync(expression, now) == expected
+
+
+@pytest.mark.parametrize("expression", ["0 3 * *", "61 3 * * *"], ids=["four-fields", "minute-61"])
+def test_a_schedule_that_is_not_cron_is_a_value_error_naming_the_setting(expression):
+    with pytest.raises(ValueError, match="DUCC_SYNC_SCHEDULE"):
+        next_sync(expression, datetime(2024, 1, 1, tzinfo=UTC))
+
+
+def test_a_wish_covers_the_tags_its_glob_matches_and_its_digest():
+    wishes = load("version: 1\ninput:\n  - reg.example.org/team/app:1.*\n"
+                  "  - {image: 'reg.example.org/team/lib:*', exclude: ['*-rc*']}\n"
+                  "  - reg.example.org/team/pinned@sha256:" + "a" * 64 + "\n").wishes
+    glob, excluding, pinned = wishes
+    assert glob.covers(Reference.parse("reg.example.org/team/app:1.2"))
+    assert not glob.covers(Reference.parse("reg.example.org/team/app:2.0"))
+    assert not glob.covers(Reference.parse("reg.example.org/other/app:1.2"))
+    assert not excluding.covers(Reference.parse("reg.example.org/team/lib:2-rc1"))
+    assert pinned.covers(Reference.parse("reg.example.org/team/pinned@sha256:" + "a" * 64))
+
+
+def test_a_broken_wishlist_refuses_with_its_reason_instead_of_a_misleading_one(tmp_path):
+    path = tmp_path / "wishlist.yaml"
+    path.write_text("version: 1\ninput: ['Not An Image']\n")
+    decision = Policy([], path).decide(Reference.parse("reg.example.org/team/app:1"))
+    assert not decision.allowed and f"wishlist {path} is invalid" in decision.why
+    path.unlink()
+    decision = Policy([], path).decide(Reference.parse("reg.example.org/team/app:1"))
+    assert not decision.allowed and f"cannot read wishlist {path}" in decision.why
