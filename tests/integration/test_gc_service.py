@@ -67,6 +67,9 @@ def test_the_scheduled_gc_is_a_job_with_a_timeline_and_metrics(client, unique_re
     status = ducc_cli("status", job.id, env=env)
     assert status.returncode == 0 and "DONE" in status.stdout and "collecting" in status.stdout, status.stdout
     assert job.id in ducc_cli("jobs", env=env).stdout
+    cancel = ducc_cli("cancel", job.id, env=env)  # a finished job stays finished, whatever its kind
+    assert cancel.returncode == 1 and f"job {job.id} has already finished: done" in cancel.stderr, cancel.stderr
+    assert jobs.get(job.id).state == "done" and not jobs.get(job.id).cancelled_by
     app = create_app(settings)
     app.testing = True
     web = app.test_client()
