@@ -58,8 +58,8 @@ from ducc.model.digest import Digest
 from ducc.model.manifest import DEFAULT_PLATFORM, Platform
 from ducc.model.reference import Reference
 from ducc.publish.cvmfs_server import CvmfsServer
-from ducc.publish.directory import DirectoryView, remove_tag_files, write_link, write_record_files
-from ducc.publish.staging import Staging
+from ducc.publish.directory import DirectoryView, remove_tag_files, write_atomic, write_link, write_record_files
+from ducc.publish.staging import Reservations, Staging
 from ducc.record import Record
 
 log = logging.getLogger(__name__)
@@ -125,13 +125,12 @@ class CvmfsView(DirectoryView):
 class CvmfsTransaction:
     """Layers and flat roots are ingested at once; tags and records wait for ``commit``."""
 
-    def __init__(self, publisher: CvmfsPublisher, held: ExitStack) -> None:
+    def __init__(self, publisher: CvmfsPublisher, reservations: Reservations) -> None:
         self.publisher = publisher
         self.revision: int | None = None  # set by the publisher once the transaction is committed
-        self._held = held  # unwound after ``commit``
+        self._reservations = reservations  # frozen from the first read until after ``commit``
         self._small: list[tuple[list[PurePosixPath], Callable[[Path], None]]] = []  # (paths it writes, change)
         self._deletes: list[PurePosixPath] = []
-        self._frozen = False
 
     def add_layer(self, digest: Digest, staged: Path) -> Path:
         if self.publisher.has_layer(digest):
@@ -178,10 +177,7 @@ class CvmfsTransaction:
             self._deletes.append(layout.flat_dir(config_digest))
 
     def reserved(self) -> frozenset[Digest]:
-        if self._frozen:
-            return self.publisher._staging.reserved()
-        self._frozen = True
-        return self._held.enter_context(self.publisher._staging.frozen())
+        return self._reservations()
 
     def write_gc_state(self, data: bytes) -> None:
         self.publisher.write_gc_state(data)
@@ -251,14 +247,12 @@ class CvmfsPublisher(CvmfsView):
 
     def write_gc_state(self, data: bytes) -> None:
         self.gc_state.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.gc_state.with_name(f".{self.gc_state.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, self.gc_state)
+        write_atomic(self.gc_state, data)
 
     @contextmanager
     def transaction(self) -> Iterator[CvmfsTransaction]:
         with self._held(), ExitStack() as held:
-            txn = CvmfsTransaction(self, held)
+            txn = CvmfsTransaction(self, Reservations(self._staging, held))
             yield txn
             txn.commit()
             # Still holding the repository: no other writer's revision can be in between (on a gateway
