@@ -378,7 +378,7 @@ def tag_links(root: Path, ref: Reference, platform: Platform, config_digest: Dig
     public_target = _readlink(root / public)
     default_single = public_target is not None and not layout.is_variant(public_target)
     present = _platform_dirs(root)
-    others = [p for p in present if p != name and os.path.lexists(root / layout.MULTIARCH / p / public)]
+    others = _other_platforms(root, public, name, present)
     if default_single and not layout.is_default(platform):
         others.append(layout.VARIANT_DEFAULT)
     if not others:
@@ -408,6 +408,11 @@ def _platform_dirs(root: Path) -> list[str]:
         return []
 
 
+def _other_platforms(root: Path, public: PurePosixPath, name: str, present: list[str]) -> list[str]:
+    """The platforms of ``present`` other than ``name`` that have their own link for the tag at ``public``."""
+    return [p for p in present if p != name and os.path.lexists(root / layout.MULTIARCH / p / public)]
+
+
 def _readlink(path: Path) -> str | None:
     try:
         return os.readlink(path)
@@ -435,8 +440,7 @@ def tag_removal(root: Path, ref: Reference, platform: Platform) -> list[PurePosi
     if not layout.is_variant(_readlink(root / public) or ""):
         return [metadata / layout.RECORD_MANIFEST, layout.tag_link(ref, platform)]
     own = layout.multiarch_link(ref, platform)
-    others = [p for p in _platform_dirs(root)
-              if p != layout.platform_name(platform) and os.path.lexists(root / layout.MULTIARCH / p / public)]
+    others = _other_platforms(root, public, layout.platform_name(platform), _platform_dirs(root))
     return [metadata / layout.RECORD_MANIFEST, own, *([] if others else [public])]
 
 
