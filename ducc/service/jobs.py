@@ -68,7 +68,6 @@ PROPAGATION = "propagation"  # the kind of "visible on <host> at <time>" events 
 FINAL_STATES = frozenset({JobState.PUBLISHED, JobState.FAILED, JobState.CANCELLED, JobState.DONE})
 ACTIVE_STATES = frozenset({JobState.RESOLVING, JobState.FETCHING, JobState.UNPACKING, JobState.FLATTENING,
                            JobState.PUBLISHING, JobState.THIN, JobState.UNPUBLISHING, JobState.COLLECTING})
-KINDS = ("convert", "unpublish", "gc")
 # The final states as a Lua set, for every script that must tell a finished job (``final[state]``).
 LUA_FINAL_STATES = "{" + ", ".join(f"{state} = true" for state in sorted(FINAL_STATES)) + "}"
 
