@@ -244,6 +244,9 @@ class DirectoryView:
     def read_record(self, ref: Reference, platform: Platform) -> Record | None:
         return self._read_record(self.root / layout.metadata_dir(ref, platform))
 
+    def is_published(self, ref: Reference, platform: Platform) -> bool:
+        return self.public_path(ref, platform).is_symlink() or self.read_record(ref, platform) is not None
+
     def read_record_at(self, link: str) -> Record | None:
         return self._read_record(self.root / layout.metadata_for_link(PurePosixPath(link)))
 
