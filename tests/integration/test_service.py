@@ -426,20 +426,6 @@ def test_a_redis_password_from_a_file_serves_every_process_and_no_output_shows_i
         server.stop()
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 2 MiB tmpfs (root can mount one here): a disk that fills up for real, and can be grown."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root; this machine runs the tests unprivileged")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=True)
-
-
 def test_a_full_disk_fails_the_job_for_now_publishes_nothing_and_the_retry_converts_once_there_is_room(
     client, unique_ref, redis_server, small_disk, tmp_path
 ):
