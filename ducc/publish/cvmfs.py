@@ -343,11 +343,13 @@ class CvmfsPublisher(CvmfsView):
             raise
 
     def delete_trees(self, paths: list[PurePosixPath]) -> None:
-        """``ingest --delete`` every path (relative to the published root), ``DELETE_BATCH`` per call."""
+        """``ingest --delete`` every path (relative to the published root), ``DELETE_BATCH`` per call (one
+        on a gateway, which takes no more). A busy lease repeats that call alone, never one already done."""
         full = [self._path(path) for path in paths]
-        for start in range(0, len(full), DELETE_BATCH):
-            batch = full[start:start + DELETE_BATCH]
-            self._retry_busy(lambda batch=batch: self.server.delete(batch, batch=DELETE_BATCH))  # type: ignore[misc]
+        size = 1 if self.gateway else DELETE_BATCH
+        for start in range(0, len(full), size):
+            batch = full[start:start + size]
+            self._retry_busy(lambda batch=batch: self.server.delete(batch, batch=size))  # type: ignore[misc]
 
     def _retry_busy(self, call: Callable[[], T]) -> T:
         """``call``, again while it fails only because a gateway lease is busy (up to ``busy_timeout``)."""
