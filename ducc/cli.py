@@ -313,8 +313,8 @@ def cmd_gc(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_rm(args: argparse.Namespace, settings: Settings) -> int:
     from ducc.unpublish import unpublish
 
-    _existing_view(args, settings)  # nothing to unpublish from a repository that is not there (never created)
     services = _services(args, settings)
+    _existing(services.view)  # nothing to unpublish from a repository that is not there (never created)
     platform = _platform(args, settings)
     targets = [(Reference.parse(text), platform) for text in args.images]  # all parsed before anything goes
     results = unpublish(services.publisher, targets)
@@ -326,16 +326,15 @@ def cmd_rm(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if all(r.outcome == "unpublished" for r in results) else 1
 
 
-def _existing_view(args: argparse.Namespace, settings: Settings) -> RepositoryView:
-    """The repository to read; a missing one is a one-line error (reading never creates it)."""
-    view = _services(args, settings).view
+def _existing(view: RepositoryView) -> RepositoryView:
+    """``view``, if its repository exists; a missing one is a one-line error (reading never creates it)."""
     if not view.exists():
         raise NotFound(f"no repository at {view.location} (nothing was ever published there)")
     return view
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
-    view = _existing_view(args, settings)
+    view = _existing(_services(args, settings).view)
     for path, flat in sorted(view.published()):
         print(f"{path}\t{flat.name[:12] if flat.exists() else '(dangling)'}")
     return 0
@@ -343,7 +342,7 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
     ref = Reference.parse(args.image)
-    view = _existing_view(args, settings)
+    view = _existing(_services(args, settings).view)
     platform = _platform(args, settings)
     record = view.read_record(ref, platform)
     if record is None:

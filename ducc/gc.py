@@ -265,12 +265,12 @@ def collect(
     again, the plan is made, its removals are done and the new state is written.
     """
     state = GcState.parse(publisher.read_gc_state())
-    present = [Item(Kind.LAYER, d) for d in publisher.layers()] + [Item(Kind.FLAT, d) for d in publisher.flats()]
-    sizes = measure_missing(publisher, present, state.sizes)
     if dry_run:
         found = survey(publisher, publisher.reserved())
-        sizes = measure_missing(publisher, found.present, sizes)
+        sizes = measure_missing(publisher, found.present, state.sizes)
         return Collection(plan(found, replace(state, sizes=sizes), clock(), grace), sizes, found.present, True)
+    present = [Item(Kind.LAYER, d) for d in publisher.layers()] + [Item(Kind.FLAT, d) for d in publisher.flats()]
+    sizes = measure_missing(publisher, present, state.sizes)
     log.info("gc of %s: %d layers and %d flat roots present; taking the repository", publisher.name,
              sum(1 for i in present if i.kind == Kind.LAYER), sum(1 for i in present if i.kind == Kind.FLAT))
     with publisher.transaction() as txn:

@@ -40,17 +40,13 @@ class Unpublished:
     served: Digest | None = None
 
 
-def _published(publisher: Publisher, ref: Reference, platform: Platform) -> bool:
-    return publisher.public_path(ref, platform).is_symlink() or publisher.read_record(ref, platform) is not None
-
-
 def unpublish(publisher: Publisher, targets: Sequence[tuple[Reference, Platform]]) -> list[Unpublished]:
     """Unpublish every (reference, platform) in one transaction; one that is not published is reported so."""
     out = []
     with publisher.transaction() as txn:
         for ref, platform in targets:
             path = publisher.public_path(ref, platform)
-            if not _published(publisher, ref, platform):
+            if not publisher.is_published(ref, platform):
                 out.append(Unpublished(ref, platform, path, "not published"))
                 continue
             txn.remove_tag(ref, platform)

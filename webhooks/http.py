@@ -21,7 +21,7 @@ from flask import current_app, request
 
 from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
-from ducc.model.request import UnpublishRequest
+from ducc.model.request import QueuedRequest, UnpublishRequest
 from ducc.service.metrics import record_request
 from ducc.service.queue import QueueUnavailable
 from ducc.services import Services
@@ -108,14 +108,32 @@ def submit(
 ) -> list[dict[str, Any]]:
     """Queue ``ref`` as the policy's ``decision`` says (its platforms unless ``platforms`` are given, its
     thin image); the queue counts the outcome; a redelivered event reports the job it created first."""
-    context = web()
+    chosen = platforms or decision.platforms or (web().settings.platform,)
+    return _queue(source, ref, [decision.request(ref, platform) for platform in chosen], event_id, "event")
+
+
+def submit_unpublish(source: str, ref: Reference, platforms: tuple[Platform, ...],
+                     event_id: str | None) -> list[dict[str, Any]]:
+    """Queue the unpublishing of ``ref`` on ``platforms``, which the worker does only once the registry
+    answers the manifest with a clean 404; a redelivered event reports the job it created first."""
+    reason = f"deleted from {ref.registry} (a {source} notification)"
+    return _queue(source, ref, [UnpublishRequest(ref, platform, reason=reason) for platform in platforms], event_id,
+                  "delete event", {"action": "unpublish"})
+
+
+def _queue(source: str, ref: Reference, requests: list[QueuedRequest], event_id: str | None, what: str,
+           extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Submit ``requests`` (one per platform), each entry of the answer with ``extra``; 503 if the queue is
+    unavailable."""
     try:
+        queue = web().services.queue
         out = []
-        for platform in platforms or decision.platforms or (context.settings.platform,):
+        for queued in requests:
             # one event may stand for several platforms: each gets its own delivery key
-            key = f"{event_id}|{platform}" if event_id else None
-            sub = context.services.queue.submit(decision.request(ref, platform), source, key)
-            entry: dict[str, Any] = {"image": str(ref), "platform": str(platform), "job": sub.job_id}
+            key = f"{event_id}|{queued.platform}" if event_id else None
+            sub = queue.submit(queued, source, key)
+            entry: dict[str, Any] = {"image": str(ref), "platform": str(queued.platform), "job": sub.job_id,
+                                     **(extra or {})}
             if sub.outcome == "duplicate":
                 entry["duplicate_delivery"] = True
             else:
@@ -124,25 +142,5 @@ def submit(
         return out
     except (QueueUnavailable, redis.RedisError) as exc:
         count(source, "unavailable")
-        log.error("%s event for %s could not be queued: %s", source, ref, exc)
-        raise BadRequest(503, "the queue is unavailable; retry later") from exc
-
-
-def submit_unpublish(source: str, ref: Reference, platforms: tuple[Platform, ...],
-                     event_id: str | None) -> list[dict[str, Any]]:
-    """Queue the unpublishing of ``ref`` on ``platforms``, which the worker does only once the registry
-    answers the manifest with a clean 404; a redelivered event reports the job it created first."""
-    context = web()
-    try:
-        out = []
-        for platform in platforms:
-            key = f"{event_id}|{platform}" if event_id else None
-            request = UnpublishRequest(ref, platform, reason=f"deleted from {ref.registry} (a {source} notification)")
-            sub = context.services.queue.submit(request, source, key)
-            out.append({"image": str(ref), "platform": str(platform), "job": sub.job_id, "action": "unpublish",
-                        **({"duplicate_delivery": True} if sub.outcome == "duplicate" else {"coalesced_into": sub.into})})
-        return out
-    except (QueueUnavailable, redis.RedisError) as exc:
-        count(source, "unavailable")
-        log.error("%s delete event for %s could not be queued: %s", source, ref, exc)
+        log.error("%s %s for %s could not be queued: %s", source, what, ref, exc)
         raise BadRequest(503, "the queue is unavailable; retry later") from exc

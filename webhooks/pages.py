@@ -158,8 +158,7 @@ def _image_row(wish: Wish, outcome: lastsync.ImageOutcome, services: Services) -
     job = services.jobs.get(outcome.job)
     if job is None:
         return WishRow(wish.text, outcome.image, outcome.platform, "queued", "its job record has expired", outcome.job)
-    detail = job.error or (job.events[-1].get("detail", "") if job.events else "")
-    return WishRow(wish.text, outcome.image, outcome.platform, job.state, detail, outcome.job)
+    return WishRow(wish.text, outcome.image, outcome.platform, job.state, job.error or _outcome(job), outcome.job)
 
 
 STATUS_PAGE = """<!doctype html>

@@ -65,7 +65,7 @@ def _unpublish(source: str, event: ImageEvent, accepted: list[dict[str, Any]]) -
         return f"not allowed: {decision.why}"
     view = context.services.view
     published = tuple(p for p in decision.platforms or (context.settings.platform,)
-                      if view.public_path(event.reference, p).is_symlink() or view.read_record(event.reference, p))
+                      if view.is_published(event.reference, p))
     if not published:
         return "deleted from the registry; not published here"
     accepted.extend(submit_unpublish(source, event.reference, published, event.event_id))

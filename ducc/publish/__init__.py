@@ -76,6 +76,10 @@ class RepositoryView(Protocol):
         """The record of a converted tag; None if there is none (or it is unreadable: logged)."""
         ...
 
+    def is_published(self, ref: Reference, platform: Platform) -> bool:
+        """Whether ``ref`` has anything published on ``platform`` to unpublish: its tag link or its record."""
+        ...
+
     def read_flat_file(self, config_digest: Digest, relative: str) -> bytes | None:
         """A file inside a published flat root (``.singularity.d/ducc.json``, say); None if absent."""
         ...

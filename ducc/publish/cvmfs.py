@@ -58,8 +58,8 @@ from ducc.model.digest import Digest
 from ducc.model.manifest import DEFAULT_PLATFORM, Platform
 from ducc.model.reference import Reference
 from ducc.publish.cvmfs_server import CvmfsServer
-from ducc.publish.directory import DirectoryView, remove_tag_files, write_link, write_record_files
-from ducc.publish.staging import Staging
+from ducc.publish.directory import DirectoryView, remove_tag_files, write_atomic, write_link, write_record_files
+from ducc.publish.staging import Reservations, Staging
 from ducc.record import Record
 
 log = logging.getLogger(__name__)
@@ -125,13 +125,12 @@ class CvmfsView(DirectoryView):
 class CvmfsTransaction:
     """Layers and flat roots are ingested at once; tags and records wait for ``commit``."""
 
-    def __init__(self, publisher: CvmfsPublisher, held: ExitStack) -> None:
+    def __init__(self, publisher: CvmfsPublisher, reservations: Reservations) -> None:
         self.publisher = publisher
         self.revision: int | None = None  # set by the publisher once the transaction is committed
-        self._held = held  # unwound after ``commit``
+        self._reservations = reservations  # frozen from the first read until after ``commit``
         self._small: list[tuple[list[PurePosixPath], Callable[[Path], None]]] = []  # (paths it writes, change)
         self._deletes: list[PurePosixPath] = []
-        self._frozen = False
 
     def add_layer(self, digest: Digest, staged: Path) -> Path:
         if self.publisher.has_layer(digest):
@@ -178,10 +177,7 @@ class CvmfsTransaction:
             self._deletes.append(layout.flat_dir(config_digest))
 
     def reserved(self) -> frozenset[Digest]:
-        if self._frozen:
-            return self.publisher._staging.reserved()
-        self._frozen = True
-        return self._held.enter_context(self.publisher._staging.frozen())
+        return self._reservations()
 
     def write_gc_state(self, data: bytes) -> None:
         self.publisher.write_gc_state(data)
@@ -251,14 +247,12 @@ class CvmfsPublisher(CvmfsView):
 
     def write_gc_state(self, data: bytes) -> None:
         self.gc_state.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.gc_state.with_name(f".{self.gc_state.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, self.gc_state)
+        write_atomic(self.gc_state, data)
 
     @contextmanager
     def transaction(self) -> Iterator[CvmfsTransaction]:
         with self._held(), ExitStack() as held:
-            txn = CvmfsTransaction(self, held)
+            txn = CvmfsTransaction(self, Reservations(self._staging, held))
             yield txn
             txn.commit()
             # Still holding the repository: no other writer's revision can be in between (on a gateway
@@ -349,11 +343,13 @@ class CvmfsPublisher(CvmfsView):
             raise
 
     def delete_trees(self, paths: list[PurePosixPath]) -> None:
-        """``ingest --delete`` every path (relative to the published root), ``DELETE_BATCH`` per call."""
+        """``ingest --delete`` every path (relative to the published root), ``DELETE_BATCH`` per call (one
+        on a gateway, which takes no more). A busy lease repeats that call alone, never one already done."""
         full = [self._path(path) for path in paths]
-        for start in range(0, len(full), DELETE_BATCH):
-            batch = full[start:start + DELETE_BATCH]
-            self._retry_busy(lambda batch=batch: self.server.delete(batch, batch=DELETE_BATCH))  # type: ignore[misc]
+        size = 1 if self.gateway else DELETE_BATCH
+        for start in range(0, len(full), size):
+            batch = full[start:start + size]
+            self._retry_busy(lambda batch=batch: self.server.delete(batch, batch=size))  # type: ignore[misc]
 
     def _retry_busy(self, call: Callable[[], T]) -> T:
         """``call``, again while it fails only because a gateway lease is busy (up to ``busy_timeout``)."""
@@ -384,7 +380,7 @@ def tag_links(root: Path, ref: Reference, platform: Platform, config_digest: Dig
     public_target = _readlink(root / public)
     default_single = public_target is not None and not layout.is_variant(public_target)
     present = _platform_dirs(root)
-    others = [p for p in present if p != name and os.path.lexists(root / layout.MULTIARCH / p / public)]
+    others = _other_platforms(root, public, name, present)
     if default_single and not layout.is_default(platform):
         others.append(layout.VARIANT_DEFAULT)
     if not others:
@@ -414,6 +410,11 @@ def _platform_dirs(root: Path) -> list[str]:
         return []
 
 
+def _other_platforms(root: Path, public: PurePosixPath, name: str, present: list[str]) -> list[str]:
+    """The platforms of ``present`` other than ``name`` that have their own link for the tag at ``public``."""
+    return [p for p in present if p != name and os.path.lexists(root / layout.MULTIARCH / p / public)]
+
+
 def _readlink(path: Path) -> str | None:
     try:
         return os.readlink(path)
@@ -441,8 +442,7 @@ def tag_removal(root: Path, ref: Reference, platform: Platform) -> list[PurePosi
     if not layout.is_variant(_readlink(root / public) or ""):
         return [metadata / layout.RECORD_MANIFEST, layout.tag_link(ref, platform)]
     own = layout.multiarch_link(ref, platform)
-    others = [p for p in _platform_dirs(root)
-              if p != layout.platform_name(platform) and os.path.lexists(root / layout.MULTIARCH / p / public)]
+    others = _other_platforms(root, public, layout.platform_name(platform), _platform_dirs(root))
     return [metadata / layout.RECORD_MANIFEST, own, *([] if others else [public])]
 
 

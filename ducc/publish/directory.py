@@ -30,14 +30,15 @@ from ducc.errors import PublishError, RepositoryUnusable
 from ducc.model.digest import Digest
 from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
-from ducc.publish.staging import Staging
+from ducc.publish.staging import Reservations, Staging
 from ducc.record import FILES, Record
 from ducc.tree import TreeSize, measure, remove_tree
 
 log = logging.getLogger(__name__)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with a file (mode 0644) holding ``data``: readers see the old file or the new one."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     with open(tmp, "wb") as fh:
         fh.write(data)
@@ -48,13 +49,12 @@ def _write_atomic(path: Path, data: bytes) -> None:
 class DirectoryTransaction:
     revision: int | None = None  # a plain tree has no revisions
 
-    def __init__(self, publisher: DirectoryPublisher, held: ExitStack, after: ExitStack) -> None:
+    def __init__(self, publisher: DirectoryPublisher, reservations: Reservations, after: ExitStack) -> None:
         self.publisher = publisher
         self.root = publisher.root
-        self._held = held  # unwound when the transaction ends, before its locks are released
-        self._after = after  # unwound once they are released
+        self._reservations = reservations  # frozen from the first read until the transaction ends
+        self._after = after  # unwound once the transaction's locks are released
         self._trash: Path | None = None
-        self._frozen = False
 
     def _markers(self, *relative: PurePosixPath) -> None:
         for marker in relative:
@@ -131,13 +131,10 @@ class DirectoryTransaction:
         remove_tag_files(self.root, ref, platform, self._to_trash)
 
     def reserved(self) -> frozenset[Digest]:
-        if self._frozen:
-            return self.publisher._staging.reserved()
-        self._frozen = True
-        return self._held.enter_context(self.publisher._staging.frozen())
+        return self._reservations()
 
     def write_gc_state(self, data: bytes) -> None:
-        _write_atomic(self.root / layout.GC_STATE, data)
+        write_atomic(self.root / layout.GC_STATE, data)
 
 
 def write_tag_link(root: Path, ref: Reference, platform: Platform, config_digest: Digest) -> None:
@@ -199,7 +196,7 @@ def write_record_files(root: Path, ref: Reference, platform: Platform, record: R
     directory = root / layout.metadata_dir(ref, platform)
     directory.mkdir(parents=True, exist_ok=True)
     for name, data in record.files().items():
-        _write_atomic(directory / name, data)
+        write_atomic(directory / name, data)
 
 
 class DirectoryView:
@@ -246,6 +243,9 @@ class DirectoryView:
 
     def read_record(self, ref: Reference, platform: Platform) -> Record | None:
         return self._read_record(self.root / layout.metadata_dir(ref, platform))
+
+    def is_published(self, ref: Reference, platform: Platform) -> bool:
+        return self.public_path(ref, platform).is_symlink() or self.read_record(ref, platform) is not None
 
     def read_record_at(self, link: str) -> Record | None:
         return self._read_record(self.root / layout.metadata_for_link(PurePosixPath(link)))
@@ -432,4 +432,4 @@ class DirectoryPublisher(DirectoryView):
             with self._lock(self.ensure_name()) if self._lock else nullcontext(), self._staging.writer(), \
                     ExitStack() as held:
                 self._trash.sweep()
-                yield DirectoryTransaction(self, held, after)
+                yield DirectoryTransaction(self, Reservations(self._staging, held), after)

@@ -41,6 +41,8 @@ MAX_FRAME = (1 << 32) - 1
 _BLOCK = 512
 _POISON_HEADERS = 4
 _PIPE_SIZE = 1 << 20
+# A terminal's or a service manager's stop: the guard ignores them, the command it starts gets them back.
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
 def frame_header(size: int) -> bytes:
@@ -110,7 +112,7 @@ def main(argv: list[str]) -> int:
     if not argv:
         print("usage: ingest_guard.py -- COMMAND [ARG...]", file=sys.stderr)
         return 2
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+    for sig in _STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     try:
         # The command gets the default dispositions back (subprocess restores them; SIG_IGN of the
@@ -149,7 +151,7 @@ def _widen(pipe: int) -> None:
 
 
 def _default_signals() -> None:
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+    for sig in _STOP_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
 
 

@@ -21,7 +21,7 @@ import logging
 import os
 import secrets
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from ducc.errors import InvalidDigest
@@ -145,6 +145,23 @@ class Staging:
             yield self.reserved()
         finally:
             os.close(fd)
+
+
+class Reservations:
+    """The reservations as one transaction reads them (``Transaction.reserved``): the first read takes
+    ``Staging.frozen`` until the transaction's ``held`` stack unwinds, so no reservation can be added
+    until its removals are done; a later read is a snapshot (the lock is this transaction's already)."""
+
+    def __init__(self, staging: Staging, held: ExitStack) -> None:
+        self._staging = staging
+        self._held = held
+        self._frozen = False
+
+    def __call__(self) -> frozenset[Digest]:
+        if self._frozen:
+            return self._staging.reserved()
+        self._frozen = True
+        return self._held.enter_context(self._staging.frozen())
 
 
 def _read_reserved(path: Path) -> list[Digest]:

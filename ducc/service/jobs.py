@@ -68,14 +68,16 @@ PROPAGATION = "propagation"  # the kind of "visible on <host> at <time>" events 
 FINAL_STATES = frozenset({JobState.PUBLISHED, JobState.FAILED, JobState.CANCELLED, JobState.DONE})
 ACTIVE_STATES = frozenset({JobState.RESOLVING, JobState.FETCHING, JobState.UNPACKING, JobState.FLATTENING,
                            JobState.PUBLISHING, JobState.THIN, JobState.UNPUBLISHING, JobState.COLLECTING})
-KINDS = ("convert", "unpublish", "gc")
+# The final states as a Lua set, for every script that must tell a finished job (``final[state]``).
+LUA_FINAL_STATES = "{" + ", ".join(f"{state} = true" for state in sorted(FINAL_STATES)) + "}"
 
 
 # KEYS: job, events, active. ARGV: job id, state, is the state final (1/0), event JSON, ttl,
 # membership of the active set (add | remove | ''), then field, value, ... for the job's hash.
 _EVENT = """
+local final = """ + LUA_FINAL_STATES + """
 local current = redis.call('HGET', KEYS[1], 'state')
-if (""" + " or ".join(f"current == '{s}'" for s in sorted(FINAL_STATES)) + """) and ARGV[3] == '0' then
+if current and final[current] and ARGV[3] == '0' then
   return redis.call('HGET', KEYS[1], 'cancelled_by') or ''
 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 7))

@@ -37,7 +37,7 @@ import redis
 from ducc.errors import ServiceUnavailable
 from ducc.model.request import QueuedRequest
 from ducc.service import keys
-from ducc.service.jobs import ACTIVE_STATES, JobStore, new_job_id
+from ducc.service.jobs import ACTIVE_STATES, LUA_FINAL_STATES, JobStore, new_job_id
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +79,11 @@ local function coalesce(into, why)
   outcome, target = 'coalesced', into
 end
 -- a job that ended (a cancelled one still marked waiting or running, say) is never joined
+local final = FINAL
 local function open(id)
   if not id then return false end
   local state = redis.call('HGET', job_prefix .. id, 'state')
-  return state and state ~= 'published' and state ~= 'failed' and state ~= 'cancelled'
+  return state and not final[state]
 end
 local queued = redis.call('GET', waiting)
 local converting = redis.call('GET', running)
@@ -103,7 +104,7 @@ redis.call('EXPIRE', events, ttl)
 if event_key ~= '' then redis.call('SET', event_key, job_id, 'EX', event_ttl) end
 redis.call('HINCRBY', metrics, source .. '|' .. outcome, 1)
 return {outcome, target}
-"""
+""".replace("FINAL", LUA_FINAL_STATES)
 
 # A worker starting a job: it is no longer waiting (if the mark is still its own), it is running.
 _STARTED = """
@@ -132,7 +133,8 @@ return 0
 _CANCEL = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {'unknown', ''} end
-if state == 'published' or state == 'failed' or state == 'cancelled' then return {'finished', state} end
+local final = FINAL
+if final[state] then return {'finished', state} end
 redis.call('HSET', KEYS[1], 'cancelled_by', ARGV[2], 'updated_at', ARGV[3])
 local working = {WORKING}
 if working[state] and redis.call('EXISTS', KEYS[7]) == 1 then
@@ -148,7 +150,7 @@ if redis.call('GET', KEYS[6]) == ARGV[1] then redis.call('DEL', KEYS[6]) end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[6]))
 redis.call('EXPIRE', KEYS[2], tonumber(ARGV[6]))
 return {'cancelled', state}
-""".replace("WORKING", ", ".join(f"{state} = 1" for state in sorted(ACTIVE_STATES)))
+""".replace("WORKING", ", ".join(f"{state} = 1" for state in sorted(ACTIVE_STATES))).replace("FINAL", LUA_FINAL_STATES)
 
 
 @dataclass(frozen=True)

@@ -9,15 +9,16 @@ whose job lease lapsed). On exit, however the block ends, the heartbeat stops
 and the job lease and image lease are released. ``RunningJob.finish`` is the
 atomic "look again, or stop being the running job" of ``Queue.finish``.
 
-``heartbeat(...)`` is the job lease alone, for a job that is no request's
-(the scheduled garbage collection): reconciliation requeues it if its worker dies.
+``heartbeat(...)`` is that thread; alone, renewing the job lease only, it serves a
+job that is no request's (the scheduled garbage collection): reconciliation
+requeues it if its worker dies.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -50,44 +51,33 @@ def running(
 ) -> Iterator[RunningJob]:
     image_lease = Lease(client, keys.image_lease(request.key), seconds=seconds)
     image_lease.acquire()
-    stop = threading.Event()
-
-    def heartbeat() -> None:
-        while True:
-            try:
-                jobs.touch_lease(job_id, seconds)
-                queue.renew(job_id, request, seconds)
-            except redis.RedisError as exc:
-                log.warning("job %s: cannot renew its lease: %s", job_id, exc)
-            image_lease.renew()
-            if stop.wait(seconds / 3):
-                return
-
     try:
         queue.started(job_id, request, seconds)
-        beat = threading.Thread(target=heartbeat, name=f"job-{job_id}", daemon=True)
-        beat.start()
-        try:
+        with heartbeat(jobs, job_id, seconds, also=lambda: queue.renew(job_id, request, seconds),
+                       leases=(image_lease,)):
             yield RunningJob(job_id, request, queue)
-        finally:
-            stop.set()
-            beat.join()
-            jobs.drop_lease(job_id)
     finally:
         image_lease.release()
 
 
 @contextmanager
-def heartbeat(jobs: JobStore, job_id: str, seconds: int) -> Iterator[None]:
-    """Keep ``job_id``'s job lease alive while the block runs; drop it at the end."""
+def heartbeat(
+    jobs: JobStore, job_id: str, seconds: int, *, also: Callable[[], object] = lambda: None,
+    leases: Sequence[Lease] = (),
+) -> Iterator[None]:
+    """Keep ``job_id``'s job lease alive while the block runs, from one thread every ``seconds / 3``,
+    with ``also`` (another Redis renewal) and ``leases``; the job lease is dropped at the end."""
     stop = threading.Event()
 
     def beat() -> None:
         while True:
             try:
                 jobs.touch_lease(job_id, seconds)
+                also()
             except redis.RedisError as exc:
                 log.warning("job %s: cannot renew its lease: %s", job_id, exc)
+            for lease in leases:
+                lease.renew()
             if stop.wait(seconds / 3):
                 return
 

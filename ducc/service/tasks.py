@@ -38,7 +38,7 @@ from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
 from ducc.model.request import ConversionResult, UnpublishRequest
 from ducc.service import keys, lastsync
-from ducc.service.jobs import ACTIVE_STATES, PROPAGATION, JobProgress, JobState
+from ducc.service.jobs import ACTIVE_STATES, PROPAGATION, Job, JobProgress, JobState, JobStore
 from ducc.service.lastsync import ImageOutcome, LastSync
 from ducc.service.locks import try_lease
 from ducc.service.metrics import record_conversion, record_gc
@@ -53,6 +53,7 @@ from ducc.service.queue import (
 )
 from ducc.service.running import heartbeat, running
 from ducc.services import Services
+from ducc.settings import Settings
 
 if TYPE_CHECKING:
     from ducc.sync import SyncReport
@@ -60,8 +61,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def run_conversion(services: Services, job_id: str, task: Task) -> str:
-    jobs, settings = services.jobs, services.settings
+def _runnable(jobs: JobStore, job_id: str) -> Job | str:
+    """The job to run now, or what its task answers instead: a delivery of a job with no record
+    (expired?), one that finished or was coalesced into another, or one a live worker runs (its lease
+    alive) does nothing."""
     job = jobs.get(job_id, follow=False)
     if job is None:
         log.warning("job %s: no record (expired?); nothing to do", job_id)
@@ -71,6 +74,20 @@ def run_conversion(services: Services, job_id: str, task: Task) -> str:
     if job.state in ACTIVE_STATES and jobs.lease_alive(job_id):
         log.info("job %s is running on another worker", job_id)
         return "running"
+    return job
+
+
+def _retry_delay(settings: Settings, attempts: int) -> int:
+    """Seconds before the next attempt after ``attempts`` failed ones: doubling from
+    DUCC_JOB_RETRY_BASE, an hour at most."""
+    return int(min(settings.job_retry_base * 2 ** (attempts - 1), 3600))
+
+
+def run_conversion(services: Services, job_id: str, task: Task) -> str:
+    jobs, settings = services.jobs, services.settings
+    job = _runnable(jobs, job_id)
+    if isinstance(job, str):
+        return job
     try:
         request = job.request
     except ValueError as exc:  # submitters validate; a record edited by hand must still end somewhere
@@ -125,7 +142,7 @@ def run_conversion(services: Services, job_id: str, task: Task) -> str:
                 run.finish(recheck=False)
                 return cancelled(JobCancelled(now.cancelled_by))
             if exc.temporary and attempts < settings.job_max_attempts:
-                delay = min(settings.job_retry_base * 2 ** (attempts - 1), 3600)
+                delay = _retry_delay(settings, attempts)
                 log.warning("job %s (%s): %s; retry %d in %ds", job_id, job.image, exc, attempts, delay)
                 jobs.event(job_id, JobState.RETRYING, f"{exc}; attempt {attempts} failed, next in {delay}s",
                            error=str(exc), temporary=1, attempts=attempts, retry_at=time.time() + delay)
@@ -157,11 +174,9 @@ def run_unpublish(services: Services, job_id: str, task: Task) -> str:
     from ducc.unpublish import unpublish, unpublish_if_gone
 
     jobs, settings = services.jobs, services.settings
-    job = jobs.get(job_id, follow=False)
-    if job is None or job.finished or job.coalesced_into:
-        return job.state if job is not None else "unknown"
-    if job.state in ACTIVE_STATES and jobs.lease_alive(job_id):
-        return "running"
+    job = _runnable(jobs, job_id)
+    if isinstance(job, str):
+        return job
     try:
         request = job.request
         if not isinstance(request, UnpublishRequest):
@@ -184,7 +199,7 @@ def run_unpublish(services: Services, job_id: str, task: Task) -> str:
         except DuccError as exc:
             run.finish(recheck=False)
             if exc.temporary and attempts < settings.job_max_attempts:
-                delay = min(settings.job_retry_base * 2 ** (attempts - 1), 3600)
+                delay = _retry_delay(settings, attempts)
                 jobs.event(job_id, JobState.RETRYING, f"kept for now: {exc}; attempt {attempts} failed, next in {delay}s",
                            error=str(exc), temporary=1, attempts=attempts, retry_at=time.time() + delay)
                 raise task.retry(countdown=delay) from exc
@@ -213,11 +228,9 @@ def run_gc(services: Services, job_id: str | None = None) -> str:
     if job_id is None:
         job_id = jobs.create("gc", f"garbage collection of {services.view.name}", "schedule")
     else:
-        job = jobs.get(job_id, follow=False)
-        if job is None or job.finished:
-            return job.state if job is not None else "unknown"
-        if job.state in ACTIVE_STATES and jobs.lease_alive(job_id):
-            return "running"
+        job = _runnable(jobs, job_id)
+        if isinstance(job, str):
+            return job
     with heartbeat(jobs, job_id, settings.job_lease):
         jobs.event(job_id, JobState.COLLECTING,
                    f"reading {services.view.name}; grace {settings.gc_grace}s (DUCC_GC_GRACE)")

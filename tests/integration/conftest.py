@@ -7,6 +7,14 @@ import pytest
 from ducc.convert import Converter
 from ducc.publish.directory import DirectoryPublisher
 from ducc.registry.client import RegistryClient
+from tests.support.mounts import tmpfs
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs (root can mount one here): a disk that fills up for real, and can be grown."""
+    with tmpfs(tmp_path / "small", "size=2m") as mount:
+        yield mount
 
 
 @pytest.fixture

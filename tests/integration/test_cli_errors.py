@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.mounts import tmpfs
 from tests.support.processes import free_port
 
 USAGE, FAILED, UNAVAILABLE = 2, 1, 69
@@ -34,15 +35,8 @@ def one_line(done: subprocess.CompletedProcess[str], code: int) -> str:
 @pytest.fixture
 def read_only(tmp_path):
     """A read-only mount (root can mount one here)."""
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a read-only tmpfs needs root; this machine runs the tests unprivileged")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=True)
+    with tmpfs(tmp_path / "ro", "ro,size=1m", "a read-only tmpfs") as mount:
+        yield mount
 
 
 def test_a_root_that_cannot_be_created_is_a_usage_error_before_any_work(tmp_path):

@@ -266,20 +266,6 @@ class Watermark:
         self.read[digest] = max(done, self.read.get(digest, 0))
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 2 MiB tmpfs (root can mount one here): a disk that fills up for real."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root; this machine runs the tests unprivileged")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=True)
-
-
 def test_a_full_disk_fails_temporarily_at_once_naming_the_entry_and_the_layer(client, unique_ref, small_disk):
     from ducc.errors import StorageFull
 

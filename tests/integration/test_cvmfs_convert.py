@@ -9,6 +9,7 @@ exit codes and messages) and logs every call with its exit code.
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -39,22 +40,11 @@ from tests.support.images import (
     push_image,
     push_index,
 )
+from tests.support.processes import wait_until
+from tests.support.service import ducc_cli
 from tests.support.trees import snapshot
 
-
-def ducc(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ducc", *args], env=env, cwd=cwd, capture_output=True, text=True,
-                          timeout=600)
-
-
-def wait_until(condition, what: str, timeout: float = 120.0, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        time.sleep(interval)
-    raise TimeoutError(what)
+ducc = functools.partial(ducc_cli, timeout=600)  # a conversion through the stand-in takes longer
 
 
 @pytest.fixture
@@ -112,7 +102,8 @@ def test_a_ducc_convert_killed_mid_ingest_publishes_nothing_and_the_next_run_com
         writer = subprocess.Popen([sys.executable, "-m", "ducc", "convert", str(ref), "--cvmfs-repo", cvmfs.repository],
                                   env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
         try:
-            wait_until(lambda: [c for c in cvmfs.calls("ingest") if c.rc is None], "no ingest started", timeout=300)
+            wait_until(lambda: [c for c in cvmfs.calls("ingest") if c.rc is None], "no ingest started", timeout=300,
+                       interval=0.05)
             time.sleep(0.3)  # well inside the stream: the stand-in takes seconds to write 10,000 files
         finally:
             writer.kill()  # ducc only: the guard and the command live on in their own session

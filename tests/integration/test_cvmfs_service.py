@@ -13,8 +13,6 @@ import functools
 import os
 import re
 import shutil
-import subprocess
-import sys
 import threading
 import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -28,24 +26,13 @@ from ducc.model.request import ConversionRequest
 from ducc.service.jobs import PROPAGATION, JobStore
 from ducc.settings import Settings
 from tests.support.images import Dir, File, ImageSpec, Layer, push_image
-from tests.support.service import DuccProcess
+from tests.support.processes import wait_until
+from tests.support.service import DuccProcess, ducc_cli
 
 APP = Layer([Dir("etc"), File("etc/os-release", b"ID=cvmfs-service\n"), Dir("usr"), File("usr/app", b"v1", 0o755)])
 
 
-def ducc(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ducc", *args], env=env, cwd=cwd, capture_output=True, text=True,
-                          timeout=600)
-
-
-def wait_until(condition, what: str, timeout: float = 120.0, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        time.sleep(interval)
-    raise TimeoutError(what)
+ducc = functools.partial(ducc_cli, timeout=600)  # a conversion through the stand-in takes longer
 
 
 class Stratum1:

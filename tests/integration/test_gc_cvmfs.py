@@ -133,3 +133,27 @@ def test_gc_keeps_every_platform_behind_a_variant_link_and_rm_of_the_last_platfo
     assert not os.path.lexists(public)
     ducc(cvmfs, state, "gc", "--grace", "0")
     assert published_trees(cvmfs, ".flat") == set() and published_trees(cvmfs, ".layers") == set()
+
+
+def test_on_a_gateway_a_busy_lease_during_deletion_repeats_only_the_call_that_met_it(tmp_path):
+    """Through the stand-in as a gateway: deletions go one path per call, and when the second call meets a
+    busy lease (its "lease path busy", a temporary failure), that call alone is repeated: no path is deleted
+    twice, so no revision is spent on a deletion already done."""
+    from ducc.gc import collect
+    from tests.support.cvmfs import cvmfs_standin
+
+    with cvmfs_standin(tmp_path / "gateway", gateway=True) as gateway:
+        layers = [Digest.of(b"busy %d" % n) for n in range(3)]
+        tree = tmp_path / "layers"
+        for digest in layers:
+            (tree / digest.prefix / digest.hex / "layerfs").mkdir(parents=True)
+        stream = io.BytesIO()
+        write_tree(tree, stream)
+        assert gateway.run("ingest", "-t", "-", "-b", ".layers", "-c", REPO, input=stream.getvalue()).returncode == 0
+        gateway.fail("ingest", nth=3, message="stand-in: lease path busy")  # the second ``ingest --delete``
+        collect(gateway.publisher(tmp_path / "staging", gc_state=tmp_path / "gc.json"), grace=0)
+        calls = [c for c in gateway.calls("ingest") if "-d" in c.argv]
+        done = [c.argv[c.argv.index("-d") + 1] for c in calls if c.rc == 0]
+        assert [c.rc for c in calls] == [0, 1, 0, 0], calls
+        assert sorted(done) == sorted(layout.layer_dir(d).as_posix() for d in layers)
+        assert published_trees(gateway, ".layers") == set()

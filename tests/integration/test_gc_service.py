@@ -20,11 +20,11 @@ from ducc.service.jobs import JobStore
 from ducc.service.queue import GC_TASK, SYNC_TASK
 from ducc.services import Services
 from ducc.settings import Settings
-from tests.integration.test_service import ducc_cli, queue_for, service, settings_for, wait_finished  # noqa: F401
+from tests.integration.test_service import queue_for, service, settings_for, wait_finished  # noqa: F401
 from tests.support.images import File, ImageSpec, Layer, push_image
 from tests.support.processes import free_port, start_registry, wait_for_port
 from tests.support.proxy import via
-from tests.support.service import DuccProcess, service_env
+from tests.support.service import DuccProcess, ducc_cli, service_env
 from webhooks import create_app
 
 TOKEN = "gc-webhook-token-51c"
@@ -67,6 +67,9 @@ def test_the_scheduled_gc_is_a_job_with_a_timeline_and_metrics(client, unique_re
     status = ducc_cli("status", job.id, env=env)
     assert status.returncode == 0 and "DONE" in status.stdout and "collecting" in status.stdout, status.stdout
     assert job.id in ducc_cli("jobs", env=env).stdout
+    cancel = ducc_cli("cancel", job.id, env=env)  # a finished job stays finished, whatever its kind
+    assert cancel.returncode == 1 and f"job {job.id} has already finished: done" in cancel.stderr, cancel.stderr
+    assert jobs.get(job.id).state == "done" and not jobs.get(job.id).cancelled_by
     app = create_app(settings)
     app.testing = True
     web = app.test_client()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from ducc.service.queue import Queue, QueueUnavailable
 from ducc.settings import Settings
 from tests.support.images import Dir, File, ImageSpec, Layer, push_image
 from tests.support.proxy import FaultProxy
-from tests.support.service import DuccProcess, RedisServer, service_env, start_redis
+from tests.support.service import DuccProcess, RedisServer, ducc_cli, service_env, start_redis
 
 ORDER = ["received", "queued", "resolving", "fetching", "unpacking", "flattening", "publishing", "published"]
 BASE = Layer([Dir("etc"), File("etc/os-release", b"ID=service-test\n"), Dir("usr"), File("usr/lib.so", os.urandom(200_000))])
@@ -69,10 +68,6 @@ def wait_state(jobs: JobStore, job_id: str, states: tuple[str, ...], timeout: fl
     while jobs.get(job_id).state not in states:
         assert time.monotonic() < deadline, f"job {job_id} never reached {states}"
         time.sleep(0.05)
-
-
-def ducc_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ducc", *args], env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_a_submitted_image_is_published_with_its_whole_timeline(client, unique_ref, redis_server, service, root, tmp_path):
@@ -429,20 +424,6 @@ def test_a_redis_password_from_a_file_serves_every_process_and_no_output_shows_i
             worker.stop()
     finally:
         server.stop()
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 2 MiB tmpfs (root can mount one here): a disk that fills up for real, and can be grown."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root; this machine runs the tests unprivileged")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
 def test_a_full_disk_fails_the_job_for_now_publishes_nothing_and_the_retry_converts_once_there_is_room(

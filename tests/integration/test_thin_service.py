@@ -215,8 +215,7 @@ def test_a_wrong_password_for_a_token_registry_fails_the_job_as_published_withou
 def test_ducc_submit_with_thin_queues_a_job_that_pushes_the_thin_image(
     client, unique_ref, registry, redis_server, service, root, tmp_path  # noqa: F811
 ):
-    from tests.integration.test_service import ducc_cli
-    from tests.support.service import service_env
+    from tests.support.service import ducc_cli, service_env
 
     source = unique_ref("3.1")
     push_image(client, source, SOURCE)

@@ -257,6 +257,36 @@ def test_status_page_lists_recent_jobs(web):
     assert job_id in html and "127.0.0.1:5000/allowed/app:page" in html
 
 
+def test_the_wishlist_table_shows_what_a_job_did_not_where_its_revision_became_visible(app_settings, redis_server,
+                                                                                     tmp_path):
+    """A published job's last events may say where its revision is visible (``DUCC_STRATUM1_URLS``); the
+    wishlist table, like the recent jobs, shows what the conversion did. The job and the sync's outcome are
+    recorded through the stores the worker uses, in the real Redis."""
+    from ducc.model.reference import Reference
+    from ducc.model.request import ConversionRequest
+    from ducc.service import lastsync
+    from ducc.service.jobs import PROPAGATION, JobState
+    from ducc.services import Services
+
+    wishlist = tmp_path / "wishlist.yaml"
+    wishlist.write_text("version: 1\ninput:\n  - '127.0.0.1:5000/allowed/app:row'\n")
+    settings = Settings.from_env({**app_settings.env, "DUCC_WISHLIST": str(wishlist)})
+    services = Services(settings)
+    ref = Reference.parse("127.0.0.1:5000/allowed/app:row")
+    job_id = services.queue.submit(ConversionRequest(ref), "wishlist").job_id
+    services.jobs.event(job_id, JobState.PUBLISHED, "1 layers unpacked, 0 reused, 0.1s; in revision 7 of test")
+    services.jobs.event(job_id, JobState.PUBLISHED, "visible on s1.example at 2026-01-01T00:00:00+00:00 (revision 7)",
+                        kind=PROPAGATION)
+    lastsync.record(services.redis, lastsync.LastSync(time.time(), str(wishlist), (
+        lastsync.ImageOutcome(str(ref), "linux/amd64", "queued", job=job_id),)))
+    app = create_app(settings)
+    app.testing = True
+    html = app.test_client().get("/").get_data(as_text=True)
+    table = html.split("<h2>Wishlist</h2>")[1].split("<h2>Recent jobs</h2>")[0]
+    assert job_id in table and "1 layers unpacked, 0 reused, 0.1s; in revision 7 of test" in table, table
+    assert "visible on s1.example" not in table, table
+
+
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),

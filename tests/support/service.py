@@ -96,6 +96,13 @@ class DuccProcess:
             self.process.wait(10)
 
 
+def ducc_cli(*args: str, env: dict[str, str], cwd: Path | None = None,
+             timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``ducc ARGS`` run to its end as its own process, its output captured as text."""
+    return subprocess.run([sys.executable, "-m", "ducc", *args], env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
 def service_env(root: Path, redis_url: str | None, state: Path, **extra: str) -> dict[str, str]:
     env = {**os.environ, "DUCC_ROOT": str(root), "DUCC_CACHE_DIR": "off", "DUCC_STATE_DIR": str(state),
            "DUCC_JOB_RETRY_BASE": "1", "DUCC_RETRY_ATTEMPTS": "2", "DUCC_LOG_LEVEL": "INFO", **extra}
