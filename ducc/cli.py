@@ -473,6 +473,9 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
                   f"point (ducc status {done.job_id} --wait 60)")
         elif done.outcome == "finished":
             code = _fail(f"job {done.job_id}{via} has already finished: {done.state}", EXIT_FAILED)
+        elif done.outcome == "busy":
+            code = _fail(f"job {done.job_id}{via} is {done.state}: it removes things and is never stopped halfway; "
+                         f"it ends in a moment (ducc status {done.job_id} --wait 60)", EXIT_FAILED)
         else:
             code = _fail(f"no job {done.job_id}", EXIT_FAILED)
     return code

@@ -49,7 +49,7 @@ def submit_conversion() -> Any:
                     "status": f"/api/v1/conversions/{first['job']}"}), 202
 
 
-CANCEL_STATUS = {"cancelled": 200, "requested": 202, "finished": 409, "unknown": 404}
+CANCEL_STATUS = {"cancelled": 200, "requested": 202, "busy": 409, "finished": 409, "unknown": 404}
 
 
 @api.post("/conversions/<job_id>/cancel")
@@ -63,6 +63,9 @@ def cancel_conversion(job_id: str) -> Any:
         answer["error"] = f"no job {done.job_id}"
     elif done.outcome == "finished":
         answer.update(error=f"job {done.job_id} has already finished", state=done.state)
+    elif done.outcome == "busy":
+        answer.update(error=f"job {done.job_id} is {done.state}: it removes things and is never stopped halfway; "
+                            "it ends in a moment", state=done.state)
     else:
         answer["state"] = "cancelled" if done.outcome == "cancelled" else done.state
     return jsonify(answer), CANCEL_STATUS[done.outcome]

@@ -123,6 +123,12 @@ class Job:
         return str(self.request_json.get("action") or "convert")
 
     @property
+    def stops_on_cancel(self) -> bool:
+        """Whether a running job of this kind stops when cancelled: a conversion does (nothing is half
+        published); an unpublish or a garbage collection removes things and is never stopped halfway."""
+        return self.kind == "convert"
+
+    @property
     def request(self) -> ConversionRequest | UnpublishRequest:
         """The request this job carries out (ValueError if its record does not parse, or it has none: gc)."""
         return parse_request(self.request_json or {"image": self.image, "platform": self.platform})

@@ -135,9 +135,11 @@ local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {'unknown', ''} end
 local final = FINAL
 if final[state] then return {'finished', state} end
-redis.call('HSET', KEYS[1], 'cancelled_by', ARGV[2], 'updated_at', ARGV[3])
 local working = {WORKING}
-if working[state] and redis.call('EXISTS', KEYS[7]) == 1 then
+local running = working[state] and redis.call('EXISTS', KEYS[7]) == 1
+if running and ARGV[7] == '0' then return {'busy', state} end
+redis.call('HSET', KEYS[1], 'cancelled_by', ARGV[2], 'updated_at', ARGV[3])
+if running then
   redis.call('RPUSH', KEYS[2], ARGV[5])
   return {'requested', state}
 end
@@ -156,7 +158,9 @@ return {'cancelled', state}
 @dataclass(frozen=True)
 class Cancellation:
     """What a cancel did: ``cancelled`` (the job ended now), ``requested`` (a worker is converting it and
-    stops at its next progress point), ``finished`` (too late: it ended as ``state``) or ``unknown``."""
+    stops at its next progress point), ``busy`` (a worker is running an unpublish or a garbage collection,
+    which removes things and is never stopped halfway: it goes on, and ends in a moment), ``finished``
+    (too late: it ended as ``state``) or ``unknown``."""
 
     job_id: str  # the job that was cancelled: the one asked for, or the one it was coalesced into
     outcome: str
@@ -233,7 +237,7 @@ class Queue:
         outcome, state = self._cancel(keys=[
             keys.job(job_id), keys.events(job_id), keys.ACTIVE, keys.INCOMING, keys.waiting(key), keys.running(key),
             keys.job_lease(job_id),
-        ], args=[job_id, by, f"{now:.6f}", ended, asked_event, self.jobs.ttl])
+        ], args=[job_id, by, f"{now:.6f}", ended, asked_event, self.jobs.ttl, int(job.stops_on_cancel)])
         if outcome in ("cancelled", "requested"):
             log.info("job %s (%s): cancel %s by %s while %s", job_id, job.image, outcome, by, state)
         return Cancellation(job_id, str(outcome), str(state), asked)

@@ -144,3 +144,35 @@ def test_a_job_retrying_against_a_dead_registry_is_cancelled_and_never_comes_bac
         assert nothing_published(root, ref)
     finally:
         proxy.stop()
+
+
+def test_a_running_unpublish_is_never_stopped_halfway_and_the_cancel_says_so(client, unique_ref, registry, redis_server,
+                                                                            root, worker, tmp_path):
+    """An unpublish removes things: once a worker runs it, a cancel is refused with a one-line reason (the
+    CLI exits 1, the API answers 409) and the job goes on to its own end, never marked cancelled."""
+    from ducc.model.request import UnpublishRequest
+    from ducc.settings import Settings
+
+    proxy = FaultProxy(registry.host)
+    try:
+        ref = via(proxy, unique_ref())
+        push_image(client, ref, ImageSpec(layers=[Layer([File("a", b"kept")])]))
+        env = service_env(root, redis_server.url, tmp_path / "state")
+        assert ducc_cli("convert", str(ref), env=env).returncode == 0
+        proxy.add("stall", "/manifests/", method=None, times=1, seconds=6.0)  # the registry takes its time
+        worker()
+        job_id = queue_for(redis_server, root).submit(UnpublishRequest(ref, reason="test"), "test").job_id
+        jobs = JobStore(redis_server.client())
+        wait_state(jobs, job_id, ("resolving",))
+        refused = ducc_cli("cancel", job_id, env=env)
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr
+        assert f"job {job_id} is resolving: it removes things and is never stopped halfway" in refused.stderr
+        app = create_app(Settings.from_env({**env, "DUCC_WEBHOOK_TOKEN": TOKEN}))
+        answer = app.test_client().post(f"/api/v1/conversions/{job_id}/cancel",
+                                        headers={"Authorization": f"Bearer {TOKEN}"})
+        assert answer.status_code == 409 and answer.get_json()["outcome"] == "busy"
+        (job,) = wait_finished(jobs, [job_id], timeout=120)
+        assert job.state == "done" and not job.cancelled_by  # the tag is still served: kept
+        assert (root / layout.tag_link(ref) / "a").read_bytes() == b"kept"
+    finally:
+        proxy.stop()
