@@ -127,11 +127,9 @@ class Services:
             repository, subdir = self._cvmfs_repo
             server = CvmfsServer(repository, binary=self.settings.cvmfs_server, mount=self.settings.cvmfs_mount,
                                  gateway=self.settings.cvmfs_gateway, env=dict(self.settings.env) or None)
-            # The gc state is this host's own record, per repository and sub-directory (see ducc.publish.cvmfs).
-            gc_name = repository + (f"@{subdir.replace('/', '@')}" if subdir else "")
             return CvmfsPublisher(server, subdir=subdir, lock=lock,
                                   staging_root=self.settings.state_dir / "cvmfs-staging" / repository,
-                                  gc_state=self.settings.state_dir / "gc" / f"{gc_name}.json")
+                                  gc_dir=self.settings.state_dir / "gc")
         if self.settings.publisher != "directory":
             raise ValueError(f"unknown publisher {self.settings.publisher!r}")
         return DirectoryPublisher(self.root, name=self.settings.repository, durable=self.settings.fsync, lock=lock)

@@ -27,7 +27,7 @@ collection removes are collected too and deleted at the end of the transaction w
 ``cvmfs_server ingest --delete``, 64 paths per call (one per call on a gateway, which takes no
 more): each call is one revision in which whole trees disappear. Reclaiming the object store is
 ``cvmfs_server gc``, the operator's separate step. The garbage-collection state is a local file
-(``gc_state``, under DUCC_STATE_DIR): writing it into the repository would cost a revision per run,
+(``DUCC_STATE_DIR/gc/<repo>[@subdir].json``): writing it into the repository would cost a revision per run,
 and a publisher's own record can only be later than the truth, which delays deletion, never hastens it.
 
 Any failure of a command aborts the transaction where one is open, and the command's own words are
@@ -209,7 +209,7 @@ class CvmfsPublisher(CvmfsView):
         lock: Callable[[str], AbstractContextManager[None]] | None = None,
         busy_timeout: float = 600.0,
         host: str | None = None,
-        gc_state: Path | None = None,
+        gc_dir: Path | None = None,
     ) -> None:
         super().__init__(server.repository, subdir=subdir, mount=server.mount)
         mount = os.path.realpath(self.mount)
@@ -221,7 +221,9 @@ class CvmfsPublisher(CvmfsView):
         self._lock = lock
         self._staging = Staging(staging_root)
         self._holder = threading.local()  # whether this thread holds the repository
-        self.gc_state = gc_state if gc_state is not None else staging_root.with_name(staging_root.name + ".gc.json")
+        # The gc state is this host's own record, one per repository and sub-directory.
+        gc_name = self.repository + (f"@{self.subdir.replace('/', '@')}" if self.subdir else "")
+        self.gc_state = (gc_dir if gc_dir is not None else staging_root.parent / "gc") / f"{gc_name}.json"
         self.lease_name = f"cvmfs:{self.repository}" + (f"@{host or socket.gethostname()}" if self.gateway else "")
 
     def revision(self) -> int | None:

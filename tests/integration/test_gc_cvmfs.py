@@ -151,7 +151,7 @@ def test_on_a_gateway_a_busy_lease_during_deletion_repeats_only_the_call_that_me
         write_tree(tree, stream)
         assert gateway.run("ingest", "-t", "-", "-b", ".layers", "-c", REPO, input=stream.getvalue()).returncode == 0
         gateway.fail("ingest", nth=3, message="stand-in: lease path busy")  # the second ``ingest --delete``
-        collect(gateway.publisher(tmp_path / "staging", gc_state=tmp_path / "gc.json"), grace=0)
+        collect(gateway.publisher(tmp_path / "staging", gc_dir=tmp_path / "gc"), grace=0)
         calls = [c for c in gateway.calls("ingest") if "-d" in c.argv]
         done = [c.argv[c.argv.index("-d") + 1] for c in calls if c.rc == 0]
         assert [c.rc for c in calls] == [0, 1, 0, 0], calls
