@@ -89,6 +89,24 @@ return redis.call('HGET', KEYS[1], 'cancelled_by') or ''
 """
 
 
+# KEYS: job, events, recent, once ('' for none). ARGV: job id, the job's fields as JSON, "received" event
+# JSON, now, how many recent jobs are kept, ttl. Returns the id of the job: the new one, or the one ``once`` names.
+_CREATE = """
+if KEYS[4] ~= '' then
+  local seen = redis.call('GET', KEYS[4])
+  if seen then return seen end
+  redis.call('SET', KEYS[4], ARGV[1], 'EX', tonumber(ARGV[6]))
+end
+for name, value in pairs(cjson.decode(ARGV[2])) do redis.call('HSET', KEYS[1], name, value) end
+redis.call('RPUSH', KEYS[2], ARGV[3])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[5]) - 1)
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[6]))
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[6]))
+return ARGV[1]
+"""
+
+
 def new_job_id() -> str:
     """Sortable by time, unguessable: ``<ms since epoch, hex>-<random>``."""
     return f"{int(time.time() * 1000):x}-{secrets.token_hex(5)}"
@@ -151,6 +169,7 @@ class JobStore:
         self.ttl = ttl
         self.recent = recent
         self._event = client.register_script(_EVENT)
+        self._create = client.register_script(_CREATE)
 
     # -- writing ------------------------------------------------------------------------
 
@@ -189,23 +208,24 @@ class JobStore:
         pipe.hget(keys.job(job_id), "cancelled_by")
         return str(pipe.execute()[1] or "")
 
-    def create(self, kind: str, subject: str, source: str) -> str:
+    def create(self, kind: str, subject: str, source: str, *, once: str | None = None) -> tuple[str, bool]:
         """A new job of ``kind`` about ``subject`` (shown where a conversion shows its image) that no
-        queue dispatches: its task runs it at once (the scheduled garbage collection). Returns its id."""
+        queue dispatches: its task runs it at once (the scheduled garbage collection). With ``once``
+        (a key naming the message that asks, see ``keys.delivery``), a message delivered again gets the
+        job it created the first time. Returns the job's id and whether it is new."""
         job_id = new_job_id()
         now = time.time()
-        pipe = self.redis.pipeline()
-        pipe.hset(keys.job(job_id), mapping={
-            "id": job_id, "image": subject, "platform": "", "source": source, "state": JobState.RECEIVED,
-            "request": json.dumps({"action": kind}), "received_at": now, "updated_at": now,
-        })
-        pipe.rpush(keys.events(job_id), json.dumps({"state": str(JobState.RECEIVED), "at": now, "detail": source}))
-        pipe.zadd(keys.RECENT, {job_id: now})
-        pipe.zremrangebyrank(keys.RECENT, 0, -self.recent - 1)
-        pipe.expire(keys.job(job_id), self.ttl)
-        pipe.expire(keys.events(job_id), self.ttl)
-        pipe.execute()
-        return job_id
+        made = self._create(keys=[keys.job(job_id), keys.events(job_id), keys.RECENT, once or ""], args=[
+            job_id, json.dumps({"id": job_id, "image": subject, "platform": "", "source": source,
+                                "state": str(JobState.RECEIVED), "request": json.dumps({"action": kind}),
+                                "received_at": repr(now), "updated_at": repr(now)}),
+            json.dumps({"state": str(JobState.RECEIVED), "at": now, "detail": source}), now, self.recent, self.ttl,
+        ])
+        return str(made), str(made) == job_id
+
+    def claim_lease(self, job_id: str, seconds: int) -> bool:
+        """Take the job's lease unless a live worker holds it: whoever takes it runs the job."""
+        return bool(self.redis.set(keys.job_lease(job_id), "1", nx=True, ex=seconds))
 
     # -- reading ------------------------------------------------------------------------
 

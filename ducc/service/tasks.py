@@ -219,18 +219,25 @@ def run_unpublish(services: Services, job_id: str, task: Task) -> str:
     return JobState.DONE
 
 
-def run_gc(services: Services, job_id: str | None = None) -> str:
-    """Garbage collection of the repository as a job (``ducc.gc``); a new job unless ``job_id`` (a
-    requeued one) is given. Its timeline ends with the summary; every line of the plan is logged."""
+def run_gc(services: Services, job_id: str | None = None, tick: str | None = None) -> str:
+    """Garbage collection of the repository as a job (``ducc.gc``): the job of the schedule's ``tick``
+    (the id of beat's message: a message redelivered after its worker died finds the job it created),
+    or ``job_id`` (a requeued one). One worker runs a job at a time: it claims the job's lease first.
+    Its timeline ends with the summary; every line of the plan is logged."""
     from ducc.gc import Kind, collect, when
 
     jobs, settings = services.jobs, services.settings
+    created = False
     if job_id is None:
-        job_id = jobs.create("gc", f"garbage collection of {services.view.name}", "schedule")
-    else:
+        job_id, created = jobs.create("gc", f"garbage collection of {services.view.name}", "schedule",
+                                      once=keys.delivery("schedule", tick) if tick else None)
+    if not created:
         job = _runnable(jobs, job_id)
         if isinstance(job, str):
             return job
+    if not jobs.claim_lease(job_id, settings.job_lease):  # a requeue and a redelivery of one tick
+        log.info("job %s is running on another worker", job_id)
+        return "running"
     with heartbeat(jobs, job_id, settings.job_lease):
         jobs.event(job_id, JobState.COLLECTING,
                    f"reading {services.view.name}; grace {settings.gc_grace}s (DUCC_GC_GRACE)")
@@ -440,9 +447,9 @@ def register(app: Celery, services: Services) -> Celery:
     def unpublish(self: Task, job_id: str) -> str:
         return run_unpublish(services, job_id, self)
 
-    @app.task(name=GC_TASK)  # type: ignore[untyped-decorator]
-    def gc(job_id: str | None = None) -> str:
-        return run_gc(services, job_id)
+    @app.task(name=GC_TASK, bind=True)  # type: ignore[untyped-decorator]
+    def gc(self: Task, job_id: str | None = None) -> str:
+        return run_gc(services, job_id, tick=self.request.id)
 
     def at_start(sender: object = None, **_: object) -> None:
         start_dispatcher(services, app)
