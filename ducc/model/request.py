@@ -23,16 +23,18 @@ class ConversionRequest:
 
     ``thin`` names where a thin image is pushed (None: no thin image), ``thin_user``
     the account that pushes it when the settings name none (a wishlist's ``user``, as
-    in DUCC; never a password), ``repository`` the repository to publish into (None:
-    the service's own). Requests with the same ``key`` are one conversion: the queue
-    coalesces them. ``origin`` says who asks (``wishlist <path>`` for a wishlist's sync):
-    the record keeps it, so a policy can tell the tags a wishlist published.
+    in DUCC; never a password). ``origin`` says who asks (``wishlist <path>`` for a
+    wishlist's sync): the record keeps it, so a policy can tell the tags a wishlist published.
+
+    Requests with the same ``key`` (image and platform) are one conversion: the queue
+    coalesces them, and the job they join takes on the thin image and origin a joining
+    request adds (``ducc.service.queue``); a request for another thin image than the
+    job's own is a job of its own.
     """
 
     reference: Reference
     platform: Platform = DEFAULT_PLATFORM
     thin: Reference | None = None
-    repository: str | None = None
     thin_user: str | None = None
     origin: str | None = None
 
@@ -42,10 +44,7 @@ class ConversionRequest:
 
     @property
     def key(self) -> str:
-        parts = [self.image, str(self.platform)]
-        if self.repository:
-            parts.append(self.repository)
-        return "|".join(parts)
+        return f"{self.image}|{self.platform}"
 
     def with_platform(self, platform: Platform) -> ConversionRequest:
         return replace(self, platform=platform)
@@ -56,8 +55,6 @@ class ConversionRequest:
             out["thin"] = str(self.thin)
         if self.thin_user:
             out["thin_user"] = self.thin_user
-        if self.repository:
-            out["repository"] = self.repository
         if self.origin:
             out["origin"] = self.origin
         return out
@@ -70,7 +67,6 @@ class ConversionRequest:
             Reference.parse(str(obj["image"])),
             Platform.parse(str(obj.get("platform") or DEFAULT_PLATFORM)),
             thin=Reference.parse(str(thin)) if thin else None,
-            repository=str(obj["repository"]) if obj.get("repository") else None,
             thin_user=str(obj["thin_user"]) if obj.get("thin_user") else None,
             origin=str(obj["origin"]) if obj.get("origin") else None,
         )

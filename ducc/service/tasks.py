@@ -36,7 +36,7 @@ from celery.signals import worker_ready
 from ducc.errors import DuccError, JobCancelled, WishlistError
 from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
-from ducc.model.request import ConversionResult, UnpublishRequest
+from ducc.model.request import ConversionRequest, ConversionResult, UnpublishRequest
 from ducc.service import keys, lastsync
 from ducc.service.jobs import ACTIVE_STATES, PROPAGATION, Job, JobProgress, JobState, JobStore
 from ducc.service.lastsync import ImageOutcome, LastSync
@@ -114,6 +114,7 @@ def run_conversion(services: Services, job_id: str, task: Task) -> str:
 
     with running(services.redis, services.queue, jobs, job_id, request, settings.job_lease) as run:
         changed = False
+        request = _grown(jobs, job_id, request)  # joined while it was still waiting: read once it runs
         try:
             progress = JobProgress(jobs, job_id)
             while True:
@@ -133,6 +134,7 @@ def run_conversion(services: Services, job_id: str, task: Task) -> str:
                     why = "a request arrived during the conversion: checking the tag again"
                 log.info("job %s (%s): %s", job_id, job.image, why)
                 jobs.event(job_id, JobState.RESOLVING, why)
+                request = _grown(jobs, job_id, request)  # a request that joined may have asked for a thin image
         except JobCancelled as exc:
             run.finish(recheck=False)
             return cancelled(exc)
@@ -166,6 +168,17 @@ def run_conversion(services: Services, job_id: str, task: Task) -> str:
         task.app.send_task(PROPAGATION_TASK, args=[job_id, result.revision, list(settings.stratum1_urls),
                                                   time.time() + settings.stratum1_timeout])
     return JobState.PUBLISHED
+
+
+def _grown(jobs: JobStore, job_id: str, request: ConversionRequest) -> ConversionRequest:
+    """The job's request as it is now: a request that joined the running job may have added a thin image
+    (``ducc.service.queue``); the one it started with if the record cannot say."""
+    job = jobs.get(job_id, follow=False)
+    try:
+        now = job.request if job is not None else request
+    except ValueError:
+        return request
+    return now if isinstance(now, ConversionRequest) and now.key == request.key else request
 
 
 def run_unpublish(services: Services, job_id: str, task: Task) -> str:
