@@ -125,8 +125,10 @@ def parse_request(obj: Mapping[str, Any]) -> QueuedRequest:
 class ConversionResult:
     """What a finished conversion did. ``state`` is ``published`` or ``unchanged`` (the tag was current).
 
-    ``thin_digest`` is the digest the request's thin reference serves (None: no thin image asked for);
-    ``thin_pushed`` says whether this conversion sent it (False: the registry or the record had it).
+    ``thin_digest`` is the digest the request's thin reference serves (None: no thin image asked for,
+    or not pushed); ``thin_pushed`` says whether this conversion sent it (False: the registry or the
+    record had it); ``thin_error`` why a thin image asked for was not pushed although the image was
+    published (a cancel that came after publication).
     """
 
     request: ConversionRequest
@@ -143,6 +145,21 @@ class ConversionResult:
     revision: int | None = None  # the repository revision the image landed in (CVMFS)
     thin_digest: Digest | None = None
     thin_pushed: bool = False
+    thin_error: str = ""
+
+    def then(self, recheck: ConversionResult) -> ConversionResult:
+        """What a job did in all when, after this run, it checked the tag again (``recheck``, run for a
+        request that joined it meanwhile). A recheck that published a newer image is the outcome, with
+        the layers and bytes of both runs; one that found the tag unchanged keeps this outcome, with the
+        request as it grew (a thin image a joining request asked for) and what the recheck did about it."""
+        seconds = self.seconds + recheck.seconds
+        if recheck.state == "published":
+            return replace(recheck, layers_unpacked=self.layers_unpacked + recheck.layers_unpacked,
+                           bytes_fetched=self.bytes_fetched + recheck.bytes_fetched, seconds=seconds)
+        thin_digest = recheck.thin_digest or self.thin_digest
+        return replace(self, request=recheck.request, seconds=seconds, thin_digest=thin_digest,
+                       thin_pushed=self.thin_pushed or recheck.thin_pushed,
+                       thin_error="" if thin_digest else recheck.thin_error or self.thin_error)
 
     @property
     def reference(self) -> Reference:
@@ -175,6 +192,7 @@ class ConversionResult:
             "revision": self.revision,
             "thin_digest": str(self.thin_digest) if self.thin_digest else None,
             "thin_pushed": self.thin_pushed,
+            "thin_error": self.thin_error or None,
         }
 
     @classmethod
@@ -197,4 +215,5 @@ class ConversionResult:
             revision=int(obj["revision"]) if obj.get("revision") is not None else None,
             thin_digest=digest("thin_digest"),
             thin_pushed=bool(obj.get("thin_pushed", False)),
+            thin_error=str(obj.get("thin_error") or ""),
         )

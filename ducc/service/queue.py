@@ -169,10 +169,12 @@ return 0
 """
 
 
-# A cancel. KEYS: job, events, active, incoming, waiting, running, job lease.
-# ARGV: job id, who, now, "cancelled" event JSON, "cancel requested" event JSON, ttl.
-# A job a live worker runs is only marked (the worker stops at its next progress point and records
-# the end); any other unfinished job ends here, atomically, and leaves every queue mark.
+# A cancel. KEYS: job, events, active, incoming, waiting, running, job lease, conversion metrics.
+# ARGV: job id, who, now, "cancelled" event JSON, "cancel requested" event JSON, ttl, stops on cancel
+# (1/0), "published, thin push cancelled" event JSON.
+# A job a live worker runs is only marked (the worker stops at its next cancel point and records
+# the end); any other unfinished job ends here, atomically, and leaves every queue mark. A job whose
+# image is published and that waits to retry its thin push ends published: only the push is cancelled.
 _CANCEL = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {'unknown', ''} end
@@ -186,22 +188,31 @@ if running then
   redis.call('RPUSH', KEYS[2], ARGV[5])
   return {'requested', state}
 end
-redis.call('HSET', KEYS[1], 'state', 'cancelled', 'error', 'cancelled by ' .. ARGV[2], 'temporary', '0')
-redis.call('RPUSH', KEYS[2], ARGV[4])
+local outcome = 'cancelled'
+if redis.call('HGET', KEYS[1], 'published') == '1' then
+  outcome = 'published'
+  redis.call('HSET', KEYS[1], 'state', 'published', 'error', '', 'temporary', '0')
+  redis.call('RPUSH', KEYS[2], ARGV[8])
+  redis.call('HINCRBY', KEYS[8], 'published', 1)
+else
+  redis.call('HSET', KEYS[1], 'state', 'cancelled', 'error', 'cancelled by ' .. ARGV[2], 'temporary', '0')
+  redis.call('RPUSH', KEYS[2], ARGV[4])
+end
 redis.call('SREM', KEYS[3], ARGV[1])
 redis.call('LREM', KEYS[4], 0, ARGV[1])
 if redis.call('GET', KEYS[5]) == ARGV[1] then redis.call('DEL', KEYS[5]) end
 if redis.call('GET', KEYS[6]) == ARGV[1] then redis.call('DEL', KEYS[6]) end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[6]))
 redis.call('EXPIRE', KEYS[2], tonumber(ARGV[6]))
-return {'cancelled', state}
+return {outcome, state}
 """.replace("WORKING", ", ".join(f"{state} = 1" for state in sorted(ACTIVE_STATES))).replace("FINAL", LUA_FINAL_STATES)
 
 
 @dataclass(frozen=True)
 class Cancellation:
-    """What a cancel did: ``cancelled`` (the job ended now), ``requested`` (a worker is converting it and
-    stops at its next progress point), ``busy`` (a worker is running an unpublish or a garbage collection,
+    """What a cancel did: ``cancelled`` (the job ended now), ``published`` (its image was published and the
+    job waited to retry its thin push: that push is cancelled, the job ends published), ``requested`` (a
+    worker is converting it and stops at its next cancel point), ``busy`` (a worker is running an unpublish or a garbage collection,
     which removes things and is never stopped halfway: it goes on, and ends in a moment), ``finished``
     (too late: it ended as ``state``) or ``unknown``."""
 
@@ -275,13 +286,17 @@ class Queue:
             key = f"{job.image}|{job.platform}"
         now = time.time()
         ended = json.dumps({"state": "cancelled", "at": now, "detail": f"cancelled by {by}; nothing was published"})
-        asked_event = json.dumps({"state": job.state, "at": now,
-                                  "detail": f"cancel requested by {by}; stopping at the next progress point"})
+        stopping = ("the image is already published: only a thin push not yet begun is skipped"
+                    if job.state == "thin" or job.published else "stopping at the next cancel point")
+        asked_event = json.dumps({"state": job.state, "at": now, "detail": f"cancel requested by {by}; {stopping}"})
+        thin_cancelled = json.dumps({"state": "published", "at": now, "detail": f"cancelled by {by} after "
+                                     "publication: the image stays published; its thin image is not pushed"})
         outcome, state = self._cancel(keys=[
             keys.job(job_id), keys.events(job_id), keys.ACTIVE, keys.INCOMING, keys.waiting(key), keys.running(key),
-            keys.job_lease(job_id),
-        ], args=[job_id, by, f"{now:.6f}", ended, asked_event, self.jobs.ttl, int(job.stops_on_cancel)])
-        if outcome in ("cancelled", "requested"):
+            keys.job_lease(job_id), keys.METRICS_CONVERSIONS,
+        ], args=[job_id, by, f"{now:.6f}", ended, asked_event, self.jobs.ttl, int(job.stops_on_cancel),
+                 thin_cancelled])
+        if outcome in ("cancelled", "published", "requested"):
             log.info("job %s (%s): cancel %s by %s while %s", job_id, job.image, outcome, by, state)
         return Cancellation(job_id, str(outcome), str(state), asked)
 

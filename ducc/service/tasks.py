@@ -33,12 +33,12 @@ from typing import TYPE_CHECKING, Any
 from celery import Celery, Task
 from celery.signals import worker_ready
 
-from ducc.errors import DuccError, JobCancelled, WishlistError
+from ducc.errors import DuccError, JobCancelled, ThinImageNotPushed, WishlistError
 from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
 from ducc.model.request import ConversionRequest, ConversionResult, UnpublishRequest
 from ducc.service import keys, lastsync
-from ducc.service.jobs import ACTIVE_STATES, PROPAGATION, Job, JobProgress, JobState, JobStore
+from ducc.service.jobs import ACTIVE_STATES, PROPAGATION, RECHECK, Job, JobCancelCheck, JobProgress, JobState, JobStore
 from ducc.service.lastsync import ImageOutcome, LastSync
 from ducc.service.locks import try_lease
 from ducc.service.metrics import record_conversion, record_gc
@@ -103,9 +103,17 @@ def run_conversion(services: Services, job_id: str, task: Task) -> str:
         record_conversion(services.redis, "failed", time.monotonic() - started)
         return JobState.FAILED
 
-    def cancelled(exc: JobCancelled) -> str:
-        log.warning("job %s (%s): %s; nothing was published", job_id, job.image, exc)
+    def cancelled(exc: JobCancelled, published: bool = False) -> str:
         now = jobs.get(job_id, follow=False)
+        if now is not None and (published or now.published) and now.state != JobState.CANCELLED:
+            # the image was published (by this attempt or an earlier one): only its thin push is not done
+            log.warning("job %s (%s): %s; its image stays published, its thin image is not pushed", job_id,
+                        job.image, exc)
+            jobs.event(job_id, JobState.PUBLISHED, f"{exc} after publication: the image stays published; its thin "
+                       "image is not pushed", error="", temporary=0, attempts=attempts)
+            record_conversion(services.redis, JobState.PUBLISHED, time.monotonic() - started)
+            return JobState.PUBLISHED
+        log.warning("job %s (%s): %s; nothing was published", job_id, job.image, exc)
         if now is None or now.state != JobState.CANCELLED:  # not ended by the cancel itself already
             jobs.event(job_id, JobState.CANCELLED, f"{exc}; stopped, nothing half published",
                        error=str(exc), temporary=0, attempts=attempts)
@@ -113,22 +121,35 @@ def run_conversion(services: Services, job_id: str, task: Task) -> str:
         return JobState.CANCELLED
 
     with running(services.redis, services.queue, jobs, job_id, request, settings.job_lease) as run:
-        changed = False
+        outcome: ConversionResult | None = None  # what the job did so far: a recheck never replaces it
         request = _grown(jobs, job_id, request)  # joined while it was still waiting: read once it runs
         try:
-            progress = JobProgress(jobs, job_id)
+            progress, cancel = JobProgress(jobs, job_id), JobCancelCheck(jobs, job_id)
             while True:
                 try:
-                    result = services.converter.run(request, progress=progress)
-                except JobCancelled:
-                    raise  # never "look again": requests that joined this job are cancelled with it
+                    result = services.converter.run(request, progress=progress, cancel=cancel)
+                except JobCancelled as exc:
+                    if outcome is None:
+                        raise  # never "look again": requests that joined this job are cancelled with it
+                    jobs.event(job_id, JobState.RESOLVING, f"stopped checking the tag again: {exc}", kind=RECHECK)
+                    run.finish(recheck=False)
+                    break
                 except DuccError as exc:
                     # A request that arrived meanwhile may be for a push that converts: look again first.
+                    # A recheck that fails keeps what the job did before (a thin image not pushed is
+                    # retried as such: the job still owes it).
+                    kept = outcome is not None and not isinstance(exc, ThinImageNotPushed)
+                    if kept:
+                        jobs.event(job_id, JobState.RESOLVING, f"checked the tag again: {exc}", kind=RECHECK)
                     if not run.finish():
-                        raise
+                        if not kept:
+                            raise
+                        break
                     why = f"{exc}; a request arrived during the conversion: checking the tag again"
                 else:
-                    changed = changed or result.state == "published"
+                    if outcome is not None:
+                        jobs.event(job_id, JobState.RESOLVING, _recheck_line(result), kind=RECHECK)
+                    outcome = result if outcome is None else outcome.then(result)
                     if not run.finish():
                         break
                     why = "a request arrived during the conversion: checking the tag again"
@@ -139,15 +160,17 @@ def run_conversion(services: Services, job_id: str, task: Task) -> str:
             run.finish(recheck=False)
             return cancelled(exc)
         except DuccError as exc:
+            published = isinstance(exc, ThinImageNotPushed) or job.published
             now = jobs.get(job_id, follow=False)
             if now is not None and now.cancelled_by:  # cancelled while this attempt failed: no retry
                 run.finish(recheck=False)
-                return cancelled(JobCancelled(now.cancelled_by))
+                return cancelled(JobCancelled(now.cancelled_by), published)
             if exc.temporary and attempts < settings.job_max_attempts:
                 delay = _retry_delay(settings, attempts)
                 log.warning("job %s (%s): %s; retry %d in %ds", job_id, job.image, exc, attempts, delay)
                 jobs.event(job_id, JobState.RETRYING, f"{exc}; attempt {attempts} failed, next in {delay}s",
-                           error=str(exc), temporary=1, attempts=attempts, retry_at=time.time() + delay)
+                           error=str(exc), temporary=1, attempts=attempts, retry_at=time.time() + delay,
+                           published=int(published))
                 raise task.retry(countdown=delay) from exc
             log.error("job %s (%s) failed: %s", job_id, job.image, exc)
             return fail(str(exc), str(exc), exc.temporary)
@@ -155,19 +178,39 @@ def run_conversion(services: Services, job_id: str, task: Task) -> str:
             run.finish(recheck=False)
             log.exception("job %s (%s): unexpected error", job_id, job.image)
             return fail(f"internal error: {exc.__class__.__name__}: {exc}", f"internal error: {exc}", False)
+    assert outcome is not None  # the loop ends with a result or raises
+    result = outcome
+    changed = result.state == "published" or job.published  # an earlier attempt published it: this one pushed thin
     detail = (
-        f"already current at {result.tag_digest.short}" if result.state == "unchanged" and result.tag_digest
+        "published by an earlier attempt" if result.state == "unchanged" and job.published
+        else f"already current at {result.tag_digest.short}" if result.state == "unchanged" and result.tag_digest
         else f"{result.layers_unpacked} layers unpacked, {result.layers_reused} reused, {result.seconds:.1f}s"
     ) + (f"; thin image {result.thin}" if result.thin else "")
+    if result.thin_error:
+        detail += f"; thin image {result.request.thin} not pushed: {result.thin_error}"
     if result.state == "published" and result.revision is not None:
         detail += f"; in revision {result.revision} of {services.view.name}"
+    late = jobs.cancelled_by(job_id)  # a cancel that came after the last cancel point
+    if late and not result.thin_error:
+        detail += f"; cancelled by {late} after " + (
+            "publication: the image stays published" if changed else "the tag was found current")
     jobs.event(job_id, JobState.PUBLISHED, detail, error="", attempts=attempts, result=_job_result(result, changed))
-    record_conversion(services.redis, result.state, result.seconds)
+    record_conversion(services.redis, "published" if changed else result.state, result.seconds)
     log.info("job %s: %s published (%s)", job_id, job.image, detail)
     if result.state == "published" and result.revision is not None and settings.stratum1_urls:
         task.app.send_task(PROPAGATION_TASK, args=[job_id, result.revision, list(settings.stratum1_urls),
                                                   time.time() + settings.stratum1_timeout])
     return JobState.PUBLISHED
+
+
+def _recheck_line(result: ConversionResult) -> str:
+    """The timeline's line for a recheck's outcome (the job's own result stays what it was)."""
+    if result.state == "published":
+        return f"checked the tag again: it had moved; {result.layers_unpacked} layers unpacked"
+    line = f"checked the tag again: unchanged, {result.tag_digest.short if result.tag_digest else 'its digest'} is published"
+    if result.thin is not None and result.thin_pushed:
+        line += f"; thin image pushed: {result.thin}"
+    return line
 
 
 def _grown(jobs: JobStore, job_id: str, request: ConversionRequest) -> ConversionRequest:
