@@ -10,7 +10,9 @@ States, in order: received, queued, resolving, fetching, unpacking,
 flattening, publishing, thin (only when a thin image was asked for: pushing it,
 then "thin image pushed: <ref>@<digest>"), then published, failed or cancelled
 (retrying in between for temporary errors). A request coalesced onto another job records
-``coalesced_into`` and reports that job's state and outcome.
+``coalesced_into`` and reports that job's state and outcome. A job that checked its tag
+again because a request joined it while it ran has a line for each recheck (kind
+``recheck``: "checked the tag again: ..."); its result stays what the job did.
 
 A final state is final: ``event`` never moves a job out of published, failed or
 cancelled into a working state (a worker that had not yet noticed a cancel cannot
