@@ -471,6 +471,9 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
         elif done.outcome == "published":
             print(f"job {done.job_id}: its image was already published{via}; the thin push it was {done.state} "
                   "for is cancelled and the job ends published")
+        elif done.outcome == "requested" and done.state in ("publishing", "thin"):
+            print(f"job {done.job_id}: cancel requested{via}; it is {done.state}: its image is published all the "
+                  f"same, only a thin push not yet begun is skipped (ducc status {done.job_id} --wait 60)")
         elif done.outcome == "requested":
             print(f"job {done.job_id}: cancel requested{via}; it is {done.state} and stops at its next cancel "
                   f"point (ducc status {done.job_id} --wait 60)")

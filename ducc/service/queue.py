@@ -287,7 +287,7 @@ class Queue:
         now = time.time()
         ended = json.dumps({"state": "cancelled", "at": now, "detail": f"cancelled by {by}; nothing was published"})
         stopping = ("the image is already published: only a thin push not yet begun is skipped"
-                    if job.state == "thin" or job.published else "stopping at the next cancel point")
+                    if job.state in ("publishing", "thin") or job.published else "stopping at the next cancel point")
         asked_event = json.dumps({"state": job.state, "at": now, "detail": f"cancel requested by {by}; {stopping}"})
         thin_cancelled = json.dumps({"state": "published", "at": now, "detail": f"cancelled by {by} after "
                                      "publication: the image stays published; its thin image is not pushed"})
