@@ -468,8 +468,14 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
         via = f" (job {done.asked} had joined it)" if done.asked else ""
         if done.outcome == "cancelled":
             print(f"job {done.job_id}: cancelled{via}; it was {done.state}")
+        elif done.outcome == "published":
+            print(f"job {done.job_id}: its image was already published{via}; the thin push it was {done.state} "
+                  "for is cancelled and the job ends published")
+        elif done.outcome == "requested" and done.state in ("publishing", "thin"):
+            print(f"job {done.job_id}: cancel requested{via}; it is {done.state}: its image is published all the "
+                  f"same, only a thin push not yet begun is skipped (ducc status {done.job_id} --wait 60)")
         elif done.outcome == "requested":
-            print(f"job {done.job_id}: cancel requested{via}; it is {done.state} and stops at its next progress "
+            print(f"job {done.job_id}: cancel requested{via}; it is {done.state} and stops at its next cancel "
                   f"point (ducc status {done.job_id} --wait 60)")
         elif done.outcome == "finished":
             code = _fail(f"job {done.job_id}{via} has already finished: {done.state}", EXIT_FAILED)
@@ -631,9 +637,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("cancel", help="cancel jobs: queued or retrying ones end now, running ones stop at their "
-                       "next progress point", description="Cancel jobs. A queued or retrying job ends at once; a "
-                       "running conversion stops at its next progress point or stage and publishes nothing; jobs "
-                       "coalesced into it end with it. The timeline says who cancelled. Exit status: 0 cancelled "
+                       "next cancel point", description="Cancel jobs. A queued or retrying job ends at once; a "
+                       "running conversion stops at its next cancel point (in a download, before each stage, last "
+                       "just before the tag moves) and publishes nothing; jobs coalesced into it end with it. A "
+                       "conversion whose image is already published stays published (only a thin push not yet "
+                       "begun is skipped). The timeline says who cancelled. Exit status: 0 cancelled "
                        "(or stopping), 1 unknown or already finished, 69 Redis unreachable.")
     p.add_argument("jobs", nargs="+", metavar="JOB_ID")
     p.set_defaults(func=cmd_cancel)

@@ -23,6 +23,10 @@ Order of work, and what each step promises:
              a later run of the same request, finding the record current but
              without that thin image, pushes only the thin image.
 
+A cancelled job stops only at the cancel points ``ducc.cancel`` lists, never inside a
+progress report: up to the moment the tag moves it publishes nothing; after that the
+image stays published and a cancel only skips the thin push.
+
 Beside garbage collection: before it looks whether any layer or the flat root
 exists, the conversion reserves them all in its staging directory
 (``Publisher.reserve``), so a sweep keeps them while it runs; and in its final
@@ -54,6 +58,7 @@ from pathlib import Path
 
 from ducc import __version__, layout
 from ducc.cache import BlobCache, CacheWriter
+from ducc.cancel import CancelCheck, never
 from ducc.errors import (
     DuccError,
     InvalidManifest,
@@ -213,13 +218,17 @@ class Converter:
         return self.run(ConversionRequest(ref, platform), force=force, progress=progress)
 
     def run(
-        self, request: ConversionRequest, *, force: bool = False, progress: Progress | None = None
+        self, request: ConversionRequest, *, force: bool = False, progress: Progress | None = None,
+        cancel: CancelCheck = never,
     ) -> ConversionResult:
-        """Publish the request's image unless it is already current; see the module docstring."""
+        """Publish the request's image unless it is already current; see the module docstring. ``cancel``
+        is checked at the points ``ducc.cancel`` lists: up to the moment the tag moves, a cancel
+        publishes nothing; after it, it only skips the thin push (``ConversionResult.thin_error``)."""
         progress = progress or self.progress
         ref, platform = request.reference, request.platform
         started = time.monotonic()
         self._sweep()
+        cancel("resolving")
         progress.stage(ref, "resolving")
         record, tag_digest = self._current_record(ref, platform)
         path = str(layout.tag_link(ref, platform))
@@ -234,18 +243,19 @@ class Converter:
             current = ConversionResult(request, "unchanged", path, tag_digest=tag_digest,
                                        config_digest=record.config_digest)
             image = fetch_image(self.client, ref, platform, tag_digest)
-            return self._push_thin(image, record, current, started, progress)
+            return self._push_thin(image, record, current, started, progress, cancel)
 
         image = fetch_image(self.client, ref, platform, tag_digest)
         tally = _Tally()
         with self.publisher.staging() as stage:
             # Reserved before anything is looked at: garbage collection keeps them while this runs.
             self.publisher.reserve(stage, [d.digest for d, _ in image.layers] + [image.config.digest])
-            sources = self._publish_layers(image, stage, tally, progress, Budget(self.limits))
+            sources = self._publish_layers(image, stage, tally, progress, Budget(self.limits), cancel)
             flat: Path | None = None
             flat_reused = self.publisher.has_flat(image.config.digest)
             if not flat_reused:
                 # Built outside the repository lock: only the commits below are serialised.
+                cancel("flattening")
                 progress.stage(ref, "flattening")
                 flat = stage / "flat"
                 flat.mkdir()
@@ -260,6 +270,7 @@ class Converter:
                 if flat is not None:
                     txn.add_flat(image.config.digest, flat)  # a twin built meanwhile by another worker wins
                 self._check_present(image)
+                cancel("publishing")  # the last cancel point that keeps the image unpublished
                 progress.stage(ref, "publishing")
                 txn.point_tag(ref, platform, image.config.digest)
                 record = self._record(image, request.origin)
@@ -280,7 +291,7 @@ class Converter:
         )
         if request.thin is None:
             return result
-        return self._push_thin(image, record, result, started, progress)
+        return self._push_thin(image, record, result, started, progress, cancel)
 
     def _sweep(self) -> None:
         """Staging an earlier crash left behind goes now, whatever this run turns out to do (a run that
@@ -302,13 +313,20 @@ class Converter:
     # -- thin image ----------------------------------------------------------------------
 
     def _push_thin(
-        self, image: Image, record: Record, result: ConversionResult, started: float, progress: Progress
+        self, image: Image, record: Record, result: ConversionResult, started: float, progress: Progress,
+        cancel: CancelCheck,
     ) -> ConversionResult:
-        """Push the request's thin image of the published ``image``, then say so in its ``record``."""
+        """Push the request's thin image of the published ``image``, then say so in its ``record``; a
+        cancel now skips the push and leaves the image published."""
         request = result.request
         target = request.thin
         assert target is not None
         ref = image.reference
+        try:
+            cancel("thin")
+        except JobCancelled as exc:
+            progress.stage(ref, "thin", f"thin image {target} not pushed: {exc}")
+            return replace(result, thin_error=str(exc), seconds=time.monotonic() - started)
         progress.stage(ref, "thin", f"pushing thin image {target}")
         try:
             # The layer URLs name the repository the layers were published into.
@@ -331,7 +349,7 @@ class Converter:
     # -- layers --------------------------------------------------------------------------
 
     def _publish_layers(
-        self, image: Image, stage: Path, result: _Tally, progress: Progress, budget: Budget
+        self, image: Image, stage: Path, result: _Tally, progress: Progress, budget: Budget, cancel: CancelCheck
     ) -> dict[Digest, Path]:
         """Publish every layer of ``image`` not yet published; returns where the layers published here can
         be read while ``stage`` lasts (the publisher's word: see ``Transaction.add_layer``)."""
@@ -344,11 +362,13 @@ class Converter:
                 missing[descriptor.digest] = (descriptor, diff_id)
         if not missing:
             return sources
+        cancel("fetching")
         progress.stage(image.reference, "fetching", f"{len(missing)} of {len(image.layers)} layers")
         reports: dict[Digest, LayerReport] = {}
         with ThreadPoolExecutor(max_workers=min(self.parallel_layers, len(missing))) as pool:
             futures = {
-                digest: pool.submit(self._obtain_layer, image.reference, descriptor, diff_id, stage, progress, budget)
+                digest: pool.submit(self._obtain_layer, image.reference, descriptor, diff_id, stage, progress, budget,
+                                    cancel)
                 for digest, (descriptor, diff_id) in missing.items()
             }
             errors = []
@@ -382,7 +402,8 @@ class Converter:
         return sources
 
     def _obtain_layer(
-        self, ref: Reference, descriptor: Descriptor, diff_id: Digest, stage: Path, progress: Progress, budget: Budget
+        self, ref: Reference, descriptor: Descriptor, diff_id: Digest, stage: Path, progress: Progress, budget: Budget,
+        cancel: CancelCheck,
     ) -> tuple[LayerReport | None, int, Path | None]:
         """Unpack one layer unless another conversion publishes it first (None: reused); with where it
         can be read if it was published here.
@@ -395,7 +416,7 @@ class Converter:
         with self.layer_lock(digest):
             if self.publisher.has_layer(digest):
                 return None, 0, None
-            report, fetched = self._unpack(ref, descriptor, diff_id, stage, progress, budget)
+            report, fetched = self._unpack(ref, descriptor, diff_id, stage, progress, budget, cancel)
             source = None if report.pending else self._commit_layer(ref, digest, stage, report)
             return report, fetched, source
 
@@ -410,7 +431,8 @@ class Converter:
             return txn.add_layer(digest, stage / digest.hex)
 
     def _unpack(
-        self, ref: Reference, descriptor: Descriptor, diff_id: Digest, stage: Path, progress: Progress, budget: Budget
+        self, ref: Reference, descriptor: Descriptor, diff_id: Digest, stage: Path, progress: Progress, budget: Budget,
+        cancel: CancelCheck,
     ) -> tuple[LayerReport, int]:
         """Stream one blob through both digest checks into ``stage/<hex>/layerfs``."""
         digest = descriptor.digest
@@ -428,6 +450,7 @@ class Converter:
             if writer is not None:
                 writer.write(chunk)
             progress.layer(digest, fetched, descriptor.size)
+            cancel("fetching")
 
         try:
             if cached is not None:

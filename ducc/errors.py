@@ -126,10 +126,11 @@ class RepositoryUnusable(PublishError):
 
 
 class JobCancelled(DuccError):
-    """A job was cancelled (``by`` says who) and its conversion stopped at a progress point or stage.
+    """A job was cancelled (``by`` says who) and its conversion stopped at a cancel point (``stage``).
 
-    Raised from the conversion's progress reports, so it unwinds like any failure: staged trees are
-    discarded and an open transaction is aborted. Never retried.
+    Raised by the conversion's cancel check at the points ``ducc.cancel`` lists, never by a progress
+    report, so it unwinds like any failure: staged trees are discarded and an open transaction is
+    aborted. Never retried.
     """
 
     def __init__(self, by: str, stage: str = "") -> None:

@@ -4,9 +4,10 @@
 image outside the policy (webhooks answer 200 with ``ignored`` instead: a
 registry would retry anything else forever). ``POST
 /api/v1/conversions/<id>/cancel`` needs the ``api`` token too: 200 when the job
-ended now, 202 when a running conversion was asked to stop (it stops at its next
-progress point), 409 when it had already finished, 404 for an unknown id. The
-GET endpoints need no token.
+ended now (``published`` for one whose image was published and that waited to
+retry its thin push: only that push is cancelled), 202 when a running conversion was asked to stop (it stops at its next
+cancel point; one whose image is already published stays published), 409 when
+it had already finished, 404 for an unknown id. The GET endpoints need no token.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def submit_conversion() -> Any:
                     "status": f"/api/v1/conversions/{first['job']}"}), 202
 
 
-CANCEL_STATUS = {"cancelled": 200, "requested": 202, "busy": 409, "finished": 409, "unknown": 404}
+CANCEL_STATUS = {"cancelled": 200, "published": 200, "requested": 202, "busy": 409, "finished": 409, "unknown": 404}
 
 
 @api.post("/conversions/<job_id>/cancel")
@@ -67,7 +68,7 @@ def cancel_conversion(job_id: str) -> Any:
         answer.update(error=f"job {done.job_id} is {done.state}: it removes things and is never stopped halfway; "
                             "it ends in a moment", state=done.state)
     else:
-        answer["state"] = "cancelled" if done.outcome == "cancelled" else done.state
+        answer["state"] = done.outcome if done.outcome in ("cancelled", "published") else done.state
     return jsonify(answer), CANCEL_STATUS[done.outcome]
 
 

@@ -23,16 +23,18 @@ class ConversionRequest:
 
     ``thin`` names where a thin image is pushed (None: no thin image), ``thin_user``
     the account that pushes it when the settings name none (a wishlist's ``user``, as
-    in DUCC; never a password), ``repository`` the repository to publish into (None:
-    the service's own). Requests with the same ``key`` are one conversion: the queue
-    coalesces them. ``origin`` says who asks (``wishlist <path>`` for a wishlist's sync):
-    the record keeps it, so a policy can tell the tags a wishlist published.
+    in DUCC; never a password). ``origin`` says who asks (``wishlist <path>`` for a
+    wishlist's sync): the record keeps it, so a policy can tell the tags a wishlist published.
+
+    Requests with the same ``key`` (image and platform) are one conversion: the queue
+    coalesces them, and the job they join takes on the thin image and origin a joining
+    request adds (``ducc.service.queue``); a request for another thin image than the
+    job's own is a job of its own.
     """
 
     reference: Reference
     platform: Platform = DEFAULT_PLATFORM
     thin: Reference | None = None
-    repository: str | None = None
     thin_user: str | None = None
     origin: str | None = None
 
@@ -42,10 +44,7 @@ class ConversionRequest:
 
     @property
     def key(self) -> str:
-        parts = [self.image, str(self.platform)]
-        if self.repository:
-            parts.append(self.repository)
-        return "|".join(parts)
+        return f"{self.image}|{self.platform}"
 
     def with_platform(self, platform: Platform) -> ConversionRequest:
         return replace(self, platform=platform)
@@ -56,8 +55,6 @@ class ConversionRequest:
             out["thin"] = str(self.thin)
         if self.thin_user:
             out["thin_user"] = self.thin_user
-        if self.repository:
-            out["repository"] = self.repository
         if self.origin:
             out["origin"] = self.origin
         return out
@@ -70,7 +67,6 @@ class ConversionRequest:
             Reference.parse(str(obj["image"])),
             Platform.parse(str(obj.get("platform") or DEFAULT_PLATFORM)),
             thin=Reference.parse(str(thin)) if thin else None,
-            repository=str(obj["repository"]) if obj.get("repository") else None,
             thin_user=str(obj["thin_user"]) if obj.get("thin_user") else None,
             origin=str(obj["origin"]) if obj.get("origin") else None,
         )
@@ -129,8 +125,10 @@ def parse_request(obj: Mapping[str, Any]) -> QueuedRequest:
 class ConversionResult:
     """What a finished conversion did. ``state`` is ``published`` or ``unchanged`` (the tag was current).
 
-    ``thin_digest`` is the digest the request's thin reference serves (None: no thin image asked for);
-    ``thin_pushed`` says whether this conversion sent it (False: the registry or the record had it).
+    ``thin_digest`` is the digest the request's thin reference serves (None: no thin image asked for,
+    or not pushed); ``thin_pushed`` says whether this conversion sent it (False: the registry or the
+    record had it); ``thin_error`` why a thin image asked for was not pushed although the image was
+    published (a cancel that came after publication).
     """
 
     request: ConversionRequest
@@ -147,6 +145,21 @@ class ConversionResult:
     revision: int | None = None  # the repository revision the image landed in (CVMFS)
     thin_digest: Digest | None = None
     thin_pushed: bool = False
+    thin_error: str = ""
+
+    def then(self, recheck: ConversionResult) -> ConversionResult:
+        """What a job did in all when, after this run, it checked the tag again (``recheck``, run for a
+        request that joined it meanwhile). A recheck that published a newer image is the outcome, with
+        the layers and bytes of both runs; one that found the tag unchanged keeps this outcome, with the
+        request as it grew (a thin image a joining request asked for) and what the recheck did about it."""
+        seconds = self.seconds + recheck.seconds
+        if recheck.state == "published":
+            return replace(recheck, layers_unpacked=self.layers_unpacked + recheck.layers_unpacked,
+                           bytes_fetched=self.bytes_fetched + recheck.bytes_fetched, seconds=seconds)
+        thin_digest = recheck.thin_digest or self.thin_digest
+        return replace(self, request=recheck.request, seconds=seconds, thin_digest=thin_digest,
+                       thin_pushed=self.thin_pushed or recheck.thin_pushed,
+                       thin_error="" if thin_digest else recheck.thin_error or self.thin_error)
 
     @property
     def reference(self) -> Reference:
@@ -179,6 +192,7 @@ class ConversionResult:
             "revision": self.revision,
             "thin_digest": str(self.thin_digest) if self.thin_digest else None,
             "thin_pushed": self.thin_pushed,
+            "thin_error": self.thin_error or None,
         }
 
     @classmethod
@@ -201,4 +215,5 @@ class ConversionResult:
             revision=int(obj["revision"]) if obj.get("revision") is not None else None,
             thin_digest=digest("thin_digest"),
             thin_pushed=bool(obj.get("thin_pushed", False)),
+            thin_error=str(obj.get("thin_error") or ""),
         )

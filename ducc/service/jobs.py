@@ -10,13 +10,16 @@ States, in order: received, queued, resolving, fetching, unpacking,
 flattening, publishing, thin (only when a thin image was asked for: pushing it,
 then "thin image pushed: <ref>@<digest>"), then published, failed or cancelled
 (retrying in between for temporary errors). A request coalesced onto another job records
-``coalesced_into`` and reports that job's state and outcome.
+``coalesced_into`` and reports that job's state and outcome. A job that checked its tag
+again because a request joined it while it ran has a line for each recheck (kind
+``recheck``: "checked the tag again: ..."); its result stays what the job did.
 
 A final state is final: ``event`` never moves a job out of published, failed or
 cancelled into a working state (a worker that had not yet noticed a cancel cannot
-bring the job back). ``cancelled_by`` says who asked for a cancel; a worker
-reporting progress learns of it from ``event`` and ``set_bytes`` and stops
-(``JobProgress`` raises ``JobCancelled``).
+bring the job back). ``cancelled_by`` says who asked for a cancel; a converting
+worker learns of it at the conversion's cancel points (``JobCancelCheck`` raises
+``JobCancelled``; ``ducc.cancel`` lists the points), never from a progress report.
+A cancel that comes after the image was published leaves the job published.
 
 Jobs of other kinds (``Job.kind``, the ``action`` of the request they carry) have
 timelines too, ending in done or failed: an unpublish (received, queued,
@@ -64,6 +67,7 @@ class JobState(StrEnum):
 
 
 PROPAGATION = "propagation"  # the kind of "visible on <host> at <time>" events (DUCC_STRATUM1_URLS)
+RECHECK = "recheck"  # the kind of "checked the tag again: ..." events (a request joined a running job)
 
 FINAL_STATES = frozenset({JobState.PUBLISHED, JobState.FAILED, JobState.CANCELLED, JobState.DONE})
 ACTIVE_STATES = frozenset({JobState.RESOLVING, JobState.FETCHING, JobState.UNPACKING, JobState.FLATTENING,
@@ -89,6 +93,24 @@ return redis.call('HGET', KEYS[1], 'cancelled_by') or ''
 """
 
 
+# KEYS: job, events, recent, once ('' for none). ARGV: job id, the job's fields as JSON, "received" event
+# JSON, now, how many recent jobs are kept, ttl. Returns the id of the job: the new one, or the one ``once`` names.
+_CREATE = """
+if KEYS[4] ~= '' then
+  local seen = redis.call('GET', KEYS[4])
+  if seen then return seen end
+  redis.call('SET', KEYS[4], ARGV[1], 'EX', tonumber(ARGV[6]))
+end
+for name, value in pairs(cjson.decode(ARGV[2])) do redis.call('HSET', KEYS[1], name, value) end
+redis.call('RPUSH', KEYS[2], ARGV[3])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[5]) - 1)
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[6]))
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[6]))
+return ARGV[1]
+"""
+
+
 def new_job_id() -> str:
     """Sortable by time, unguessable: ``<ms since epoch, hex>-<random>``."""
     return f"{int(time.time() * 1000):x}-{secrets.token_hex(5)}"
@@ -109,6 +131,7 @@ class Job:
     bytes: int = 0
     coalesced_into: str = ""
     cancelled_by: str = ""  # who asked for a cancel (the job may still be stopping)
+    published: bool = False  # its image is published; it retries only its thin push
     result: dict[str, Any] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
     request_json: dict[str, Any] = field(default_factory=dict)
@@ -151,6 +174,7 @@ class JobStore:
         self.ttl = ttl
         self.recent = recent
         self._event = client.register_script(_EVENT)
+        self._create = client.register_script(_CREATE)
 
     # -- writing ------------------------------------------------------------------------
 
@@ -182,30 +206,32 @@ class JobStore:
         ])
         return str(cancelled_by or "")
 
-    def set_bytes(self, job_id: str, count: int) -> str:
-        """Record the bytes fetched so far; returns who asked for a cancel, if anyone did."""
-        pipe = self.redis.pipeline()
-        pipe.hset(keys.job(job_id), mapping={"bytes": count, "updated_at": time.time()})
-        pipe.hget(keys.job(job_id), "cancelled_by")
-        return str(pipe.execute()[1] or "")
+    def set_bytes(self, job_id: str, count: int) -> None:
+        """Record the bytes fetched so far."""
+        self.redis.hset(keys.job(job_id), mapping={"bytes": count, "updated_at": time.time()})
 
-    def create(self, kind: str, subject: str, source: str) -> str:
+    def cancelled_by(self, job_id: str) -> str:
+        """Who asked for a cancel of ``job_id``; empty if nobody did."""
+        return str(self.redis.hget(keys.job(job_id), "cancelled_by") or "")
+
+    def create(self, kind: str, subject: str, source: str, *, once: str | None = None) -> tuple[str, bool]:
         """A new job of ``kind`` about ``subject`` (shown where a conversion shows its image) that no
-        queue dispatches: its task runs it at once (the scheduled garbage collection). Returns its id."""
+        queue dispatches: its task runs it at once (the scheduled garbage collection). With ``once``
+        (a key naming the message that asks, see ``keys.delivery``), a message delivered again gets the
+        job it created the first time. Returns the job's id and whether it is new."""
         job_id = new_job_id()
         now = time.time()
-        pipe = self.redis.pipeline()
-        pipe.hset(keys.job(job_id), mapping={
-            "id": job_id, "image": subject, "platform": "", "source": source, "state": JobState.RECEIVED,
-            "request": json.dumps({"action": kind}), "received_at": now, "updated_at": now,
-        })
-        pipe.rpush(keys.events(job_id), json.dumps({"state": str(JobState.RECEIVED), "at": now, "detail": source}))
-        pipe.zadd(keys.RECENT, {job_id: now})
-        pipe.zremrangebyrank(keys.RECENT, 0, -self.recent - 1)
-        pipe.expire(keys.job(job_id), self.ttl)
-        pipe.expire(keys.events(job_id), self.ttl)
-        pipe.execute()
-        return job_id
+        made = self._create(keys=[keys.job(job_id), keys.events(job_id), keys.RECENT, once or ""], args=[
+            job_id, json.dumps({"id": job_id, "image": subject, "platform": "", "source": source,
+                                "state": str(JobState.RECEIVED), "request": json.dumps({"action": kind}),
+                                "received_at": repr(now), "updated_at": repr(now)}),
+            json.dumps({"state": str(JobState.RECEIVED), "at": now, "detail": source}), now, self.recent, self.ttl,
+        ])
+        return str(made), str(made) == job_id
+
+    def claim_lease(self, job_id: str, seconds: int) -> bool:
+        """Take the job's lease unless a live worker holds it: whoever takes it runs the job."""
+        return bool(self.redis.set(keys.job_lease(job_id), "1", nx=True, ex=seconds))
 
     # -- reading ------------------------------------------------------------------------
 
@@ -232,7 +258,7 @@ class JobStore:
             updated_at=float(raw.get("updated_at", 0)), error=raw.get("error", ""),
             temporary=raw.get("temporary") in ("1", "True", "true"), attempts=int(raw.get("attempts", 0) or 0),
             bytes=int(raw.get("bytes", 0) or 0), coalesced_into=raw.get("coalesced_into", ""),
-            cancelled_by=raw.get("cancelled_by", ""),
+            cancelled_by=raw.get("cancelled_by", ""), published=raw.get("published") == "1",
             result=json.loads(raw["result"]) if raw.get("result") else {},
             request_json=json.loads(raw["request"]) if raw.get("request") else {},
         )
@@ -271,9 +297,7 @@ class JobStore:
 class JobProgress:
     """Progress of a conversion recorded in its job's timeline (stages) and byte count (throttled).
 
-    These are the conversion's progress points: when its job was cancelled, the next stage or byte
-    count it reports raises ``JobCancelled`` (so a running conversion stops within about ``interval``
-    seconds of a download, or at its next stage), and the conversion unwinds publishing nothing.
+    A report never stops the conversion: cancelling is ``JobCancelCheck``'s, at the cancel points.
     """
 
     def __init__(self, store: JobStore, job_id: str, interval: float = 1.0) -> None:
@@ -282,14 +306,12 @@ class JobProgress:
         self.interval = interval
         self.layers: dict[object, int] = {}
         self.last = 0.0
-        self.current = ""
         self.lock = threading.Lock()  # layers report from several threads
 
     def stage(self, ref: object, stage: str, detail: str = "") -> None:
         if stage in (JobState.PUBLISHED, "unchanged"):
             return  # the task records the outcome itself, with the result
-        self.current = stage
-        self._stop_if(self.store.event(self.job_id, stage, detail))
+        self.store.event(self.job_id, stage, detail)
 
     def layer(self, digest: object, done: int, total: int | None) -> None:
         with self.lock:
@@ -297,8 +319,27 @@ class JobProgress:
             now = time.monotonic()
             if now - self.last >= self.interval or (total is not None and done >= total):
                 self.last = now
-                self._stop_if(self.store.set_bytes(self.job_id, sum(self.layers.values())))
+                self.store.set_bytes(self.job_id, sum(self.layers.values()))
 
-    def _stop_if(self, cancelled_by: str) -> None:
+
+class JobCancelCheck:
+    """The cancel check (``ducc.cancel.CancelCheck``) of a job's conversion: raises ``JobCancelled`` once
+    someone cancelled the job. A point checked again within ``interval`` seconds (a download checks at
+    every chunk) is answered by the last look, so a download stops within about ``interval`` seconds."""
+
+    def __init__(self, store: JobStore, job_id: str, interval: float = 0.5) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.interval = interval
+        self.looked: dict[str, float] = {}
+        self.lock = threading.Lock()  # layers check from several threads
+
+    def __call__(self, point: str) -> None:
+        now = time.monotonic()
+        with self.lock:
+            if now - self.looked.get(point, -self.interval) < self.interval:
+                return
+            self.looked[point] = now
+        cancelled_by = self.store.cancelled_by(self.job_id)
         if cancelled_by:
-            raise JobCancelled(cancelled_by, self.current)
+            raise JobCancelled(cancelled_by, point)

@@ -18,7 +18,7 @@ repository stays the source of truth, so losing Redis loses no published data.
     ducc:recheck:<request key>        string "a request arrived while it ran: check the tag again"
     ducc:lease:<id>                   string a running job's worker is alive (expires unless renewed)
     ducc:lock:<name>                  string a lease (ducc.service.locks): image:…, layer:…, publish:…
-    ducc:event:<source>:<event id>    string the job a webhook delivery created (redeliveries)
+    ducc:event:<source>:<event id>    string the job a webhook delivery (or beat's message: source schedule) created
     ducc:sync:last                    string the last wishlist sync's outcome per image, JSON (the status page)
     ducc:metrics:requests             hash   <source>|<outcome> → count
     ducc:metrics:conversions          hash   <result> → count

@@ -7,7 +7,11 @@ dispatcher hands each job to the task of its kind (``ducc.convert``, ``ducc.unpu
 Lua script, atomic): it records the job (the request is "accepted" once this returns), answers a redelivered event
 with the job it created the first time, coalesces onto a job of the same image
 and platform that is still waiting (both ids then report that job's outcome),
-or appends the job to ``ducc:incoming``. A ``Dispatcher`` in every worker
+or appends the job to ``ducc:incoming``. A request that joins a job keeps
+what it asked for: the job takes on its thin image (and the account that
+pushes it) and its origin where the job has none, and says so in its
+timeline; a request for another thin image than the job pushes is a job of
+its own, which the image lease runs after it. A ``Dispatcher`` in every worker
 moves incoming jobs to Celery (``ducc.convert``): the web process never pays
 for building Celery messages and needs nothing but Redis.
 
@@ -73,11 +77,6 @@ redis.call('LPUSH', by_image, job_id)
 redis.call('LTRIM', by_image, 0, 49)
 redis.call('EXPIRE', by_image, ttl)
 local outcome, target
-local function coalesce(into, why)
-  redis.call('HSET', job, 'coalesced_into', into)
-  redis.call('RPUSH', events, cjson.encode({state = 'queued', at = tonumber(now), detail = 'coalesced into ' .. into .. ' (' .. why .. ')'}))
-  outcome, target = 'coalesced', into
-end
 -- a job that ended (a cancelled one still marked waiting or running, say) is never joined
 local final = FINAL
 local function open(id)
@@ -85,19 +84,63 @@ local function open(id)
   local state = redis.call('HGET', job_prefix .. id, 'state')
   return state and not final[state]
 end
+-- Joining job ``id`` keeps what this request asks for: the job takes on its thin image (with the account
+-- that pushes it) and its origin where it has none. The job's request as it becomes, and what it gained;
+-- nil if the job pushes another thin image (one job pushes one): then this request is a job of its own.
+local mine = cjson.decode(request)
+local function joined(id)
+  local theirs = cjson.decode(redis.call('HGET', job_prefix .. id, 'request') or '{}')
+  if mine.action or theirs.action then return theirs, '' end
+  local gained = ''
+  if mine.thin then
+    if not theirs.thin then
+      theirs.thin, theirs.thin_user = mine.thin, mine.thin_user
+      gained = 'thin image ' .. mine.thin
+    elseif theirs.thin ~= mine.thin or (mine.thin_user and theirs.thin_user and mine.thin_user ~= theirs.thin_user) then
+      return nil
+    elseif mine.thin_user and not theirs.thin_user then
+      theirs.thin_user = mine.thin_user
+    end
+  end
+  if mine.origin and not theirs.origin then
+    theirs.origin = mine.origin
+    gained = gained .. (gained == '' and '' or ', ') .. 'origin ' .. mine.origin
+  end
+  return theirs, gained
+end
+local function coalesce(into, theirs, gained, why)
+  if gained ~= '' then
+    local key = job_prefix .. into
+    redis.call('HSET', key, 'request', cjson.encode(theirs))
+    redis.call('RPUSH', key .. ':events', cjson.encode({state = redis.call('HGET', key, 'state'), at = tonumber(now),
+      detail = 'job ' .. job_id .. ' joined it and adds ' .. gained}))
+    why = why .. '; it takes on ' .. gained
+  end
+  redis.call('HSET', job, 'coalesced_into', into)
+  redis.call('RPUSH', events, cjson.encode({state = 'queued', at = tonumber(now), detail = 'coalesced into ' .. into .. ' (' .. why .. ')'}))
+  outcome, target = 'coalesced', into
+end
 local queued = redis.call('GET', waiting)
 local converting = redis.call('GET', running)
-if open(queued) then
-  coalesce(queued, 'same image already queued')
-elseif open(converting) then
-  -- the running job has resolved the tag already: it must look again before it finishes
-  redis.call('SET', recheck, '1', 'EX', waiting_ttl)
-  coalesce(converting, 'same image converting; it checks the tag again before it finishes')
+local theirs, gained
+if open(queued) then theirs, gained = joined(queued) end
+if theirs then
+  coalesce(queued, theirs, gained, 'same image already queued')
 else
-  redis.call('SET', waiting, job_id, 'EX', waiting_ttl)
-  redis.call('RPUSH', events, cjson.encode({state = 'queued', at = tonumber(now), detail = 'from ' .. source}))
-  redis.call('LPUSH', incoming, job_id)
-  outcome, target = 'accepted', job_id
+  if open(converting) then theirs, gained = joined(converting) end
+  if theirs then
+    -- the running job has resolved the tag already: it must look again before it finishes
+    redis.call('SET', recheck, '1', 'EX', waiting_ttl)
+    coalesce(converting, theirs, gained, 'same image converting; it checks the tag again before it finishes')
+  else
+    -- a job of its own, after the one that pushes another thin image (the image lease runs them one at a time)
+    local other = (open(queued) and queued) or (open(converting) and converting) or nil
+    local detail = 'from ' .. source .. (other and ('; job ' .. other .. ' pushes another thin image') or '')
+    if not open(queued) then redis.call('SET', waiting, job_id, 'EX', waiting_ttl) end
+    redis.call('RPUSH', events, cjson.encode({state = 'queued', at = tonumber(now), detail = detail}))
+    redis.call('LPUSH', incoming, job_id)
+    outcome, target = 'accepted', job_id
+  end
 end
 redis.call('EXPIRE', job, ttl)
 redis.call('EXPIRE', events, ttl)
@@ -126,10 +169,12 @@ return 0
 """
 
 
-# A cancel. KEYS: job, events, active, incoming, waiting, running, job lease.
-# ARGV: job id, who, now, "cancelled" event JSON, "cancel requested" event JSON, ttl.
-# A job a live worker runs is only marked (the worker stops at its next progress point and records
-# the end); any other unfinished job ends here, atomically, and leaves every queue mark.
+# A cancel. KEYS: job, events, active, incoming, waiting, running, job lease, conversion metrics.
+# ARGV: job id, who, now, "cancelled" event JSON, "cancel requested" event JSON, ttl, stops on cancel
+# (1/0), "published, thin push cancelled" event JSON.
+# A job a live worker runs is only marked (the worker stops at its next cancel point and records
+# the end); any other unfinished job ends here, atomically, and leaves every queue mark. A job whose
+# image is published and that waits to retry its thin push ends published: only the push is cancelled.
 _CANCEL = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {'unknown', ''} end
@@ -143,22 +188,31 @@ if running then
   redis.call('RPUSH', KEYS[2], ARGV[5])
   return {'requested', state}
 end
-redis.call('HSET', KEYS[1], 'state', 'cancelled', 'error', 'cancelled by ' .. ARGV[2], 'temporary', '0')
-redis.call('RPUSH', KEYS[2], ARGV[4])
+local outcome = 'cancelled'
+if redis.call('HGET', KEYS[1], 'published') == '1' then
+  outcome = 'published'
+  redis.call('HSET', KEYS[1], 'state', 'published', 'error', '', 'temporary', '0')
+  redis.call('RPUSH', KEYS[2], ARGV[8])
+  redis.call('HINCRBY', KEYS[8], 'published', 1)
+else
+  redis.call('HSET', KEYS[1], 'state', 'cancelled', 'error', 'cancelled by ' .. ARGV[2], 'temporary', '0')
+  redis.call('RPUSH', KEYS[2], ARGV[4])
+end
 redis.call('SREM', KEYS[3], ARGV[1])
 redis.call('LREM', KEYS[4], 0, ARGV[1])
 if redis.call('GET', KEYS[5]) == ARGV[1] then redis.call('DEL', KEYS[5]) end
 if redis.call('GET', KEYS[6]) == ARGV[1] then redis.call('DEL', KEYS[6]) end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[6]))
 redis.call('EXPIRE', KEYS[2], tonumber(ARGV[6]))
-return {'cancelled', state}
+return {outcome, state}
 """.replace("WORKING", ", ".join(f"{state} = 1" for state in sorted(ACTIVE_STATES))).replace("FINAL", LUA_FINAL_STATES)
 
 
 @dataclass(frozen=True)
 class Cancellation:
-    """What a cancel did: ``cancelled`` (the job ended now), ``requested`` (a worker is converting it and
-    stops at its next progress point), ``busy`` (a worker is running an unpublish or a garbage collection,
+    """What a cancel did: ``cancelled`` (the job ended now), ``published`` (its image was published and the
+    job waited to retry its thin push: that push is cancelled, the job ends published), ``requested`` (a
+    worker is converting it and stops at its next cancel point), ``busy`` (a worker is running an unpublish or a garbage collection,
     which removes things and is never stopped halfway: it goes on, and ends in a moment), ``finished``
     (too late: it ended as ``state``) or ``unknown``."""
 
@@ -232,13 +286,17 @@ class Queue:
             key = f"{job.image}|{job.platform}"
         now = time.time()
         ended = json.dumps({"state": "cancelled", "at": now, "detail": f"cancelled by {by}; nothing was published"})
-        asked_event = json.dumps({"state": job.state, "at": now,
-                                  "detail": f"cancel requested by {by}; stopping at the next progress point"})
+        stopping = ("the image is already published: only a thin push not yet begun is skipped"
+                    if job.state in ("publishing", "thin") or job.published else "stopping at the next cancel point")
+        asked_event = json.dumps({"state": job.state, "at": now, "detail": f"cancel requested by {by}; {stopping}"})
+        thin_cancelled = json.dumps({"state": "published", "at": now, "detail": f"cancelled by {by} after "
+                                     "publication: the image stays published; its thin image is not pushed"})
         outcome, state = self._cancel(keys=[
             keys.job(job_id), keys.events(job_id), keys.ACTIVE, keys.INCOMING, keys.waiting(key), keys.running(key),
-            keys.job_lease(job_id),
-        ], args=[job_id, by, f"{now:.6f}", ended, asked_event, self.jobs.ttl, int(job.stops_on_cancel)])
-        if outcome in ("cancelled", "requested"):
+            keys.job_lease(job_id), keys.METRICS_CONVERSIONS,
+        ], args=[job_id, by, f"{now:.6f}", ended, asked_event, self.jobs.ttl, int(job.stops_on_cancel),
+                 thin_cancelled])
+        if outcome in ("cancelled", "published", "requested"):
             log.info("job %s (%s): cancel %s by %s while %s", job_id, job.image, outcome, by, state)
         return Cancellation(job_id, str(outcome), str(state), asked)
 

@@ -33,12 +33,12 @@ from typing import TYPE_CHECKING, Any
 from celery import Celery, Task
 from celery.signals import worker_ready
 
-from ducc.errors import DuccError, JobCancelled, WishlistError
+from ducc.errors import DuccError, JobCancelled, ThinImageNotPushed, WishlistError
 from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
-from ducc.model.request import ConversionResult, UnpublishRequest
+from ducc.model.request import ConversionRequest, ConversionResult, UnpublishRequest
 from ducc.service import keys, lastsync
-from ducc.service.jobs import ACTIVE_STATES, PROPAGATION, Job, JobProgress, JobState, JobStore
+from ducc.service.jobs import ACTIVE_STATES, PROPAGATION, RECHECK, Job, JobCancelCheck, JobProgress, JobState, JobStore
 from ducc.service.lastsync import ImageOutcome, LastSync
 from ducc.service.locks import try_lease
 from ducc.service.metrics import record_conversion, record_gc
@@ -103,9 +103,17 @@ def run_conversion(services: Services, job_id: str, task: Task) -> str:
         record_conversion(services.redis, "failed", time.monotonic() - started)
         return JobState.FAILED
 
-    def cancelled(exc: JobCancelled) -> str:
-        log.warning("job %s (%s): %s; nothing was published", job_id, job.image, exc)
+    def cancelled(exc: JobCancelled, published: bool = False) -> str:
         now = jobs.get(job_id, follow=False)
+        if now is not None and (published or now.published) and now.state != JobState.CANCELLED:
+            # the image was published (by this attempt or an earlier one): only its thin push is not done
+            log.warning("job %s (%s): %s; its image stays published, its thin image is not pushed", job_id,
+                        job.image, exc)
+            jobs.event(job_id, JobState.PUBLISHED, f"{exc} after publication: the image stays published; its thin "
+                       "image is not pushed", error="", temporary=0, attempts=attempts)
+            record_conversion(services.redis, JobState.PUBLISHED, time.monotonic() - started)
+            return JobState.PUBLISHED
+        log.warning("job %s (%s): %s; nothing was published", job_id, job.image, exc)
         if now is None or now.state != JobState.CANCELLED:  # not ended by the cancel itself already
             jobs.event(job_id, JobState.CANCELLED, f"{exc}; stopped, nothing half published",
                        error=str(exc), temporary=0, attempts=attempts)
@@ -113,39 +121,56 @@ def run_conversion(services: Services, job_id: str, task: Task) -> str:
         return JobState.CANCELLED
 
     with running(services.redis, services.queue, jobs, job_id, request, settings.job_lease) as run:
-        changed = False
+        outcome: ConversionResult | None = None  # what the job did so far: a recheck never replaces it
+        request = _grown(jobs, job_id, request)  # joined while it was still waiting: read once it runs
         try:
-            progress = JobProgress(jobs, job_id)
+            progress, cancel = JobProgress(jobs, job_id), JobCancelCheck(jobs, job_id)
             while True:
                 try:
-                    result = services.converter.run(request, progress=progress)
-                except JobCancelled:
-                    raise  # never "look again": requests that joined this job are cancelled with it
+                    result = services.converter.run(request, progress=progress, cancel=cancel)
+                except JobCancelled as exc:
+                    if outcome is None:
+                        raise  # never "look again": requests that joined this job are cancelled with it
+                    jobs.event(job_id, JobState.RESOLVING, f"stopped checking the tag again: {exc}", kind=RECHECK)
+                    run.finish(recheck=False)
+                    break
                 except DuccError as exc:
                     # A request that arrived meanwhile may be for a push that converts: look again first.
+                    # A recheck that fails keeps what the job did before (a thin image not pushed is
+                    # retried as such: the job still owes it).
+                    kept = outcome is not None and not isinstance(exc, ThinImageNotPushed)
+                    if kept:
+                        jobs.event(job_id, JobState.RESOLVING, f"checked the tag again: {exc}", kind=RECHECK)
                     if not run.finish():
-                        raise
+                        if not kept:
+                            raise
+                        break
                     why = f"{exc}; a request arrived during the conversion: checking the tag again"
                 else:
-                    changed = changed or result.state == "published"
+                    if outcome is not None:
+                        jobs.event(job_id, JobState.RESOLVING, _recheck_line(result), kind=RECHECK)
+                    outcome = result if outcome is None else outcome.then(result)
                     if not run.finish():
                         break
                     why = "a request arrived during the conversion: checking the tag again"
                 log.info("job %s (%s): %s", job_id, job.image, why)
                 jobs.event(job_id, JobState.RESOLVING, why)
+                request = _grown(jobs, job_id, request)  # a request that joined may have asked for a thin image
         except JobCancelled as exc:
             run.finish(recheck=False)
             return cancelled(exc)
         except DuccError as exc:
+            published = isinstance(exc, ThinImageNotPushed) or job.published
             now = jobs.get(job_id, follow=False)
             if now is not None and now.cancelled_by:  # cancelled while this attempt failed: no retry
                 run.finish(recheck=False)
-                return cancelled(JobCancelled(now.cancelled_by))
+                return cancelled(JobCancelled(now.cancelled_by), published)
             if exc.temporary and attempts < settings.job_max_attempts:
                 delay = _retry_delay(settings, attempts)
                 log.warning("job %s (%s): %s; retry %d in %ds", job_id, job.image, exc, attempts, delay)
                 jobs.event(job_id, JobState.RETRYING, f"{exc}; attempt {attempts} failed, next in {delay}s",
-                           error=str(exc), temporary=1, attempts=attempts, retry_at=time.time() + delay)
+                           error=str(exc), temporary=1, attempts=attempts, retry_at=time.time() + delay,
+                           published=int(published))
                 raise task.retry(countdown=delay) from exc
             log.error("job %s (%s) failed: %s", job_id, job.image, exc)
             return fail(str(exc), str(exc), exc.temporary)
@@ -153,19 +178,50 @@ def run_conversion(services: Services, job_id: str, task: Task) -> str:
             run.finish(recheck=False)
             log.exception("job %s (%s): unexpected error", job_id, job.image)
             return fail(f"internal error: {exc.__class__.__name__}: {exc}", f"internal error: {exc}", False)
+    assert outcome is not None  # the loop ends with a result or raises
+    result = outcome
+    changed = result.state == "published" or job.published  # an earlier attempt published it: this one pushed thin
     detail = (
-        f"already current at {result.tag_digest.short}" if result.state == "unchanged" and result.tag_digest
+        "published by an earlier attempt" if result.state == "unchanged" and job.published
+        else f"already current at {result.tag_digest.short}" if result.state == "unchanged" and result.tag_digest
         else f"{result.layers_unpacked} layers unpacked, {result.layers_reused} reused, {result.seconds:.1f}s"
     ) + (f"; thin image {result.thin}" if result.thin else "")
+    if result.thin_error:
+        detail += f"; thin image {result.request.thin} not pushed: {result.thin_error}"
     if result.state == "published" and result.revision is not None:
         detail += f"; in revision {result.revision} of {services.view.name}"
+    late = jobs.cancelled_by(job_id)  # a cancel that came after the last cancel point
+    if late and not result.thin_error:
+        detail += f"; cancelled by {late} after " + (
+            "publication: the image stays published" if changed else "the tag was found current")
     jobs.event(job_id, JobState.PUBLISHED, detail, error="", attempts=attempts, result=_job_result(result, changed))
-    record_conversion(services.redis, result.state, result.seconds)
+    record_conversion(services.redis, "published" if changed else result.state, result.seconds)
     log.info("job %s: %s published (%s)", job_id, job.image, detail)
     if result.state == "published" and result.revision is not None and settings.stratum1_urls:
         task.app.send_task(PROPAGATION_TASK, args=[job_id, result.revision, list(settings.stratum1_urls),
                                                   time.time() + settings.stratum1_timeout])
     return JobState.PUBLISHED
+
+
+def _recheck_line(result: ConversionResult) -> str:
+    """The timeline's line for a recheck's outcome (the job's own result stays what it was)."""
+    if result.state == "published":
+        return f"checked the tag again: it had moved; {result.layers_unpacked} layers unpacked"
+    line = f"checked the tag again: unchanged, {result.tag_digest.short if result.tag_digest else 'its digest'} is published"
+    if result.thin is not None and result.thin_pushed:
+        line += f"; thin image pushed: {result.thin}"
+    return line
+
+
+def _grown(jobs: JobStore, job_id: str, request: ConversionRequest) -> ConversionRequest:
+    """The job's request as it is now: a request that joined the running job may have added a thin image
+    (``ducc.service.queue``); the one it started with if the record cannot say."""
+    job = jobs.get(job_id, follow=False)
+    try:
+        now = job.request if job is not None else request
+    except ValueError:
+        return request
+    return now if isinstance(now, ConversionRequest) and now.key == request.key else request
 
 
 def run_unpublish(services: Services, job_id: str, task: Task) -> str:
@@ -219,18 +275,25 @@ def run_unpublish(services: Services, job_id: str, task: Task) -> str:
     return JobState.DONE
 
 
-def run_gc(services: Services, job_id: str | None = None) -> str:
-    """Garbage collection of the repository as a job (``ducc.gc``); a new job unless ``job_id`` (a
-    requeued one) is given. Its timeline ends with the summary; every line of the plan is logged."""
+def run_gc(services: Services, job_id: str | None = None, tick: str | None = None) -> str:
+    """Garbage collection of the repository as a job (``ducc.gc``): the job of the schedule's ``tick``
+    (the id of beat's message: a message redelivered after its worker died finds the job it created),
+    or ``job_id`` (a requeued one). One worker runs a job at a time: it claims the job's lease first.
+    Its timeline ends with the summary; every line of the plan is logged."""
     from ducc.gc import Kind, collect, when
 
     jobs, settings = services.jobs, services.settings
+    created = False
     if job_id is None:
-        job_id = jobs.create("gc", f"garbage collection of {services.view.name}", "schedule")
-    else:
+        job_id, created = jobs.create("gc", f"garbage collection of {services.view.name}", "schedule",
+                                      once=keys.delivery("schedule", tick) if tick else None)
+    if not created:
         job = _runnable(jobs, job_id)
         if isinstance(job, str):
             return job
+    if not jobs.claim_lease(job_id, settings.job_lease):  # a requeue and a redelivery of one tick
+        log.info("job %s is running on another worker", job_id)
+        return "running"
     with heartbeat(jobs, job_id, settings.job_lease):
         jobs.event(job_id, JobState.COLLECTING,
                    f"reading {services.view.name}; grace {settings.gc_grace}s (DUCC_GC_GRACE)")
@@ -440,9 +503,9 @@ def register(app: Celery, services: Services) -> Celery:
     def unpublish(self: Task, job_id: str) -> str:
         return run_unpublish(services, job_id, self)
 
-    @app.task(name=GC_TASK)  # type: ignore[untyped-decorator]
-    def gc(job_id: str | None = None) -> str:
-        return run_gc(services, job_id)
+    @app.task(name=GC_TASK, bind=True)  # type: ignore[untyped-decorator]
+    def gc(self: Task, job_id: str | None = None) -> str:
+        return run_gc(services, job_id, tick=self.request.id)
 
     def at_start(sender: object = None, **_: object) -> None:
         start_dispatcher(services, app)

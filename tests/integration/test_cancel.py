@@ -73,7 +73,7 @@ def test_a_queued_job_is_cancelled_at_once_and_coalesced_requests_end_with_it(cl
                                         "ducc: no job 0000000000-0000000000"]
 
 
-def test_a_running_conversion_stops_at_its_next_progress_point_and_publishes_nothing(client, unique_ref, redis_server,
+def test_a_running_conversion_stops_at_its_next_cancel_point_and_publishes_nothing(client, unique_ref, redis_server,
                                                                                     root, worker, tmp_path, proxy):
     ref = via(proxy, unique_ref())
     built = push_image(client, ref, ImageSpec(layers=[Layer([File("small", b"s")]),
@@ -94,7 +94,7 @@ def test_a_running_conversion_stops_at_its_next_progress_point_and_publishes_not
     details = [e["detail"] for e in job.events]
     assert any(d.startswith("cancel requested by cli (") for d in details)
     assert job.events[-1]["state"] == "cancelled" and "nothing half published" in details[-1]
-    assert took < 12, "it stopped at a progress point, not at the end of the download"
+    assert took < 12, "it stopped at a cancel point in the download, not at its end"
     assert nothing_published(root, ref) and not (root / layout.layerfs(built.layer_digests[1])).exists()
     assert "Traceback" not in w.log()
 
