@@ -193,6 +193,10 @@ def _mib(size: int) -> str:
     return f"{size / (1 << 20):.1f} MiB"
 
 
+def _line(event: yaml.Event) -> str:
+    return f"line {event.start_mark.line + 1}: " if event.start_mark is not None else ""
+
+
 def _yaml(text: str) -> Any:
     """The YAML document ``text``, once its events show neither anchors nor aliases nor deep nesting: what
     is built from it is never larger than the text itself."""
@@ -202,12 +206,12 @@ def _yaml(text: str) -> Any:
     try:
         for event in yaml.parse(text, Loader=_LOADER):
             if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
-                raise WishlistError(f"line {event.start_mark.line + 1}: YAML anchors and aliases (&name, *name) "
+                raise WishlistError(f"{_line(event)}YAML anchors and aliases (&name, *name) "
                                     "are not allowed in a wishlist; write each entry out")
             if isinstance(event, yaml.CollectionStartEvent):
                 depth += 1
                 if depth > MAX_DEPTH:
-                    raise WishlistError(f"line {event.start_mark.line + 1}: nested deeper than a wishlist may be "
+                    raise WishlistError(f"{_line(event)}nested deeper than a wishlist may be "
                                         f"({MAX_DEPTH} levels)")
             elif isinstance(event, yaml.CollectionEndEvent):
                 depth -= 1
