@@ -66,7 +66,7 @@ class Wish:
 
     @property
     def is_pattern(self) -> bool:
-        return self.tag is not None and any(c in _GLOB_CHARS for c in self.tag)
+        return self.tag is not None and not _GLOB_CHARS.isdisjoint(self.tag)
 
     @property
     def repository_reference(self) -> Reference:
