@@ -74,7 +74,11 @@ class Wish:
         return Reference(self.registry, self.repository, "latest")
 
     def matches(self, tag: str) -> bool:
-        if self.tag is None or not fnmatch.fnmatchcase(tag, self.tag):
+        if self.tag is None:
+            return False
+        # A tag without glob characters matches only itself: no pattern to compile (fnmatch keeps a
+        # bounded cache of them, which a wishlist of a hundred thousand tags would only churn).
+        if not (fnmatch.fnmatchcase(tag, self.tag) if self.is_pattern else tag == self.tag):
             return False
         return not any(fnmatch.fnmatchcase(tag, pattern) for pattern in self.exclude)
 
@@ -199,7 +203,7 @@ def _line(event: yaml.Event) -> str:
 
 def _yaml(text: str) -> Any:
     """The YAML document ``text``, once its events show neither anchors nor aliases nor deep nesting: what
-    is built from it is never larger than the text itself."""
+    is built from it grows with the text, never beyond it."""
     if len(text) > MAX_BYTES:
         raise WishlistError(f"wishlist is larger than a wishlist may be ({_mib(MAX_BYTES)})")
     depth = 0
@@ -215,7 +219,7 @@ def _yaml(text: str) -> Any:
                                         f"({MAX_DEPTH} levels)")
             elif isinstance(event, yaml.CollectionEndEvent):
                 depth -= 1
-        return yaml.load(text, Loader=_LOADER)  # noqa: S506  # a safe loader, checked above
+        return yaml.load(text, Loader=_LOADER)  # a safe loader (no tags), and nothing to expand
     except yaml.YAMLError as exc:
         raise WishlistError(f"wishlist is not valid YAML: {' '.join(str(exc).split())}") from exc
 

@@ -31,7 +31,7 @@ from ducc.service.broker import next_sync
 from ducc.service.jobs import PROPAGATION, Job
 from ducc.service.metrics import RedisCollector
 from ducc.services import Services
-from ducc.wishlist import Wish
+from ducc.wishlist import Wish, Wishlist
 from webhooks.http import BadRequest, Web, web
 
 pages = Blueprint("pages", __name__)
@@ -173,12 +173,7 @@ def _wishlist_status(context: Web, page: int = 1, per_page: int = PER_PAGE) -> W
         upcoming = _when(next_sync(schedule, datetime.now(UTC)).timestamp())
     except ValueError as exc:
         upcoming = f"never ({exc})"
-    checked: dict[tuple[str, str], list[tuple[Reference, lastsync.ImageOutcome]]] = {}
-    for outcome in last.images if last else ():
-        ref = Reference.parse(outcome.image)
-        checked.setdefault((ref.registry, ref.repository), []).append((ref, outcome))
-    pending = [] if wishlist is None else [row for wish in wishlist.wishes
-                                           for row in _wish_rows(wish, last, checked, services)]
+    pending = [] if wishlist is None else _pending_rows(wishlist, last)
     pages = max(1, math.ceil(len(pending) / per_page))
     page = min(page, pages)
     shown = [row.resolve(services) for row in pending[(page - 1) * per_page:page * per_page]]
@@ -186,9 +181,25 @@ def _wishlist_status(context: Web, page: int = 1, per_page: int = PER_PAGE) -> W
                           schedule, page, pages, per_page, len(pending))
 
 
+def _pending_rows(wishlist: Wishlist, last: lastsync.LastSync | None) -> list[PendingRow]:
+    """Every row of the table, their state not looked up. They change only with the wishlist (a new object
+    when its file changes) and the last sync, so the process keeps them for the next page while both stay."""
+    at = last.at if last else None
+    kept = current_app.extensions.get("ducc.wishlist_rows")
+    if kept is not None and kept[0] is wishlist and kept[1] == at:
+        rows: list[PendingRow] = kept[2]
+        return rows
+    checked: dict[tuple[str, str], list[tuple[Reference, lastsync.ImageOutcome]]] = {}
+    for outcome in last.images if last else ():
+        ref = Reference.parse(outcome.image)
+        checked.setdefault((ref.registry, ref.repository), []).append((ref, outcome))
+    rows = [row for wish in wishlist.wishes for row in _wish_rows(wish, last, checked)]
+    current_app.extensions["ducc.wishlist_rows"] = (wishlist, at, rows)
+    return rows
+
+
 def _wish_rows(wish: Wish, last: lastsync.LastSync | None,
-               checked: dict[tuple[str, str], list[tuple[Reference, lastsync.ImageOutcome]]],
-               services: Services) -> list[PendingRow]:
+               checked: dict[tuple[str, str], list[tuple[Reference, lastsync.ImageOutcome]]]) -> list[PendingRow]:
     """The rows of ``wish``, their state not looked up yet."""
     if last is not None and wish.text in last.wish_failures:
         return [PendingRow(wish, WishRow(wish.text, "", "", "failed", last.wish_failures[wish.text]))]
