@@ -199,10 +199,10 @@ def _services(args: argparse.Namespace, settings: Settings) -> Services:
 
 
 def cmd_convert(args: argparse.Namespace, settings: Settings) -> int:
+    refs = [Reference.parse(text) for text in args.images]  # a bad one is a usage error, before any work
     services = _services(args, settings)
     services.publisher  # noqa: B018  # a root that cannot be created or written: one error, before any work
     platform = _platform(args, settings)
-    refs = [Reference.parse(text) for text in args.images]  # a bad one is a usage error, before any work
     failures = []
     thin_of: dict[Reference, Reference] = {}  # thin target -> the image pushed there
     for text, ref in zip(args.images, refs, strict=True):

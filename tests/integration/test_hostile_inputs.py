@@ -148,6 +148,9 @@ def test_convert_with_a_bad_reference_among_good_ones_is_a_usage_error_before_an
     done, _ = ducc("-q", "convert", str(ref), "Not A Reference", "--root", str(root))
     assert "'Not A Reference'" in one_line(done, USAGE)
     assert visible(root) == []  # the good image, first on the line, was not converted either
+    done, _ = ducc("-q", "convert", "Not A Reference", "--root", str(root / "new"))
+    one_line(done, USAGE)
+    assert not (root / "new").exists()  # not even the root was made
 
 
 def test_status_wait_takes_only_a_finite_number_of_seconds():
@@ -187,6 +190,26 @@ def test_escape_sequences_from_a_registry_error_body_are_printed_escaped(client,
     # without -q the log lines on the way carry the same text, escaped the same way
     done, _ = ducc("-v", "convert", str(ref), "--root", str(root))
     assert done.returncode == FAILED and "\x1b" not in done.stderr and r"\x1b]0;owned" in done.stderr
+
+
+def test_status_and_jobs_print_a_reason_from_outside_escaped(redis_server, tmp_path):
+    """A job's reason and events quote registries; ``status`` and ``jobs`` show them escaped. The job is
+    recorded through the stores the worker uses, in the real Redis."""
+    from ducc.model.reference import Reference
+    from ducc.model.request import ConversionRequest
+    from ducc.service.jobs import JobState
+    from ducc.services import Services
+
+    env = {"DUCC_REDIS_URL": redis_server.url, "DUCC_ROOT": str(tmp_path / "root"),
+           "DUCC_STATE_DIR": str(tmp_path / "state")}
+    services = Services(Settings.from_env({"HOME": os.environ.get("HOME", "/root"), **env}))
+    job_id = services.queue.submit(ConversionRequest(Reference.parse("127.0.0.1:1/a/b:1")), "api").job_id
+    reason = f"manifest: HTTP 403 DENIED: {ESCAPES}"
+    services.jobs.event(job_id, JobState.FAILED, reason, error=reason, temporary=0, attempts=1)  # as the worker
+    for argv in (["status", job_id], ["jobs"]):
+        done, _ = ducc(*argv, env=env)
+        assert "\x1b" not in done.stdout and "\x9b" not in done.stdout and "\r" not in done.stdout, done.stdout
+        assert r"\x1b]0;owned\x07\x1b[2J" in done.stdout, done.stdout
 
 
 def test_a_reader_that_goes_away_ends_ducc_quietly(client, unique_ref, root, tmp_path):
