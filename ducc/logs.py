@@ -7,6 +7,7 @@ are escaped (``ducc.terminal``), so a log line read on a terminal shows them ins
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from ducc.terminal import printable_lines
 
@@ -14,11 +15,14 @@ FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 
 class EscapingFormatter(logging.Formatter):
-    """The standard format, with the control characters of the message escaped (newlines kept: a
-    traceback, or a message of several lines, stays readable)."""
+    """The standard format, with the control characters of the message and of a traceback (its last line
+    is the exception's message) escaped; newlines kept, so both stay readable."""
 
-    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802  # logging's own name
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802  # logging's own names
         return printable_lines(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802
+        return printable_lines(super().formatException(ei))
 
 
 def setup_logging(level: int | str) -> None:

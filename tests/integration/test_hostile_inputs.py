@@ -190,6 +190,18 @@ def test_escape_sequences_from_a_registry_error_body_are_printed_escaped(client,
     # without -q the log lines on the way carry the same text, escaped the same way
     done, _ = ducc("-v", "convert", str(ref), "--root", str(root))
     assert done.returncode == FAILED and "\x1b" not in done.stderr and r"\x1b]0;owned" in done.stderr
+    # and so does a traceback, which -v logs for a failure ducc did not foresee: its last line is the
+    # exception's message, which may quote a registry too
+    from ducc.logs import EscapingFormatter
+
+    try:
+        raise RuntimeError(ESCAPES)
+    except RuntimeError:
+        import logging
+
+        record = logging.LogRecord("ducc", logging.ERROR, __file__, 1, "failed: %s", (ESCAPES,), sys.exc_info())
+    text = EscapingFormatter("%(message)s").format(record)
+    assert "\x1b" not in text and "\x9b" not in text and text.count(r"\x1b]0;owned") == 2, text
 
 
 def test_status_and_jobs_print_a_reason_from_outside_escaped(redis_server, tmp_path):
