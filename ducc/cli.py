@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import os
 import re
 import shutil
 import sys
@@ -12,6 +14,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NoReturn
 
 import redis
 
@@ -33,6 +36,7 @@ from ducc.progress import LogProgress
 from ducc.publish import RepositoryView
 from ducc.services import Services
 from ducc.settings import Settings, parse_duration
+from ducc.terminal import printable
 
 log = logging.getLogger("ducc")
 
@@ -61,6 +65,7 @@ exit status (every failure is one line on stderr: "ducc: <what>: <why>"):
       holds the state directory
   75  ducc status: the job has not finished yet
   130 interrupted
+  141 the reader of its output went away (ducc list | head -1), quietly, as other tools
 """
 
 EXIT_OK = 0
@@ -69,6 +74,7 @@ EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE
 EXIT_PENDING = 75  # EX_TEMPFAIL: not finished yet
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a tool its reader left
 
 
 class TerminalProgress(LogProgress):
@@ -160,6 +166,27 @@ def _platform_arg(text: str) -> Platform:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+def _seconds_arg(text: str) -> float:
+    """A number of seconds to wait: finite and not negative (``nan`` would never compare as over)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more)")
+    return seconds
+
+
+def _count_arg(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return count
+
+
 def _duration_arg(text: str) -> int:
     try:
         return parse_duration(text)
@@ -172,14 +199,14 @@ def _services(args: argparse.Namespace, settings: Settings) -> Services:
 
 
 def cmd_convert(args: argparse.Namespace, settings: Settings) -> int:
+    refs = [Reference.parse(text) for text in args.images]  # a bad one is a usage error, before any work
     services = _services(args, settings)
     services.publisher  # noqa: B018  # a root that cannot be created or written: one error, before any work
     platform = _platform(args, settings)
     failures = []
     thin_of: dict[Reference, Reference] = {}  # thin target -> the image pushed there
-    for text in args.images:
+    for text, ref in zip(args.images, refs, strict=True):
         try:
-            ref = Reference.parse(text)
             thin = _thin_target(args.thin, ref, thin_of)
             result = services.converter.run(ConversionRequest(ref, platform, thin=thin), force=args.force)
         except DuccError as exc:
@@ -213,11 +240,10 @@ def _summary(total: int, failures: list[tuple[str, str]]) -> int:
         return EXIT_OK
     if total == 1:
         ((what, why),) = failures
-        print(f"ducc: {why}" if what in why else f"ducc: {what}: {why}", file=sys.stderr)
-        return EXIT_FAILED
+        return _fail(why if what in why else f"{what}: {why}", EXIT_FAILED)
     print(f"\n{len(failures)} of {total} failed:", file=sys.stderr)
     for what, why in failures:
-        print(f"  {what}: {why}", file=sys.stderr)
+        print(f"  {_one_line(what)}: {_one_line(why)}", file=sys.stderr)
     return EXIT_FAILED
 
 
@@ -336,7 +362,7 @@ def _existing(view: RepositoryView) -> RepositoryView:
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     view = _existing(_services(args, settings).view)
     for path, flat in sorted(view.published()):
-        print(f"{path}\t{flat.name[:12] if flat.exists() else '(dangling)'}")
+        print(f"{printable(str(path))}\t{flat.name[:12] if flat.exists() else '(dangling)'}")
     return 0
 
 
@@ -397,18 +423,19 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _print_job(job) -> None:  # type: ignore[no-untyped-def]
+    """A job's timeline, one line per event; every text in it is escaped (a reason may quote a registry)."""
     what = f"{job.image} ({job.platform})" if job.platform else job.image
     kind = "" if job.kind == "convert" else f"{job.kind} "
-    print(f"job {job.id}: {kind}{what} from {job.source}: {job.state.upper()}")
+    print(printable(f"job {job.id}: {kind}{what} from {job.source}: {job.state.upper()}"))
     for event in job.events:
         suffix = f" [{event['job']}]" if event.get("job") else ""
-        print(f"  {_when(event['at'])}  {event['state']:<11} {event.get('detail', '')}{suffix}")
+        print(f"  {_when(event['at'])}  " + printable(f"{event['state']:<11} {event.get('detail', '')}{suffix}"))
     if job.bytes:
         print(f"  bytes fetched so far: {job.bytes}")
     if job.error:
-        print(f"  error: {job.error}" + (" (temporary)" if job.temporary else ""))
+        print(f"  error: {printable(str(job.error))}" + (" (temporary)" if job.temporary else ""))
     if job.result.get("path"):
-        print(f"  path: {job.result['path']}")
+        print(f"  path: {printable(str(job.result['path']))}")
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
@@ -448,7 +475,6 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 def _who() -> str:
     """Who runs this command, for a job's timeline: ``cli (user@host)``, the user from the account
     database (not from the environment, which anyone can set)."""
-    import os
     import pwd
     import socket
 
@@ -488,13 +514,18 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
-    for job in Services(settings).jobs.recent_jobs(args.limit):
+    from ducc.service.keys import RECENT_JOBS
+
+    for job in Services(settings).jobs.recent_jobs(min(args.limit, RECENT_JOBS)):
         took = f"{job.updated_at - job.received_at:7.1f}s"
         what = f"{job.image} ({job.platform})" if job.platform else job.image
         kind = "" if job.kind == "convert" else f"{job.kind}: "
-        print(f"{job.id}  {_when(job.received_at)}  {job.state:<10} {took}  {job.source:<9} {kind}{what}"
-              + (f"  -> {job.coalesced_into}" if job.coalesced_into else "")
-              + (f"  {job.error}" if job.error else ""))
+        print(printable(f"{job.id}  {_when(job.received_at)}  {job.state:<10} {took}  {job.source:<9} {kind}{what}"
+                        + (f"  -> {job.coalesced_into}" if job.coalesced_into else "")
+                        + (f"  {job.error}" if job.error else "")))
+    if args.limit > RECENT_JOBS:
+        print(f"ducc: --limit {args.limit}: ducc keeps only the {RECENT_JOBS:,} most recent jobs in its list; "
+              "ducc status JOB_ID still finds an older job until DUCC_JOB_TTL", file=sys.stderr)
     return 0
 
 
@@ -539,8 +570,6 @@ def cmd_beat(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_web(args: argparse.Namespace, settings: Settings) -> int:
-    import os
-
     listen = args.listen or settings.listen
     # The access log shows the path without the query string: Docker Hub and Quay send their token as ?token=.
     access_format = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms "%(a)s"'
@@ -564,8 +593,17 @@ def _additions(raw: bytes | None) -> list[str]:
         return []
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line like every other failure (``ducc: <what>: <why>``, exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("ducc").strip()
+        hint = f"ducc {command} --help" if command else "ducc --help"
+        self.exit(EXIT_USAGE, f"ducc: {command + ': ' if command else ''}{_one_line(message)} (see {hint})\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ducc",
         description="Convert container images from Docker/OCI registries into unpacked, deduplicated "
         "root filesystems in a CernVM-FS repository (or any directory).",
@@ -631,7 +669,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Exit status: 0 published (or done, for an unpublish or a garbage collection), "
                        "1 failed, cancelled or unknown, 75 not finished yet, 69 Redis unreachable.")
     p.add_argument("target", metavar="JOB_ID|IMAGE")
-    p.add_argument("--wait", type=float, default=0, metavar="SECONDS", help="wait up to SECONDS for the job to finish")
+    p.add_argument("--wait", type=_seconds_arg, default=0, metavar="SECONDS",
+                   help="wait up to SECONDS for the job to finish")
     p.add_argument("--platform", type=_platform_arg)
     with_root(p)
     p.set_defaults(func=cmd_status)
@@ -647,7 +686,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_cancel)
 
     p = sub.add_parser("jobs", help="recent jobs, newest first")
-    p.add_argument("--limit", type=int, default=30)
+    p.add_argument("--limit", type=_count_arg, default=30, metavar="N",
+                   help="how many (ducc keeps the 1,000 most recent in its list)")
     p.set_defaults(func=cmd_jobs)
 
     p = sub.add_parser("worker", help="run a conversion worker (production; needs DUCC_REDIS_URL)")
@@ -655,7 +695,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="ducc@%h", help="worker node name")
     p.add_argument("--ping", action="store_true", help="do not run a worker: ask the running worker --name "
                    "to answer Celery's ping (a liveness probe); exit 0 if it does, 1 if not")
-    p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="how long --ping waits")
+    p.add_argument("--timeout", type=_seconds_arg, default=10.0, metavar="SECONDS", help="how long --ping waits")
     with_cvmfs(p)
     p.set_defaults(func=cmd_worker)
 
@@ -709,9 +749,15 @@ def _redis_location(settings: Settings) -> str:
     return display_url(settings.redis_url) if settings.redis_url else settings.embedded_redis_url
 
 
+def _one_line(message: object) -> str:
+    """``message`` as part of one line: whitespace folded (a message from below may carry newlines), other
+    control characters escaped (a registry's error body may carry terminal escape sequences)."""
+    return printable(" ".join(str(message).split()))
+
+
 def _fail(message: object, code: int) -> int:
-    """The one line a failure prints (newlines folded: a message from below may carry some)."""
-    print("ducc: " + " ".join(str(message).split()), file=sys.stderr)
+    """The one line a failure prints."""
+    print("ducc: " + _one_line(message), file=sys.stderr)
     return code
 
 
@@ -728,13 +774,26 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "cvmfs_repo", None):
         settings = settings.with_cvmfs_repo(args.cvmfs_repo)
     try:
-        return int(args.func(args, settings))
+        code = int(args.func(args, settings))
+        sys.stdout.flush()  # a reader that went away is found here, not at exit
+        return code
+    except BrokenPipeError:
+        return _reader_gone()
     except KeyboardInterrupt:
         print("ducc: interrupted; nothing half-published (staging is cleaned on the next run)", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:
         log.debug("the command failed", exc_info=True)
         return _fail(*_failure(exc, settings))
+
+
+def _reader_gone() -> int:
+    """The reader of stdout went away (``ducc list | head -1``): stop quietly, as other tools do. Whatever
+    is still buffered goes nowhere, so Python's own flush at exit cannot complain either."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
 
 
 def _failure(exc: Exception, settings: Settings) -> tuple[str, int]:

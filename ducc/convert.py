@@ -62,6 +62,7 @@ from ducc.cancel import CancelCheck, never
 from ducc.errors import (
     DuccError,
     InvalidManifest,
+    InvalidPlatform,
     InvalidReference,
     JobCancelled,
     LimitExceeded,
@@ -140,7 +141,10 @@ def fetch_image(client: RegistryClient, ref: Reference, platform: Platform, tag_
         manifest = top
     config = ImageConfig.parse(client.get_blob(ref, manifest.config.digest))
     if not isinstance(top, Index) and config.architecture:
-        offered = Platform(config.os or "linux", config.architecture)
+        try:
+            offered = Platform.from_json({"os": config.os or "linux", "architecture": config.architecture})
+        except InvalidPlatform as exc:
+            raise InvalidManifest(f"{ref}: image config: {exc}") from exc
         if not offered.matches(Platform(platform.os, platform.architecture)):
             raise NoMatchingPlatform(f"{ref} is a single {offered} image; {platform} was asked for")
     if len(config.diff_ids) != len(manifest.layers):

@@ -14,6 +14,7 @@ Callers decide what to do from attributes, never from message text:
     ├── InvalidReference          an image reference that cannot be parsed
     ├── InvalidDigest
     ├── InvalidManifest           a manifest, index or config that breaks the spec
+    ├── InvalidPlatform           a platform outside the OCI grammar (``linux/..``, a control character)
     ├── NoMatchingPlatform        an index without the requested platform
     ├── RegistryError             the registry answered, but not with what we asked for
     │   ├── AuthenticationError   401/403 after trying every credential we have
@@ -57,6 +58,10 @@ class InvalidDigest(DuccError, ValueError):
 
 class InvalidManifest(DuccError, ValueError):
     pass
+
+
+class InvalidPlatform(DuccError, ValueError):
+    """A platform that is not ``os/architecture[/variant]`` of lowercase names (``ducc.model.manifest``)."""
 
 
 class NoMatchingPlatform(DuccError):

@@ -124,6 +124,13 @@ def _positive(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def _platform(env: Mapping[str, str], name: str) -> Platform:
+    try:
+        return Platform.parse(env.get(name) or "linux/amd64")
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from exc
+
+
 def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in env.get(name, "").split(",") if item.strip())
 
@@ -256,7 +263,7 @@ class Settings:
             root=Path(env.get("DUCC_ROOT") or _data_home(env) / "ducc" / "root"),
             cache_dir=None if cache.lower() in ("", "off", "none") else Path(cache),
             cache_max_bytes=_int(env, "DUCC_CACHE_MAX_BYTES", 10 << 30),
-            platform=Platform.parse(env.get("DUCC_PLATFORM") or "linux/amd64"),
+            platform=_platform(env, "DUCC_PLATFORM"),
             insecure_registries=frozenset(_list(env, "DUCC_INSECURE_REGISTRIES")),
             parallel_layers=_int(env, "DUCC_PARALLEL_LAYERS", 3),
             sync_concurrency=_int(env, "DUCC_SYNC_CONCURRENCY", 4),

@@ -19,13 +19,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ducc.errors import DuccError, WishlistError
+from ducc.errors import DuccError
 from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
 from ducc.model.request import ConversionRequest, ConversionResult
 from ducc.record import Record
 from ducc.registry.client import RegistryClient
-from ducc.wishlist import Wishlist, load
+from ducc.wishlist import Wishlist, read
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +40,9 @@ class SyncReport:
 
 
 def read_wishlist(path: Path) -> Wishlist:
-    """The wishlist in the file ``path``; a WishlistError naming the file if it cannot be read or is invalid."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
-        raise WishlistError(f"cannot read wishlist {path}: {reason}") from exc
-    try:
-        return load(text)
-    except WishlistError as exc:
-        raise WishlistError(f"wishlist {path}: {exc}") from exc
+    """The wishlist in the file ``path``; a WishlistError naming the file if it cannot be read, is too
+    large or is invalid (``ducc.wishlist.read``)."""
+    return read(path)
 
 
 def plan(wishlist: Wishlist, client: RegistryClient, report: SyncReport) -> list[tuple[Reference, Platform]]:

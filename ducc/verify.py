@@ -28,7 +28,8 @@ class Readable(Protocol):
 class VerifyingReader:
     """Wraps ``source``; ``verify()`` raises DigestMismatch unless the bytes read hash to ``digest``.
 
-    ``size`` (when known) is enforced too; ``on_read`` sees every chunk (progress, tee to cache).
+    ``size`` (when known) is enforced too; ``on_read`` sees every chunk (progress, tee to cache). ``what``
+    names the stream in errors, digest included where it matters (``layer sha256:…``).
     """
 
     def __init__(
@@ -73,8 +74,6 @@ class VerifyingReader:
         self.drain()
         actual = Digest(self.digest.algorithm, self._hash.hexdigest())
         if self.size is not None and self.bytes_read != self.size:
-            raise DigestMismatch(
-                f"{self.what} {self.digest}: size", f"{self.size} bytes", f"{self.bytes_read} bytes"
-            )
+            raise DigestMismatch(self.what, f"{self.size} bytes", f"{self.bytes_read} bytes")
         if actual != self.digest:
             raise DigestMismatch(f"{self.what} content", self.digest, actual)

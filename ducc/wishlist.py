@@ -18,6 +18,11 @@ list, and input entries written as mappings
 ``{image: REF, platforms: [...], exclude: [GLOB, ...]}``.
 Wildcards (``*``, ``?``, ``[...]``) are allowed only in the tag and match the
 whole tag with shell-glob semantics.
+
+A wishlist is read by every process (``check-wishlist``, ``sync``, ``serve``, the web app whenever it
+changes), so its YAML may not make any of them work for long: files over ``MAX_BYTES`` are refused
+before they are read, anchors and aliases (``&a``, ``*a``: a few hundred bytes of them expand to
+gigabytes) and nesting deeper than ``MAX_DEPTH`` before anything is built from the text.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -37,6 +43,10 @@ from ducc.model.reference import Reference, split_reference
 from ducc.model.request import ConversionRequest
 from ducc.thin import expand_output_format, thin_reference
 
+MAX_BYTES = 8 << 20  # 8 MiB, some 150,000 entries: DUCC's largest recipes are a few hundred KiB
+MAX_DEPTH = 8  # a wishlist needs 4: the file, input, an entry, its platforms
+# libyaml's parser when there is one (ten times faster than PyYAML's own on a large file); both refuse tags.
+_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _GLOB_CHARS = frozenset("*?[")
 _TAG_PATTERN = re.compile(r"^[A-Za-z0-9_.*?\[\]!-]{1,128}$")
 
@@ -56,7 +66,7 @@ class Wish:
 
     @property
     def is_pattern(self) -> bool:
-        return self.tag is not None and any(c in _GLOB_CHARS for c in self.tag)
+        return self.tag is not None and not _GLOB_CHARS.isdisjoint(self.tag)
 
     @property
     def repository_reference(self) -> Reference:
@@ -64,7 +74,11 @@ class Wish:
         return Reference(self.registry, self.repository, "latest")
 
     def matches(self, tag: str) -> bool:
-        if self.tag is None or not fnmatch.fnmatchcase(tag, self.tag):
+        if self.tag is None:
+            return False
+        # A tag without glob characters matches only itself: no pattern to compile (fnmatch keeps a
+        # bounded cache of them, which a wishlist of a hundred thousand tags would only churn).
+        if not (fnmatch.fnmatchcase(tag, self.tag) if self.is_pattern else tag == self.tag):
             return False
         return not any(fnmatch.fnmatchcase(tag, pattern) for pattern in self.exclude)
 
@@ -152,12 +166,67 @@ def parse_wish(text: str, platforms: tuple[Platform, ...], exclude: tuple[str, .
     )
 
 
+def read_text(path: Path) -> str:
+    """The text of the wishlist file ``path``; a WishlistError naming it if it cannot be read, is not UTF-8
+    or is larger than ``MAX_BYTES`` (checked before reading; a file that grows meanwhile is cut there)."""
+    try:
+        with open(path, "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            data = file.read(MAX_BYTES + 1) if size <= MAX_BYTES else b""
+    except OSError as exc:
+        raise WishlistError(f"cannot read wishlist {path}: {exc.strerror or exc}") from exc
+    if size > MAX_BYTES or len(data) > MAX_BYTES:
+        raise WishlistError(f"wishlist {path} is larger than a wishlist may be ({_mib(MAX_BYTES)}): "
+                            f"{_mib(max(size, len(data)))}{' or more' if size <= MAX_BYTES else ''}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise WishlistError(f"cannot read wishlist {path}: not UTF-8 text") from exc
+
+
+def read(path: Path) -> Wishlist:
+    """The wishlist in the file ``path``; a WishlistError naming the file if it cannot be read or is invalid."""
+    text = read_text(path)
+    try:
+        return load(text)
+    except WishlistError as exc:
+        raise WishlistError(f"wishlist {path}: {exc}") from exc
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):.1f} MiB"
+
+
+def _line(event: yaml.Event) -> str:
+    return f"line {event.start_mark.line + 1}: " if event.start_mark is not None else ""
+
+
+def _yaml(text: str) -> Any:
+    """The YAML document ``text``, once its events show neither anchors nor aliases nor deep nesting: what
+    is built from it grows with the text, never beyond it."""
+    if len(text) > MAX_BYTES:
+        raise WishlistError(f"wishlist is larger than a wishlist may be ({_mib(MAX_BYTES)})")
+    depth = 0
+    try:
+        for event in yaml.parse(text, Loader=_LOADER):
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+                raise WishlistError(f"{_line(event)}YAML anchors and aliases (&name, *name) "
+                                    "are not allowed in a wishlist; write each entry out")
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise WishlistError(f"{_line(event)}nested deeper than a wishlist may be "
+                                        f"({MAX_DEPTH} levels)")
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+        return yaml.load(text, Loader=_LOADER)  # a safe loader (no tags), and nothing to expand
+    except yaml.YAMLError as exc:
+        raise WishlistError(f"wishlist is not valid YAML: {' '.join(str(exc).split())}") from exc
+
+
 def load(text: str) -> Wishlist:
     """Parse and validate a wishlist; every problem is a WishlistError naming the entry."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise WishlistError(f"wishlist is not valid YAML: {exc}") from exc
+    data = _yaml(text)
     if not isinstance(data, Mapping):
         raise WishlistError("wishlist must be a mapping with version, input, ...")
     version = data.get("version")

@@ -85,9 +85,12 @@ def images() -> Any:
     context = web()
     try:
         ref = Reference.parse(request.args.get("ref", ""))
-        platform = Platform.parse(request.args.get("platform") or str(context.settings.platform))
     except (InvalidReference, ValueError) as exc:
         raise BadRequest(400, f"?ref= must be an image reference: {exc}") from exc
+    try:
+        platform = Platform.parse(request.args.get("platform") or str(context.settings.platform))
+    except ValueError as exc:
+        raise BadRequest(400, f"?platform= must be os/arch[/variant]: {exc}") from exc
     return jsonify(published_image(context.services.view, ref, platform) | {
         "jobs": [j.to_json() | {"timeline": None} for j in context.services.jobs.for_image(str(ref))[:10]],
     })

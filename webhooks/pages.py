@@ -6,31 +6,38 @@ No token needed.
 - ``/healthz`` (readiness): 200 while Redis answers; 503 saying what is down otherwise (the app
   cannot record a request without it).
 - ``/``: recent jobs and published images; while Redis is down, a 503 page that says so (what
-  is published is in the repository and unaffected).
+  is published is in the repository and unaffected). The wishlist's rows come a page at a time
+  (``?page=N``, ``&per_page=M`` up to ``MAX_PER_PAGE``): a wishlist of a hundred thousand entries
+  costs the page only the rows it shows.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import redis
-from flask import Blueprint, Response, current_app, jsonify, render_template_string
+from flask import Blueprint, Response, current_app, jsonify, render_template_string, request
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
 from ducc.service import lastsync
 from ducc.service.broker import next_sync
 from ducc.service.jobs import PROPAGATION, Job
 from ducc.service.metrics import RedisCollector
 from ducc.services import Services
-from ducc.wishlist import Wish
-from webhooks.http import Web, web
+from ducc.wishlist import Wish, Wishlist
+from webhooks.http import BadRequest, Web, web
 
 pages = Blueprint("pages", __name__)
+
+PER_PAGE = 100  # wishlist rows on one status page, unless ?per_page= asks for another number
+MAX_PER_PAGE = 500
 
 
 @pages.get("/livez")
@@ -61,15 +68,28 @@ def prometheus() -> Any:
 def status_page() -> Any:
     context = web()
     root = str(context.services.view.location)
+    page, per_page = _whole(request.args.get("page"), "page", 1), _whole(request.args.get("per_page"), "per_page",
+                                                                         PER_PAGE)
+    if per_page > MAX_PER_PAGE:
+        raise BadRequest(400, f"?per_page= may be at most {MAX_PER_PAGE}")
     try:
         recent = context.services.jobs.recent_jobs(100)
-        wishlist = _wishlist_status(context)
+        wishlist = _wishlist_status(context, page, per_page)
     except redis.RedisError as exc:
         return render_template_string(DOWN_PAGE, root=root, reason=str(exc)), 503, {"Retry-After": "10"}
     published = [j for j in recent if j.state == "published" and not j.coalesced_into]
     return render_template_string(STATUS_PAGE, jobs=recent[:50], published=published[:30], now=time.time(),
                                   root=root, when=_when, wishlist=wishlist, outcome=_outcome,
                                   propagation=_propagation)
+
+
+def _whole(text: str | None, name: str, default: int) -> int:
+    """A query parameter that counts (1 or more); 400 otherwise."""
+    if text is None:
+        return default
+    if not text.isdigit() or int(text) < 1:
+        raise BadRequest(400, f"?{name}= must be a whole number of 1 or more")
+    return int(text)
 
 
 def _when(ts: float) -> str:
@@ -100,17 +120,49 @@ class WishRow:
 
 @dataclass(frozen=True)
 class WishlistStatus:
+    """The wishlist table: the rows of one page (``page`` of ``pages``, ``total`` rows in all)."""
+
     path: str
     problem: str | None
     rows: list[WishRow]
     last_sync: float | None
     next_sync: str
     schedule: str
+    page: int = 1
+    pages: int = 1
+    per_page: int = PER_PAGE
+    total: int = 0
+
+    @property
+    def first(self) -> int:
+        """The number of the page's first row (1 for the first page)."""
+        return (self.page - 1) * self.per_page + 1
 
 
-def _wishlist_status(context: Web) -> WishlistStatus | None:
-    """The configured wishlist's entries with their state: from the last sync's outcome per image, the
-    jobs it queued and, for an image no sync has checked yet, the repository's record. None without a wishlist."""
+@dataclass(frozen=True, slots=True)
+class PendingRow:
+    """A row whose state is not looked up yet: the table knows every row, but reads the jobs and the
+    repository only for the rows of the page it shows. One of ``row`` (known already), ``outcome`` (what
+    the last sync did for an image) or ``platform`` (an image no sync has checked yet)."""
+
+    wish: Wish
+    row: WishRow | None = None
+    outcome: lastsync.ImageOutcome | None = None
+    platform: Platform | None = None
+
+    def resolve(self, services: Services) -> WishRow:
+        if self.row is not None:
+            return self.row
+        if self.outcome is not None:
+            return _image_row(self.wish, self.outcome, services)
+        assert self.platform is not None
+        return _record_row(self.wish, self.platform, services)
+
+
+def _wishlist_status(context: Web, page: int = 1, per_page: int = PER_PAGE) -> WishlistStatus | None:
+    """The configured wishlist's entries with their state, the rows of ``page`` (the last page if there are
+    fewer): from the last sync's outcome per image, the jobs it queued and, for an image no sync has checked
+    yet, the repository's record. None without a wishlist."""
     settings, services = context.settings, context.services
     if settings.wishlist is None:
         return None
@@ -121,33 +173,53 @@ def _wishlist_status(context: Web) -> WishlistStatus | None:
         upcoming = _when(next_sync(schedule, datetime.now(UTC)).timestamp())
     except ValueError as exc:
         upcoming = f"never ({exc})"
+    pending = [] if wishlist is None else _pending_rows(wishlist, last)
+    pages = max(1, math.ceil(len(pending) / per_page))
+    page = min(page, pages)
+    shown = [row.resolve(services) for row in pending[(page - 1) * per_page:page * per_page]]
+    return WishlistStatus(str(settings.wishlist), context.policy.problem, shown, last.at if last else None, upcoming,
+                          schedule, page, pages, per_page, len(pending))
+
+
+def _pending_rows(wishlist: Wishlist, last: lastsync.LastSync | None) -> list[PendingRow]:
+    """Every row of the table, their state not looked up. They change only with the wishlist (a new object
+    when its file changes) and the last sync, so the process keeps them for the next page while both stay."""
+    at = last.at if last else None
+    kept = current_app.extensions.get("ducc.wishlist_rows")
+    if kept is not None and kept[0] is wishlist and kept[1] == at:
+        rows: list[PendingRow] = kept[2]
+        return rows
     checked: dict[tuple[str, str], list[tuple[Reference, lastsync.ImageOutcome]]] = {}
     for outcome in last.images if last else ():
         ref = Reference.parse(outcome.image)
         checked.setdefault((ref.registry, ref.repository), []).append((ref, outcome))
-    rows = [] if wishlist is None else [row for wish in wishlist.wishes for row in _wish_rows(wish, last, checked, services)]
-    return WishlistStatus(str(settings.wishlist), context.policy.problem, rows, last.at if last else None, upcoming,
-                          schedule)
+    rows = [row for wish in wishlist.wishes for row in _wish_rows(wish, last, checked)]
+    current_app.extensions["ducc.wishlist_rows"] = (wishlist, at, rows)
+    return rows
 
 
 def _wish_rows(wish: Wish, last: lastsync.LastSync | None,
-               checked: dict[tuple[str, str], list[tuple[Reference, lastsync.ImageOutcome]]],
-               services: Services) -> list[WishRow]:
+               checked: dict[tuple[str, str], list[tuple[Reference, lastsync.ImageOutcome]]]) -> list[PendingRow]:
+    """The rows of ``wish``, their state not looked up yet."""
     if last is not None and wish.text in last.wish_failures:
-        return [WishRow(wish.text, "", "", "failed", last.wish_failures[wish.text])]
-    rows = [_image_row(wish, outcome, services) for ref, outcome in checked.get((wish.registry, wish.repository), [])
+        return [PendingRow(wish, WishRow(wish.text, "", "", "failed", last.wish_failures[wish.text]))]
+    rows = [PendingRow(wish, outcome=outcome) for ref, outcome in checked.get((wish.registry, wish.repository), [])
             if wish.covers(ref)]
     if rows:
         return rows
     if wish.is_pattern:
         detail = "no tag matched at the last sync" if last else "its tags are listed at the first sync"
-        return [WishRow(wish.text, "", "", "not yet converted", detail)]
-    for ref in wish.expand(()):
-        for platform in wish.platforms:
-            published = services.view.read_record(ref, platform) is not None
-            rows.append(WishRow(wish.text, str(ref), str(platform), "published" if published else "not yet converted",
-                                "" if published else "waiting for the next sync"))
-    return rows
+        return [PendingRow(wish, WishRow(wish.text, "", "", "not yet converted", detail))]
+    return [PendingRow(wish, platform=platform) for platform in wish.platforms]
+
+
+def _record_row(wish: Wish, platform: Platform, services: Services) -> WishRow:
+    """The image of a wish without a glob that no sync has checked yet: published if the repository has
+    its record."""
+    (ref,) = wish.expand(())
+    published = services.view.read_record(ref, platform) is not None
+    return WishRow(wish.text, str(ref), str(platform), "published" if published else "not yet converted",
+                   "" if published else "waiting for the next sync")
 
 
 def _image_row(wish: Wish, outcome: lastsync.ImageOutcome, services: Services) -> WishRow:
@@ -187,6 +259,12 @@ next sync {{ wishlist.next_sync }} (<code>DUCC_SYNC_SCHEDULE</code> <code>{{ wis
  <td>{{ r.detail }}</td>
 </tr>{% else %}<tr><td colspan="5">no entries</td></tr>{% endfor %}
 </table>
+{% if wishlist.pages > 1 %}<p class="pager">rows {{ wishlist.first }}–{{ wishlist.first + wishlist.rows|length - 1 }}
+of {{ wishlist.total }} (page {{ wishlist.page }} of {{ wishlist.pages }}):
+{% if wishlist.page > 1 %}<a href="?page=1&amp;per_page={{ wishlist.per_page }}">first</a>
+<a href="?page={{ wishlist.page - 1 }}&amp;per_page={{ wishlist.per_page }}" rel="prev">previous</a>{% endif %}
+{% if wishlist.page < wishlist.pages %}<a href="?page={{ wishlist.page + 1 }}&amp;per_page={{ wishlist.per_page }}" rel="next">next</a>
+<a href="?page={{ wishlist.pages }}&amp;per_page={{ wishlist.per_page }}">last</a>{% endif %}</p>{% endif %}
 {% endif %}
 <h2>Recent jobs</h2>
 <table><tr><th>job</th><th>image</th><th>platform</th><th>from</th><th>received</th><th>state</th><th>took</th><th>detail</th></tr>

@@ -19,7 +19,7 @@ from ducc.errors import WishlistError
 from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
 from ducc.model.request import ConversionRequest
-from ducc.wishlist import Wishlist, load, wishlist_origin
+from ducc.wishlist import Wishlist, load, read_text, wishlist_origin
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +50,10 @@ class Policy:
             return None
         if mtime != self._mtime:
             try:
-                self._wishlist = load(self.wishlist_path.read_text(encoding="utf-8"))
-                self.problem = None
-            except (OSError, UnicodeDecodeError, WishlistError) as exc:
-                self.problem = f"wishlist {self.wishlist_path} is invalid: {exc}"
+                self._wishlist, self.problem = _read(self.wishlist_path), None
+            except WishlistError as exc:
+                self._wishlist, self.problem = None, str(exc)
                 log.error("policy: %s; it allows nothing", self.problem)
-                self._wishlist = None
             self._mtime = mtime
         return self._wishlist
 
@@ -76,6 +74,15 @@ class Policy:
         if self.problem:
             return Decision(False, f"matches no DUCC_ALLOW pattern, and the {self.problem}")
         return Decision(False, "matches neither DUCC_ALLOW nor the wishlist")
+
+
+def _read(path: Path) -> Wishlist:
+    """The wishlist file ``path``; a WishlistError naming it (one that is too large is refused before it is read)."""
+    text = read_text(path)
+    try:
+        return load(text)
+    except WishlistError as exc:
+        raise WishlistError(f"wishlist {path} is invalid: {exc}") from exc
 
 
 @dataclass(frozen=True)

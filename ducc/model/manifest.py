@@ -7,11 +7,12 @@ structs (``SchemaVersion``, ``Config``, ``Layers``) and must stay readable.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ducc.errors import InvalidManifest, NoMatchingPlatform
+from ducc.errors import InvalidManifest, InvalidPlatform, NoMatchingPlatform
 from ducc.model import mediatypes
 from ducc.model.digest import Digest
 
@@ -39,28 +40,62 @@ def _load(raw: bytes, what: str) -> Mapping[str, Any]:
         raise InvalidManifest(f"{what} is not valid JSON: {exc}") from exc
 
 
+# The values the OCI image spec takes from Go's GOOS and GOARCH (``linux``, ``windows``, ``amd64``, ``arm64``,
+# ``386``, ``ppc64le``, ``s390x``, ``riscv64``, ``mips64le``, ``unknown`` for attestations) and variants
+# (``v5`` to ``v8``, amd64's ``v2`` to ``v4``). A platform names a directory (``.multiarch/<arch>[:<variant>]``,
+# ``<os>-`` first for other systems), so ``.``, ``..``, ``/``, whitespace and control characters can never be
+# part of one; an os has no ``-`` either, so ``<os>-<arch>`` names one platform only.
+_OS = re.compile(r"[a-z0-9][a-z0-9_]{0,31}")
+_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")
+
+
+def _shown(value: object) -> str:
+    """``value`` quoted with its control characters escaped, cut short: it is from outside and goes into one line."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "…"
+
+
 @dataclass(frozen=True, order=True)
 class Platform:
-    """``os/architecture[/variant]``; arm64's default variant v8 is implied."""
+    """``os/architecture[/variant]``; arm64's default variant v8 is implied.
+
+    The constructor refuses anything but the OCI grammar's lowercase names (``InvalidPlatform``), so no
+    entry point (the CLI, the API, webhooks, wishlists, image indexes, records) can hand on one that would
+    name another directory. ``parse`` and ``from_json`` lowercase first, as containerd does.
+    """
 
     os: str
     architecture: str
     variant: str | None = None
 
+    def __post_init__(self) -> None:
+        for part, value, rule, chars in (("os", self.os, _OS, ", '_'"),
+                                         ("architecture", self.architecture, _NAME, ", '_', '.', '-'"),
+                                         ("variant", self.variant, _NAME, ", '_', '.', '-'")):
+            if value is None and part == "variant":
+                continue
+            if not isinstance(value, str) or not rule.fullmatch(value):
+                whole = "/".join(str(p) for p in (self.os, self.architecture, self.variant) if p is not None)
+                raise InvalidPlatform(f"platform {_shown(whole)}: {part} {_shown(value)} is not a lowercase "
+                                      f"name (up to 32 letters, digits{chars}; a letter or digit first)")
+
     @classmethod
     def parse(cls, text: str) -> Platform:
+        """``os/arch[/variant]`` as a user writes it (case does not matter); InvalidPlatform otherwise."""
         parts = text.strip().split("/")
         if len(parts) not in (2, 3) or not all(parts):
-            raise ValueError(f"platform {text!r} is not os/arch[/variant]")
+            raise InvalidPlatform(f"platform {_shown(text)} is not os/arch[/variant]")
+        parts = [p.lower() for p in parts]
         return cls(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> Platform:
-        return cls(
-            str(_get(obj, "os", "")),
-            str(_get(obj, "architecture", "")),
-            _get(obj, "variant") or None,
-        )
+        """The ``platform`` of an index entry; InvalidPlatform for values outside the grammar."""
+        values = [_get(obj, "os", ""), _get(obj, "architecture", ""), _get(obj, "variant") or None]
+        if not all(isinstance(v, str) for v in values[:2]) or not isinstance(values[2], str | None):
+            raise InvalidPlatform(f"platform {_shown(dict(obj))}: os, architecture and variant must be strings")
+        os_, architecture, variant = (v.lower() if isinstance(v, str) else v for v in values)
+        return cls(os_, architecture, variant)
 
     def _normal_variant(self) -> str | None:
         if self.architecture == "arm64" and self.variant in (None, "v8"):
@@ -104,11 +139,18 @@ class Descriptor:
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise InvalidManifest(f"{what}: size must be a non-negative integer")
         platform = _get(obj, "platform")
+        try:
+            # An entry without os and architecture names no platform (it is never selected); one with
+            # values outside the grammar makes the whole index invalid: it cannot be trusted to name paths.
+            named = isinstance(platform, Mapping) and (_get(platform, "os") or _get(platform, "architecture"))
+            selectable = Platform.from_json(platform) if named else None
+        except InvalidPlatform as exc:
+            raise InvalidManifest(f"{what}: {exc}") from exc
         return cls(
             media_type=str(_get(obj, "mediaType", "")),
             digest=digest,
             size=size,
-            platform=Platform.from_json(platform) if isinstance(platform, Mapping) else None,
+            platform=selectable,
             urls=tuple(_get(obj, "urls") or ()),
         )
 

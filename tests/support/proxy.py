@@ -30,6 +30,7 @@ class Rule:
     keep_bytes: int = 0
     location: Callable[[str], str] | None = None
     seconds: float = 0.0  # stall: how long the answer waits (a registry that does not answer in time)
+    body: bytes = b'{"errors":[{"code":"UNAVAILABLE","message":"injected"}]}'  # status: the error body sent
 
     def matches(self, method: str, path: str) -> bool:
         return self.times != 0 and (self.method in (None, method)) and bool(self.path.search(path))
@@ -164,7 +165,7 @@ class FaultProxy:
 
     def _answer(self, h: BaseHTTPRequestHandler, rule: Rule) -> None:
         """The ``status`` answer: an error body with the rule's status (``swallow`` sends it after the registry has done the work)."""
-        payload = b'{"errors":[{"code":"UNAVAILABLE","message":"injected"}]}'
+        payload = rule.body
         h.send_response(rule.status)
         for k, v in rule.headers.items():
             h.send_header(k, v)

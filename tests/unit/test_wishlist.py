@@ -1,9 +1,13 @@
+import time
+import tracemalloc
+from pathlib import Path
+
 import pytest
 
 from ducc.errors import WishlistError
 from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
-from ducc.wishlist import load, thin_name
+from ducc.wishlist import MAX_BYTES, load, read, thin_name
 
 DUCC_V1 = """
 version: 1
@@ -107,3 +111,80 @@ def test_a_thin_name_a_digest_only_input_cannot_have_is_an_error_of_that_image()
     pinned = Reference.parse("a@sha256:" + "a" * 64)
     with pytest.raises(WishlistError, match="output_format"):
         wishlist.request(pinned, Platform("linux", "amd64"))
+
+
+def _bomb(levels: int = 9) -> str:
+    """The billion laughs in a wishlist: each level a list of nine of the one before; some 340 bytes that
+    PyYAML would expand into 9**9 strings (gigabytes once anything walks or prints them)."""
+    names = "abcdefghijklmnopqrstuvwxyz"
+    parts = ["&a [x,x,x,x,x,x,x,x,x]"]
+    for before, name in zip(names, names[1:levels], strict=False):
+        parts.append(f"&{name} [" + ",".join([f"*{before}"] * 9) + "]")
+    return f"version: 1\nuser: [{', '.join(parts)}, *{names[levels - 1]}]\ninput: ['reg.example.org/a/b:1']\n"
+
+
+def test_an_alias_bomb_is_refused_before_anything_expands_in_milliseconds_and_kilobytes():
+    text = _bomb()
+    assert len(text) < 500
+    tracemalloc.start()
+    started = time.process_time()
+    try:
+        with pytest.raises(WishlistError, match=r"line 2: YAML anchors and aliases \(&name, \*name\) are not allowed"):
+            load(text)
+        spent, (_, peak) = time.process_time() - started, tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert spent < 1.0 and peak < 1 << 20, (spent, peak)
+
+
+@pytest.mark.parametrize("text", [
+    "version: 1\ninput: [&one 'reg.example.org/a/b:1']\n",
+    "version: 1\nplatforms: &p [linux/amd64]\ninput: [{image: 'reg.example.org/a/b:1', platforms: *p}]\n",
+    "version: 1\ninput:\n  - reg.example.org/a/b:1\nlater: &x 1\n",
+], ids=["anchor-alone", "anchor-and-alias", "anchor-on-an-unknown-key"])
+def test_any_anchor_or_alias_is_refused_with_its_line(text):
+    with pytest.raises(WishlistError, match=r"line \d: YAML anchors and aliases"):
+        load(text)
+
+
+@pytest.mark.parametrize("depth", [9, 100_000], ids=["just-too-deep", "deeper-than-python-recursion"])
+def test_nesting_deeper_than_a_wishlist_needs_is_refused_in_one_line(depth):
+    with pytest.raises(WishlistError) as refused:
+        load("version: 1\ninput: " + "[" * depth + "]" * depth + "\n")
+    assert "nest" in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_the_deepest_wishlist_ducc_reads_still_loads():
+    wishlist = load("version: 1\ninput:\n  - image: reg.example.org/a/b:1\n    platforms: [linux/arm64]\n")
+    assert wishlist.wishes[0].platforms == (Platform("linux", "arm64"),)
+
+
+def test_a_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path):
+    huge = tmp_path / "wishlist.yaml"
+    with open(huge, "wb") as file:  # sparse: its size is all there is to it
+        file.truncate(MAX_BYTES + 1)
+    started = time.monotonic()
+    with pytest.raises(WishlistError, match=rf"wishlist {huge} is larger than a wishlist may be \(8.0 MiB\): 8.0 MiB"):
+        read(huge)
+    assert time.monotonic() - started < 0.5
+    exact = tmp_path / "exact.yaml"  # the limit itself is allowed (a long comment: quick to parse)
+    head = "version: 1\ninput: [reg.example.org/a/b:1]\n# "
+    exact.write_text(head + "x" * (MAX_BYTES - len(head) - 1) + "\n")
+    assert exact.stat().st_size == MAX_BYTES and len(read(exact).wishes) == 1
+
+
+def test_a_stream_that_never_ends_is_cut_at_the_size_limit():
+    with pytest.raises(WishlistError, match=r"larger than a wishlist may be \(8.0 MiB\): 8.0 MiB or more"):
+        read(Path("/dev/zero"))
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"version: 1\ninput: ['caf\xe9']\n", "not UTF-8 text"),
+    (None, "No such file or directory"),
+], ids=["latin-1", "missing"])
+def test_an_unreadable_wishlist_file_is_named_with_the_reason(tmp_path, content, message):
+    path = tmp_path / "wishlist.yaml"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(WishlistError, match=f"cannot read wishlist {path}: {message}"):
+        read(path)
