@@ -8,8 +8,9 @@ Order of work, and what each step promises:
 2. fetch     manifest (platform chosen from an index), config; both verified.
 3. unpack    every layer not yet published, in parallel, streamed from the
              registry (or the blob cache) through digest and diff_id checks into
-             a staging directory. Hardlinks to lower layers are resolved base
-             first. Layers are published as they complete the set.
+             a staging directory. The first layer that fails stops its siblings
+             at their next read; only once every layer is verified are they
+             published, base first (hardlinks to lower layers resolved then).
 4. flatten   unless a flat root with this config digest exists: merge the
              layers into a staged flat root, publish it. Layers published by this
              conversion are read where their publisher says (the staged copy, for
@@ -95,6 +96,10 @@ FlatHook = Callable[[Path, ImageConfig], object]
 
 # The client that pushes to a thin reference's registry, as an account (None: the settings' own).
 ThinClient = Callable[[Reference, str | None], RegistryClient]
+
+
+class _SiblingFailed(Exception):
+    """Stops a layer because another layer of the same image failed (that one's error is the image's)."""
 
 
 @dataclass
@@ -346,20 +351,26 @@ class Converter:
             return sources
         progress.stage(image.reference, "fetching", f"{len(missing)} of {len(image.layers)} layers")
         reports: dict[Digest, LayerReport] = {}
+        failed = threading.Event()  # set by the first layer that fails: its siblings stop at their next read
+
+        def obtain(descriptor: Descriptor, diff_id: Digest) -> tuple[LayerReport | None, int]:
+            try:
+                return self._obtain_layer(image.reference, descriptor, diff_id, stage, progress, budget, failed)
+            except BaseException:
+                failed.set()
+                raise
+
         with ThreadPoolExecutor(max_workers=min(self.parallel_layers, len(missing))) as pool:
             futures = {
-                digest: pool.submit(self._obtain_layer, image.reference, descriptor, diff_id, stage, progress, budget)
-                for digest, (descriptor, diff_id) in missing.items()
+                digest: pool.submit(obtain, descriptor, diff_id) for digest, (descriptor, diff_id) in missing.items()
             }
-            errors = []
+            errors: list[BaseException] = []
             for digest, future in futures.items():
                 try:
-                    report, fetched, source = future.result()
+                    report, fetched = future.result()
                 except BaseException as exc:  # collected so every worker finishes before staging is removed
                     errors.append(exc)
                     continue
-                if source is not None:
-                    sources[digest] = source
                 result.bytes_fetched += fetched
                 if report is None:
                     result.layers_reused += 1
@@ -368,36 +379,41 @@ class Converter:
                     result.layers_unpacked += 1
                     result.skipped_entries.extend(report.skipped)
             if errors:
-                raise errors[0]
+                # The first layer that failed on its own, not a sibling it stopped.
+                raise next((e for e in errors if not isinstance(e, _SiblingFailed)), errors[0])
 
-        # Hardlinks into lower layers need those layers whole: resolve them base first, then publish.
-        progress.stage(image.reference, "unpacking", f"{len(reports)} layers verified and published")
+        # Only now, every layer verified, is any of them published; hardlinks into lower layers need those
+        # layers whole: resolve them base first.
+        progress.stage(image.reference, "unpacking", f"{len(reports)} layers verified")
         lowers: list[Path] = []
         for descriptor, _ in image.layers:
-            report = reports.get(descriptor.digest)
-            if report is not None and report.pending and not self.publisher.has_layer(descriptor.digest):
-                resolve_lower_links(stage / descriptor.digest.hex / "layerfs", report.pending, lowers)
+            report = reports.pop(descriptor.digest, None)  # a layer listed twice is published once
+            if report is not None and not self.publisher.has_layer(descriptor.digest):
+                if report.pending:
+                    resolve_lower_links(stage / descriptor.digest.hex / "layerfs", report.pending, lowers)
                 sources[descriptor.digest] = self._commit_layer(image.reference, descriptor.digest, stage, report)
             lowers.append(sources.get(descriptor.digest) or self.publisher.layer_source(descriptor.digest))
         return sources
 
     def _obtain_layer(
-        self, ref: Reference, descriptor: Descriptor, diff_id: Digest, stage: Path, progress: Progress, budget: Budget
-    ) -> tuple[LayerReport | None, int, Path | None]:
-        """Unpack one layer unless another conversion publishes it first (None: reused); with where it
-        can be read if it was published here.
+        self, ref: Reference, descriptor: Descriptor, diff_id: Digest, stage: Path, progress: Progress, budget: Budget,
+        failed: threading.Event,
+    ) -> tuple[LayerReport | None, int]:
+        """Unpack one layer into ``stage`` unless another conversion published it first (None: reused).
 
-        The layer lock makes concurrent conversions that share a layer fetch it once: the
-        second waits, then finds it published. A layer whose hardlinks reach into lower
-        layers is published later, base first, by the caller.
+        The layer lock makes concurrent conversions that share a layer fetch it at the same
+        time once: the second waits, then finds it published, or (if the first one's image
+        is still fetching its other layers, which it waits for before publishing any)
+        unpacks it too. The caller publishes the layers once all of them are verified.
+        ``failed`` set (a sibling failed) stops this one before it starts and at its next read.
         """
         digest = descriptor.digest
+        if failed.is_set():
+            raise _SiblingFailed()
         with self.layer_lock(digest):
             if self.publisher.has_layer(digest):
-                return None, 0, None
-            report, fetched = self._unpack(ref, descriptor, diff_id, stage, progress, budget)
-            source = None if report.pending else self._commit_layer(ref, digest, stage, report)
-            return report, fetched, source
+                return None, 0
+            return self._unpack(ref, descriptor, diff_id, stage, progress, budget, failed)
 
     def _commit_layer(self, ref: Reference, digest: Digest, stage: Path, report: LayerReport) -> Path:
         if report.skipped:
@@ -410,7 +426,8 @@ class Converter:
             return txn.add_layer(digest, stage / digest.hex)
 
     def _unpack(
-        self, ref: Reference, descriptor: Descriptor, diff_id: Digest, stage: Path, progress: Progress, budget: Budget
+        self, ref: Reference, descriptor: Descriptor, diff_id: Digest, stage: Path, progress: Progress, budget: Budget,
+        failed: threading.Event,
     ) -> tuple[LayerReport, int]:
         """Stream one blob through both digest checks into ``stage/<hex>/layerfs``."""
         digest = descriptor.digest
@@ -424,6 +441,8 @@ class Converter:
 
         def on_read(chunk: bytes) -> None:
             nonlocal fetched
+            if failed.is_set():  # the image is refused already: the rest of this blob is not worth reading
+                raise _SiblingFailed()
             fetched += len(chunk)
             if writer is not None:
                 writer.write(chunk)
@@ -475,7 +494,7 @@ class Converter:
             raise type(exc)(f"{ref}: layer {descriptor.digest}: {exc}", errno_code=exc.errno) from exc
         except LimitExceeded as exc:  # the same: refused at the entry that crossed the limit
             raise LimitExceeded(f"{ref}: layer {descriptor.digest} refused: {exc}") from exc
-        except (UnsafeLayer, RegistryUnavailable, JobCancelled):
+        except (UnsafeLayer, RegistryUnavailable, JobCancelled, _SiblingFailed):
             raise  # the blob's own digest is beside the point (and the rest of it not worth downloading)
         except (DuccError, OSError, EOFError, ValueError) as exc:
             # A blob that broke off or lied surfaces here as a bad tar or gzip stream:
