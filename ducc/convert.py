@@ -65,6 +65,7 @@ from ducc.errors import (
     NoMatchingPlatform,
     RegistryUnavailable,
     ThinImageNotPushed,
+    ThinImageRefused,
     TreeMissing,
     UnsafeLayer,
     UnsupportedLayer,
@@ -80,7 +81,7 @@ from ducc.publish import Publisher
 from ducc.record import Record
 from ducc.registry.client import RegistryClient
 from ducc.registry.push import push_thin_image
-from ducc.thin import build_thin_image
+from ducc.thin import build_thin_image, cvmfs_repository
 from ducc.tree import remove_tree
 from ducc.unpack.apply import LayerReport, resolve_lower_links, unpack_layer
 from ducc.unpack.compression import decompressed
@@ -177,6 +178,8 @@ class Converter:
         layer_lock: Callable[[Digest], AbstractContextManager[object]] | None = None,
         thin_client: ThinClient | None = None,
         limits: Limits = Limits(),
+        cvmfs_repo: str | None = None,
+        thin_cvmfs_repo: str | None = None,
     ) -> None:
         self.client = client
         self.publisher = publisher
@@ -187,6 +190,10 @@ class Converter:
         self.layer_lock = layer_lock or LocalLocks()
         self.thin_client: ThinClient = thin_client or (lambda target, user: client)
         self.limits = limits
+        # The repository thin images' layer URLs name: the one published into (--cvmfs-repo), else the
+        # request's (a wishlist's cvmfs_repo), else the operator's fallback (DUCC_THIN_CVMFS_REPO).
+        self.cvmfs_repo = cvmfs_repo
+        self.thin_cvmfs_repo = thin_cvmfs_repo
 
     # -- the use case --------------------------------------------------------------------
 
@@ -223,6 +230,7 @@ class Converter:
         """Publish the request's image unless it is already current; see the module docstring."""
         progress = progress or self.progress
         ref, platform = request.reference, request.platform
+        thin_repo = self._thin_repo(request) if request.thin is not None else ""
         started = time.monotonic()
         self._sweep()
         progress.stage(ref, "resolving")
@@ -239,7 +247,7 @@ class Converter:
             current = ConversionResult(request, "unchanged", path, tag_digest=tag_digest,
                                        config_digest=record.config_digest)
             image = fetch_image(self.client, ref, platform, tag_digest)
-            return self._push_thin(image, record, current, started, progress)
+            return self._push_thin(image, record, current, started, progress, thin_repo)
 
         image = fetch_image(self.client, ref, platform, tag_digest)
         tally = _Tally()
@@ -285,7 +293,7 @@ class Converter:
         )
         if request.thin is None:
             return result
-        return self._push_thin(image, record, result, started, progress)
+        return self._push_thin(image, record, result, started, progress, thin_repo)
 
     def _sweep(self) -> None:
         """Staging an earlier crash left behind goes now, whatever this run turns out to do (a run that
@@ -306,8 +314,22 @@ class Converter:
 
     # -- thin image ----------------------------------------------------------------------
 
+    def _thin_repo(self, request: ConversionRequest) -> str:
+        """The CVMFS repository the request's thin image names in its layer URLs; ThinImageRefused if
+        nothing names one (a name is never made up: readers would look for the layers elsewhere)."""
+        repo = self.cvmfs_repo or request.thin_repo or self.thin_cvmfs_repo
+        if not repo:
+            raise ThinImageRefused(
+                f"{request.reference}: a thin image needs the CVMFS repository its layers are read from: "
+                "give --cvmfs-repo, the wishlist's cvmfs_repo or DUCC_THIN_CVMFS_REPO")
+        try:
+            return cvmfs_repository(repo)
+        except ValueError as exc:
+            raise ThinImageRefused(f"{request.reference}: thin image: {exc}") from exc
+
     def _push_thin(
-        self, image: Image, record: Record, result: ConversionResult, started: float, progress: Progress
+        self, image: Image, record: Record, result: ConversionResult, started: float, progress: Progress,
+        cvmfs_repo: str,
     ) -> ConversionResult:
         """Push the request's thin image of the published ``image``, then say so in its ``record``."""
         request = result.request
@@ -315,11 +337,7 @@ class Converter:
         assert target is not None
         ref = image.reference
         progress.stage(ref, "thin", f"pushing thin image {target}")
-        try:
-            # The layer URLs name the repository the layers were published into.
-            thin = build_thin_image(ref, image.manifest, image.config, self.publisher.name)
-        except ValueError as exc:
-            raise ThinImageNotPushed(f"cannot name the layers of {ref} in thin.json: {exc}") from exc
+        thin = build_thin_image(ref, image.manifest, image.config, cvmfs_repo)
         # A thin image pushed earlier under another name (the output_format changed) holds the same blobs:
         # the registry can mount them from there instead of receiving them again.
         mount_from = _earlier_thin(record, target)

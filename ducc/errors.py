@@ -27,6 +27,7 @@ Callers decide what to do from attributes, never from message text:
     │   └── StorageFull           no space or quota left (temporary)
     ├── WishlistError             a wishlist that does not validate (or cannot be read)
     ├── ThinImageNotPushed        the image is published, its thin image is not (temporary as its cause)
+    ├── ThinImageRefused          a thin image whose layer URLs could name no CVMFS repository (nothing done)
     ├── JobCancelled              a job stopped on request (``ducc cancel``, the API); nothing half published
     ├── ServiceUnavailable        Redis (queue, job status) cannot be reached (temporary)
     ├── StateDirectoryInUse       another ``ducc serve`` runs with the same state directory
@@ -162,6 +163,12 @@ class ThinImageNotPushed(DuccError):
     @classmethod
     def because(cls, cause: DuccError) -> ThinImageNotPushed:
         return cls(cause, temporary=cause.temporary)
+
+
+class ThinImageRefused(DuccError):
+    """A thin image was asked for, but nothing names the CVMFS repository its layer URLs must point
+    into (``--cvmfs-repo``, the wishlist's ``cvmfs_repo``, ``DUCC_THIN_CVMFS_REPO``), or the name given
+    is not one. Raised before any work: the image is not converted either. Never retried."""
 
 
 class LocalStorageError(DuccError):

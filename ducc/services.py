@@ -204,7 +204,8 @@ class Services:
         return Converter(self.client, self.publisher, cache=self.cache, progress=self.progress,
                          parallel_layers=self.settings.parallel_layers,
                          layer_lock=self._layer_lock if self.shared_locks else None, thin_client=self.thin_client,
-                         limits=limits)
+                         limits=limits, cvmfs_repo=self.settings.cvmfs_repo,
+                         thin_cvmfs_repo=self.settings.thin_cvmfs_repo)
 
     def celery(self) -> Celery:
         """The Celery app (a new one each call: a worker registers its tasks on its own)."""

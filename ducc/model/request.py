@@ -23,8 +23,9 @@ class ConversionRequest:
 
     ``thin`` names where a thin image is pushed (None: no thin image), ``thin_user``
     the account that pushes it when the settings name none (a wishlist's ``user``, as
-    in DUCC; never a password), ``repository`` the repository to publish into (None:
-    the service's own). Requests with the same ``key`` are one conversion: the queue
+    in DUCC; never a password), ``thin_repo`` the CVMFS repository its layer URLs name
+    when the settings name none (a wishlist's ``cvmfs_repo``), ``repository`` the
+    repository to publish into (None: the service's own). Requests with the same ``key`` are one conversion: the queue
     coalesces them. ``origin`` says who asks (``wishlist <path>`` for a wishlist's sync):
     the record keeps it, so a policy can tell the tags a wishlist published.
     """
@@ -35,6 +36,7 @@ class ConversionRequest:
     repository: str | None = None
     thin_user: str | None = None
     origin: str | None = None
+    thin_repo: str | None = None
 
     @property
     def image(self) -> str:
@@ -56,6 +58,8 @@ class ConversionRequest:
             out["thin"] = str(self.thin)
         if self.thin_user:
             out["thin_user"] = self.thin_user
+        if self.thin_repo:
+            out["thin_repo"] = self.thin_repo
         if self.repository:
             out["repository"] = self.repository
         if self.origin:
@@ -73,6 +77,7 @@ class ConversionRequest:
             repository=str(obj["repository"]) if obj.get("repository") else None,
             thin_user=str(obj["thin_user"]) if obj.get("thin_user") else None,
             origin=str(obj["origin"]) if obj.get("origin") else None,
+            thin_repo=str(obj["thin_repo"]) if obj.get("thin_repo") else None,
         )
 
 

@@ -107,3 +107,14 @@ def test_a_thin_name_a_digest_only_input_cannot_have_is_an_error_of_that_image()
     pinned = Reference.parse("a@sha256:" + "a" * 64)
     with pytest.raises(WishlistError, match="output_format"):
         wishlist.request(pinned, Platform("linux", "amd64"))
+
+
+def test_a_wishlists_thin_requests_carry_its_cvmfs_repo_through_the_queue():
+    from ducc.model.request import ConversionRequest
+
+    wishlist = load(DUCC_V1)
+    request = wishlist.request(Reference.parse("ubuntu:24.04"), Platform("linux", "amd64"))
+    assert request.thin_repo == "unpacked.cern.ch" and request.thin_user == "cvmfsunpacker"
+    assert ConversionRequest.from_json(request.to_json()) == request
+    plain = load("version: 1\ncvmfs_repo: unpacked.cern.ch\ninput: ['ubuntu:24.04']\n")
+    assert plain.request(Reference.parse("ubuntu:24.04"), Platform("linux", "amd64")).thin_repo is None
