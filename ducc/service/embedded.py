@@ -103,7 +103,7 @@ def start_redis(settings: Settings) -> tuple[Child, str]:
         if not child.alive():
             raise ServiceUnavailable("the embedded redis-server exited at start; see its messages above")
         try:
-            if redis.Redis.from_url(url).ping():
+            if redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5).ping():
                 return child, url
         except redis.RedisError:
             time.sleep(0.05)
