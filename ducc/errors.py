@@ -34,6 +34,7 @@ Callers decide what to do from attributes, never from message text:
     └── PublishError              the publisher could not make the image visible
         ├── RepositoryUnusable    a repository root that cannot be created or written
         ├── CvmfsError            a cvmfs_server command failed (its command, exit code, stderr)
+        ├── LeaseLost             the repository lease lapsed under a writer, which stopped before writing (temporary)
         └── TreeMissing           a layer or flat root was removed under a conversion (temporary)
 """
 
@@ -218,6 +219,14 @@ class CvmfsError(PublishError):
         self.returncode = returncode
         self.stderr = stderr
         self.temporary = returncode == 16 or "lease path busy" in stderr
+
+
+class LeaseLost(PublishError):
+    """The writer's lease on the repository lapsed (Redis unreachable longer than the lease, or the lease
+    taken over): another writer may hold it now, so this one stopped before its next visible change.
+    A retry takes the lease again and publishes."""
+
+    temporary = True
 
 
 class TreeMissing(PublishError):

@@ -80,3 +80,49 @@ def test_a_task_sent_while_redis_is_frozen_fails_instead_of_waiting_forever(redi
     print(f"send_task gave up after {took:.1f}s with Redis frozen: {outcome}")
     assert not sender.is_alive(), "send_task still waits on a frozen Redis after a minute"
     assert outcome and outcome[0] is not None and took < 45
+
+
+def test_a_writer_whose_lease_lapsed_while_redis_was_frozen_stops_before_its_next_write(redis_server, root):
+    """Two hosts share a directory root, serialised by the repository's Redis lease. The first holds it,
+    Redis freezes for longer than the lease, the second takes it once Redis answers again: the first
+    must not write anything more (a temporary failure: its retry takes the lease again)."""
+    import pytest
+
+    from ducc import layout
+    from ducc.errors import LeaseLost
+    from ducc.model.digest import Digest
+    from ducc.model.reference import Reference
+    from ducc.publish.directory import DirectoryPublisher
+    from ducc.service import keys
+    from ducc.service.broker import build_redis
+    from ducc.service.locks import Lease, lease
+
+    seconds = 3
+    first = DirectoryPublisher(root, name="shared-export",
+                               lock=lambda name: lease(build_redis(redis_server.url), keys.publish_lease(name),
+                                                       seconds=seconds))
+    digest = Digest.of(b"a layer the first writer unpacked")
+    with first.staging() as stage:
+        (stage / digest.hex / "layerfs").mkdir(parents=True)
+        (stage / digest.hex / "layerfs" / "file").write_bytes(b"content")
+        with first.transaction() as txn:
+            with frozen(redis_server):
+                time.sleep(seconds + 2)  # the lease's key expires in Redis meanwhile
+            second = Lease(redis_server.client(), keys.publish_lease("shared-export"), seconds=30)
+            second.acquire(wait=10)  # the other host writes from now on
+            try:
+                with pytest.raises(LeaseLost) as lost:
+                    txn.add_layer(digest, stage / digest.hex)
+                assert lost.value.temporary and "shared-export" in str(lost.value)
+                with pytest.raises(LeaseLost):
+                    txn.point_tag(Reference.parse("example.org/team/app:1"), layout_platform(), digest)
+            finally:
+                second.release()
+    assert not (root / layout.layer_dir(digest)).exists()
+    assert not (root / "example.org").exists()
+
+
+def layout_platform():
+    from ducc.model.manifest import DEFAULT_PLATFORM
+
+    return DEFAULT_PLATFORM
