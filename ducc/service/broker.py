@@ -20,7 +20,6 @@ from ducc.service import keys
 from ducc.service.queue import GC_TASK, RECONCILE_TASK, SYNC_TASK
 from ducc.settings import Settings
 
-
 # Seconds a Redis command or connection may take. A Redis that stops answering (a network partition, a
 # stopped process) must be an error the caller handles (a 503, a heartbeat retried at its next tick, a
 # lease found lost), never a hang: no command ducc sends blocks on the server side.
