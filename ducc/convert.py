@@ -17,8 +17,11 @@ Order of work, and what each step promises:
              CVMFS), the others from the repository.
 5. publish   point the tag at the flat root, then write the record (last).
 6. thin      only if the request names a thin reference (DESIGN §7): build the
-             thin image from the verified manifest and config, push it through
-             the registry API, then add its reference and digest to the record.
+             thin image from the verified manifest and config (its layer URLs
+             name ``cvmfs_repo``, else the request's ``thin_repo``, else
+             ``thin_cvmfs_repo``; with none, ``ThinImageRefused`` before step 1),
+             push it through the registry API, then add its reference and
+             digest to the record.
              It runs after the image is published and never unpublishes it: a
              failure is ``ThinImageNotPushed`` (temporary when its cause is), and
              a later run of the same request, finding the record current but
