@@ -126,3 +126,25 @@ def layout_platform():
     from ducc.model.manifest import DEFAULT_PLATFORM
 
     return DEFAULT_PLATFORM
+
+
+def test_a_lease_counts_as_held_only_until_its_last_confirmed_renewal_expires_or_it_is_taken(redis_server):
+    """``Lease.still_held`` asks no Redis: it reads an injected clock against the last renewal Redis
+    confirmed, and what the last renewal found."""
+    from ducc.service import keys
+    from ducc.service.locks import Lease
+
+    now = [1000.0]
+    client = redis_server.client()
+    held = Lease(client, "repo-a", seconds=10, clock=lambda: now[0])
+    held.acquire(wait=1)
+    assert held.still_held()
+    now[0] += 8.5
+    assert held.still_held()
+    now[0] += 1  # within the margin a write needs before the key may expire: no longer ours
+    assert not held.still_held()
+    assert held.renew() and held.still_held()  # Redis confirmed it: ten more seconds
+    client.set(keys.lock("repo-a"), "another holder's token")  # it lapsed and another host took it
+    assert not held.renew() and not held.still_held()
+    now[0] -= 100
+    assert not held.still_held(), "a lease found lost stays lost"
