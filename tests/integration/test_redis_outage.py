@@ -92,15 +92,15 @@ def test_a_writer_whose_lease_lapsed_while_redis_was_frozen_stops_before_its_nex
     from ducc.errors import LeaseLost
     from ducc.model.digest import Digest
     from ducc.model.reference import Reference
-    from ducc.publish.directory import DirectoryPublisher
     from ducc.service import keys
-    from ducc.service.broker import build_redis
-    from ducc.service.locks import Lease, lease
+    from ducc.service.locks import Lease
+    from ducc.services import Services
+    from ducc.settings import Settings
 
     seconds = 3
-    first = DirectoryPublisher(root, name="shared-export",
-                               lock=lambda name: lease(build_redis(redis_server.url), keys.publish_lease(name),
-                                                       seconds=seconds))
+    settings = Settings.from_env(service_env(root, redis_server.url, root.parent / "state",
+                                             DUCC_REPOSITORY="shared-export", DUCC_JOB_LEASE=str(seconds)))
+    first = Services(settings, shared_locks=True).publisher  # as a worker builds it
     digest = Digest.of(b"a layer the first writer unpacked")
     with first.staging() as stage:
         (stage / digest.hex / "layerfs").mkdir(parents=True)
