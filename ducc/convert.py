@@ -8,16 +8,20 @@ Order of work, and what each step promises:
 2. fetch     manifest (platform chosen from an index), config; both verified.
 3. unpack    every layer not yet published, in parallel, streamed from the
              registry (or the blob cache) through digest and diff_id checks into
-             a staging directory. Hardlinks to lower layers are resolved base
-             first. Layers are published as they complete the set.
+             a staging directory. The first layer that fails stops its siblings
+             at their next read; only once every layer is verified are they
+             published, base first (hardlinks to lower layers resolved then).
 4. flatten   unless a flat root with this config digest exists: merge the
              layers into a staged flat root, publish it. Layers published by this
              conversion are read where their publisher says (the staged copy, for
              CVMFS), the others from the repository.
 5. publish   point the tag at the flat root, then write the record (last).
 6. thin      only if the request names a thin reference (DESIGN §7): build the
-             thin image from the verified manifest and config, push it through
-             the registry API, then add its reference and digest to the record.
+             thin image from the verified manifest and config (its layer URLs
+             name ``cvmfs_repo``, else the request's ``thin_repo``, else
+             ``thin_cvmfs_repo``; with none, ``ThinImageRefused`` before step 1),
+             push it through the registry API, then add its reference and
+             digest to the record.
              It runs after the image is published and never unpublishes it: a
              failure is ``ThinImageNotPushed`` (temporary when its cause is), and
              a later run of the same request, finding the record current but
@@ -70,6 +74,7 @@ from ducc.errors import (
     NoMatchingPlatform,
     RegistryUnavailable,
     ThinImageNotPushed,
+    ThinImageRefused,
     TreeMissing,
     UnsafeLayer,
     UnsupportedLayer,
@@ -85,7 +90,7 @@ from ducc.publish import Publisher
 from ducc.record import Record
 from ducc.registry.client import RegistryClient
 from ducc.registry.push import push_thin_image
-from ducc.thin import build_thin_image
+from ducc.thin import build_thin_image, cvmfs_repository
 from ducc.tree import remove_tree
 from ducc.unpack.apply import LayerReport, resolve_lower_links, unpack_layer
 from ducc.unpack.compression import decompressed
@@ -101,6 +106,10 @@ FlatHook = Callable[[Path, ImageConfig], object]
 
 # The client that pushes to a thin reference's registry, as an account (None: the settings' own).
 ThinClient = Callable[[Reference, str | None], RegistryClient]
+
+
+class _SiblingFailed(Exception):
+    """Stops a layer because another layer of the same image failed (that one's error is the image's)."""
 
 
 @dataclass
@@ -181,6 +190,8 @@ class Converter:
         layer_lock: Callable[[Digest], AbstractContextManager[object]] | None = None,
         thin_client: ThinClient | None = None,
         limits: Limits = Limits(),
+        cvmfs_repo: str | None = None,
+        thin_cvmfs_repo: str | None = None,
     ) -> None:
         self.client = client
         self.publisher = publisher
@@ -191,6 +202,10 @@ class Converter:
         self.layer_lock = layer_lock or LocalLocks()
         self.thin_client: ThinClient = thin_client or (lambda target, user: client)
         self.limits = limits
+        # The repository thin images' layer URLs name: the one published into (--cvmfs-repo), else the
+        # request's (a wishlist's cvmfs_repo), else the operator's fallback (DUCC_THIN_CVMFS_REPO).
+        self.cvmfs_repo = cvmfs_repo
+        self.thin_cvmfs_repo = thin_cvmfs_repo
 
     # -- the use case --------------------------------------------------------------------
 
@@ -230,6 +245,7 @@ class Converter:
         publishes nothing; after it, it only skips the thin push (``ConversionResult.thin_error``)."""
         progress = progress or self.progress
         ref, platform = request.reference, request.platform
+        thin_repo = self._thin_repo(request) if request.thin is not None else ""
         started = time.monotonic()
         self._sweep()
         cancel("resolving")
@@ -247,7 +263,7 @@ class Converter:
             current = ConversionResult(request, "unchanged", path, tag_digest=tag_digest,
                                        config_digest=record.config_digest)
             image = fetch_image(self.client, ref, platform, tag_digest)
-            return self._push_thin(image, record, current, started, progress, cancel)
+            return self._push_thin(image, record, current, started, progress, cancel, thin_repo)
 
         image = fetch_image(self.client, ref, platform, tag_digest)
         tally = _Tally()
@@ -295,7 +311,7 @@ class Converter:
         )
         if request.thin is None:
             return result
-        return self._push_thin(image, record, result, started, progress, cancel)
+        return self._push_thin(image, record, result, started, progress, cancel, thin_repo)
 
     def _sweep(self) -> None:
         """Staging an earlier crash left behind goes now, whatever this run turns out to do (a run that
@@ -316,9 +332,23 @@ class Converter:
 
     # -- thin image ----------------------------------------------------------------------
 
+    def _thin_repo(self, request: ConversionRequest) -> str:
+        """The CVMFS repository the request's thin image names in its layer URLs; ThinImageRefused if
+        nothing names one (a name is never made up: readers would look for the layers elsewhere)."""
+        repo = self.cvmfs_repo or request.thin_repo or self.thin_cvmfs_repo
+        if not repo:
+            raise ThinImageRefused(
+                f"{request.reference}: a thin image needs the CVMFS repository its layers are read from: "
+                "give --cvmfs-repo, the wishlist's cvmfs_repo or DUCC_THIN_CVMFS_REPO")
+        try:
+            return cvmfs_repository(repo)
+        except ValueError as exc:
+            raise ThinImageRefused(f"{request.reference}: thin image: {exc}") from exc
+
     def _push_thin(
         self, image: Image, record: Record, result: ConversionResult, started: float, progress: Progress,
         cancel: CancelCheck,
+        cvmfs_repo: str,
     ) -> ConversionResult:
         """Push the request's thin image of the published ``image``, then say so in its ``record``; a
         cancel now skips the push and leaves the image published."""
@@ -332,11 +362,7 @@ class Converter:
             progress.stage(ref, "thin", f"thin image {target} not pushed: {exc}")
             return replace(result, thin_error=str(exc), seconds=time.monotonic() - started)
         progress.stage(ref, "thin", f"pushing thin image {target}")
-        try:
-            # The layer URLs name the repository the layers were published into.
-            thin = build_thin_image(ref, image.manifest, image.config, self.publisher.name)
-        except ValueError as exc:
-            raise ThinImageNotPushed(f"cannot name the layers of {ref} in thin.json: {exc}") from exc
+        thin = build_thin_image(ref, image.manifest, image.config, cvmfs_repo)
         # A thin image pushed earlier under another name (the output_format changed) holds the same blobs:
         # the registry can mount them from there instead of receiving them again.
         mount_from = _earlier_thin(record, target)
@@ -369,21 +395,26 @@ class Converter:
         cancel("fetching")
         progress.stage(image.reference, "fetching", f"{len(missing)} of {len(image.layers)} layers")
         reports: dict[Digest, LayerReport] = {}
+        failed = threading.Event()  # set by the first layer that fails: its siblings stop at their next read
+
+        def obtain(descriptor: Descriptor, diff_id: Digest) -> tuple[LayerReport | None, int]:
+            try:
+                return self._obtain_layer(image.reference, descriptor, diff_id, stage, progress, budget, cancel, failed)
+            except BaseException:
+                failed.set()
+                raise
+
         with ThreadPoolExecutor(max_workers=min(self.parallel_layers, len(missing))) as pool:
             futures = {
-                digest: pool.submit(self._obtain_layer, image.reference, descriptor, diff_id, stage, progress, budget,
-                                    cancel)
-                for digest, (descriptor, diff_id) in missing.items()
+                digest: pool.submit(obtain, descriptor, diff_id) for digest, (descriptor, diff_id) in missing.items()
             }
-            errors = []
+            errors: list[BaseException] = []
             for digest, future in futures.items():
                 try:
-                    report, fetched, source = future.result()
+                    report, fetched = future.result()
                 except BaseException as exc:  # collected so every worker finishes before staging is removed
                     errors.append(exc)
                     continue
-                if source is not None:
-                    sources[digest] = source
                 result.bytes_fetched += fetched
                 if report is None:
                     result.layers_reused += 1
@@ -392,15 +423,18 @@ class Converter:
                     result.layers_unpacked += 1
                     result.skipped_entries.extend(report.skipped)
             if errors:
-                raise errors[0]
+                # The first layer that failed on its own, not a sibling it stopped.
+                raise next((e for e in errors if not isinstance(e, _SiblingFailed)), errors[0])
 
-        # Hardlinks into lower layers need those layers whole: resolve them base first, then publish.
-        progress.stage(image.reference, "unpacking", f"{len(reports)} layers verified and published")
+        # Only now, every layer verified, is any of them published; hardlinks into lower layers need those
+        # layers whole: resolve them base first.
+        progress.stage(image.reference, "unpacking", f"{len(reports)} layers verified")
         lowers: list[Path] = []
         for descriptor, _ in image.layers:
-            report = reports.get(descriptor.digest)
-            if report is not None and report.pending and not self.publisher.has_layer(descriptor.digest):
-                resolve_lower_links(stage / descriptor.digest.hex / "layerfs", report.pending, lowers)
+            report = reports.pop(descriptor.digest, None)  # a layer listed twice is published once
+            if report is not None and not self.publisher.has_layer(descriptor.digest):
+                if report.pending:
+                    resolve_lower_links(stage / descriptor.digest.hex / "layerfs", report.pending, lowers)
                 sources[descriptor.digest] = self._commit_layer(image.reference, descriptor.digest, stage, report)
             lowers.append(sources.get(descriptor.digest) or self.publisher.layer_source(descriptor.digest))
         return sources
@@ -408,21 +442,23 @@ class Converter:
     def _obtain_layer(
         self, ref: Reference, descriptor: Descriptor, diff_id: Digest, stage: Path, progress: Progress, budget: Budget,
         cancel: CancelCheck,
-    ) -> tuple[LayerReport | None, int, Path | None]:
-        """Unpack one layer unless another conversion publishes it first (None: reused); with where it
-        can be read if it was published here.
+        failed: threading.Event,
+    ) -> tuple[LayerReport | None, int]:
+        """Unpack one layer into ``stage`` unless another conversion published it first (None: reused).
 
-        The layer lock makes concurrent conversions that share a layer fetch it once: the
-        second waits, then finds it published. A layer whose hardlinks reach into lower
-        layers is published later, base first, by the caller.
+        The layer lock makes concurrent conversions that share a layer fetch it at the same
+        time once: the second waits, then finds it published, or (if the first one's image
+        is still fetching its other layers, which it waits for before publishing any)
+        unpacks it too. The caller publishes the layers once all of them are verified.
+        ``failed`` set (a sibling failed) stops this one before it starts and at its next read.
         """
         digest = descriptor.digest
+        if failed.is_set():
+            raise _SiblingFailed()
         with self.layer_lock(digest):
             if self.publisher.has_layer(digest):
-                return None, 0, None
-            report, fetched = self._unpack(ref, descriptor, diff_id, stage, progress, budget, cancel)
-            source = None if report.pending else self._commit_layer(ref, digest, stage, report)
-            return report, fetched, source
+                return None, 0
+            return self._unpack(ref, descriptor, diff_id, stage, progress, budget, cancel, failed)
 
     def _commit_layer(self, ref: Reference, digest: Digest, stage: Path, report: LayerReport) -> Path:
         if report.skipped:
@@ -437,6 +473,7 @@ class Converter:
     def _unpack(
         self, ref: Reference, descriptor: Descriptor, diff_id: Digest, stage: Path, progress: Progress, budget: Budget,
         cancel: CancelCheck,
+        failed: threading.Event,
     ) -> tuple[LayerReport, int]:
         """Stream one blob through both digest checks into ``stage/<hex>/layerfs``."""
         digest = descriptor.digest
@@ -450,6 +487,8 @@ class Converter:
 
         def on_read(chunk: bytes) -> None:
             nonlocal fetched
+            if failed.is_set():  # the image is refused already: the rest of this blob is not worth reading
+                raise _SiblingFailed()
             fetched += len(chunk)
             if writer is not None:
                 writer.write(chunk)
@@ -502,7 +541,7 @@ class Converter:
             raise type(exc)(f"{ref}: layer {descriptor.digest}: {exc}", errno_code=exc.errno) from exc
         except LimitExceeded as exc:  # the same: refused at the entry that crossed the limit
             raise LimitExceeded(f"{ref}: layer {descriptor.digest} refused: {exc}") from exc
-        except (UnsafeLayer, RegistryUnavailable, JobCancelled):
+        except (UnsafeLayer, RegistryUnavailable, JobCancelled, _SiblingFailed):
             raise  # the blob's own digest is beside the point (and the rest of it not worth downloading)
         except (DuccError, OSError, EOFError, ValueError) as exc:
             # A blob that broke off or lied surfaces here as a bad tar or gzip stream:

@@ -28,12 +28,14 @@ Callers decide what to do from attributes, never from message text:
     │   └── StorageFull           no space or quota left (temporary)
     ├── WishlistError             a wishlist that does not validate (or cannot be read)
     ├── ThinImageNotPushed        the image is published, its thin image is not (temporary as its cause)
+    ├── ThinImageRefused          a thin image whose layer URLs could name no CVMFS repository (nothing done)
     ├── JobCancelled              a job stopped on request (``ducc cancel``, the API); nothing half published
     ├── ServiceUnavailable        Redis (queue, job status) cannot be reached (temporary)
     ├── StateDirectoryInUse       another ``ducc serve`` runs with the same state directory
     └── PublishError              the publisher could not make the image visible
         ├── RepositoryUnusable    a repository root that cannot be created or written
         ├── CvmfsError            a cvmfs_server command failed (its command, exit code, stderr)
+        ├── LeaseLost             the repository lease lapsed under a writer, which stopped before writing (temporary)
         └── TreeMissing           a layer or flat root was removed under a conversion (temporary)
 """
 
@@ -170,6 +172,12 @@ class ThinImageNotPushed(DuccError):
         return cls(cause, temporary=cause.temporary)
 
 
+class ThinImageRefused(DuccError):
+    """A thin image was asked for, but nothing names the CVMFS repository its layer URLs must point
+    into (``--cvmfs-repo``, the wishlist's ``cvmfs_repo``, ``DUCC_THIN_CVMFS_REPO``), or the name given
+    is not one. Raised before any work: the image is not converted either. Never retried."""
+
+
 class LocalStorageError(DuccError):
     """The local filesystem refused a write: a name it cannot store, a read-only or broken disk."""
 
@@ -217,6 +225,14 @@ class CvmfsError(PublishError):
         self.returncode = returncode
         self.stderr = stderr
         self.temporary = returncode == 16 or "lease path busy" in stderr
+
+
+class LeaseLost(PublishError):
+    """The writer's lease on the repository lapsed (Redis unreachable longer than the lease, or the lease
+    taken over): another writer may hold it now, so this one stopped before its next visible change.
+    A retry takes the lease again and publishes."""
+
+    temporary = True
 
 
 class TreeMissing(PublishError):

@@ -22,7 +22,7 @@ import redis
 
 from ducc.errors import PublishError, ServiceUnavailable
 from ducc.progress import LogProgress, Progress
-from ducc.publish import Publisher, RepositoryView
+from ducc.publish import Publisher, RepositoryView, StillHeld
 from ducc.publish.cvmfs import CvmfsView, split_repository
 from ducc.publish.directory import DirectoryPublisher, DirectoryView
 from ducc.service import keys
@@ -134,11 +134,12 @@ class Services:
             raise ValueError(f"unknown publisher {self.settings.publisher!r}")
         return DirectoryPublisher(self.root, name=self.settings.repository, durable=self.settings.fsync, lock=lock)
 
-    def _repository_lock(self, name: str) -> AbstractContextManager[None]:
-        # Writes into one repository are serialised across hosts by a Redis lease on its name.
+    def _repository_lock(self, name: str) -> AbstractContextManager[StillHeld]:
+        # Writes into one repository are serialised across hosts by a Redis lease on its name; the
+        # publisher asks whether it still holds it before every visible change.
         return lease(self.redis, keys.publish_lease(name), seconds=self.settings.job_lease)
 
-    def _layer_lock(self, digest: object) -> AbstractContextManager[None]:
+    def _layer_lock(self, digest: object) -> AbstractContextManager[object]:
         # One fetch per layer across workers.
         return lease(self.redis, keys.layer_lease(digest), seconds=self.settings.job_lease)
 
@@ -204,7 +205,8 @@ class Services:
         return Converter(self.client, self.publisher, cache=self.cache, progress=self.progress,
                          parallel_layers=self.settings.parallel_layers,
                          layer_lock=self._layer_lock if self.shared_locks else None, thin_client=self.thin_client,
-                         limits=limits)
+                         limits=limits, cvmfs_repo=self.settings.cvmfs_repo,
+                         thin_cvmfs_repo=self.settings.thin_cvmfs_repo)
 
     def celery(self) -> Celery:
         """The Celery app (a new one each call: a worker registers its tasks on its own)."""

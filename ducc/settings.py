@@ -22,6 +22,7 @@
 | DUCC_RETRY_ATTEMPTS | attempts per registry request | 5 |
 | DUCC_REGISTRY_USER / _PASSWORD(_FILE) / _HOSTS | credentials and the hosts they are for | |
 | DUCC_OUTPUT_REGISTRY_USER / _PASSWORD(_FILE) | account that pushes thin images, offered only to the thin image's registry (user default: the wishlist's ``user``; ``DUCC_OUTPUT_REGISTRY_PASS`` is DUCC's name for the password) | |
+| DUCC_THIN_CVMFS_REPO | ``REPO[/subdir]`` the layer URLs of thin images name when neither DUCC_CVMFS_REPO (``--cvmfs-repo``) nor the wishlist's ``cvmfs_repo`` does (a directory root exported into CVMFS); with none of them thin images are refused | |
 | DOCKER_CONFIG | directory of a Docker ``config.json`` to take credentials from | ``~/.docker`` |
 | DUCC_FSYNC | ``1``: flush the filesystem before each record (power-loss safety) | off |
 | DUCC_REDIS_URL | broker, locks and job status; unset: ``ducc serve`` runs its own Redis | |
@@ -222,6 +223,7 @@ class Settings:
     publisher: str = "directory"
     repository: str | None = None
     cvmfs_repo: str | None = None
+    thin_cvmfs_repo: str | None = None
     cvmfs_server: str = "cvmfs_server"
     cvmfs_mount: Path | None = None
     cvmfs_gateway: bool = False
@@ -294,6 +296,7 @@ class Settings:
             publisher=_choice(env, "DUCC_PUBLISHER", PUBLISHERS, "cvmfs" if env.get("DUCC_CVMFS_REPO") else "directory"),
             repository=env.get("DUCC_REPOSITORY") or None,
             cvmfs_repo=env.get("DUCC_CVMFS_REPO") or None,
+            thin_cvmfs_repo=env.get("DUCC_THIN_CVMFS_REPO") or None,
             cvmfs_server=env.get("DUCC_CVMFS_SERVER") or "cvmfs_server",
             cvmfs_mount=Path(env["DUCC_CVMFS_MOUNT"]) if env.get("DUCC_CVMFS_MOUNT") else None,
             cvmfs_gateway=_flag(env, "DUCC_CVMFS_GATEWAY"),

@@ -106,7 +106,7 @@ def build_thin_image(source: Reference, manifest: Manifest, config: ImageConfig,
 
     ``manifest`` and ``config`` are the source's, already verified by whoever fetched them.
     """
-    repo = _cvmfs_repo(cvmfs_repo)
+    repo = cvmfs_repository(cvmfs_repo)
     document = thin_json(source, manifest, repo)
     tar = _single_file_tar(THIN_JSON, document)
     layer = _gzip_stored(tar)
@@ -193,7 +193,9 @@ def thin_reference(output_format: str, source: Reference) -> Reference:
 # -- bytes -------------------------------------------------------------------------------
 
 
-def _cvmfs_repo(value: str) -> str:
+def cvmfs_repository(value: str) -> str:
+    """``value`` as layer URLs spell it (``repo`` or ``repo/subdir``, no slashes around); ValueError if
+    it is not a CVMFS repository name."""
     repo = value.strip().strip("/")
     if not _REPOSITORY_NAME.match(repo) or ".." in repo.split("/"):
         raise ValueError(f"{value!r} is not a CVMFS repository name (like unpacked.cern.ch or repo/subdir)")

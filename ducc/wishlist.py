@@ -119,9 +119,12 @@ class Wishlist:
         return thin_reference(self.output_format, ref) if self.output_format else None
 
     def request(self, ref: Reference, platform: Platform) -> ConversionRequest:
-        """The conversion this wishlist asks for ``ref`` on ``platform``, with its thin image if any."""
+        """The conversion this wishlist asks for ``ref`` on ``platform``, with its thin image if any (pushed
+        as ``user``, its layer URLs naming ``cvmfs_repo`` unless the settings name a repository)."""
         target = self.thin_target(ref)
-        return ConversionRequest(ref, platform, thin=target, thin_user=self.user if target is not None else None)
+        if target is None:
+            return ConversionRequest(ref, platform)
+        return ConversionRequest(ref, platform, thin=target, thin_user=self.user, thin_repo=self.cvmfs_repo)
 
 
 def _platforms(value: Any, where: str, default: tuple[Platform, ...]) -> tuple[Platform, ...]:

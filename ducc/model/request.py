@@ -23,13 +23,15 @@ class ConversionRequest:
 
     ``thin`` names where a thin image is pushed (None: no thin image), ``thin_user``
     the account that pushes it when the settings name none (a wishlist's ``user``, as
-    in DUCC; never a password). ``origin`` says who asks (``wishlist <path>`` for a
-    wishlist's sync): the record keeps it, so a policy can tell the tags a wishlist published.
+    in DUCC; never a password), ``thin_repo`` the CVMFS repository its layer URLs name
+    when the settings name none (a wishlist's ``cvmfs_repo``). ``origin`` says who asks
+    (``wishlist <path>`` for a wishlist's sync): the record keeps it, so a policy can tell
+    the tags a wishlist published.
 
     Requests with the same ``key`` (image and platform) are one conversion: the queue
-    coalesces them, and the job they join takes on the thin image and origin a joining
-    request adds (``ducc.service.queue``); a request for another thin image than the
-    job's own is a job of its own.
+    coalesces them, and the job they join takes on the thin image (with its user and
+    repository) and origin a joining request adds (``ducc.service.queue``); a request for
+    another thin image than the job's own is a job of its own.
     """
 
     reference: Reference
@@ -37,6 +39,7 @@ class ConversionRequest:
     thin: Reference | None = None
     thin_user: str | None = None
     origin: str | None = None
+    thin_repo: str | None = None
 
     @property
     def image(self) -> str:
@@ -55,6 +58,8 @@ class ConversionRequest:
             out["thin"] = str(self.thin)
         if self.thin_user:
             out["thin_user"] = self.thin_user
+        if self.thin_repo:
+            out["thin_repo"] = self.thin_repo
         if self.origin:
             out["origin"] = self.origin
         return out
@@ -69,6 +74,7 @@ class ConversionRequest:
             thin=Reference.parse(str(thin)) if thin else None,
             thin_user=str(obj["thin_user"]) if obj.get("thin_user") else None,
             origin=str(obj["origin"]) if obj.get("origin") else None,
+            thin_repo=str(obj["thin_repo"]) if obj.get("thin_repo") else None,
         )
 
 

@@ -29,7 +29,7 @@ Garbage collection (``ducc.gc``) is written against these protocols only.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Protocol
@@ -39,6 +39,14 @@ from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
 from ducc.record import Record
 from ducc.tree import TreeSize
+
+# Whether a writer still holds its repository's cross-host lease: cheap (no I/O), asked before every
+# visible change; False once the lease may have passed to another writer.
+StillHeld = Callable[[], bool]
+
+# The cross-host lock of the repository ``name``, held while the block runs (the service passes a Redis
+# lease); it yields a ``StillHeld`` where it can lapse under its holder, None where it cannot.
+RepositoryLock = Callable[[str], AbstractContextManager[StillHeld | None]]
 
 
 class RepositoryView(Protocol):

@@ -57,6 +57,7 @@ from ducc.errors import CvmfsError, PublishError
 from ducc.model.digest import Digest
 from ducc.model.manifest import DEFAULT_PLATFORM, Platform
 from ducc.model.reference import Reference
+from ducc.publish import RepositoryLock
 from ducc.publish.cvmfs_server import CvmfsServer
 from ducc.publish.directory import DirectoryView, remove_tag_files, write_atomic, write_link, write_record_files
 from ducc.publish.staging import Reservations, Staging
@@ -206,7 +207,7 @@ class CvmfsPublisher(CvmfsView):
         *,
         subdir: str = "",
         staging_root: Path,
-        lock: Callable[[str], AbstractContextManager[None]] | None = None,
+        lock: RepositoryLock | None = None,
         busy_timeout: float = 600.0,
         host: str | None = None,
         gc_dir: Path | None = None,

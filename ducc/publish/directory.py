@@ -26,10 +26,11 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager, nullco
 from pathlib import Path, PurePosixPath
 
 from ducc import layout
-from ducc.errors import PublishError, RepositoryUnusable
+from ducc.errors import LeaseLost, PublishError, RepositoryUnusable
 from ducc.model.digest import Digest
 from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
+from ducc.publish import RepositoryLock, StillHeld
 from ducc.publish.staging import Reservations, Staging
 from ducc.record import FILES, Record
 from ducc.tree import TreeSize, measure, remove_tree
@@ -49,12 +50,23 @@ def write_atomic(path: Path, data: bytes) -> None:
 class DirectoryTransaction:
     revision: int | None = None  # a plain tree has no revisions
 
-    def __init__(self, publisher: DirectoryPublisher, reservations: Reservations, after: ExitStack) -> None:
+    def __init__(
+        self, publisher: DirectoryPublisher, reservations: Reservations, after: ExitStack,
+        still_held: StillHeld | None = None,
+    ) -> None:
         self.publisher = publisher
         self.root = publisher.root
         self._reservations = reservations  # frozen from the first read until the transaction ends
         self._after = after  # unwound once the transaction's locks are released
         self._trash: Path | None = None
+        self._still_held = still_held
+
+    def _fence(self, change: str) -> None:
+        """Before every visible change: LeaseLost unless the repository's lease is still ours. Once it
+        has lapsed another host may be writing the same root; this writer stops and a retry starts over."""
+        if self._still_held is not None and not self._still_held():
+            raise LeaseLost(f"lost the lease on repository {self.publisher.ensure_name()} (Redis did not renew it "
+                            f"in time); stopped before {change}, a retry publishes it again")
 
     def _markers(self, *relative: PurePosixPath) -> None:
         for marker in relative:
@@ -79,6 +91,7 @@ class DirectoryTransaction:
     # Each layer and flat root is a nested CVMFS catalog, as are the shards above them: the markers
     # cost nothing in a plain tree and let the same tree be ingested into CVMFS as it is.
     def add_layer(self, digest: Digest, staged: Path) -> Path:
+        self._fence(f"publishing layer {digest.short}")
         self._markers(layout.LAYERS / layout.CATALOG, layout.LAYERS / digest.prefix / layout.CATALOG)
         (staged / layout.CATALOG).touch(mode=0o644)
         if self._rename_into_place(staged, self.root / layout.layer_dir(digest)):
@@ -86,17 +99,20 @@ class DirectoryTransaction:
         return self.root / layout.layerfs(digest)
 
     def add_flat(self, config_digest: Digest, staged: Path) -> None:
+        self._fence(f"publishing flat root {config_digest.short}")
         self._markers(layout.FLAT / layout.CATALOG, layout.FLAT / config_digest.prefix / layout.CATALOG)
         (staged / layout.CATALOG).touch(mode=0o644)
         if self._rename_into_place(staged, self.root / layout.flat_dir(config_digest)):
             log.info("published flat root %s", config_digest.short)
 
     def point_tag(self, ref: Reference, platform: Platform, config_digest: Digest) -> None:
+        self._fence(f"pointing {ref} at its flat root")
         write_tag_link(self.root, ref, platform, config_digest)
 
     def write_record(self, ref: Reference, platform: Platform, record: Record) -> None:
         if self.publisher.durable:
             os.sync()  # the image's data reaches the disk before the record that declares it converted
+        self._fence(f"writing the record of {ref}")
         write_record_files(self.root, ref, platform, record)
 
     # -- removal: rename into the trash (atomic), delete the trash after the transaction ----------
@@ -105,6 +121,7 @@ class DirectoryTransaction:
         """Move ``path`` into this transaction's trash; False if there was nothing."""
         if not path.exists() and not path.is_symlink():
             return False
+        self._fence(f"removing {path.relative_to(self.root)}")
         if self._trash is None:
             self._trash = self._after.enter_context(self.publisher._trash.directory())
         target = self._trash / name
@@ -134,6 +151,7 @@ class DirectoryTransaction:
         return self._reservations()
 
     def write_gc_state(self, data: bytes) -> None:
+        self._fence("writing the garbage-collection state")
         write_atomic(self.root / layout.GC_STATE, data)
 
 
@@ -364,7 +382,7 @@ class DirectoryPublisher(DirectoryView):
         *,
         name: str | None = None,
         durable: bool = False,
-        lock: Callable[[str], AbstractContextManager[None]] | None = None,
+        lock: RepositoryLock | None = None,
     ) -> None:
         self.durable = durable
         self._lock = lock
@@ -427,9 +445,10 @@ class DirectoryPublisher(DirectoryView):
     def transaction(self) -> Iterator[DirectoryTransaction]:
         """Writers are serialised by an flock on the root (one host) and, where the service passes
         one, the repository's lease (many hosts sharing the root). Holding it, crash debris (staging
-        and trash) is swept; what the transaction removed is deleted after it lets go."""
+        and trash) is swept; what the transaction removed is deleted after it lets go. A lease that can
+        lapse is checked before every visible change (``LeaseLost``: nothing more is written)."""
         with ExitStack() as after:
-            with self._lock(self.ensure_name()) if self._lock else nullcontext(), self._staging.writer(), \
-                    ExitStack() as held:
+            with self._lock(self.ensure_name()) if self._lock else nullcontext() as still_held, \
+                    self._staging.writer(), ExitStack() as held:
                 self._trash.sweep()
-                yield DirectoryTransaction(self, Reservations(self._staging, held), after)
+                yield DirectoryTransaction(self, Reservations(self._staging, held), after, still_held)

@@ -13,16 +13,28 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 from celery import Celery
 from celery.schedules import crontab
+from redis.backoff import ConstantBackoff
+from redis.retry import Retry
 
 from ducc.service import keys
 from ducc.service.queue import GC_TASK, RECONCILE_TASK, SYNC_TASK
 from ducc.settings import Settings
 
+# Seconds a Redis command or connection may take. A Redis that stops answering (a network partition, a
+# stopped process) must be an error the caller handles (a 503, a heartbeat retried at its next tick, a
+# lease found lost), never a hang: no command ducc sends blocks on the server side.
+REDIS_TIMEOUT = 5.0
 
-def build_redis(url: str, password: str | None = None) -> redis.Redis:
-    """A client of the Redis at ``url``; ``password`` (kept out of the URL) authenticates it."""
+
+def build_redis(url: str, password: str | None = None, *, timeout: float = REDIS_TIMEOUT) -> redis.Redis:
+    """A client of the Redis at ``url``; ``password`` (kept out of the URL) authenticates it. Every command
+    and connection gives up after ``timeout`` seconds with ``redis.TimeoutError``/``ConnectionError``."""
+    # One quick retry of a dropped connection (a restarted Redis); none of a timeout: redis-py's default
+    # retries it three times, which would make a silent Redis cost four timeouts per command.
+    retry = Retry(ConstantBackoff(0.1), 1, supported_errors=(redis.ConnectionError,))
     client: redis.Redis = redis.Redis.from_url(url, decode_responses=True, health_check_interval=30,
-                                               password=password)
+                                               password=password, socket_timeout=timeout,
+                                               socket_connect_timeout=timeout, retry=retry)
     return client
 
 
@@ -82,7 +94,9 @@ def create_celery(settings: Settings, redis_url: str, password: str | None = Non
         task_ignore_result=True,
         worker_prefetch_multiplier=1,
         task_default_queue=keys.CELERY_QUEUE,
-        broker_transport_options={"visibility_timeout": 6 * 3600},
+        # Timeouts as build_redis's: a worker whose broker stops answering notices, and reconnects.
+        broker_transport_options={"visibility_timeout": 6 * 3600, "socket_timeout": REDIS_TIMEOUT,
+                                  "socket_connect_timeout": REDIS_TIMEOUT},
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         beat_schedule={

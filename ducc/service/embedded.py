@@ -14,9 +14,15 @@ a unix socket under ``DUCC_STATE_DIR``, with an append-only file written before
 every answer, so an accepted request survives any process crash; fsynced every
 second, or on every write with ``DUCC_REDIS_FSYNC=always``) unless
 ``DUCC_REDIS_URL`` is set; a worker; beat (the nightly wishlist sync and reconciliation); and the
-web app under gunicorn on ``DUCC_LISTEN``. A child that dies is restarted;
-SIGTERM/SIGINT stop everything in order. Children die with the supervisor
-(PR_SET_PDEATHSIG), so nothing is left behind whatever happens to it.
+web app under gunicorn on ``DUCC_LISTEN``. A child that dies is restarted.
+
+Each child runs in a session of its own: Ctrl-C or a signal to the supervisor's
+whole process group reaches the supervisor only, and SIGTERM/SIGINT stop the
+children in order, each waited for before the next: web, beat, the worker
+(which still records its results), Redis last. A child is stopped as a group
+(gunicorn's and Celery's own processes with it), killed as a group if it does not
+stop within its timeout. Children die with the supervisor (PR_SET_PDEATHSIG), so
+nothing is left behind whatever happens to it.
 """
 
 from __future__ import annotations
@@ -63,22 +69,35 @@ class Child:
 
     def start(self) -> None:
         log.info("starting %s", self.name)
-        self.process = subprocess.Popen(self.argv, env=self.env, preexec_fn=_die_with_parent)
+        # Its own session (and process group): see the module docstring.
+        self.process = subprocess.Popen(self.argv, env=self.env, preexec_fn=_die_with_parent, start_new_session=True)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
     def stop(self, timeout: float = 20.0) -> None:
-        if not self.alive():
+        """SIGTERM to the child's group, then SIGKILL to it after ``timeout`` s; whatever of the group
+        outlived its leader goes too."""
+        if self.process is None:
             return
+        if self.alive():
+            log.info("stopping %s", self.name)
+            self._signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in %.0fs; killing it", self.name, timeout)
+                self._signal(signal.SIGKILL)
+                self.process.wait()
+            log.info("%s stopped", self.name)
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, signum: int) -> None:
         assert self.process is not None
-        self.process.terminate()
         try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            log.warning("%s did not stop in %.0fs; killing it", self.name, timeout)
-            self.process.kill()
-            self.process.wait()
+            os.killpg(self.process.pid, signum)
+        except (ProcessLookupError, PermissionError):  # the whole group is gone already
+            pass
 
 
 def redis_config(state: Path, socket: Path, fsync: str) -> list[str]:
@@ -103,7 +122,7 @@ def start_redis(settings: Settings) -> tuple[Child, str]:
         if not child.alive():
             raise ServiceUnavailable("the embedded redis-server exited at start; see its messages above")
         try:
-            if redis.Redis.from_url(url).ping():
+            if redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5).ping():
                 return child, url
         except redis.RedisError:
             time.sleep(0.05)

@@ -85,7 +85,8 @@ local function open(id)
   return state and not final[state]
 end
 -- Joining job ``id`` keeps what this request asks for: the job takes on its thin image (with the account
--- that pushes it) and its origin where it has none. The job's request as it becomes, and what it gained;
+-- that pushes it and the repository its layer URLs name) and its origin where it has none. The job's request
+-- as it becomes, and what it gained;
 -- nil if the job pushes another thin image (one job pushes one): then this request is a job of its own.
 local mine = cjson.decode(request)
 local function joined(id)
@@ -94,12 +95,13 @@ local function joined(id)
   local gained = ''
   if mine.thin then
     if not theirs.thin then
-      theirs.thin, theirs.thin_user = mine.thin, mine.thin_user
+      theirs.thin, theirs.thin_user, theirs.thin_repo = mine.thin, mine.thin_user, mine.thin_repo
       gained = 'thin image ' .. mine.thin
     elseif theirs.thin ~= mine.thin or (mine.thin_user and theirs.thin_user and mine.thin_user ~= theirs.thin_user) then
       return nil
-    elseif mine.thin_user and not theirs.thin_user then
-      theirs.thin_user = mine.thin_user
+    else
+      if mine.thin_user and not theirs.thin_user then theirs.thin_user = mine.thin_user end
+      if mine.thin_repo and not theirs.thin_repo then theirs.thin_repo = mine.thin_repo end
     end
   end
   if mine.origin and not theirs.origin then

@@ -3,6 +3,7 @@ the root, and nothing of the image becomes visible."""
 
 from __future__ import annotations
 
+import os
 import tarfile
 from pathlib import Path
 
@@ -66,3 +67,29 @@ def test_symlinks_pointing_anywhere_are_kept_but_never_followed(converter, clien
     flat = (converter.publisher.root / layout.tag_link(ref)).resolve()
     assert (flat / "etc").is_dir() and not (flat / "etc").is_symlink()
     assert list(outside.iterdir()) == []
+
+
+def test_a_hostile_layer_stops_its_siblings_and_none_of_them_is_published(client, unique_ref, proxy, root):
+    from ducc.convert import Converter
+    from ducc.publish.directory import DirectoryPublisher
+    from tests.integration.test_convert import Watermark
+    from tests.support.proxy import via
+
+    ref = unique_ref()
+    big = os.urandom(4 << 20)  # incompressible: 4 MiB at 64 KiB per 0.1 s takes six seconds to arrive
+    built = push_image(client, ref, ImageSpec(layers=[Layer([File("base", b"base")]), Layer([File("big", big)]),
+                                                      Layer([Raw("../escaped", content=b"x")])]))
+    base, slow, hostile = built.layer_digests
+    proxy.add("slow", f"/blobs/{slow}", keep_bytes=64 << 10)
+    watermark = Watermark()
+    converter = Converter(client, DirectoryPublisher(root), progress=watermark, parallel_layers=3)
+    with pytest.raises(UnsafeLayer):
+        converter.convert(via(proxy, ref))
+    size = len(built.blobs[slow])
+    print(f"read {watermark.read.get(slow, 0)} of {size} bytes of the sibling when the hostile layer was refused")
+    assert watermark.read.get(slow, 0) < size / 2
+    assert not (root / layout.layer_dir(base)).exists(), "a sibling of a refused layer was published"
+    assert not (root / layout.layer_dir(slow)).exists()
+    assert not (root / layout.layer_dir(hostile)).exists()
+    staging = root / layout.STAGING
+    assert not [p for p in staging.iterdir() if p.is_dir()] if staging.exists() else True

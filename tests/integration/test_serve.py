@@ -4,11 +4,14 @@ wishlist, a state directory another ``ducc serve`` holds) and the warning about 
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 import requests
 
 from ducc import layout
@@ -139,3 +142,51 @@ def test_a_second_serve_on_the_same_state_directory_refuses_and_leaves_the_first
         again.wait_for_log("ready.", timeout=90)
     finally:
         again.stop()
+
+
+def _children(pid: int) -> dict[str, int]:
+    """The supervisor's children by role, read from /proc (what a process-tree view would show)."""
+    found: dict[str, int] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            text = b" ".join(argv).decode(errors="replace")
+            role = ("redis" if "redis-server" in text else "web" if "gunicorn" in text or argv[-2:-1] == [b"web"]
+                    else next((r for r in ("worker", "beat", "web") if f"ducc {r}" in text), text))
+            found[role] = int(child)
+    return found
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_to_the_whole_group_stops_web_beat_and_the_worker_before_redis_in_that_order(signum, tmp_path):
+    """Ctrl-C in a terminal, or a whole-group kill, signals every process of the group at once: only the
+    supervisor may receive it, so that Redis outlives the worker that still records its results."""
+    env = serve_env(tmp_path, DUCC_WEBHOOK_TOKEN="a-token")
+    serve = DuccProcess(["serve"], env, tmp_path / "serve.log").start()
+    assert serve.process is not None
+    try:
+        serve.wait_for_log("ready.", timeout=90)
+        wait_for_port(int(env["DUCC_LISTEN"].rsplit(":", 1)[1]), timeout=30, process=serve.process)
+        children = _children(serve.process.pid)
+        assert sorted(children) == ["beat", "redis", "web", "worker"], children
+        os.killpg(serve.process.pid, signum)  # the supervisor leads the group the test started it in
+        order: list[str] = []
+        deadline = time.monotonic() + 90
+        while len(order) < len(children):
+            assert time.monotonic() < deadline, f"still running after 90 s: {set(children) - set(order)}"
+            order += [role for role, pid in children.items() if role not in order and _gone(pid)]
+            time.sleep(0.01)
+        print(f"stopped in this order: {order}")
+        assert order == ["web", "beat", "worker", "redis"], order
+        assert serve.process.wait(30) == 0
+        assert "ducc stopped" in serve.log()
+    finally:
+        serve.stop()

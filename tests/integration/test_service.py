@@ -308,15 +308,18 @@ def test_a_running_job_that_fails_looks_again_for_a_request_that_arrived_meanwhi
     proxy = FaultProxy(registry.host)
     try:
         ref = Reference(proxy.host, unique_ref().repository, "v1")
-        slow = Layer([File("big", os.urandom(150_000))])
-        broken = push_image(client, ref, ImageSpec(layers=[slow, Layer([Raw("../escape", content=b"x")])]))
-        proxy.add("slow", f"/blobs/{broken.layer_digests[0]}", times=1, keep_bytes=15_000)
+        base = Layer([File("big", os.urandom(150_000))])
+        # The hostile entry comes after a second of download: a refused layer stops its siblings at once,
+        # so the first job is still running only while the bad layer itself streams.
+        hostile = Layer([File("pad", os.urandom(150_000)), Raw("../escape", content=b"x")])
+        broken = push_image(client, ref, ImageSpec(layers=[base, hostile]))
+        proxy.add("slow", f"/blobs/{broken.layer_digests[1]}", times=1, keep_bytes=15_000)
         service()
         queue = queue_for(redis_server, root)
         jobs = JobStore(redis_server.client())
         first = queue.submit(ConversionRequest(ref), "test").job_id
         wait_state(jobs, first, ("fetching",))
-        push_image(client, ref, ImageSpec(layers=[slow, Layer([File("app", b"fixed")])]))
+        push_image(client, ref, ImageSpec(layers=[base, Layer([File("app", b"fixed")])]))
         later = queue.submit(ConversionRequest(ref), "test")
         assert later.into == first
         done = wait_finished(jobs, [first, later.job_id])

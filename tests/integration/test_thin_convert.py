@@ -38,6 +38,20 @@ def thin_line(stdout: str) -> Reference:
     return Reference.parse(line.split("\t", 1)[1])
 
 
+def thin_urls(client, target: Reference) -> list[str]:
+    """The layer URLs in the thin.json of the thin image at ``target``, read through ducc's client."""
+    import gzip
+    import io
+    import tarfile
+
+    manifest = client.get_manifest(target)
+    (layer,) = manifest.layers
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(client.get_blob(target, layer.digest, 1 << 20)))) as tar:
+        member = tar.extractfile("thin.json")
+        assert member is not None
+        return [entry["url"] for entry in json.loads(member.read())["layers"]]
+
+
 def published(root, ref: Reference) -> bool:
     return (root / layout.tag_link(ref) / "etc" / "os-release").read_bytes() == b"ID=thin-source\n"
 
@@ -48,7 +62,7 @@ def test_convert_with_thin_pushes_a_thin_image_that_skopeo_and_umoci_read_and_re
     source = unique_ref()
     built = push_image(client, source, SOURCE)
     target = via(proxy, Reference(registry.host, source.repository + "_thin", "v1"))
-    env = {"DUCC_REPOSITORY": REPO, "DOCKER_CONFIG": str(tmp_path)}
+    env = {"DUCC_THIN_CVMFS_REPO": REPO, "DOCKER_CONFIG": str(tmp_path)}
     done = ducc("convert", str(source), "--thin", str(target), root=root, env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("published\t") and published(root, source)
@@ -93,7 +107,7 @@ def test_a_wrong_password_fails_only_the_thin_stage_and_the_right_one_later_push
     source = unique_ref()
     push_image(client, source, SOURCE)
     target = Reference(host, "thin/" + source.repository.rsplit("/", 1)[1], "v1")
-    env = {"DUCC_REPOSITORY": REPO, "DOCKER_CONFIG": str(tmp_path),
+    env = {"DUCC_THIN_CVMFS_REPO": REPO, "DOCKER_CONFIG": str(tmp_path),
            "DUCC_OUTPUT_REGISTRY_USER": "ducc", "DUCC_OUTPUT_REGISTRY_PASSWORD": "not-the-pw"}
     done = ducc("convert", str(source), "--thin", str(target), root=root, env=env)
     assert done.returncode == 1
@@ -129,7 +143,7 @@ def test_a_registry_refusing_or_failing_the_push_leaves_a_clear_reason_and_no_ta
     target = via(proxy, Reference(registry.host, source.repository + "_thin", "v1"))
     proxy.add(rule.pop("action"), rule.pop("path"), **rule)
     done = ducc("convert", str(source), "--thin", str(target), root=root,
-                env={"DUCC_REPOSITORY": REPO, "DOCKER_CONFIG": str(tmp_path), "DUCC_RETRY_ATTEMPTS": "2"})
+                env={"DUCC_THIN_CVMFS_REPO": REPO, "DOCKER_CONFIG": str(tmp_path), "DUCC_RETRY_ATTEMPTS": "2"})
     assert done.returncode == 1
     assert "published, thin image not pushed:" in done.stderr and reason in done.stderr
     assert "Traceback" not in done.stderr
@@ -138,7 +152,7 @@ def test_a_registry_refusing_or_failing_the_push_leaves_a_clear_reason_and_no_ta
 
 
 def test_sync_pushes_the_thin_images_the_wishlist_names_as_the_recipe_user(
-    client, unique_ref, auth_registry, root, tmp_path
+    client, auth_client, unique_ref, auth_registry, root, tmp_path
 ):
     source = unique_ref("2.0")
     push_image(client, source, SOURCE)
@@ -151,7 +165,7 @@ output_format: '$(scheme)://{auth_registry.host}/thin/$(image)'
 input:
   - 'http://{source}'
 """)
-    env = {"DUCC_REPOSITORY": REPO, "DOCKER_CONFIG": str(tmp_path), "DUCC_OUTPUT_REGISTRY_PASS": "s3cr3t-pw"}
+    env = {"DOCKER_CONFIG": str(tmp_path), "DUCC_OUTPUT_REGISTRY_PASS": "s3cr3t-pw"}  # the wishlist names REPO
     done = ducc("sync", str(wishlist), root=root, env=env)
     assert done.returncode == 0, done.stderr
     target = Reference(auth_registry.host, f"thin/{source.repository}", "2.0")
@@ -159,6 +173,8 @@ input:
     info = json.loads(ducc("inspect", str(source), root=root).stdout)
     assert info["thin_reference"] == str(target) and Digest.parse(info["thin_digest"]) == Digest.parse(seen["Digest"])
     assert "s3cr3t-pw" not in done.stderr + done.stdout
+    urls = thin_urls(auth_client, target)
+    assert urls and all(url.startswith(f"cvmfs://{REPO}/.layers/") for url in urls), urls
 
 
 def test_without_thin_nothing_is_pushed_and_the_record_names_no_thin_image(client, unique_ref, root, tmp_path):
@@ -166,7 +182,7 @@ def test_without_thin_nothing_is_pushed_and_the_record_names_no_thin_image(clien
     push_image(client, source, SOURCE)
     wishlist = tmp_path / "wishlist.yaml"
     wishlist.write_text(f"version: 1\nuser: ducc\ninput:\n  - '{source}'\n")
-    assert ducc("sync", str(wishlist), root=root, env={"DUCC_REPOSITORY": REPO}).returncode == 0
+    assert ducc("sync", str(wishlist), root=root, env={"DUCC_THIN_CVMFS_REPO": REPO}).returncode == 0
     default_thin = Reference(source.registry, source.repository + "_thin", source.tag)
     assert client.manifest_digest(default_thin) is None
     info = json.loads(ducc("inspect", str(source), root=root).stdout)
@@ -180,7 +196,7 @@ def test_a_thin_image_pushed_under_a_new_name_mounts_its_blobs_from_the_earlier_
     registry is asked to mount both blobs from the thin image recorded earlier; nothing is uploaded."""
     source = unique_ref()
     push_image(client, source, SOURCE)
-    env = {"DUCC_REPOSITORY": REPO, "DOCKER_CONFIG": str(tmp_path)}
+    env = {"DUCC_THIN_CVMFS_REPO": REPO, "DOCKER_CONFIG": str(tmp_path)}
     first = via(proxy, Reference(registry.host, source.repository + "_thin", "v1"))
     assert ducc("convert", str(source), "--thin", str(first), root=root, env=env).returncode == 0
     renamed = via(proxy, Reference(registry.host, source.repository + "_thin2", "v1"))
@@ -211,8 +227,40 @@ def test_a_thin_image_is_pushed_with_credentials_from_a_docker_config(client, un
         {"auths": {auth_registry.host: {"auth": base64.b64encode(b"ducc:s3cr3t-pw").decode()}}}))
     target = Reference(auth_registry.host, "thin/" + source.repository.rsplit("/", 1)[1], "v1")
     done = ducc("convert", str(source), "--thin", str(target), root=root,
-                env={"DUCC_REPOSITORY": REPO, "DOCKER_CONFIG": str(docker)})
+                env={"DUCC_THIN_CVMFS_REPO": REPO, "DOCKER_CONFIG": str(docker)})
     assert done.returncode == 0, done.stderr
     assert "s3cr3t-pw" not in done.stderr + done.stdout
     seen = skopeo("inspect", "--tls-verify=false", "--creds", "ducc:s3cr3t-pw", f"docker://{target}")
     assert seen["Digest"] == str(thin_line(done.stdout).digest)
+
+
+def test_the_same_image_gives_the_same_thin_image_from_any_root(client, unique_ref, registry, tmp_path):
+    """Two fresh directory roots, one DUCC_THIN_CVMFS_REPO: the layer URLs name that repository, never a
+    root's own path or generated name, so the thin digest is the same."""
+    source = unique_ref()
+    built = push_image(client, source, SOURCE)
+    pinned = []
+    for name in ("first", "second"):
+        target = Reference(registry.host, f"{source.repository}_thin_{name}", "v1")
+        done = ducc("convert", str(source), "--thin", str(target), root=tmp_path / name,
+                    env={"DUCC_THIN_CVMFS_REPO": REPO, "DOCKER_CONFIG": str(tmp_path)})
+        assert done.returncode == 0, done.stderr
+        pinned.append(thin_line(done.stdout).digest)
+        assert thin_urls(client, target) == [f"cvmfs://{REPO}/{layout.layerfs(d)}" for d in built.layer_digests]
+    assert pinned[0] == pinned[1]
+
+
+def test_a_thin_image_no_cvmfs_repository_is_named_for_is_refused_in_one_line_before_any_work(
+    client, unique_ref, registry, root, tmp_path
+):
+    source = unique_ref()
+    push_image(client, source, SOURCE)
+    target = Reference(registry.host, f"{source.repository}_thin", "v1")
+    done = ducc("convert", str(source), "--thin", str(target), root=root,
+                env={"DOCKER_CONFIG": str(tmp_path), "DUCC_REPOSITORY": "shared-nfs-export"})
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.splitlines() == [
+        f"ducc: {source}: a thin image needs the CVMFS repository its layers are read from: "
+        "give --cvmfs-repo, the wishlist's cvmfs_repo or DUCC_THIN_CVMFS_REPO"]
+    assert not (root / layout.tag_link(source)).exists() and not (root / ".layers").exists()
+    assert client.manifest_digest(target) is None

@@ -41,7 +41,7 @@ def test_a_wishlist_sync_with_output_format_pushes_each_thin_image_as_a_job_stag
     wishlist = tmp_path / "wishlist.yaml"
     wishlist.write_text(f"version: 1\noutput_format: '$(scheme)://{registry.host}/thin/$(image)'\n"
                         f"input:\n  - 'http://{source}'\n")
-    service(DUCC_WISHLIST=str(wishlist), DUCC_REPOSITORY=REPO, DOCKER_CONFIG=str(tmp_path))
+    service(DUCC_WISHLIST=str(wishlist), DUCC_THIN_CVMFS_REPO=REPO, DOCKER_CONFIG=str(tmp_path))
     from ducc.services import Services
 
     Services(settings_for(redis_server, root)).celery().send_task("ducc.sync")
@@ -73,7 +73,7 @@ def test_a_wrong_password_fails_the_job_as_published_without_its_thin_image(
     source = unique_ref()
     push_image(client, source, SOURCE)
     target = Reference(host, "thin/" + source.repository.rsplit("/", 1)[1], "v1")
-    service(DUCC_REPOSITORY=REPO, DOCKER_CONFIG=str(tmp_path),
+    service(DUCC_THIN_CVMFS_REPO=REPO, DOCKER_CONFIG=str(tmp_path),
             DUCC_OUTPUT_REGISTRY_USER="ducc", DUCC_OUTPUT_REGISTRY_PASSWORD="not-the-pw")
     job_id = queue_for(redis_server, root).submit(ConversionRequest(source, thin=target), "test").job_id
     (job,) = wait_finished(JobStore(redis_server.client()), [job_id])
@@ -90,7 +90,7 @@ def test_a_registry_outage_on_the_push_is_retried_without_converting_again(
     push_image(client, source, SOURCE)
     target = via(proxy, Reference(registry.host, source.repository + "_thin", "v1"))
     proxy.add("status", "/blobs/uploads/", method="PUT", status=503, times=2)
-    service(DUCC_REPOSITORY=REPO, DOCKER_CONFIG=str(tmp_path), DUCC_RETRY_ATTEMPTS="1")
+    service(DUCC_THIN_CVMFS_REPO=REPO, DOCKER_CONFIG=str(tmp_path), DUCC_RETRY_ATTEMPTS="1")
     job_id = queue_for(redis_server, root).submit(ConversionRequest(source, thin=target), "test").job_id
     (job,) = wait_finished(JobStore(redis_server.client()), [job_id], timeout=180)
     assert job.state == "published", job.error
@@ -116,7 +116,7 @@ def test_a_webhook_for_a_wishlist_image_pushes_the_thin_image_the_wishlist_names
     wishlist = tmp_path / "wishlist.yaml"
     wishlist.write_text(f"version: 1\noutput_format: '$(scheme)://{registry.host}/thin/$(image)'\n"
                         f"input:\n  - 'http://{source.registry}/{source.repository}:2.*'\n")
-    service(DUCC_WISHLIST=str(wishlist), DUCC_REPOSITORY=REPO, DOCKER_CONFIG=str(tmp_path))
+    service(DUCC_WISHLIST=str(wishlist), DUCC_THIN_CVMFS_REPO=REPO, DOCKER_CONFIG=str(tmp_path))
     from ducc.settings import Settings
 
     env = {**settings_for(redis_server, root).env, "DUCC_WISHLIST": str(wishlist), "DUCC_WEBHOOK_TOKEN": TOKEN}
@@ -143,7 +143,7 @@ def test_a_second_sync_finds_the_thin_image_current_and_pushes_nothing(
     wishlist = tmp_path / "wishlist.yaml"
     wishlist.write_text(f"version: 1\noutput_format: '$(scheme)://{thin_host}/thin/$(image)'\n"
                         f"input:\n  - 'http://{source}'\n")
-    service(DUCC_WISHLIST=str(wishlist), DUCC_REPOSITORY=REPO, DOCKER_CONFIG=str(tmp_path))
+    service(DUCC_WISHLIST=str(wishlist), DUCC_THIN_CVMFS_REPO=REPO, DOCKER_CONFIG=str(tmp_path))
     from ducc.services import Services
 
     celery = Services(settings_for(redis_server, root)).celery()
@@ -188,7 +188,7 @@ def test_a_push_refused_or_failing_for_good_ends_the_job_with_the_reason_and_no_
     push_image(client, source, SOURCE)
     target = via(proxy, Reference(registry.host, source.repository + "_thin", "v1"))
     proxy.add(rule.pop("action"), rule.pop("path"), **rule)
-    service(DUCC_REPOSITORY=REPO, DOCKER_CONFIG=str(tmp_path), DUCC_RETRY_ATTEMPTS="1",
+    service(DUCC_THIN_CVMFS_REPO=REPO, DOCKER_CONFIG=str(tmp_path), DUCC_RETRY_ATTEMPTS="1",
             DUCC_JOB_RETRY_BASE="1", DUCC_JOB_MAX_ATTEMPTS="2")
     job_id = queue_for(redis_server, root).submit(ConversionRequest(source, thin=target), "test").job_id
     (job,) = wait_finished(JobStore(redis_server.client()), [job_id], timeout=180)
@@ -205,7 +205,7 @@ def test_ducc_submit_with_thin_queues_a_job_that_pushes_the_thin_image(
 
     source = unique_ref("3.1")
     push_image(client, source, SOURCE)
-    service(DUCC_REPOSITORY=REPO, DOCKER_CONFIG=str(tmp_path))
+    service(DUCC_THIN_CVMFS_REPO=REPO, DOCKER_CONFIG=str(tmp_path))
     env = service_env(root, redis_server.url, tmp_path / "state", DOCKER_CONFIG=str(tmp_path))
     done = ducc_cli("submit", str(source), "--thin", f"http://{registry.host}/thin/$(image)", env=env)
     assert done.returncode == 0, done.stderr

@@ -188,3 +188,13 @@ def test_an_unreadable_wishlist_file_is_named_with_the_reason(tmp_path, content,
         path.write_bytes(content)
     with pytest.raises(WishlistError, match=f"cannot read wishlist {path}: {message}"):
         read(path)
+
+def test_a_wishlists_thin_requests_carry_its_cvmfs_repo_through_the_queue():
+    from ducc.model.request import ConversionRequest
+
+    wishlist = load(DUCC_V1)
+    request = wishlist.request(Reference.parse("ubuntu:24.04"), Platform("linux", "amd64"))
+    assert request.thin_repo == "unpacked.cern.ch" and request.thin_user == "cvmfsunpacker"
+    assert ConversionRequest.from_json(request.to_json()) == request
+    plain = load("version: 1\ncvmfs_repo: unpacked.cern.ch\ninput: ['ubuntu:24.04']\n")
+    assert plain.request(Reference.parse("ubuntu:24.04"), Platform("linux", "amd64")).thin_repo is None
