@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ducc.errors import UnsafeLayer, UnsupportedLayer, storage_error
+from ducc.tree import remove_tree
 from ducc.unpack.limits import Budget
 from ducc.unpack.policy import OPAQUE, WHITEOUT_PREFIX, clean_name, readable_mode, whiteout_of
 from ducc.verify import Readable
@@ -78,7 +79,7 @@ class _Unpacker:
             return
         full = self.path(rel)
         if kind == _DIR:
-            shutil.rmtree(full)
+            remove_tree(Path(full))
             prefix = rel + "/"
             for name in [n for n in self.kinds if n.startswith(prefix)]:
                 del self.kinds[name]
@@ -128,6 +129,8 @@ class _Unpacker:
         target = clean_name(member.linkname)
         if not target:
             raise UnsafeLayer(f"hardlink {rel!r} points at the root directory")
+        if self.budget is not None:
+            self.budget.check_path(target)
         kind = self.kinds.get(target)
         if kind == _DIR:
             raise UnsafeLayer(f"hardlink {rel!r} points at the directory {target!r}")
