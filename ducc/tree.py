@@ -232,8 +232,9 @@ def remove_at(dir_fd: int, name: str) -> None:
 
 
 def remove_tree(path: Path) -> None:
-    """``rm -rf path`` (see ``remove_at``): any depth, read-only directories included."""
-    fd = open_dir(path.parent)
+    """``rm -rf path`` (see ``remove_at``): any depth, read-only directories included. The path up to
+    ``path``'s directory is the caller's and may pass symlinks; ``path`` itself is never followed."""
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         remove_at(fd, path.name)
     finally:
