@@ -23,11 +23,7 @@ import threading
 
 from ducc.errors import LimitExceeded
 from ducc.model.limits import Limits
-
-
-def _shown(name: str) -> str:
-    """``name`` for an error line: a hostile path can be kilobytes long."""
-    return repr(name) if len(name) <= 120 else repr(name[:60]) + f"...({len(name)} characters)..." + repr(name[-40:])
+from ducc.unpack.policy import shown_name
 
 
 class Budget:
@@ -43,22 +39,22 @@ class Budget:
         depth = name.count("/") + 1 if name else 0
         if depth > self.limits.max_path_depth:
             raise LimitExceeded(f"more than DUCC_MAX_PATH_DEPTH={self.limits.max_path_depth} levels of directories "
-                                f"({depth} at {_shown(name)})")
+                                f"({depth} at {shown_name(name)})")
         length = len(os.fsencode(name))
         if length > self.limits.max_path_bytes:
             raise LimitExceeded(f"a path longer than DUCC_MAX_PATH_BYTES={self.limits.max_path_bytes} bytes "
-                                f"({length} bytes: {_shown(name)})")
+                                f"({length} bytes: {shown_name(name)})")
 
     def charge(self, name: str, entries: int, size: int) -> None:
         """Account for the layer's ``entries``-th entry ``name`` of ``size`` bytes, before it is written."""
         if entries > self.limits.max_layer_entries:
             raise LimitExceeded(f"more than DUCC_MAX_LAYER_ENTRIES={self.limits.max_layer_entries} entries in one "
-                                f"layer (at {_shown(name)})")
+                                f"layer (at {shown_name(name)})")
         self.check_path(name)
         if size <= 0:
             return
         with self._lock:
             if self.written + size > self.limits.max_image_bytes:
                 raise LimitExceeded(f"more than DUCC_MAX_IMAGE_BYTES={self.limits.max_image_bytes} uncompressed bytes "
-                                    f"for the image ({self.written} written, {_shown(name)} adds {size})")
+                                    f"for the image ({self.written} written, {shown_name(name)} adds {size})")
             self.written += size

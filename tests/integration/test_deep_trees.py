@@ -29,7 +29,7 @@ from ducc.publish.tarstream import write_tree
 from ducc.registry.client import RegistryClient
 from ducc.tree import Event, TreeSize, measure, open_dir, remove_tree, walk
 from ducc.unpack.flatten import flatten
-from tests.support.images import Dir, File, ImageSpec, Layer, Whiteout, push_image
+from tests.support.images import Dir, File, Hardlink, ImageSpec, Layer, Whiteout, push_image
 from tests.support.mounts import tmpfs
 from tests.support.service import ducc_cli
 
@@ -164,22 +164,24 @@ def test_the_path_limits_are_settings_that_must_be_positive_numbers(root):
 # -- allowed: raised limits ------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("levels", [1100, 2100], ids=["1100-levels", "2100-levels-beyond-PATH_MAX"])
 def test_with_raised_limits_a_deep_image_is_published_and_gc_deletes_it_leaving_the_trash_empty(
-        client, unique_ref, root):
-    levels = 1100
+        client, unique_ref, root, levels):
     ref = unique_ref()
-    lower = deep_layer(levels)
+    bottom = "/".join(["a"] * levels)
+    lower = Layer(deep_layer(levels).entries + [Hardlink(f"{bottom}/twin", f"{bottom}/leaf")])
     upper = Layer([Dir("a"), Dir("a/a"), Whiteout("a/a/gone"), File("a/a/top", b"upper\n")])
     built = push_image(client, ref, ImageSpec(layers=[Layer([File("a/a/gone", b"x")]), lower, upper]))
-    raised = {"DUCC_MAX_PATH_DEPTH": "4000", "DUCC_MAX_PATH_BYTES": "3000"}
+    raised = {"DUCC_MAX_PATH_DEPTH": "4000", "DUCC_MAX_PATH_BYTES": "8000"}
     started = time.monotonic()
     ok(ducc("convert", str(ref), root=root, **raised))
     print(f"{levels} levels published (unpack, flatten, publish) in {time.monotonic() - started:.1f} s")
     flat = root / layout.flat_dir(built.config_digest)
     assert read_at_depth(flat, ["a"] * levels + ["leaf"]) == b"at the bottom\n"
+    assert read_at_depth(flat, ["a"] * levels + ["twin"]) == b"at the bottom\n"
     assert read_at_depth(flat, ["a", "a", "top"]) == b"upper\n"
     assert not (flat / "a" / "a" / "gone").exists() and not (flat / "a" / "a" / ".wh.gone").exists()
-    assert measure(flat / "a").entries == levels + 1  # the directories below 'a', the leaf and 'top'
+    assert measure(flat / "a") == TreeSize(levels + 2, 20)  # the directories below 'a', leaf, twin and 'top'
 
     ok(ducc("rm", str(ref), root=root))
     started = time.monotonic()
