@@ -61,6 +61,11 @@ def ducc(*args: str, root: Path, **env: str) -> subprocess.CompletedProcess[str]
                     timeout=600)
 
 
+def children_rss() -> int:
+    """The largest resident size (MiB) of the processes this test session has run and waited for."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss >> 10
+
+
 def ok(done: subprocess.CompletedProcess[str]) -> str:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Traceback" not in done.stderr, done.stderr
@@ -130,7 +135,7 @@ def test_a_layer_of_thousands_of_nested_directories_is_refused_in_one_line_and_t
     print(f"{levels} levels: a {len(built.blobs[built.layer_digests[0]])}-byte layer blob")
     started = time.monotonic()
     done = ducc("convert", str(ref), root=root)
-    print(f"refused in {time.monotonic() - started:.1f} s")
+    print(f"refused in {time.monotonic() - started:.1f} s, ducc processes' peak RSS so far {children_rss()} MiB")
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     (line,) = done.stderr.splitlines()
     shown = "/".join(["a"] * 513)
@@ -175,7 +180,8 @@ def test_with_raised_limits_a_deep_image_is_published_and_gc_deletes_it_leaving_
     raised = {"DUCC_MAX_PATH_DEPTH": "4000", "DUCC_MAX_PATH_BYTES": "8000"}
     started = time.monotonic()
     ok(ducc("convert", str(ref), root=root, **raised))
-    print(f"{levels} levels published (unpack, flatten, publish) in {time.monotonic() - started:.1f} s")
+    print(f"{levels} levels published (unpack, flatten, publish) in {time.monotonic() - started:.1f} s, "
+          f"ducc processes' peak RSS so far {children_rss()} MiB")
     flat = root / layout.flat_dir(built.config_digest)
     assert read_at_depth(flat, ["a"] * levels + ["leaf"]) == b"at the bottom\n"
     assert read_at_depth(flat, ["a"] * levels + ["twin"]) == b"at the bottom\n"
