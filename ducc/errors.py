@@ -23,7 +23,8 @@ Callers decide what to do from attributes, never from message text:
     ├── DigestMismatch            bytes that do not hash to the digest that names them
     ├── UnsafeLayer               a tar entry that would land outside the root
     ├── UnsupportedLayer          a media type or compression ducc cannot apply
-    ├── LimitExceeded             an image over DUCC_MAX_IMAGE_BYTES or a layer over DUCC_MAX_LAYER_ENTRIES
+    ├── LimitExceeded             an image over DUCC_MAX_IMAGE_BYTES, a layer over DUCC_MAX_LAYER_ENTRIES, a path
+    │                             deeper or longer than DUCC_MAX_PATH_DEPTH / DUCC_MAX_PATH_BYTES
     ├── LocalStorageError         the local filesystem refused a write (see ``storage_error``)
     │   └── StorageFull           no space or quota left (temporary)
     ├── WishlistError             a wishlist that does not validate (or cannot be read)

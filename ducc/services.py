@@ -201,7 +201,8 @@ class Services:
         from ducc.convert import Converter
         from ducc.model.limits import Limits
 
-        limits = Limits(self.settings.max_image_bytes, self.settings.max_layer_entries)
+        limits = Limits(self.settings.max_image_bytes, self.settings.max_layer_entries, self.settings.max_path_depth,
+                        self.settings.max_path_bytes)
         return Converter(self.client, self.publisher, cache=self.cache, progress=self.progress,
                          parallel_layers=self.settings.parallel_layers,
                          layer_lock=self._layer_lock if self.shared_locks else None, thin_client=self.thin_client,

@@ -18,6 +18,8 @@
 | DUCC_PARALLEL_LAYERS | layers fetched and unpacked at once, per image | 3 |
 | DUCC_MAX_IMAGE_BYTES | uncompressed bytes one conversion may write (the layers it unpacks) | 100 GiB |
 | DUCC_MAX_LAYER_ENTRIES | tar entries one layer may have | 1,000,000 |
+| DUCC_MAX_PATH_DEPTH | levels of directories in one path of an image | 512 |
+| DUCC_MAX_PATH_BYTES | bytes of one path of an image | 3,072 |
 | DUCC_SYNC_CONCURRENCY | images checked/converted at once by ``sync`` | 4 |
 | DUCC_RETRY_ATTEMPTS | attempts per registry request | 5 |
 | DUCC_REGISTRY_USER / _PASSWORD(_FILE) / _HOSTS | credentials and the hosts they are for | |
@@ -61,7 +63,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from ducc.model.limits import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_LAYER_ENTRIES
+from ducc.model.limits import (
+    DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_MAX_LAYER_ENTRIES,
+    DEFAULT_MAX_PATH_BYTES,
+    DEFAULT_MAX_PATH_DEPTH,
+)
 from ducc.model.manifest import Platform
 
 
@@ -201,6 +208,8 @@ class Settings:
     fsync: bool = False
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     max_layer_entries: int = DEFAULT_MAX_LAYER_ENTRIES
+    max_path_depth: int = DEFAULT_MAX_PATH_DEPTH
+    max_path_bytes: int = DEFAULT_MAX_PATH_BYTES
     redis_url: str | None = None
     redis_password: str | None = field(repr=False, default=None)
     redis_fsync: str = "everysec"
@@ -274,6 +283,8 @@ class Settings:
             fsync=_flag(env, "DUCC_FSYNC"),
             max_image_bytes=_positive(env, "DUCC_MAX_IMAGE_BYTES", DEFAULT_MAX_IMAGE_BYTES),
             max_layer_entries=_positive(env, "DUCC_MAX_LAYER_ENTRIES", DEFAULT_MAX_LAYER_ENTRIES),
+            max_path_depth=_positive(env, "DUCC_MAX_PATH_DEPTH", DEFAULT_MAX_PATH_DEPTH),
+            max_path_bytes=_positive(env, "DUCC_MAX_PATH_BYTES", DEFAULT_MAX_PATH_BYTES),
             redis_url=env.get("DUCC_REDIS_URL") or None,
             redis_password=_redis_password(env),
             redis_fsync=_choice(env, "DUCC_REDIS_FSYNC", ("everysec", "always"), "everysec"),

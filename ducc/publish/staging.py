@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ducc.errors import InvalidDigest
 from ducc.model.digest import Digest
-from ducc.tree import remove_tree
+from ducc.tree import discard_tree
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,8 @@ class Staging:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     continue  # a live run owns it
-                remove_tree(entry)
+                if not discard_tree(entry, "debris of an interrupted run"):
+                    continue  # left aside, logged: this writer goes on
                 lock_path.unlink(missing_ok=True)
                 removed += 1
             finally:
@@ -79,8 +80,8 @@ class Staging:
             yield path
         finally:
             try:
-                remove_tree(path)
-                lock_path.unlink(missing_ok=True)
+                if discard_tree(path, "staging directory"):
+                    lock_path.unlink(missing_ok=True)
             finally:
                 os.close(fd)
 

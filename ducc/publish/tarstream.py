@@ -34,6 +34,7 @@ from typing import BinaryIO
 
 from ducc.errors import UnsafeLayer
 from ducc.layout import CATALOG
+from ducc.tree import Event, walk
 from ducc.unpack.policy import clean_name
 
 log = logging.getLogger(__name__)
@@ -118,52 +119,52 @@ def write_tree(root: Path, out: BinaryIO, *, prefix: str = "",
     tar = _open(out)
     first_name: dict[tuple[int, int], tuple[str, str]] = {}  # inode -> (directory, tar name)
 
-    def walk(directory: Path, rel_dir: str) -> None:
-        with os.scandir(directory) as scan:
-            entries = sorted(scan, key=lambda e: os.fsencode(e.name))
-        for entry in entries:
-            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-            name = _checked(rel, prefix)
-            st = entry.stat(follow_symlinks=False)
-            if entry.name == CATALOG and not stat.S_ISREG(st.st_mode):
-                raise UnsafeLayer(f"{name!r} is not a regular file: cvmfs_server ingest cannot take it")
-            info = tarfile.TarInfo(name)
-            info.mode = stat.S_IMODE(st.st_mode)
-            info.uid, info.gid = st.st_uid, st.st_gid
-            info.mtime = int(st.st_mtime)
-            if stat.S_ISDIR(st.st_mode):
-                info.type = tarfile.DIRTYPE
+    def add(fd: int, name: str, rel: str, st: os.stat_result) -> None:
+        tar_name = _checked(rel, prefix)
+        if name == CATALOG and not stat.S_ISREG(st.st_mode):
+            raise UnsafeLayer(f"{tar_name!r} is not a regular file: cvmfs_server ingest cannot take it")
+        info = tarfile.TarInfo(tar_name)
+        info.mode = stat.S_IMODE(st.st_mode)
+        info.uid, info.gid = st.st_uid, st.st_gid
+        info.mtime = int(st.st_mtime)
+        if stat.S_ISDIR(st.st_mode):
+            info.type = tarfile.DIRTYPE
+            tar.addfile(info)
+            report.entries += 1
+        elif stat.S_ISLNK(st.st_mode):
+            info.type = tarfile.SYMTYPE
+            info.linkname = os.readlink(name, dir_fd=fd)
+            tar.addfile(info)
+            report.entries += 1
+        elif stat.S_ISREG(st.st_mode):
+            rel_dir = rel.rpartition("/")[0]
+            key = (st.st_dev, st.st_ino)
+            earlier = first_name.get(key) if st.st_nlink > 1 else None
+            if earlier is not None and earlier[0] == rel_dir:
+                info.type = tarfile.LNKTYPE
+                info.linkname = earlier[1]
                 tar.addfile(info)
-                report.entries += 1
-                walk(Path(entry.path), rel)
-            elif stat.S_ISLNK(st.st_mode):
-                info.type = tarfile.SYMTYPE
-                info.linkname = os.readlink(entry.path)
-                tar.addfile(info)
-                report.entries += 1
-            elif stat.S_ISREG(st.st_mode):
-                key = (st.st_dev, st.st_ino)
-                earlier = first_name.get(key) if st.st_nlink > 1 else None
-                if earlier is not None and earlier[0] == rel_dir:
-                    info.type = tarfile.LNKTYPE
-                    info.linkname = earlier[1]
-                    tar.addfile(info)
-                    report.hardlinks += 1
-                else:
-                    if st.st_nlink > 1 and earlier is None:
-                        first_name[key] = (rel_dir, name)
-                    info.size = st.st_size
-                    fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
-                    with os.fdopen(fd, "rb") as source:
-                        tar.addfile(info, source)
-                    report.bytes += st.st_size
-                report.entries += 1
+                report.hardlinks += 1
             else:
-                log.debug("not streaming %s: devices, FIFOs and sockets cannot be published", name)
-                report.skipped.append(name)
+                if st.st_nlink > 1 and earlier is None:
+                    first_name[key] = (rel_dir, tar_name)
+                info.size = st.st_size
+                source_fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                with os.fdopen(source_fd, "rb") as source:
+                    tar.addfile(info, source)
+                report.bytes += st.st_size
+            report.entries += 1
+        else:
+            log.debug("not streaming %s: devices, FIFOs and sockets cannot be published", tar_name)
+            report.skipped.append(tar_name)
+
+    def walk_tree() -> None:
+        for visit in walk(root, sort=True):  # no recursion, no full paths: any depth streams
+            if visit.event is Event.ENTRY and visit.st is not None:
+                add(visit.fd, visit.name, visit.rel, visit.st)
 
     try:
-        walk(root, "")
+        walk_tree()
         _finish(tar, before_end)
     except BaseException:
         _abandon(tar)

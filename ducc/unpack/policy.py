@@ -19,6 +19,14 @@ WHITEOUT_PREFIX = ".wh."
 OPAQUE = ".wh..wh..opq"
 
 
+def shown_name(name: str) -> str:
+    """``name`` quoted for a one-line message: in full up to 512 characters (a name over NAME_MAX is shown
+    whole), else its start and end; a hostile path can be kilobytes long (and hold newlines)."""
+    if len(name) <= 512:
+        return repr(name)
+    return repr(name[:60]) + f"...({len(name)} characters)..." + repr(name[-40:])
+
+
 def clean_name(name: str) -> str:
     """The entry's path relative to the root (``""`` is the root itself), or UnsafeLayer."""
     if name.startswith("/"):
