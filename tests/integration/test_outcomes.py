@@ -33,6 +33,7 @@ from webhooks import create_app
 
 SOURCE = ImageSpec(layers=[Layer([File("etc/os-release", b"ID=outcomes\n")]), Layer([File("app", os.urandom(150_000))])],
                    env=["PATH=/usr/bin:/bin"], cmd=["/app"])
+THIN_REPO = "unpacked.example.org"  # the repository the thin images' layer URLs name
 
 
 @pytest.fixture
@@ -41,7 +42,8 @@ def processes(tmp_path, redis_server, root):
     started: list[DuccProcess] = []
 
     def start(*argv: str, **extra: str) -> DuccProcess:
-        env = service_env(root, redis_server.url, tmp_path / "state", DOCKER_CONFIG=str(tmp_path), **extra)
+        env = service_env(root, redis_server.url, tmp_path / "state", DOCKER_CONFIG=str(tmp_path),
+                          DUCC_THIN_CVMFS_REPO=THIN_REPO, **extra)
         argv = argv or ("worker", "--name", f"o{len(started)}@%h", "--concurrency", "2")
         proc = DuccProcess(list(argv), env, tmp_path / f"{argv[0]}-{len(started)}.log").start()
         started.append(proc)
@@ -195,7 +197,7 @@ def test_a_thin_push_cancelled_after_publication_says_so_and_the_image_stays_pub
         if (root / layout.tag_link(source)).exists():
             raise JobCancelled("cli (someone@host)", point)
 
-    result = Converter(client, DirectoryPublisher(root)).run(ConversionRequest(source, thin=target),
+    result = Converter(client, DirectoryPublisher(root), thin_cvmfs_repo=THIN_REPO).run(ConversionRequest(source, thin=target),
                                                              cancel=cancel_once_published)
     assert result.state == "published" and result.layers_unpacked == 2
     assert result.thin_digest is None and result.thin_error == "cancelled by cli (someone@host) while thin"
