@@ -1,0 +1,243 @@
+"""Deadlines for registry transfers, and the watchdog that enforces them.
+
+A socket read timeout restarts with every byte, so a registry that trickles one
+byte a second is never cut off by it. Every transfer (one request, with its
+redirects and its body; a blob download with its resumptions) therefore gets a
+deadline that grows with its size: ``min_time`` plus its bytes at ``min_rate``.
+
+Promises:
+
+- One watchdog thread per client looks at every open transfer a few times a
+  second. A transfer past its deadline, or whose ``heartbeat`` raised (a
+  cancelled job), or every transfer once ``abort()`` was called (Ctrl-C), is
+  stopped: its socket is shut down, so the thread blocked reading it wakes up
+  at once, whatever the registry sends or does not send.
+- The reader then raises the transfer's error (``check()``), never takes the
+  shut-down socket's end of stream for the end of the body.
+- A transfer finished by its owner is never touched again (its connection may
+  already serve another request).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+import urllib3
+
+from ducc.errors import RegistryUnavailable
+
+log = logging.getLogger(__name__)
+
+TICK = 0.2  # seconds between the watchdog's looks: how late a deadline or an abort may act
+HEARTBEAT = 1.0  # seconds between calls of a transfer's heartbeat
+
+
+@dataclass(frozen=True)
+class TransferLimits:
+    """How slow a transfer may be: every transfer may take ``min_time`` seconds, plus its bytes at
+    ``min_rate`` bytes/s (``DUCC_MIN_TRANSFER_TIME``, ``DUCC_MIN_TRANSFER_RATE``)."""
+
+    min_rate: int = 16 << 10
+    min_time: float = 60.0
+
+    def allowance(self, size: int) -> float:
+        return self.min_time + max(0, size) / self.min_rate
+
+
+class Transfer:
+    """One transfer under watch: its deadline, the connections it uses, and why it stopped (if it did)."""
+
+    def __init__(self, watchdog: Watchdog, what: str, size: int, heartbeat: Callable[[], object] | None) -> None:
+        self.watchdog = watchdog
+        self.what = what
+        self.started = time.monotonic()
+        self.deadline = self.started + watchdog.limits.allowance(size)
+        self.heartbeat = heartbeat
+        self.received = 0
+        self.error: BaseException | None = None
+        self._connections: list[Any] = []
+        self._beat = self.started
+
+    def expect(self, size: int) -> None:
+        """The transfer turns out to carry ``size`` bytes: its deadline grows to match (never shrinks)."""
+        self.deadline = max(self.deadline, self.started + self.watchdog.limits.allowance(size))
+
+    def attach(self, connection: Any) -> None:
+        """A connection this transfer sends or reads on (urllib3's; its socket may not exist yet)."""
+        with self.watchdog.lock:
+            self._connections.append(connection)
+            stopped = self.error is not None
+        if stopped:
+            _shut_down(connection)
+
+    def check(self) -> None:
+        """Raise why the transfer was stopped, if it was."""
+        if self.error is not None:
+            raise self.error
+
+    def finish(self) -> None:
+        self.watchdog.finish(self)
+
+    def stop(self, error: BaseException) -> None:
+        """Stop the transfer with ``error``: the reading thread wakes up and raises it."""
+        with self.watchdog.lock:
+            if self.error is None:
+                self.error = error
+            connections = list(self._connections)
+        for connection in connections:
+            _shut_down(connection)
+
+    def too_slow(self) -> RegistryUnavailable:
+        elapsed = time.monotonic() - self.started
+        limits = self.watchdog.limits
+        return RegistryUnavailable(
+            f"{self.what}: too slow: {self.received} bytes in {elapsed:.0f}s, cut off at the deadline of "
+            f"{limits.min_time:g}s plus its size at DUCC_MIN_TRANSFER_RATE={limits.min_rate} bytes/s"
+        )
+
+    def __enter__(self) -> Transfer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.finish()
+
+
+def _shut_down(connection: Any) -> None:
+    """Wake up whoever reads ``connection``'s socket. Only shut down, never closed here: the fd stays the
+    reader's until it closes the connection itself (a closed fd could be reused under it)."""
+    sock = getattr(connection, "sock", None)
+    if sock is None:
+        return
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket's call, under TLS too
+    except OSError:
+        pass
+
+
+class Watchdog:
+    """Watches the open transfers of one client (see the module's promises)."""
+
+    def __init__(self, limits: TransferLimits = TransferLimits()) -> None:
+        self.limits = limits
+        self.lock = threading.RLock()  # abort() runs in a signal handler, maybe inside start()
+        self._transfers: set[Transfer] = set()
+        self._wake = threading.Event()
+        self._aborted = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def aborted(self) -> bool:
+        return self._aborted.is_set()
+
+    def start(self, what: str, size: int = 0, heartbeat: Callable[[], object] | None = None) -> Transfer:
+        """A new transfer of about ``size`` bytes; ``heartbeat`` is called every second or so while it
+        lasts, from the watchdog's thread: whatever it raises stops the transfer with that error."""
+        transfer = Transfer(self, what, size, heartbeat)
+        if self._aborted.is_set():
+            transfer.error = KeyboardInterrupt()
+            return transfer
+        with self.lock:
+            self._transfers.add(transfer)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="ducc-transfer-watchdog", daemon=True)
+                self._thread.start()
+        self._wake.set()
+        return transfer
+
+    def finish(self, transfer: Transfer) -> None:
+        with self.lock:
+            self._transfers.discard(transfer)
+            transfer._connections.clear()
+
+    def abort(self) -> None:
+        """Stop every transfer now, and every later one at its start (the process is being interrupted)."""
+        self._aborted.set()
+        with self.lock:
+            transfers = list(self._transfers)
+        for transfer in transfers:
+            transfer.stop(KeyboardInterrupt())
+        self._wake.set()
+
+    def sleep(self, seconds: float) -> None:
+        """Wait between attempts; an abort ends the wait at once."""
+        if self._aborted.wait(seconds):
+            raise KeyboardInterrupt
+
+    def _run(self) -> None:
+        while True:
+            with self.lock:
+                transfers = list(self._transfers)
+            if not transfers:
+                self._wake.wait()
+                self._wake.clear()
+                continue
+            now = time.monotonic()
+            for transfer in transfers:
+                if transfer.error is not None:
+                    continue
+                if now > transfer.deadline:
+                    transfer.stop(transfer.too_slow())
+                elif transfer.heartbeat is not None and now - transfer._beat >= HEARTBEAT:
+                    transfer._beat = now
+                    try:
+                        transfer.heartbeat()
+                    except BaseException as exc:  # a cancelled job: the reader raises it
+                        transfer.stop(exc)
+            time.sleep(TICK)
+
+
+# Which transfer the current thread is sending: the connection pools below attach each connection they
+# use to it, so the watchdog can wake up a thread that waits for response headers or a redirect too.
+_sending = threading.local()
+
+
+@contextmanager
+def sending(transfer: Transfer) -> Iterator[None]:
+    """The requests this thread makes meanwhile belong to ``transfer``."""
+    _sending.transfer = transfer
+    try:
+        yield
+    finally:
+        _sending.transfer = None
+
+
+def _attach(connection: Any) -> None:
+    transfer: Transfer | None = getattr(_sending, "transfer", None)
+    if transfer is not None:
+        transfer.attach(connection)
+
+
+class _WatchedHTTPConnectionPool(urllib3.HTTPConnectionPool):
+    def _make_request(self, conn: Any, *args: Any, **kwargs: Any) -> Any:
+        _attach(conn)
+        return super()._make_request(conn, *args, **kwargs)
+
+
+class _WatchedHTTPSConnectionPool(urllib3.HTTPSConnectionPool):
+    def _make_request(self, conn: Any, *args: Any, **kwargs: Any) -> Any:
+        _attach(conn)
+        return super()._make_request(conn, *args, **kwargs)
+
+
+_POOLS = {"http": _WatchedHTTPConnectionPool, "https": _WatchedHTTPSConnectionPool}
+
+
+class WatchedAdapter(requests.adapters.HTTPAdapter):
+    """``requests``' adapter whose connections are attached to the transfer being sent (see ``sending``)."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _POOLS
+
+    def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **kwargs)
+        manager.pool_classes_by_scheme = _POOLS
+        return manager
