@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -719,6 +720,8 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args, settings)
     if getattr(args, "cvmfs_repo", None):
         settings = settings.with_cvmfs_repo(args.cvmfs_repo)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _interrupted)  # the service's processes put their own in place
     try:
         return int(args.func(args, settings))
     except KeyboardInterrupt:
@@ -727,6 +730,15 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         log.debug("the command failed", exc_info=True)
         return _fail(*_failure(exc, settings))
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    """Ctrl-C: stop every registry transfer at once (threads blocked on a slow registry wake up), then
+    unwind as Python's own handler does."""
+    transfer = sys.modules.get("ducc.registry.transfer")  # not imported here: a signal handler must not import
+    if transfer is not None:
+        transfer.abort_all()
+    raise KeyboardInterrupt
 
 
 def _failure(exc: Exception, settings: Settings) -> tuple[str, int]:

@@ -418,7 +418,7 @@ class Converter:
         if staged.exists():
             remove_tree(staged)
         (staged / "layerfs").mkdir(parents=True)
-        cached = self.cache.get(digest) if self.cache else None
+        cached = self.cache.get(digest, descriptor.size) if self.cache else None
         writer: CacheWriter | None = None
         fetched = 0
 
@@ -439,7 +439,9 @@ class Converter:
                     with cached_file:
                         report = self._apply(ref, cached_file, descriptor, diff_id, staged, on_read, budget)
                     return report, 0
-            with self.client.open_blob(ref, digest) as stream:
+            # The heartbeat is the layer's progress point even while no byte arrives: a cancelled job stops.
+            with self.client.open_blob(ref, digest, descriptor.size,
+                                       heartbeat=lambda: progress.layer(digest, fetched, descriptor.size)) as stream:
                 if self.cache is not None:
                     writer = self.cache.writer(digest)
                 report = self._apply(ref, stream, descriptor, diff_id, staged, on_read, budget)

@@ -78,7 +78,8 @@ from ducc.model.manifest import Index, Manifest, parse_manifest
 from ducc.model.reference import Reference
 from ducc.registry.auth import ANONYMOUS, Keychain
 from ducc.registry.challenge import parse_challenges
-from ducc.registry.transfer import Transfer, TransferLimits, Watchdog, WatchedAdapter, sending
+from ducc.registry.transfer import Transfer, Watchdog, WatchedAdapter, sending
+from ducc.registry.transfer import TransferLimits as TransferLimits  # the composition root builds one
 
 log = logging.getLogger(__name__)
 

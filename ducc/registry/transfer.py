@@ -24,6 +24,7 @@ import logging
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -122,6 +123,13 @@ def _shut_down(connection: Any) -> None:
         pass
 
 
+def abort_all() -> None:
+    """Abort every watchdog of this process (``Watchdog.abort``): what Ctrl-C does. A signal is for the
+    whole process, so this is the one place that knows every client of it."""
+    for watchdog in list(_WATCHDOGS):
+        watchdog.abort()
+
+
 class Watchdog:
     """Watches the open transfers of one client (see the module's promises)."""
 
@@ -132,6 +140,7 @@ class Watchdog:
         self._wake = threading.Event()
         self._aborted = threading.Event()
         self._thread: threading.Thread | None = None
+        _WATCHDOGS.add(self)
 
     @property
     def aborted(self) -> bool:
@@ -193,6 +202,8 @@ class Watchdog:
                         transfer.stop(exc)
             time.sleep(TICK)
 
+
+_WATCHDOGS: weakref.WeakSet[Watchdog] = weakref.WeakSet()
 
 # Which transfer the current thread is sending: the connection pools below attach each connection they
 # use to it, so the watchdog can wake up a thread that waits for response headers or a redirect too.
