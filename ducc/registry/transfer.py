@@ -89,12 +89,11 @@ class Transfer:
 
     def stop(self, error: BaseException) -> None:
         """Stop the transfer with ``error``: the reading thread wakes up and raises it."""
-        with self.watchdog.lock:
+        with self.watchdog.lock:  # held while shutting down: a finished transfer's connection is never touched
             if self.error is None:
                 self.error = error
-            connections = list(self._connections)
-        for connection in connections:
-            _shut_down(connection)
+            for connection in self._connections:
+                _shut_down(connection)
 
     def too_slow(self) -> RegistryUnavailable:
         elapsed = time.monotonic() - self.started

@@ -10,6 +10,7 @@ import os
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 
 import pytest
@@ -20,8 +21,11 @@ from ducc.model.digest import Digest
 from ducc.registry.auth import Credentials, StaticKeychain
 from ducc.registry.client import RegistryClient, RetryPolicy
 from ducc.registry.transfer import TransferLimits
+from ducc.service.jobs import JobStore
+from tests.integration.test_service import wait_finished
 from tests.support.hostile import HostileRegistry, ducc_env, endless, run_measured, send, trickle
 from tests.support.images import File, ImageSpec, Layer, build, push_image
+from tests.support.service import DuccProcess, ducc_cli, service_env
 
 MiB = 1 << 20
 BASELINE_RSS = 150 * MiB  # ducc converting a small image peaks near 50 MiB; a body held whole is hundreds
@@ -196,10 +200,7 @@ def test_ctrl_c_ends_a_conversion_stuck_on_trickling_blobs_within_seconds(hostil
 def test_a_cancel_stops_a_download_while_the_registry_sends_nothing(hostile):
     registry = hostile()
     (layer,) = registry.image.layer_digests
-    def stalled(h: BaseHTTPRequestHandler) -> None:
-        send_headers_only(h, 1000)
-        time.sleep(30)
-    registry.on(f"/blobs/{layer}", stalled)
+    registry.on(f"/blobs/{layer}", stalled(len(registry.image.blobs[layer])))
     cancelled = threading.Event()
 
     def heartbeat() -> None:
@@ -209,16 +210,46 @@ def test_a_cancel_stops_a_download_while_the_registry_sends_nothing(hostile):
     client = RegistryClient(retry=RetryPolicy(attempts=1))
     threading.Timer(1.0, cancelled.set).start()
     started = time.monotonic()
-    with pytest.raises(JobCancelled), client.open_blob(registry.ref, layer, 1000, heartbeat=heartbeat) as stream:
+    with pytest.raises(JobCancelled), client.open_blob(registry.ref, layer, len(registry.image.blobs[layer]),
+                                                          heartbeat=heartbeat) as stream:
         stream.read(1000)
     assert time.monotonic() - started < 4
 
 
-def send_headers_only(h: BaseHTTPRequestHandler, length: int) -> None:
-    h.send_response(200)
-    h.send_header("Content-Length", str(length))
-    h.end_headers()
-    h.wfile.flush()
+def stalled(length: int) -> Callable[[BaseHTTPRequestHandler], None]:
+    """Headers of a ``length``-byte body, then silence for longer than any test waits."""
+    def answer(h: BaseHTTPRequestHandler) -> None:
+        h.send_response(200)
+        h.send_header("Content-Length", str(length))
+        h.end_headers()
+        h.wfile.flush()
+        time.sleep(30)
+    return answer
+
+
+def test_a_worker_stops_a_cancelled_download_that_receives_nothing_within_seconds(hostile, redis_server, root,
+                                                                                  tmp_path):
+    registry = hostile()
+    (layer,) = registry.image.layer_digests
+    registry.on(f"/blobs/{layer}", stalled(len(registry.image.blobs[layer])))
+    env = service_env(root, redis_server.url, tmp_path / "state")
+    worker = DuccProcess(["worker", "--name", "hostile@%h"], env, tmp_path / "worker.log").start()
+    try:
+        worker.wait_for_log("ready.")
+        job_id = ducc_cli("submit", str(registry.ref), env=env).stdout.split()[-1]
+        deadline = time.monotonic() + 60
+        while not registry.requests(f"/blobs/{layer}"):
+            assert time.monotonic() < deadline, worker.log()
+            time.sleep(0.05)
+        asked = time.monotonic()
+        cancel = ducc_cli("cancel", job_id, env=env)
+        assert cancel.returncode == 0, cancel.stderr + worker.log()[-3000:]
+        (job,) = wait_finished(JobStore(redis_server.client()), [job_id], timeout=30)
+        took = time.monotonic() - asked
+        assert job.state == "cancelled" and "while fetching" in job.error, job.error
+        assert took < 6, f"stopped {took:.1f}s after the cancel"
+    finally:
+        worker.stop()
 
 
 # -- forever ---------------------------------------------------------------------------------------
