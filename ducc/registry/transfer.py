@@ -60,6 +60,7 @@ class Transfer:
         self.watchdog = watchdog
         self.what = what
         self.started = time.monotonic()
+        self.size = size
         self.deadline = self.started + watchdog.limits.allowance(size)
         self.heartbeat = heartbeat
         self.received = 0
@@ -69,7 +70,9 @@ class Transfer:
 
     def expect(self, size: int) -> None:
         """The transfer turns out to carry ``size`` bytes: its deadline grows to match (never shrinks)."""
-        self.deadline = max(self.deadline, self.started + self.watchdog.limits.allowance(size))
+        if size > self.size:
+            self.size = size
+            self.deadline = self.started + self.watchdog.limits.allowance(size)
 
     def attach(self, connection: Any) -> None:
         """A connection this transfer sends or reads on (urllib3's; its socket may not exist yet)."""
@@ -96,11 +99,11 @@ class Transfer:
                 _shut_down(connection)
 
     def too_slow(self) -> RegistryUnavailable:
-        elapsed = time.monotonic() - self.started
         limits = self.watchdog.limits
         return RegistryUnavailable(
-            f"{self.what}: too slow: {self.received} bytes in {elapsed:.0f}s, cut off at the deadline of "
-            f"{limits.min_time:g}s plus its size at DUCC_MIN_TRANSFER_RATE={limits.min_rate} bytes/s"
+            f"{self.what}: too slow: not done within {limits.allowance(self.size):.0f}s "
+            f"(DUCC_MIN_TRANSFER_TIME={limits.min_time:g} plus {self.size} bytes at "
+            f"DUCC_MIN_TRANSFER_RATE={limits.min_rate} bytes/s); {self.received} bytes had been read"
         )
 
     def __enter__(self) -> Transfer:

@@ -367,3 +367,10 @@ def test_transfer_limits_give_every_transfer_the_minimum_time_plus_its_size_at_t
     limits = TransferLimits(min_rate=1000, min_time=60)
     assert limits.allowance(0) == 60 and limits.allowance(168) == pytest.approx(60.168)
     assert limits.allowance(10_000_000) == 10_060
+
+
+@pytest.mark.parametrize("name", ["DUCC_MIN_TRANSFER_RATE", "DUCC_MIN_TRANSFER_TIME", "DUCC_MAX_TAG_PAGES",
+                                  "DUCC_MAX_TAGS"])
+def test_a_transfer_or_tag_bound_that_is_not_a_positive_number_is_a_usage_error(name, root):
+    done = run_measured(["convert", "127.0.0.1:1/team/app:1"], ducc_env(root, **{name: "0"}))
+    assert done.returncode == 2 and one_line(done.stderr) == f"ducc: {name} must be at least 1, not 0"
