@@ -41,6 +41,15 @@ TICK = 0.2  # seconds between the watchdog's looks: how late a deadline or an ab
 HEARTBEAT = 1.0  # seconds between calls of a transfer's heartbeat
 
 
+class TransferInterrupted(KeyboardInterrupt, Exception):
+    """The process is being interrupted (Ctrl-C): a ``KeyboardInterrupt`` raised by a reader, which is
+    an ``Exception`` too so that library threads that hand their source's errors on to their consumer
+    (isal's threaded gzip reader catches ``Exception``) pass it on instead of printing it."""
+
+    def __init__(self) -> None:
+        super().__init__("interrupted")
+
+
 @dataclass(frozen=True)
 class TransferLimits:
     """How slow a transfer may be: every transfer may take ``min_time`` seconds, plus its bytes at
@@ -153,7 +162,7 @@ class Watchdog:
         lasts, from the watchdog's thread: whatever it raises stops the transfer with that error."""
         transfer = Transfer(self, what, size, heartbeat)
         if self._aborted.is_set():
-            transfer.error = KeyboardInterrupt()
+            transfer.error = TransferInterrupted()
             return transfer
         with self.lock:
             self._transfers.add(transfer)
@@ -174,13 +183,13 @@ class Watchdog:
         with self.lock:
             transfers = list(self._transfers)
         for transfer in transfers:
-            transfer.stop(KeyboardInterrupt())
+            transfer.stop(TransferInterrupted())
         self._wake.set()
 
     def sleep(self, seconds: float) -> None:
         """Wait between attempts; an abort ends the wait at once."""
         if self._aborted.wait(seconds):
-            raise KeyboardInterrupt
+            raise TransferInterrupted
 
     def _run(self) -> None:
         while True:

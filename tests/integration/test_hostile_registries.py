@@ -185,13 +185,23 @@ def test_a_slow_registry_above_the_minimum_rate_is_not_cut_off(hostile, root):
     assert done.returncode == 0, done.stderr
 
 
-def test_ctrl_c_ends_a_conversion_stuck_on_trickling_blobs_within_seconds(hostile, root):
+@pytest.mark.parametrize("command", ["convert", "sync"])
+def test_ctrl_c_ends_a_conversion_stuck_on_trickling_blobs_within_seconds(command, hostile, root, tmp_path):
     registry = hostile(ImageSpec(layers=[Layer([File("a", os.urandom(2000))]), Layer([File("b", os.urandom(2000))])]))
     for layer in registry.image.layer_digests:
         registry.on(f"/blobs/{layer}", trickle(registry.image.blobs[layer]))
+    wishlist = tmp_path / "wishlist.yaml"
+    wishlist.write_text(f"version: 1\nuser: u\ncvmfs_repo: unpacked.example.org\ninput:\n  - 'https://{registry.ref}'\n")
+    downloading: list[float] = []
+
+    def a_while_into_the_downloads() -> bool:  # the decompressors' threads are blocked reading by then
+        if not downloading and all(registry.requests(f"/blobs/{d}") for d in registry.image.layer_digests):
+            downloading.append(time.monotonic())
+        return bool(downloading) and time.monotonic() - downloading[0] > 1.5
+
     # default deadlines: 60 s plus the size at 16 KiB/s; both layers download at once, in worker threads
-    done = run_measured(["convert", str(registry.ref)], ducc_env(root), timeout=60,
-                        interrupt_after=lambda: all(registry.requests(f"/blobs/{d}") for d in registry.image.layer_digests))
+    done = run_measured([command, str(registry.ref) if command == "convert" else str(wishlist)],
+                        ducc_env(root), timeout=60, interrupt_after=a_while_into_the_downloads)
     assert done.returncode == 130, done.stderr
     assert one_line(done.stderr) == "ducc: interrupted; nothing half-published (staging is cleaned on the next run)"
     assert done.seconds < 3, f"acted on after {done.seconds:.1f}s"
