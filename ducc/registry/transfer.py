@@ -21,6 +21,7 @@ Promises:
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
@@ -215,6 +216,19 @@ class Watchdog:
 
 
 _WATCHDOGS: weakref.WeakSet[Watchdog] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    """A forked child (a prefork worker) has none of its parent's threads or transfers, and a lock the
+    watchdog held at the fork would stay held: every watchdog starts afresh there."""
+    for watchdog in list(_WATCHDOGS):
+        watchdog.lock = threading.RLock()
+        watchdog._transfers = set()
+        watchdog._thread = None
+        watchdog._wake = threading.Event()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 # Which transfer the current thread is sending: the connection pools below attach each connection they
 # use to it, so the watchdog can wake up a thread that waits for response headers or a redirect too.

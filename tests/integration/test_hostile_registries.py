@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler
 import pytest
 
 from ducc.cache import BlobCache
-from ducc.errors import AuthenticationError, DigestMismatch, JobCancelled, RegistryError
+from ducc.errors import AuthenticationError, DigestMismatch, JobCancelled, RegistryError, RegistryUnavailable
 from ducc.model.digest import Digest
 from ducc.registry.auth import Credentials, StaticKeychain
 from ducc.registry.client import RegistryClient, RetryPolicy
@@ -384,3 +384,26 @@ def test_transfer_limits_give_every_transfer_the_minimum_time_plus_its_size_at_t
 def test_a_transfer_or_tag_bound_that_is_not_a_positive_number_is_a_usage_error(name, root):
     done = run_measured(["convert", "127.0.0.1:1/team/app:1"], ducc_env(root, **{name: "0"}))
     assert done.returncode == 2 and one_line(done.stderr) == f"ducc: {name} must be at least 1, not 0"
+
+
+def test_a_forked_worker_process_enforces_deadlines_too(hostile):
+    """Celery's prefork pool forks after the parent may have used its client: the child's watchdog runs."""
+    registry = hostile()
+    (layer,) = registry.image.layer_digests
+    size = len(registry.image.blobs[layer])
+    registry.on(f"/blobs/{layer}", stalled(size))
+    client = RegistryClient(retry=RetryPolicy(attempts=1), limits=TransferLimits(min_rate=1_000_000, min_time=1))
+    client.resolve(registry.ref)  # the parent's watchdog thread has run
+    started = time.monotonic()
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if the stalled download was cut off as too slow
+        code = 1
+        try:
+            with client.open_blob(registry.ref, layer, size) as stream:
+                stream.read(size)
+        except RegistryUnavailable as exc:
+            code = 0 if "too slow" in str(exc) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0 and time.monotonic() - started < 6
