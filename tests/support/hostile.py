@@ -39,6 +39,7 @@ class HostileRegistry:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out as written, as a registry sends them
 
             def log_message(self, *args: object) -> None:
                 pass
