@@ -239,6 +239,8 @@ class BlobStream:
                 self._resume(error)
                 continue
             self._transfer.check()  # a shut-down socket reads as the end of the body: it is not
+            if not data:
+                self._transfer.release()  # the connection is back in the pool
             self._offset += len(data)
             self._transfer.received = self._offset
             if self._bound is not None and self._offset > self._bound:
@@ -250,12 +252,13 @@ class BlobStream:
 
     def _resume(self, error: RegistryUnavailable) -> None:
         self._response.close()
+        self._transfer.release()
         if not self._attempts.left:
             raise error
         delay = self._client.retry.delay(self._attempts.used - 1)
         log.info("%s; resuming in %.1fs (attempt %d/%d)", error, delay, self._attempts.used + 1,
                  self._attempts.policy.attempts)
-        self._client._sleep(delay)
+        self._transfer.wait(delay, self._client._sleep)
         response = self._client._request(
             "GET", self._ref, f"blobs/{self._digest}", what=self._what, stream=True, attempts=self._attempts,
             headers={"Range": f"bytes={self._offset}-"}, transfer=self._transfer,
@@ -312,7 +315,7 @@ class RegistryClient:
         self._session.headers["Accept-Encoding"] = "identity"  # a body's size on the wire is its size
         for scheme in ("http://", "https://"):
             self._session.mount(scheme, WatchedAdapter())
-        self._sleep = sleep or self.watchdog.sleep
+        self._sleep = sleep  # between attempts; None: wait on the transfer (a cancel or Ctrl-C ends the wait)
         self.upload_chunk_size = max(1, upload_chunk_size)
         self._authorization: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
@@ -328,7 +331,8 @@ class RegistryClient:
 
     def abort(self) -> None:
         """Stop every transfer now and refuse every later one (the process is interrupted): the threads
-        reading from registries raise ``KeyboardInterrupt`` within a fraction of a second."""
+        reading from registries raise ``TransferInterrupted`` (a ``KeyboardInterrupt``) within a fraction
+        of a second."""
         self.watchdog.abort()
 
     def _send(
@@ -387,10 +391,11 @@ class RegistryClient:
                     retry_after=retry_after,
                 )
                 response.close()
+                transfer.release()
             if budget.left:
                 delay = self.retry.delay(attempt, retry_after)
                 log.info("%s; retrying in %.1fs (attempt %d/%d)", last, delay, attempt + 2, self.retry.attempts)
-                self._sleep(delay)
+                transfer.wait(delay, self._sleep)
             if "data" in kwargs and hasattr(kwargs["data"], "seek"):
                 kwargs["data"].seek(0)
         if last is None:
@@ -411,7 +416,7 @@ class RegistryClient:
             location = response.headers.get("Location")
             if response.status_code not in _REDIRECTS or method not in ("GET", "HEAD") or not location:
                 return response
-            response.close()
+            response.close()  # unread: its connection is closed, never reused
             url, params = urljoin(response.url, location), None
             target = urlsplit(url)
             if target.netloc != origin.netloc or (origin.scheme == "https" and target.scheme != "https"):
@@ -863,6 +868,8 @@ def _consume(response: requests.Response, transfer: Transfer, limit: int, what: 
                 break
             data += chunk
             transfer.received = len(data)
+        if complete:
+            transfer.release()  # urllib3 put the connection back into the pool at the end of the body
     except _STREAM_ERRORS as exc:
         transfer.check()
         response.close()

@@ -14,8 +14,9 @@ Promises:
   at once, whatever the registry sends or does not send.
 - The reader then raises the transfer's error (``check()``), never takes the
   shut-down socket's end of stream for the end of the body.
-- A transfer finished by its owner is never touched again (its connection may
-  already serve another request).
+- A transfer finished by its owner, or a connection it released (read to the
+  end: urllib3 puts it back into the pool at once), is never touched again: the
+  connection may already serve another request.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class Transfer:
         self.heartbeat = heartbeat
         self.received = 0
         self.error: BaseException | None = None
+        self._stopped = threading.Event()
         self._connections: list[Any] = []
         self._beat = self.started
 
@@ -92,6 +94,23 @@ class Transfer:
         if stopped:
             _shut_down(connection)
 
+    def release(self) -> None:
+        """The connections used so far are done with (read to the end and back in the pool, where another
+        request may take them, or closed): stopping this transfer must never touch them again."""
+        with self.watchdog.lock:
+            self._connections.clear()
+
+    def wait(self, seconds: float, sleep: Callable[[float], None] | None = None) -> None:
+        """Wait between attempts (``sleep``, or until stopped): a stop (a cancel, Ctrl-C) ends the wait at
+        once and raises why; the deadline moves by the wait, since it measures transfers, not backoff."""
+        with self.watchdog.lock:
+            self.deadline += seconds
+        if sleep is not None:
+            sleep(seconds)
+        else:
+            self._stopped.wait(seconds)
+        self.check()
+
     def check(self) -> None:
         """Raise why the transfer was stopped, if it was."""
         if self.error is not None:
@@ -107,6 +126,7 @@ class Transfer:
                 self.error = error
             for connection in self._connections:
                 _shut_down(connection)
+        self._stopped.set()
 
     def too_slow(self) -> RegistryUnavailable:
         limits = self.watchdog.limits
@@ -162,14 +182,15 @@ class Watchdog:
         """A new transfer of about ``size`` bytes; ``heartbeat`` is called every second or so while it
         lasts, from the watchdog's thread: whatever it raises stops the transfer with that error."""
         transfer = Transfer(self, what, size, heartbeat)
-        if self._aborted.is_set():
-            transfer.error = TransferInterrupted()
-            return transfer
-        with self.lock:
-            self._transfers.add(transfer)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="ducc-transfer-watchdog", daemon=True)
-                self._thread.start()
+        with self.lock:  # as abort() looks: a transfer is either refused here or seen there
+            aborted = self._aborted.is_set()
+            if not aborted:
+                self._transfers.add(transfer)
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="ducc-transfer-watchdog", daemon=True)
+                    self._thread.start()
+        if aborted:
+            transfer.stop(TransferInterrupted())
         self._wake.set()
         return transfer
 
@@ -180,17 +201,12 @@ class Watchdog:
 
     def abort(self) -> None:
         """Stop every transfer now, and every later one at its start (the process is being interrupted)."""
-        self._aborted.set()
         with self.lock:
+            self._aborted.set()
             transfers = list(self._transfers)
         for transfer in transfers:
             transfer.stop(TransferInterrupted())
         self._wake.set()
-
-    def sleep(self, seconds: float) -> None:
-        """Wait between attempts; an abort ends the wait at once."""
-        if self._aborted.wait(seconds):
-            raise TransferInterrupted
 
     def _run(self) -> None:
         while True:

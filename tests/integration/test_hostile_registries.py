@@ -407,3 +407,21 @@ def test_a_forked_worker_process_enforces_deadlines_too(hostile):
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0 and time.monotonic() - started < 6
+
+
+def test_a_cancel_ends_the_wait_for_a_retry_at_once(hostile):
+    registry = hostile()
+    (layer,) = registry.image.layer_digests
+    registry.on(f"/blobs/{layer}", lambda h: send(h, 503, b"{}", {"Retry-After": "100"}))
+    cancelled = threading.Event()
+
+    def heartbeat() -> None:
+        if cancelled.is_set():
+            raise JobCancelled("api (127.0.0.1)", "fetching")
+
+    client = RegistryClient(retry=RetryPolicy(attempts=3))
+    threading.Timer(1.0, cancelled.set).start()
+    started = time.monotonic()
+    with pytest.raises(JobCancelled), client.open_blob(registry.ref, layer, 10, heartbeat=heartbeat):
+        pass
+    assert time.monotonic() - started < 4 and len(registry.requests(f"/blobs/{layer}")) == 1
