@@ -142,6 +142,15 @@ def _setup_logging(args: argparse.Namespace, settings: Settings) -> None:
     setup_logging(logging.DEBUG if args.verbose else logging.WARNING if args.quiet else settings.log_level)
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    """Ctrl-C: stop every registry transfer at once (threads blocked on a slow registry wake up), then
+    unwind as Python's own handler does."""
+    transfer = sys.modules.get("ducc.registry.transfer")  # not imported here: a signal handler must not import
+    if transfer is not None:
+        transfer.abort_all()
+    raise KeyboardInterrupt
+
+
 def _progress(args: argparse.Namespace) -> LogProgress:
     if sys.stderr.isatty() and not args.quiet:
         terminal = TerminalProgress()
@@ -730,15 +739,6 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         log.debug("the command failed", exc_info=True)
         return _fail(*_failure(exc, settings))
-
-
-def _interrupted(signum: int, frame: object) -> None:
-    """Ctrl-C: stop every registry transfer at once (threads blocked on a slow registry wake up), then
-    unwind as Python's own handler does."""
-    transfer = sys.modules.get("ducc.registry.transfer")  # not imported here: a signal handler must not import
-    if transfer is not None:
-        transfer.abort_all()
-    raise KeyboardInterrupt
 
 
 def _failure(exc: Exception, settings: Settings) -> tuple[str, int]:
