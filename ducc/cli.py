@@ -9,6 +9,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -145,6 +146,15 @@ class _ClearingStream:
 
 def _setup_logging(args: argparse.Namespace, settings: Settings) -> None:
     setup_logging(logging.DEBUG if args.verbose else logging.WARNING if args.quiet else settings.log_level)
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    """Ctrl-C: stop every registry transfer at once (threads blocked on a slow registry wake up), then
+    unwind as Python's own handler does."""
+    transfer = sys.modules.get("ducc.registry.transfer")  # not imported here: a signal handler must not import
+    if transfer is not None:
+        transfer.abort_all()
+    raise KeyboardInterrupt
 
 
 def _progress(args: argparse.Namespace) -> LogProgress:
@@ -773,6 +783,8 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args, settings)
     if getattr(args, "cvmfs_repo", None):
         settings = settings.with_cvmfs_repo(args.cvmfs_repo)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _interrupted)  # the service's processes put their own in place
     try:
         code = int(args.func(args, settings))
         sys.stdout.flush()  # a reader that went away is found here, not at exit

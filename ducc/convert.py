@@ -481,19 +481,24 @@ class Converter:
         if staged.exists():
             remove_tree(staged)
         (staged / "layerfs").mkdir(parents=True)
-        cached = self.cache.get(digest) if self.cache else None
+        cached = self.cache.get(digest, descriptor.size) if self.cache else None
         writer: CacheWriter | None = None
         fetched = 0
 
-        def on_read(chunk: bytes) -> None:
-            nonlocal fetched
+        def heartbeat() -> None:
+            """Between reads, and about once a second while no byte arrives: a cancel or a sibling's
+            failure stops this download even when the registry sends nothing."""
             if failed.is_set():  # the image is refused already: the rest of this blob is not worth reading
                 raise _SiblingFailed()
+            progress.layer(digest, fetched, descriptor.size)
+            cancel("fetching")
+
+        def on_read(chunk: bytes) -> None:
+            nonlocal fetched
             fetched += len(chunk)
             if writer is not None:
                 writer.write(chunk)
-            progress.layer(digest, fetched, descriptor.size)
-            cancel("fetching")
+            heartbeat()
 
         try:
             if cached is not None:
@@ -505,7 +510,7 @@ class Converter:
                     with cached_file:
                         report = self._apply(ref, cached_file, descriptor, diff_id, staged, on_read, budget)
                     return report, 0
-            with self.client.open_blob(ref, digest) as stream:
+            with self.client.open_blob(ref, digest, descriptor.size, heartbeat=heartbeat) as stream:
                 if self.cache is not None:
                     writer = self.cache.writer(digest)
                 report = self._apply(ref, stream, descriptor, diff_id, staged, on_read, budget)

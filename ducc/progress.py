@@ -14,7 +14,9 @@ class Progress(Protocol):
         """Entering a stage: resolving, fetching, unpacking, flattening, publishing, published, unchanged."""
 
     def layer(self, digest: Digest, done: int, total: int | None) -> None:
-        """Bytes of one layer's blob received so far."""
+        """Bytes of one layer's blob received so far. Also called about once a second while a download
+        waits for bytes (from the registry client's watchdog thread): whatever it raises (a job's
+        cancel) ends that download with it."""
 
 
 class LogProgress:

@@ -160,10 +160,13 @@ class Services:
         return self._registry_client(self.keychain)
 
     def _registry_client(self, keychain: Keychain) -> RegistryClient:
-        from ducc.registry.client import RegistryClient, RetryPolicy
+        from ducc.registry.client import RegistryClient, RetryPolicy, TransferLimits
 
-        return RegistryClient(keychain=keychain, insecure=self.settings.insecure_registries,
-                              retry=RetryPolicy(attempts=max(1, self.settings.retry_attempts)))
+        settings = self.settings
+        return RegistryClient(keychain=keychain, insecure=settings.insecure_registries,
+                              retry=RetryPolicy(attempts=max(1, settings.retry_attempts)),
+                              limits=TransferLimits(settings.min_transfer_rate, settings.min_transfer_time),
+                              max_tag_pages=settings.max_tag_pages, max_tags=settings.max_tags)
 
     def thin_client(self, target: Reference, user: str | None = None) -> RegistryClient:
         """The client that pushes thin images to ``target``'s registry (one per registry and account).

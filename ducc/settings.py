@@ -22,6 +22,9 @@
 | DUCC_MAX_PATH_BYTES | bytes of one path of an image | 3,072 |
 | DUCC_SYNC_CONCURRENCY | images checked/converted at once by ``sync`` | 4 |
 | DUCC_RETRY_ATTEMPTS | attempts per registry request | 5 |
+| DUCC_MIN_TRANSFER_RATE | bytes/s below which a registry transfer is cut off: each may take DUCC_MIN_TRANSFER_TIME plus its size at this rate | 16384 |
+| DUCC_MIN_TRANSFER_TIME | seconds every registry transfer may take, however small | 60 |
+| DUCC_MAX_TAG_PAGES / DUCC_MAX_TAGS | most pages and tags of one repository's tag list (a tag glob); beyond them the list fails | 1000 / 100,000 |
 | DUCC_REGISTRY_USER / _PASSWORD(_FILE) / _HOSTS | credentials and the hosts they are for | |
 | DUCC_OUTPUT_REGISTRY_USER / _PASSWORD(_FILE) | account that pushes thin images, offered only to the thin image's registry (user default: the wishlist's ``user``; ``DUCC_OUTPUT_REGISTRY_PASS`` is DUCC's name for the password) | |
 | DUCC_THIN_CVMFS_REPO | ``REPO[/subdir]`` the layer URLs of thin images name when neither DUCC_CVMFS_REPO (``--cvmfs-repo``) nor the wishlist's ``cvmfs_repo`` does (a directory root exported into CVMFS); with none of them thin images are refused | |
@@ -210,6 +213,10 @@ class Settings:
     max_layer_entries: int = DEFAULT_MAX_LAYER_ENTRIES
     max_path_depth: int = DEFAULT_MAX_PATH_DEPTH
     max_path_bytes: int = DEFAULT_MAX_PATH_BYTES
+    min_transfer_rate: int = 16 << 10
+    min_transfer_time: int = 60
+    max_tag_pages: int = 1000
+    max_tags: int = 100_000
     redis_url: str | None = None
     redis_password: str | None = field(repr=False, default=None)
     redis_fsync: str = "everysec"
@@ -285,6 +292,10 @@ class Settings:
             max_layer_entries=_positive(env, "DUCC_MAX_LAYER_ENTRIES", DEFAULT_MAX_LAYER_ENTRIES),
             max_path_depth=_positive(env, "DUCC_MAX_PATH_DEPTH", DEFAULT_MAX_PATH_DEPTH),
             max_path_bytes=_positive(env, "DUCC_MAX_PATH_BYTES", DEFAULT_MAX_PATH_BYTES),
+            min_transfer_rate=_positive(env, "DUCC_MIN_TRANSFER_RATE", 16 << 10),
+            min_transfer_time=_positive(env, "DUCC_MIN_TRANSFER_TIME", 60),
+            max_tag_pages=_positive(env, "DUCC_MAX_TAG_PAGES", 1000),
+            max_tags=_positive(env, "DUCC_MAX_TAGS", 100_000),
             redis_url=env.get("DUCC_REDIS_URL") or None,
             redis_password=_redis_password(env),
             redis_fsync=_choice(env, "DUCC_REDIS_FSYNC", ("everysec", "always"), "everysec"),

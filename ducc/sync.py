@@ -102,6 +102,8 @@ def check_all(
             log.error("%s (%s): %s", ref, platform, exc)
             with lock:
                 report.failures.append((f"{ref} ({platform})", str(exc)))
+        except KeyboardInterrupt:
+            raise  # Ctrl-C: the client stopped every transfer (``TransferInterrupted``); not an image's failure
         except Exception as exc:  # one broken image must not stop the others
             log.exception("%s (%s): unexpected error", ref, platform)
             with lock:

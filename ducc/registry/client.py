@@ -5,8 +5,24 @@ Promises:
 - Plain HTTP only for loopback hosts and the hosts in ``insecure`` (Docker's
   rule); HTTPS everywhere else.
 - Credentials are sent only after a challenge, only to the challenging host or
-  to the token realm it named; ``requests`` drops ``Authorization`` on a
-  redirect to another host, which is how blob downloads reach object storage.
+  to the token realm it named, and to a realm only over HTTPS (plain HTTP only
+  on the host of a registry that is itself reached over plain HTTP), never to a
+  link-local, unspecified or multicast address. Redirects are followed here
+  (GET and HEAD, at most ``MAX_REDIRECTS``; a loop is a permanent error) and
+  drop ``Authorization`` when they leave the host, which is how blob downloads
+  reach object storage.
+- Nothing a registry sends is read past a limit, whatever its headers say: a
+  manifest ``MAX_MANIFEST_BYTES``, a token ``MAX_TOKEN_BYTES``, a tag page
+  ``MAX_TAG_PAGE_BYTES``, an error body ``MAX_ERROR_BYTES`` (the rest is
+  dropped); bodies are asked for in identity encoding, and one sent compressed
+  anyway is inflated only up to the limit. A blob is read up to the size its
+  manifest declares plus one byte, then refused. Tag lists follow at most
+  ``max_tag_pages`` pages and ``max_tags`` tags.
+- Every transfer has a deadline that grows with its size
+  (``ducc.registry.transfer``); one past it is cut off and is temporary, not
+  retried in place. ``abort()`` (Ctrl-C) stops every transfer at once, and a
+  blob's ``heartbeat`` (a job's cancel check) is called while it downloads,
+  even while no byte arrives.
 - Every request is retried on connection errors, timeouts, 5xx and 429 with
   exponential backoff; ``Retry-After`` is honoured. Exhausted retries raise
   ``RegistryUnavailable`` (temporary). 401/403 raise ``AuthenticationError``,
@@ -30,11 +46,13 @@ import http.client
 import io
 import ipaddress
 import logging
+import os
 import random
 import socket
 import ssl
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -60,11 +78,21 @@ from ducc.model.manifest import Index, Manifest, parse_manifest
 from ducc.model.reference import Reference
 from ducc.registry.auth import ANONYMOUS, Keychain
 from ducc.registry.challenge import parse_challenges
+from ducc.registry.transfer import Transfer, Watchdog, WatchedAdapter, sending
+from ducc.registry.transfer import TransferLimits as TransferLimits  # the composition root builds one
 
 log = logging.getLogger(__name__)
 
 MAX_MANIFEST_BYTES = 4 << 20
 MAX_CONFIG_BYTES = 16 << 20
+MAX_TOKEN_BYTES = 1 << 20
+MAX_TAG_PAGE_BYTES = 16 << 20
+MAX_ERROR_BYTES = 64 << 10  # an error body is only quoted: the rest is dropped, never an error itself
+MAX_BODY_BYTES = 1 << 20  # any other answer (upload sessions, pushes): registries send nothing or a few bytes
+MAX_REDIRECTS = 10
+MAX_TAG_PAGES = 1000
+MAX_TAGS = 100_000
+_REDIRECTS = (301, 302, 303, 307, 308)
 BlobOutcome = Literal["present", "mounted", "uploaded"]
 UPLOAD_CHUNK_SIZE = 64 << 20  # larger blobs go up in PATCH chunks of this size (bounded memory, proxy body limits)
 _STREAM_ERRORS = (
@@ -164,42 +192,76 @@ class Attempts:
 class BlobStream:
     """An open blob download. A transfer that breaks off is resumed where it stopped (``Range``; a
     registry that ignores it is read past the bytes already delivered), from the blob's budget of
-    attempts; when that is spent ``read`` raises ``RegistryUnavailable``."""
+    attempts; when that is spent ``read`` raises ``RegistryUnavailable``.
 
-    def __init__(self, client: RegistryClient, ref: Reference, digest: Digest, what: str, attempts: Attempts) -> None:
+    With ``size`` (the manifest's word) nothing past ``size + 1`` bytes is ever read: the byte after
+    the declared size is refused at once (``DigestMismatch``, permanent), whatever ``Content-Length``
+    says or if there is none. The whole download, resumptions included, is one transfer under the
+    client's watchdog (its deadline, the ``heartbeat``, an abort)."""
+
+    def __init__(self, client: RegistryClient, ref: Reference, digest: Digest, what: str, attempts: Attempts,
+                 size: int | None = None, heartbeat: Callable[[], object] | None = None) -> None:
         self._client = client
         self._ref = ref
         self._digest = digest
         self._what = what
         self._attempts = attempts
         self._offset = 0
-        self._response = client._request("GET", ref, f"blobs/{digest}", what=what, stream=True, attempts=attempts)
+        self._bound = size
+        self._transfer = client.watchdog.start(what, size or 0, heartbeat)
+        try:
+            self._response = client._request("GET", ref, f"blobs/{digest}", what=what, stream=True,
+                                             attempts=attempts, transfer=self._transfer)
+        except BaseException:
+            self._transfer.finish()
+            raise
         length = self._response.headers.get("Content-Length")
         self.size = int(length) if length and length.isdigit() else None
+        if self.size is not None and size is not None and self.size > size:
+            self.close()
+            raise DigestMismatch(f"{what}: size", f"{size} bytes", f"{self.size} bytes (Content-Length)")
+        if size is None and self.size is not None:
+            self._transfer.expect(self.size)
 
     def read(self, n: int = -1, /) -> bytes:
+        if self._bound is not None:
+            room = self._bound + 1 - self._offset
+            n = room if n < 0 else min(n, room)
+            if n <= 0:
+                raise self._too_large()
         while True:
             try:
                 data: bytes = self._response.raw.read(n if n >= 0 else None, decode_content=False) or b""
             except _STREAM_ERRORS as exc:
+                self._transfer.check()  # stopped by the watchdog: its reason, not the socket's
                 error = RegistryUnavailable(
                     f"download of {self._what} broke off at byte {self._offset}: {transport_reason(exc, self._client.timeout)}")
                 self._resume(error)
                 continue
+            self._transfer.check()  # a shut-down socket reads as the end of the body: it is not
+            if not data:
+                self._transfer.release()  # the connection is back in the pool
             self._offset += len(data)
+            self._transfer.received = self._offset
+            if self._bound is not None and self._offset > self._bound:
+                raise self._too_large()
             return data
+
+    def _too_large(self) -> DigestMismatch:
+        return DigestMismatch(f"{self._what}: size", f"{self._bound} bytes", f"more than {self._bound} bytes")
 
     def _resume(self, error: RegistryUnavailable) -> None:
         self._response.close()
+        self._transfer.release()
         if not self._attempts.left:
             raise error
         delay = self._client.retry.delay(self._attempts.used - 1)
         log.info("%s; resuming in %.1fs (attempt %d/%d)", error, delay, self._attempts.used + 1,
                  self._attempts.policy.attempts)
-        self._client._sleep(delay)
+        self._transfer.wait(delay, self._client._sleep)
         response = self._client._request(
             "GET", self._ref, f"blobs/{self._digest}", what=self._what, stream=True, attempts=self._attempts,
-            headers={"Range": f"bytes={self._offset}-"},
+            headers={"Range": f"bytes={self._offset}-"}, transfer=self._transfer,
         )
         if response.status_code == 206:
             start = response.headers.get("Content-Range", "").removeprefix("bytes ").partition("-")[0]
@@ -210,6 +272,7 @@ class BlobStream:
             skip = self._offset
             while skip:
                 chunk = response.raw.read(min(skip, 1 << 20), decode_content=False)
+                self._transfer.check()
                 if not chunk:
                     response.close()
                     raise error
@@ -217,7 +280,10 @@ class BlobStream:
         self._response = response
 
     def close(self) -> None:
-        self._response.close()
+        try:
+            self._response.close()
+        finally:
+            self._transfer.finish()
 
 
 class RegistryClient:
@@ -231,16 +297,25 @@ class RegistryClient:
         retry: RetryPolicy = RetryPolicy(),
         timeout: tuple[float, float] = (10.0, 60.0),
         session: requests.Session | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
         upload_chunk_size: int = UPLOAD_CHUNK_SIZE,
+        limits: TransferLimits = TransferLimits(),
+        max_tag_pages: int = MAX_TAG_PAGES,
+        max_tags: int = MAX_TAGS,
     ) -> None:
         self.keychain = keychain
         self.insecure = frozenset(insecure)
         self.retry = retry
         self.timeout = timeout
+        self.watchdog = Watchdog(limits)
+        self.max_tag_pages = max_tag_pages
+        self.max_tags = max_tags
         self._session = session or requests.Session()
         self._session.headers["User-Agent"] = f"ducc/{__version__}"
-        self._sleep = sleep
+        self._session.headers["Accept-Encoding"] = "identity"  # a body's size on the wire is its size
+        for scheme in ("http://", "https://"):
+            self._session.mount(scheme, WatchedAdapter())
+        self._sleep = sleep  # between attempts; None: wait on the transfer (a cancel or Ctrl-C ends the wait)
         self.upload_chunk_size = max(1, upload_chunk_size)
         self._authorization: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
@@ -248,29 +323,66 @@ class RegistryClient:
     # -- transport -----------------------------------------------------------------------
 
     def base_url(self, host: str) -> str:
-        plain = is_loopback(host) or host in self.insecure
-        return f"{'http' if plain else 'https'}://{host}"
+        return f"{'http' if self.plain_http(host) else 'https'}://{host}"
+
+    def plain_http(self, host: str) -> bool:
+        """Whether ``host`` is reached over plain HTTP: loopback, or listed as insecure (Docker's rule)."""
+        return is_loopback(host) or host in self.insecure
+
+    def abort(self) -> None:
+        """Stop every transfer now and refuse every later one (the process is interrupted): the threads
+        reading from registries raise ``TransferInterrupted`` (a ``KeyboardInterrupt``) within a fraction
+        of a second."""
+        self.watchdog.abort()
 
     def _send(
-        self, method: str, url: str, what: str, *, attempts: Attempts | None = None, **kwargs: Any
+        self,
+        method: str,
+        url: str,
+        what: str,
+        *,
+        attempts: Attempts | None = None,
+        transfer: Transfer | None = None,
+        stream: bool = False,
+        limit: int = MAX_BODY_BYTES,
+        **kwargs: Any,
     ) -> requests.Response:
         """One request with retries on transport errors, 5xx and 429; other statuses are returned.
 
         ``attempts`` is the budget of the operation this request belongs to (a blob download and
-        its resumptions share one); by default the request has a budget of its own."""
+        its resumptions share one); by default the request has a budget of its own. The body is read
+        here, up to ``limit`` bytes (an error body up to ``MAX_ERROR_BYTES``), unless ``stream``: then
+        a successful response is returned unread, and ``transfer`` (whose owner finishes it) must be given.
+        A request belongs to ``transfer``, or to a transfer of its own: one past its deadline, or
+        stopped, raises why at once and is not retried."""
         budget = attempts or Attempts(self.retry)
+        own = transfer is None
+        watched = transfer or self.watchdog.start(what, _body_size(kwargs.get("data")))
+        try:
+            return self._attempt(method, url, what, budget, watched, stream, limit, **kwargs)
+        finally:
+            if own:
+                watched.finish()
+
+    def _attempt(self, method: str, url: str, what: str, budget: Attempts, transfer: Transfer, stream: bool,
+                 limit: int, **kwargs: Any) -> requests.Response:
         host = urlsplit(url).netloc
         last: RegistryUnavailable | None = None
         while budget.left:
             attempt = budget.used
             budget.used += 1
             retry_after = None
+            transfer.check()
             try:
-                response = self._session.request(method, url, timeout=self.timeout, **kwargs)
+                with sending(transfer):
+                    response = self._follow(method, url, what, **kwargs)
             except _STREAM_ERRORS as exc:
+                transfer.check()
                 last = RegistryUnavailable(f"{what}: registry {host} unreachable: {transport_reason(exc, self.timeout)}")
             else:
                 if response.status_code != 429 and response.status_code < 500:
+                    if not stream or response.status_code >= 400:
+                        _consume(response, transfer, limit if response.status_code < 400 else MAX_ERROR_BYTES, what)
                     return response
                 retry_after = _retry_after(response)
                 last = RegistryUnavailable(
@@ -279,16 +391,39 @@ class RegistryClient:
                     retry_after=retry_after,
                 )
                 response.close()
+                transfer.release()
             if budget.left:
                 delay = self.retry.delay(attempt, retry_after)
                 log.info("%s; retrying in %.1fs (attempt %d/%d)", last, delay, attempt + 2, self.retry.attempts)
-                self._sleep(delay)
+                transfer.wait(delay, self._sleep)
             if "data" in kwargs and hasattr(kwargs["data"], "seek"):
                 kwargs["data"].seek(0)
         if last is None:
             raise RegistryUnavailable(f"{what}: no attempts left")
         tries = f"{budget.used} attempt{'s' if budget.used != 1 else ''}"
         raise RegistryUnavailable(f"{last} ({tries})", status=last.status, retry_after=last.retry_after)
+
+    def _follow(self, method: str, url: str, what: str, *, headers: dict[str, str] | None = None,
+                auth: tuple[str, str] | None = None, params: Any = None, **kwargs: Any) -> requests.Response:
+        """One request and the redirects of a GET or HEAD, at most ``MAX_REDIRECTS`` of them; returns the
+        first answer that is not a redirect, unread. Credentials (``Authorization``, ``auth``) go no
+        further than the host they were meant for, nor from HTTPS to plain HTTP."""
+        headers = dict(headers or {})
+        origin = urlsplit(url)
+        for _ in range(MAX_REDIRECTS + 1):
+            response = self._session.request(method, url, timeout=self.timeout, stream=True, allow_redirects=False,
+                                             headers=headers, auth=auth, params=params, **kwargs)
+            location = response.headers.get("Location")
+            if response.status_code not in _REDIRECTS or method not in ("GET", "HEAD") or not location:
+                return response
+            response.close()  # unread: its connection is closed, never reused
+            url, params = urljoin(response.url, location), None
+            target = urlsplit(url)
+            if target.netloc != origin.netloc or (origin.scheme == "https" and target.scheme != "https"):
+                headers.pop("Authorization", None)
+                auth = None
+        raise RegistryError(f"{what}: more than {MAX_REDIRECTS} redirects (a redirect loop), last to {_safe_url(url)}",
+                            status=response.status_code)
 
     def _request(
         self,
@@ -344,16 +479,20 @@ class RegistryClient:
         credentials = self.keychain.credentials(host)
         for challenge in challenges:
             if challenge.scheme == "bearer" and challenge.realm:
+                refused = self._realm_refusal(challenge.realm, host, credentials is not None)
+                if refused:
+                    raise AuthenticationError(f"{what}: token realm {_safe_url(challenge.realm)} refused: {refused}")
                 params: dict[str, str | list[str]] = {k: v for k, v in challenge.params.items() if k in ("service",)}
                 # A challenge may name several scopes, space-separated (a cross-repository mount needs
                 # pull on the source too); token services expect one ``scope`` parameter each.
                 params["scope"] = challenge.params.get("scope", scope).split() or [scope]
                 auth = (credentials.username, credentials.password) if credentials else None
-                response = self._send("GET", challenge.realm, f"token for {host}", params=params, auth=auth)
+                response = self._send("GET", challenge.realm, f"token for {host}", params=params, auth=auth,
+                                      limit=MAX_TOKEN_BYTES)
                 if response.status_code != 200:
                     response.close()
                     raise AuthenticationError(
-                        f"{what}: token service {challenge.realm} answered HTTP {response.status_code}"
+                        f"{what}: token service {_safe_url(challenge.realm)} answered HTTP {response.status_code}"
                         + ("" if credentials else " (no credentials configured for this registry)"),
                         status=response.status_code,
                     )
@@ -363,7 +502,7 @@ class RegistryClient:
                 except ValueError:
                     token = None
                 if not token:
-                    raise AuthenticationError(f"{what}: token service {challenge.realm} returned no token")
+                    raise AuthenticationError(f"{what}: token service {_safe_url(challenge.realm)} returned no token")
                 with self._lock:
                     self._authorization[(host, scope)] = f"Bearer {token}"
                 return
@@ -375,6 +514,29 @@ class RegistryClient:
                     self._authorization[(host, scope)] = "Basic " + base64.b64encode(raw).decode()
                 return
         raise AuthenticationError(f"{what}: registry {host} asked for unsupported authentication")
+
+    def _realm_refusal(self, realm: str, host: str, with_credentials: bool) -> str | None:
+        """Why the token realm a registry named must not be asked, or None.
+
+        Never an address inside the machine's own network plumbing (link-local such as a cloud's
+        metadata service, unspecified, multicast), with or without credentials. Credentials go over
+        HTTPS only; plain HTTP only where the registry itself is reached over plain HTTP and the realm
+        is on that same host (a test or lab registry and its token service)."""
+        try:
+            parts = urlsplit(realm)
+            name = parts.hostname or ""
+        except ValueError:
+            return "not a URL"
+        if parts.scheme not in ("http", "https") or not name:
+            return "not an http(s) URL"
+        for address in _addresses(name):
+            if address.is_link_local or address.is_unspecified or address.is_multicast:
+                return f"{name} is a link-local, unspecified or multicast address ({address})"
+        if parts.scheme == "http" and with_credentials:
+            registry = urlsplit(f"//{host}").hostname
+            if not (self.plain_http(host) and name == registry):
+                return "credentials go to a token service over HTTPS only"
+        return None
 
     # -- reading -------------------------------------------------------------------------
 
@@ -422,9 +584,10 @@ class RegistryClient:
             f"manifests/{selector}",
             what=f"manifest {ref.name}:{selector}" if ":" not in selector else f"manifest {ref.name}@{selector}",
             headers={"Accept": ", ".join(mediatypes.MANIFEST_ACCEPT)},
+            limit=MAX_MANIFEST_BYTES,
         )
         with response:
-            raw = _read_limited(response, MAX_MANIFEST_BYTES, f"manifest of {ref}")
+            raw = response.content
         actual = Digest.of(raw)
         if selector.startswith("sha256:") and Digest.parse(selector) != actual:
             raise DigestMismatch(f"manifest {ref.name}", selector, actual)
@@ -434,9 +597,12 @@ class RegistryClient:
         return parse_manifest(raw, response.headers.get("Content-Type"))
 
     @contextmanager
-    def open_blob(self, ref: Reference, digest: Digest) -> Iterator[BlobStream]:
-        """Stream a blob; the caller verifies it (``VerifyingReader``) while consuming it."""
-        stream = BlobStream(self, ref, digest, f"blob {digest} of {ref.name}", Attempts(self.retry))
+    def open_blob(self, ref: Reference, digest: Digest, size: int | None = None,
+                  heartbeat: Callable[[], object] | None = None) -> Iterator[BlobStream]:
+        """Stream a blob; the caller verifies it (``VerifyingReader``) while consuming it. With ``size``
+        (the manifest's) nothing past it is read; ``heartbeat`` is called about every second while the
+        download lasts, bytes or not, and whatever it raises (a job's cancel) ends the download with it."""
+        stream = BlobStream(self, ref, digest, f"blob {digest} of {ref.name}", Attempts(self.retry), size, heartbeat)
         try:
             yield stream
         finally:
@@ -446,7 +612,7 @@ class RegistryClient:
         """A small blob (a config) read whole and verified."""
         with self.open_blob(ref, digest) as stream:
             data = bytearray()
-            while chunk := stream.read(1 << 16):
+            while chunk := stream.read(min(1 << 16, limit + 1 - len(data))):
                 data += chunk
                 if len(data) > limit:
                     raise InvalidManifest(f"blob {digest} is larger than {limit} bytes")
@@ -456,19 +622,28 @@ class RegistryClient:
         return bytes(data)
 
     def list_tags(self, ref: Reference, page_size: int = 1000) -> list[str]:
-        """Every tag of ``ref.repository``, following ``Link`` pagination."""
+        """Every tag of ``ref.repository``, following ``Link`` pagination; a registry whose pages or tags
+        do not end within ``max_tag_pages`` pages or ``max_tags`` tags is a permanent ``RegistryError``
+        (a list cut short would read as tags gone)."""
         tags: list[str] = []
         url: str | None = f"{self.base_url(ref.api_host)}/v2/{ref.repository}/tags/list?n={page_size}"
-        seen = set()
+        seen: set[str] = set()
         while url and url not in seen:
+            if len(seen) >= self.max_tag_pages:
+                raise RegistryError(f"tags of {ref.name}: more than {self.max_tag_pages} pages "
+                                    "(DUCC_MAX_TAG_PAGES); the registry's Link chain does not end")
             seen.add(url)
-            response = self._request("GET", ref, "", url=url, what=f"tags of {ref.name}")
+            response = self._request("GET", ref, "", url=url, what=f"tags of {ref.name}", limit=MAX_TAG_PAGE_BYTES)
             with response:
                 try:
                     body = response.json()
                 except ValueError as exc:
                     raise RegistryError(f"tags of {ref.name}: response is not JSON") from exc
+            if not isinstance(body, dict):
+                raise RegistryError(f"tags of {ref.name}: response is not a JSON object")
             tags.extend(t for t in (body.get("tags") or []) if isinstance(t, str))
+            if len(tags) > self.max_tags:
+                raise RegistryError(f"tags of {ref.name}: more than {self.max_tags} tags (DUCC_MAX_TAGS)")
             next_link = response.links.get("next", {}).get("url")
             url = urljoin(url, next_link) if next_link else None
         return tags
@@ -648,9 +823,10 @@ class RegistryClient:
         if token and urlsplit(url).netloc == ref.api_host:
             headers["Authorization"] = token
         try:
-            self._session.request("DELETE", url, headers=headers, timeout=self.timeout).close()
-        except _STREAM_ERRORS as exc:
-            log.info("cancelling upload session %s failed: %s", urlsplit(url).path, exc)
+            self._send("DELETE", url, f"cancel of upload session {urlsplit(url).path}",
+                       attempts=Attempts(RetryPolicy(attempts=1)), headers=headers).close()
+        except RegistryError as exc:
+            log.info("%s", exc)
 
 
 @dataclass(frozen=True)
@@ -670,16 +846,96 @@ def _open_blob(data: bytes | Path) -> Iterator[BinaryIO]:
         yield io.BytesIO(data)
 
 
-def _read_limited(response: requests.Response, limit: int, what: str) -> bytes:
+def _consume(response: requests.Response, transfer: Transfer, limit: int, what: str) -> None:
+    """Read ``response``'s body into it (``.content``, ``.json()`` then work), never more than ``limit``
+    bytes from the socket. A body in identity encoding over ``limit`` is refused
+    (``RegistryError``), an error body (4xx) cut short; a body the registry compressed although
+    identity was asked for is inflated up to ``limit`` only."""
+    length = response.headers.get("Content-Length", "")
+    error = response.status_code >= 400
+    if length.isdigit() and int(length) > limit and not error:
+        response.close()
+        raise RegistryError(f"{what}: the answer is larger than {limit} bytes ({length} announced)")
+    transfer.expect(min(int(length), limit) if length.isdigit() else limit)
     data = bytearray()
+    complete = False
     try:
-        for chunk in response.iter_content(1 << 16):
+        while len(data) <= limit:
+            chunk = response.raw.read(min(1 << 16, limit + 1 - len(data)), decode_content=False)
+            transfer.check()
+            if not chunk:
+                complete = True
+                break
             data += chunk
-            if len(data) > limit:
-                raise InvalidManifest(f"{what} is larger than {limit} bytes")
+            transfer.received = len(data)
+        if complete:
+            transfer.release()  # urllib3 put the connection back into the pool at the end of the body
     except _STREAM_ERRORS as exc:
-        raise RegistryUnavailable(f"{what}: download broke off: {exc}") from exc
-    return bytes(data)
+        transfer.check()
+        response.close()
+        raise RegistryUnavailable(f"{what}: download broke off: {transport_reason(exc)}") from exc
+    if not complete:
+        response.raw.close()  # the rest stays unread: this connection is never used again
+        if not error:
+            raise RegistryError(f"{what}: the answer is larger than {limit} bytes")
+        del data[limit:]
+    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        inflate = zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib framing
+        try:
+            inflated = inflate.decompress(bytes(data), limit + 1)
+        except zlib.error as exc:
+            raise RegistryError(f"{what}: unreadable {encoding} body: {exc}") from exc
+        if len(inflated) > limit:
+            if not error:
+                raise RegistryError(f"{what}: the answer is larger than {limit} bytes ({encoding}-encoded)")
+            inflated = inflated[:limit]
+        data = bytearray(inflated)
+    elif encoding not in ("", "identity") and not error:
+        raise RegistryError(f"{what}: the registry sent a {encoding}-encoded body although identity was asked for")
+    response._content = bytes(data)
+    response._content_consumed = True  # type: ignore[attr-defined]  # so closing it returns the connection to the pool
+
+
+def _body_size(data: object) -> int:
+    """How many bytes a request sends (the transfer's deadline grows with them)."""
+    if isinstance(data, (bytes, bytearray)):
+        return len(data)
+    if isinstance(data, io.BytesIO):
+        return len(data.getbuffer())
+    fileno = getattr(data, "fileno", None)
+    if fileno is not None:
+        try:
+            return os.fstat(fileno()).st_size
+        except (OSError, ValueError):
+            return 0
+    return 0
+
+
+def _safe_url(url: str) -> str:
+    """``url`` without its query (a signed storage URL carries its signature there)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}" if parts.scheme else url
+
+
+def _addresses(name: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The addresses ``name`` stands for: itself if it is one, else what it resolves to (nothing if it
+    does not resolve: the request then fails on its own)."""
+    try:
+        return [ipaddress.ip_address(name.strip("[]"))]
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return []
+    found = []
+    for info in infos:
+        try:
+            found.append(ipaddress.ip_address(str(info[4][0]).partition("%")[0]))
+        except ValueError:
+            continue
+    return found
 
 
 def _error_detail(response: requests.Response) -> str:
