@@ -22,9 +22,16 @@ transaction then, and the next writer's ``abort -f`` covers a command that was k
 ignores the signals of a terminal or a service manager's stop (INT, TERM, HUP, QUIT): only SIGKILL
 ends it, and ducc only sends that to the whole group, command included.
 
+The guard also keeps what ducc hands it (``pass_fds``: the writer's flock) open until the command
+has ended, and only the guard: the command gets none of it. So a ducc killed while ``ingest`` still
+commits (after its end frame) or while ``publish`` runs does not free the repository for the next
+writer, whose ``abort -f`` would meet a live command; the next writer waits for the command instead.
+Every ``cvmfs_server`` call runs under the guard for that reason; with ``--no-input`` the command's
+stdin is ``/dev/null`` and the guard only waits.
+
 The guard's exit code is the command's (128 + N if a signal N ended it). It runs as a script
-(``python -I -S ingest_guard.py -- COMMAND...``) and imports nothing but the standard library, so
-it starts in milliseconds.
+(``python -I -S ingest_guard.py [--no-input] -- COMMAND...``) and imports nothing but the standard
+library, so it starts in milliseconds.
 """
 
 from __future__ import annotations
@@ -107,20 +114,28 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def main(argv: list[str]) -> int:
+    no_input = argv[:1] == ["--no-input"]
+    if no_input:
+        argv = argv[1:]
     if argv[:1] == ["--"]:
         argv = argv[1:]
     if not argv:
-        print("usage: ingest_guard.py -- COMMAND [ARG...]", file=sys.stderr)
+        print("usage: ingest_guard.py [--no-input] -- COMMAND [ARG...]", file=sys.stderr)
         return 2
     for sig in _STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     try:
         # The command gets the default dispositions back (subprocess restores them; SIG_IGN of the
-        # signals above would be inherited through exec, so they are reset here explicitly).
-        command = subprocess.Popen(argv, stdin=subprocess.PIPE, preexec_fn=_default_signals)
+        # signals above would be inherited through exec, so they are reset here explicitly). It gets
+        # none of the guard's other descriptors (close_fds): the lock stays with the guard.
+        command = subprocess.Popen(argv, stdin=subprocess.DEVNULL if no_input else subprocess.PIPE,
+                                   preexec_fn=_default_signals, close_fds=True)
     except OSError as exc:
         print(f"{argv[0]}: {exc.strerror or exc}", file=sys.stderr)
         return 127
+    if no_input:
+        code = command.wait()
+        return code if code >= 0 else 128 - code
     assert command.stdin is not None
     sink = command.stdin.fileno()
     for pipe in (sys.stdin.fileno(), sink):
