@@ -123,7 +123,8 @@ class PublishError(DuccError):
 
 
 class RepositoryUnusable(PublishError):
-    """The repository root cannot be created, is not a directory, or cannot be written."""
+    """The repository root cannot be created, is not a directory, or cannot be written; or the CVMFS
+    repository named cannot be used as given (``REPO[/subdir]`` with ``..`` or ``:``)."""
 
 
 class JobCancelled(DuccError):

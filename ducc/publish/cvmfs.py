@@ -53,7 +53,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO, TypeVar
 
 from ducc import layout
-from ducc.errors import CvmfsError, PublishError
+from ducc.errors import CvmfsError, PublishError, RepositoryUnusable
 from ducc.model.digest import Digest
 from ducc.model.manifest import DEFAULT_PLATFORM, Platform
 from ducc.model.reference import Reference
@@ -75,11 +75,11 @@ def split_repository(text: str) -> tuple[str, str]:
     repository, _, subdir = text.strip().strip("/").partition("/")
     parts = [p for p in subdir.split("/") if p not in ("", ".")]
     if not repository or ".." in parts:
-        raise PublishError(f"invalid CVMFS repository {text!r}: expected REPO[/subdir]")
+        raise RepositoryUnusable(f"invalid CVMFS repository {text!r}: expected REPO[/subdir]")
     if ":" in subdir:
         # Every layer, flat root and deletion lives under the sub-directory, and ``cvmfs_server ingest``
         # splits its -b and -d paths on ':' (it would delete a sibling tree).
-        raise PublishError(f"invalid CVMFS repository {text!r}: the sub-directory may not contain ':' "
+        raise RepositoryUnusable(f"invalid CVMFS repository {text!r}: the sub-directory may not contain ':' "
                            "(cvmfs_server ingest splits paths on it)")
     return repository, "/".join(parts)
 

@@ -34,6 +34,7 @@ import errno
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -174,7 +175,7 @@ class CvmfsServer:
                                 pass_fds=(lock,) if lock is not None else ())
 
     def _finish(self, process: subprocess.Popen[bytes], command: tuple[str, ...], out: IO[bytes],
-                err: IO[bytes], what: str | None) -> tuple[str, str]:
+                err: IO[bytes], what: str | None, *, expected: int | None = None) -> tuple[str, str]:
         """The runner's second half: wait (``timeout``; then the whole group is killed), raise CvmfsError
         unless the command exited 0; (stdout, stderr) otherwise. The guard's exit 127 is a missing binary."""
         try:
@@ -198,16 +199,18 @@ class CvmfsServer:
         stdout, stderr = (_read(f).decode(errors="replace") for f in (out, err))
         if code != 0:
             error = CvmfsError(command, code, _words(stderr, stdout), what=what)
-            log.error("%s", error.detail)
+            if code != expected:  # the full text, for the operator; the user gets the one line
+                log.error("%s", error.detail)
             raise error
         return stdout, stderr
 
-    def _run(self, *args: str, what: str | None = None) -> str:
-        """Run one command without input; its stdout."""
+    def _run(self, *args: str, what: str | None = None, expected: int | None = None) -> str:
+        """Run one command without input; its stdout. A failure with exit code ``expected`` (one the caller
+        handles) is not logged."""
         command = self._command(*args)
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             process = self._start(command, out, err)
-            return self._finish(process, command, out, err, what)[0]
+            return self._finish(process, command, out, err, what, expected=expected)[0]
 
     # -- the commands ---------------------------------------------------------------------------
 
@@ -237,7 +240,7 @@ class CvmfsServer:
     def abort(self, *, missing_ok: bool = False) -> bool:
         """``abort -f``: discard the open transaction. Returns False if none was open and ``missing_ok``."""
         try:
-            self._run("abort", "-f", self.repository)
+            self._run("abort", "-f", self.repository, expected=errno.EINVAL if missing_ok else None)
         except CvmfsError as exc:
             if missing_ok and exc.returncode == errno.EINVAL and "not in a transaction" in exc.stderr:
                 return False
@@ -444,3 +447,39 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
             process.kill()
         except ProcessLookupError:
             pass
+
+
+def diagnose(server: CvmfsServer) -> list[tuple[str, str | None]]:
+    """What ``ducc doctor`` checks on a publisher, in order: (what was checked, None if it holds, else
+    what is wrong in one line). The command, the mount, the revision, and a throw-away transaction
+    opened and aborted (never one already open: that is reported, not aborted)."""
+    results: list[tuple[str, str | None]] = []
+    path = (server.env or os.environ).get("PATH")
+    found = server.binary if os.sep in server.binary else shutil.which(server.binary, path=path)
+    if found is None or not os.access(found, os.X_OK):
+        results.append((f"command {server.binary}", "not found or not executable"))
+        return results
+    results.append((f"command {found}", None))
+    if not server.mount.is_dir():
+        results.append((f"mount {server.mount}", "missing: is the repository created on this publisher "
+                        f"(cvmfs_server mkfs) and mounted (cvmfs_server mount {server.repository})?"))
+    else:
+        results.append((f"mount {server.mount}", None))
+    try:
+        results.append((f"revision {server.revision()}", None))
+    except PublishError as exc:
+        results.append(("revision", str(exc)))
+    try:
+        server.transaction()
+    except CvmfsError as exc:
+        why = ("a transaction is already open (a writer at work, or one left behind: "
+               f"cvmfs_server abort -f {server.repository})") if exc.returncode == errno.EEXIST else str(exc)
+        results.append(("transaction opened and aborted", why))
+        return results
+    try:
+        server.abort()
+    except CvmfsError as exc:
+        results.append(("transaction opened and aborted", f"opened, but the abort failed: {exc}"))
+        return results
+    results.append(("transaction opened and aborted", None))
+    return results

@@ -89,22 +89,45 @@ def _read_exactly(fd: int, size: int) -> bytes:
 def forward(source: int, sink: int) -> tuple[bool, int]:
     """Move frames from ``source`` to ``sink`` until the end frame or the end of ``source``.
 
-    Returns (whether the end frame arrived, bytes given to ``sink``). BrokenPipeError if the reader of
-    ``sink`` went away (the command stopped reading: it failed, or exits on its own)."""
+    Only whole 512-byte blocks reach ``sink`` before the end frame: the bytes of a block not complete
+    yet wait here, so a stream that stops is always cut at a block boundary, never inside a tar header.
+    (The real swissknife ingest of 2.12.0 hangs for good on a header completed by the poison's filler
+    instead of failing.) Returns (whether the end frame arrived, bytes given to ``sink``).
+    BrokenPipeError if the reader of ``sink`` went away (the command stopped reading: it failed, or
+    exits on its own)."""
     offset = 0
+    pending = b""  # the start of a block not complete yet
     while True:
         header = _read_exactly(source, HEADER)
         if len(header) < HEADER:
             return False, offset
         remaining = int.from_bytes(header, "big")
         if remaining == 0:
-            return True, offset
-        while remaining:
-            moved = os.splice(source, sink, remaining)
+            _write_all(sink, pending)
+            return True, offset + len(pending)
+        if pending:
+            more = _read_exactly(source, min(remaining, _BLOCK - len(pending)))
+            if not more:
+                return False, offset
+            pending += more
+            remaining -= len(more)
+            if len(pending) < _BLOCK:
+                continue
+            _write_all(sink, pending)
+            offset += len(pending)
+            pending = b""
+        whole = remaining - remaining % _BLOCK
+        while whole:
+            moved = os.splice(source, sink, whole)
             if moved == 0:
                 return False, offset  # cut inside a frame
             offset += moved
+            whole -= moved
             remaining -= moved
+        if remaining:
+            pending = _read_exactly(source, remaining)
+            if len(pending) < remaining:
+                return False, offset
 
 
 def _write_all(fd: int, data: bytes) -> None:
