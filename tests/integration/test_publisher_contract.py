@@ -31,7 +31,7 @@ BACKENDS = ["directory", "cvmfs"]
 def make_publisher(name: str, root: Path) -> Publisher:
     if name == "directory":
         return DirectoryPublisher(root)
-    if name == "cvmfs":  # through the cvmfs_server stand-in (the real command cannot be installed here)
+    if name == "cvmfs":  # the real cvmfs_server, a repository of its own (the cvmfs fixture)
         return attach(root.parent / "cvmfs-repo").publisher(root / "staging")
     raise AssertionError(f"no backend {name}")
 
@@ -40,8 +40,8 @@ def make_publisher(name: str, root: Path) -> Publisher:
 def backend(request: pytest.FixtureRequest, root: Path) -> Callable[[], Publisher]:
     """A function giving a publisher of this backend over one repository (called again: another writer).
 
-    ``cvmfs`` runs against the stand-in ``cvmfs_server`` of tests/support (the real one cannot be
-    installed on these machines), set up at ``<tmp>/cvmfs-repo`` beside ``root``."""
+    ``cvmfs`` runs against the real ``cvmfs_server``, a repository of its own set up by the ``cvmfs``
+    fixture at ``<tmp>/cvmfs-repo`` beside ``root``."""
     if request.param == "cvmfs":
         request.getfixturevalue("cvmfs")
     return lambda: make_publisher(request.param, root)
