@@ -184,7 +184,7 @@ class CvmfsServer:
             _kill_group(process)
             process.wait()
             error = CvmfsError(command, -1, f"no answer within {self.timeout} s; killed", what=what)
-            log.error("%s", error.detail)
+            log.debug("%s", error.detail)
             raise error from None
         except BaseException:
             # Interrupted (Ctrl-C): the command, in its own session, goes on. Whatever ducc does next
@@ -199,8 +199,8 @@ class CvmfsServer:
         stdout, stderr = (_read(f).decode(errors="replace") for f in (out, err))
         if code != 0:
             error = CvmfsError(command, code, _words(stderr, stdout), what=what)
-            if code != expected:  # the full text, for the operator; the user gets the one line
-                log.error("%s", error.detail)
+            if code != expected:  # the full text, with -v; the error itself is one line (a worker logs
+                log.debug("%s", error.detail)  # and records ``detail`` with the job)
             raise error
         return stdout, stderr
 

@@ -147,7 +147,7 @@ def run_conversion(services: Services, job_id: str, task: Task) -> str:
                 jobs.event(job_id, JobState.RETRYING, f"{exc}; attempt {attempts} failed, next in {delay}s",
                            error=str(exc), temporary=1, attempts=attempts, retry_at=time.time() + delay)
                 raise task.retry(countdown=delay) from exc
-            log.error("job %s (%s) failed: %s", job_id, job.image, exc)
+            log.error("job %s (%s) failed: %s", job_id, job.image, exc.detail if isinstance(exc, CvmfsError) else exc)
             # The timeline keeps a command's whole output; the error (what users see first) is one line.
             return fail(exc.detail if isinstance(exc, CvmfsError) else str(exc), str(exc), exc.temporary)
         except Exception as exc:

@@ -151,19 +151,28 @@ def test_a_worker_job_records_the_revision_and_when_each_stratum_1_serves_it(
 
 def test_a_failed_cvmfs_server_call_fails_the_job_with_the_commands_own_words(
         client, unique_ref, redis_server, cvmfs, workers, tmp_path):
-    """On the real server, its publish failing with its own message: the job fails at once (not a
-    temporary error), its reason quotes cvmfs_server, and no transaction is left open."""
+    """On the real server, its publish failing with its own words, as many lines as the real script
+    prints: the job fails at once (not a temporary error), its error is one line carrying the reason,
+    the timeline keeps the whole output and the command line, and no transaction is left open."""
     workers()
-    cvmfs.fail("publish", 1, message="Synchronization failed: the backend storage is full")
+    cvmfs.fail("publish", 1, message=SCRIPT_NOISE + "the backend storage is full\nSynchronization failed\n\n"
+               "Executed Command:\ncvmfs_swissknife sync -u /cvmfs/x -s /var/spool/cvmfs/x/scratch/current")
     ref = unique_ref()
     push_image(client, ref, ImageSpec(layers=[APP]))
     job_id, jobs, _ = submit(redis_server, tmp_path, cvmfs, ref)
     job = wait_until(lambda: (j := jobs.get(job_id)) is not None and j.finished and j, "the job never finished")
     assert job.state == "failed"
     assert "the backend storage is full" in job.error and "cvmfs_server publish" in job.error
+    assert "\n" not in job.error and "swissknife" not in job.error and "[[" not in job.error
+    assert any("Executed Command:\ncvmfs_swissknife sync" in e["detail"] and "recorder publish" in e["detail"]
+               for e in job.events), job.events
     assert not job.temporary and job.attempts == 1
     assert not cvmfs.in_transaction()
     assert not os.path.lexists(cvmfs.client / layout.tag_link(ref))
+
+
+# What the real script prints on stderr before its reason (a bash-ism it runs with dash).
+SCRIPT_NOISE = "/usr/bin/cvmfs_server: 9263: eval: [[: not found\n"
 
 
 # -- the commands' ways of naming the repository ------------------------------------------------
@@ -189,6 +198,18 @@ def test_convert_takes_the_repository_from_the_option_or_the_environment(client,
     missing = ducc("convert", str(first), "--force", "--cvmfs-repo", cvmfs.repository,
                    env={**env, "DUCC_CVMFS_SERVER": str(tmp_path / "no-such-command")}, cwd=tmp_path)
     assert missing.returncode == 1 and "no-such-command" in missing.stderr
+    cvmfs.fail("ingest", len(cvmfs.calls("ingest")) + 1, message=SCRIPT_NOISE + "cvmfs_swissknife: "
+               "/src/cvmfs/catalog_rw.cc:171: void catalog::WritableCatalog::AddEntry(const DirectoryEntry&): "
+               "Assertion `retval' failed.\nAborted\nSynchronization failed\n\nExecuted Command:\n"
+               "cvmfs_swissknife ingest -u /cvmfs/x -T - -B .layers -C true")
+    third = unique_ref("crash")
+    push_image(client, third, ImageSpec(layers=[Layer([File("usr/crash", b"c")])]))
+    crashed = ducc("convert", str(third), "--cvmfs-repo", cvmfs.repository, env=env, cwd=tmp_path)
+    assert crashed.returncode == 1
+    assert crashed.stderr.endswith("cvmfs_server ingest failed (exit 1): cvmfs_swissknife: catalog_rw.cc:171: "
+                                   "Assertion `retval' failed.\n"), crashed.stderr
+    assert "Executed Command" not in crashed.stderr and "eval:" not in crashed.stderr
+    assert crashed.stderr.count("Assertion") == 1  # the one line, nothing else of the command's output
     assert cvmfs.calls("ingest"), "DUCC_CVMFS_SERVER was not the command ducc ran"
 
 
