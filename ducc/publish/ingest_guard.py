@@ -41,6 +41,7 @@ import os
 import signal
 import subprocess
 import sys
+import termios
 
 END = b"\0\0\0\0"  # the end frame
 HEADER = 4
@@ -89,12 +90,13 @@ def _read_exactly(fd: int, size: int) -> bytes:
 def forward(source: int, sink: int) -> tuple[bool, int]:
     """Move frames from ``source`` to ``sink`` until the end frame or the end of ``source``.
 
-    Only whole 512-byte blocks reach ``sink`` before the end frame: the bytes of a block not complete
-    yet wait here, so a stream that stops is always cut at a block boundary, never inside a tar header.
-    (The real swissknife ingest of 2.12.0 hangs for good on a header completed by the poison's filler
-    instead of failing.) Returns (whether the end frame arrived, bytes given to ``sink``).
-    BrokenPipeError if the reader of ``sink`` went away (the command stopped reading: it failed, or
-    exits on its own)."""
+    Only whole 512-byte blocks reach ``sink`` before the end frame, also when ducc stops inside a frame:
+    bytes are spliced only as far as whole blocks are already waiting in ``source``, and the start of a
+    block not complete yet waits here. So a stream that stops is always cut at a block boundary, never
+    inside a tar header (the real swissknife ingest of 2.12.0 hangs for good on a header completed by
+    the poison's filler, instead of failing). Returns (whether the end frame arrived, bytes given to
+    ``sink``). BrokenPipeError if the reader of ``sink`` went away (the command stopped reading: it
+    failed, or exits on its own)."""
     offset = 0
     pending = b""  # the start of a block not complete yet
     while True:
@@ -105,29 +107,29 @@ def forward(source: int, sink: int) -> tuple[bool, int]:
         if remaining == 0:
             _write_all(sink, pending)
             return True, offset + len(pending)
-        if pending:
-            more = _read_exactly(source, min(remaining, _BLOCK - len(pending)))
-            if not more:
-                return False, offset
-            pending += more
-            remaining -= len(more)
-            if len(pending) < _BLOCK:
+        while remaining:
+            ready = _waiting(source)
+            gap = -(offset + len(pending)) % _BLOCK  # to the next block boundary (after a short splice)
+            if pending or gap or remaining < _BLOCK or ready < _BLOCK:
+                chunk = os.read(source, min(remaining, gap or _BLOCK))  # waits for more to arrive
+                if not chunk:
+                    return False, offset  # cut inside a frame
+                pending += chunk
+                remaining -= len(chunk)
+                if (offset + len(pending)) % _BLOCK == 0:
+                    _write_all(sink, pending)
+                    offset += len(pending)
+                    pending = b""
                 continue
-            _write_all(sink, pending)
-            offset += len(pending)
-            pending = b""
-        whole = remaining - remaining % _BLOCK
-        while whole:
-            moved = os.splice(source, sink, whole)
-            if moved == 0:
-                return False, offset  # cut inside a frame
+            size = min(remaining, ready)
+            moved = os.splice(source, sink, size - size % _BLOCK)  # all of it is in the pipe already
             offset += moved
-            whole -= moved
             remaining -= moved
-        if remaining:
-            pending = _read_exactly(source, remaining)
-            if len(pending) < remaining:
-                return False, offset
+
+
+def _waiting(fd: int) -> int:
+    """How many bytes can be read from ``fd`` (a pipe) without waiting."""
+    return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"), sys.byteorder)
 
 
 def _write_all(fd: int, data: bytes) -> None:

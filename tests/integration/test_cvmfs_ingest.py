@@ -565,3 +565,38 @@ def test_doctor_names_a_missing_command(tmp_path):
     done = ducc("doctor", "--cvmfs-repo", "absent.ducc.test", env=env)
     assert done.returncode == 1
     assert done.stdout == f"FAIL  command {tmp_path}/nowhere/cvmfs_server: not found or not executable\n"
+
+
+# -- the guard cuts a stream only at a block boundary ------------------------------------------------
+
+
+def run_guard(tmp_path: Path, sent: bytes) -> bytes:
+    """What a command behind the guard reads when ducc sends ``sent`` (frames) and stops."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "received"
+    done = subprocess.run([sys.executable, "-I", "-S", ingest_guard.__file__, "--", "sh", "-c", f"cat > {out}"],
+                          input=sent, capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return out.read_bytes()
+
+
+def test_the_guard_forwards_a_whole_stream_sent_in_frames_of_any_size(tmp_path):
+    data = os.urandom(700 + 1 + 3000 + 512 * 9)
+    sizes, sent, start = [700, 1, 3000, 512 * 9], b"", 0
+    for size in sizes:
+        sent += ingest_guard.frame_header(size) + data[start:start + size]
+        start += size
+    assert run_guard(tmp_path, sent + ingest_guard.END) == data
+
+
+@pytest.mark.parametrize("cut", [100, 1536 + 100, 1536 + 511, 4096], ids=lambda cut: f"after_{cut}_bytes")
+def test_a_stream_cut_inside_a_frame_reaches_the_command_cut_at_a_block_boundary_then_poisoned(tmp_path, cut):
+    """ducc killed in the middle of a frame (inside a tar header, say): the command gets only whole
+    512-byte blocks, then the poison. A header completed by the poison's filler would make the real
+    swissknife hang for good (seen on 2.12.0) instead of failing."""
+    data = os.urandom(cut)
+    received = run_guard(tmp_path, ingest_guard.frame_header(10_000) + data)
+    boundary = cut - cut % 512
+    assert received == data[:boundary] + ingest_guard.poison(boundary)
