@@ -248,7 +248,11 @@ class CvmfsServer:
         return True
 
     def in_transaction(self) -> bool:
-        """Whether this publisher has a transaction open (``cvmfs_server list`` says "in transaction")."""
+        """Whether this publisher has a transaction open: the flag ``cvmfs_server`` itself tests
+        (``<spool>/in_transaction.lock``), else what ``cvmfs_server list`` says (which, while another
+        repository on the machine is being created or removed, may not list this one)."""
+        if self.spool.is_dir():
+            return (self.spool / "in_transaction.lock").is_file()
         stdout = self._run("list")
         for line in stdout.splitlines():
             if line.startswith(self.repository + " ("):
