@@ -22,6 +22,17 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# The real CernVM-FS 2.12 server, the CVMFS tests' test bed: installed (no repository made) by
+# ../shared/cvmfs/setup.sh where it can run (root, /dev/fuse). Elsewhere those tests skip and say why.
+CVMFS_SETUP=../shared/cvmfs/setup.sh
+if [ -f "$CVMFS_SETUP" ]; then
+  if [ "$(id -u)" = 0 ] && [ -c /dev/fuse ]; then
+    bash "$CVMFS_SETUP" | tail -n 1
+  else
+    echo "bootstrap: not installing CernVM-FS (needs root and /dev/fuse): the real-server tests will skip"
+  fi
+fi
+
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi

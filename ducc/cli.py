@@ -369,6 +369,22 @@ def _existing(view: RepositoryView) -> RepositoryView:
     return view
 
 
+def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
+    """Check this publisher's CVMFS repository: one line per check, exit 0 only when every one holds."""
+    from ducc.publish.cvmfs import split_repository
+    from ducc.publish.cvmfs_server import CvmfsServer, diagnose
+
+    if not settings.cvmfs_repo:
+        raise ValueError("ducc doctor checks a CVMFS repository: --cvmfs-repo REPO or DUCC_CVMFS_REPO")
+    repository, _ = split_repository(settings.cvmfs_repo)
+    server = CvmfsServer(repository, binary=settings.cvmfs_server, mount=settings.cvmfs_mount,
+                         gateway=settings.cvmfs_gateway, env=dict(settings.env) or None, timeout=300)
+    results = diagnose(server)
+    for what, wrong in results:
+        print(f"ok    {what}" if wrong is None else f"FAIL  {what}: {' '.join(wrong.split())}")
+    return EXIT_OK if all(wrong is None for _, wrong in results) and len(results) == 4 else EXIT_FAILED
+
+
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     view = _existing(_services(args, settings).view)
     for path, flat in sorted(view.published()):
@@ -740,6 +756,12 @@ def build_parser() -> argparse.ArgumentParser:
     with_root(p)
     p.add_argument("--platform", type=_platform_arg, help="os/arch[/variant] (default: $DUCC_PLATFORM or linux/amd64)")
     p.set_defaults(func=cmd_rm)
+
+    p = sub.add_parser("doctor", help="check a CVMFS publisher: the command, the mount, the revision, a transaction",
+                       description="One line per check: cvmfs_server found, the repository mounted, its revision "
+                       "readable, a throw-away transaction opened and aborted. Exit status 0 only when all hold.")
+    with_cvmfs(p)
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("list", help="list published images")
     with_root(p)

@@ -43,6 +43,7 @@ Callers decide what to do from attributes, never from message text:
 from __future__ import annotations
 
 import errno
+import re
 
 
 class DuccError(Exception):
@@ -130,7 +131,8 @@ class PublishError(DuccError):
 
 
 class RepositoryUnusable(PublishError):
-    """The repository root cannot be created, is not a directory, or cannot be written."""
+    """The repository root cannot be created, is not a directory, or cannot be written; or the CVMFS
+    repository named cannot be used as given (``REPO[/subdir]`` with ``..`` or ``:``)."""
 
 
 class JobCancelled(DuccError):
@@ -210,7 +212,12 @@ def storage_error(exc: OSError, what: str) -> LocalStorageError | None:
 
 
 class CvmfsError(PublishError):
-    """``cvmfs_server`` exited non-zero; the message quotes the command and its own words.
+    """``cvmfs_server`` exited non-zero (or was killed).
+
+    ``str()`` is one line: what failed, the exit code and the command's own reason (the line of its
+    output that says why, e.g. swissknife's assertion or "Repository … is not in a transaction").
+    ``output`` keeps everything the command said, and ``detail`` is that with the command line: the
+    job timeline and the log get ``detail``, a user's terminal the one line.
 
     ``temporary`` for a busy lease (a gateway sub-path held by another writer): retrying later may
     succeed. ``transaction`` says so with exit 16 (EBUSY); ``ingest``, which opens its transaction
@@ -219,13 +226,51 @@ class CvmfsError(PublishError):
     """
 
     def __init__(self, command: tuple[str, ...], returncode: int, stderr: str, *, what: str | None = None) -> None:
-        detail = stderr.strip() or "(no output)"
-        super().__init__(f"{what or 'cvmfs_server ' + (command[1] if len(command) > 1 else '')} failed "
-                         f"(exit {returncode}): {detail} [command: {' '.join(command)}]")
+        self.what = what or "cvmfs_server " + (command[1] if len(command) > 1 else "")
+        self.reason = reason_line(stderr)
+        super().__init__(f"{self.what} failed (exit {returncode}): {self.reason}")
         self.command = command
         self.returncode = returncode
         self.stderr = stderr
+        self.output = stderr
         self.temporary = returncode == 16 or "lease path busy" in stderr
+
+    @property
+    def detail(self) -> str:
+        """Everything: the one line, the command line and the command's whole output."""
+        return f"{self}\n[command: {' '.join(self.command)}]\n{self.output.strip()}"
+
+
+# Lines of cvmfs_server's output that never say why it failed: shell noise of the real script, the
+# restart of its FUSE client, progress, and the generic last words that follow the real reason.
+_NOISE = ("eval: [[: not found", "eval: lsusb: not found", "CernVM-FS: ", "Failed to set requested number",
+          "Using auto tag", "Swissknife Ingest:", "Waiting for upload", "Executed Command:", "Processing changes")
+_GENERIC = ("Synchronization failed", "Aborted", "Impossible to start a transaction")
+_REASON_MAX = 300
+_ASSERTION = re.compile(r"^(?P<prog>[\w.-]+): (?:\S*/)?(?P<where>[\w.-]+:\d+): .*?(?P<what>Assertion .*)$")
+
+
+def reason_line(output: str) -> str:
+    """The one line of a ``cvmfs_server`` output that says why it failed.
+
+    The first specific line (an assertion, "another transaction is already open", a refusal), else
+    the generic one ("Synchronization failed"), else "(no output)"; the swissknife command line that
+    the script echoes after "Executed Command:" is never it. At most 300 characters."""
+    lines = []
+    for raw in output.splitlines():
+        line = raw.strip()
+        if line.startswith("Executed Command:"):
+            break  # what follows is the swissknife command line
+        if line and not any(noise in line for noise in _NOISE):
+            lines.append(line)
+    specific = [line for line in lines if not any(line.startswith(g) for g in _GENERIC)]
+    chosen = specific[0] if specific else (lines[-1] if lines else "(no output)")
+    assertion = _ASSERTION.match(chosen)
+    if assertion:  # "prog: /build/path/file.cc:171: <the C++ signature>: Assertion `x' failed."
+        chosen = f"{assertion['prog']}: {assertion['where']}: {assertion['what']}"
+    if len(chosen) > _REASON_MAX:
+        chosen = chosen[:_REASON_MAX - 1] + "…"
+    return chosen
 
 
 class LeaseLost(PublishError):

@@ -53,7 +53,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO, TypeVar
 
 from ducc import layout
-from ducc.errors import CvmfsError, PublishError
+from ducc.errors import CvmfsError, PublishError, RepositoryUnusable
 from ducc.model.digest import Digest
 from ducc.model.manifest import DEFAULT_PLATFORM, Platform
 from ducc.model.reference import Reference
@@ -76,7 +76,12 @@ def split_repository(text: str) -> tuple[str, str]:
     repository, _, subdir = text.strip().strip("/").partition("/")
     parts = [p for p in subdir.split("/") if p not in ("", ".")]
     if not repository or ".." in parts:
-        raise PublishError(f"invalid CVMFS repository {text!r}: expected REPO[/subdir]")
+        raise RepositoryUnusable(f"invalid CVMFS repository {text!r}: expected REPO[/subdir]")
+    if ":" in subdir:
+        # Every layer, flat root and deletion lives under the sub-directory, and ``cvmfs_server ingest``
+        # splits its -b and -d paths on ':' (it would delete a sibling tree).
+        raise RepositoryUnusable(f"invalid CVMFS repository {text!r}: the sub-directory may not contain ':' "
+                           "(cvmfs_server ingest splits paths on it)")
     return repository, "/".join(parts)
 
 
@@ -265,7 +270,8 @@ class CvmfsPublisher(CvmfsView):
     @contextmanager
     def _held(self) -> Iterator[None]:
         """The repository, exclusively: the lease, this host's flock, and no transaction left open."""
-        with self._lock(self.lease_name) if self._lock else nullcontext(), self._staging.writer():
+        with self._lock(self.lease_name) if self._lock else nullcontext(), self._staging.writer() as lock_fd, \
+                self.server.holding(lock_fd):
             self._holder.active = True
             try:
                 if self.server.abort(missing_ok=True):
@@ -307,11 +313,16 @@ class CvmfsPublisher(CvmfsView):
 
     def ingest_tree(self, top: PurePosixPath, digest: Digest, staged: Path) -> Path:
         """Ingest ``staged`` as ``<top>/xx/<hex>``, a nested catalog (as is its shard) — one revision.
-        Returns where the staged tree is now (moved, within the staging directory)."""
+        Returns where the staged tree is now (moved, within the staging directory).
+
+        The catalog markers are in the stream, where the directory publisher has them (``<top>``,
+        ``<top>/xx``, the tree itself) with its mode 0644; ``--catalog`` is not passed: with a marker at
+        the stream's root it crashes the real ingest (swissknife's assertion in catalog_rw.cc)."""
         shard = staged.parent / f"ingest-{digest.hex}"
         (shard / digest.prefix).mkdir(parents=True)
-        for catalog in (shard / digest.prefix / layout.CATALOG, staged / layout.CATALOG):
-            catalog.touch(mode=0o644)
+        for catalog in (shard / layout.CATALOG, shard / digest.prefix / layout.CATALOG, staged / layout.CATALOG):
+            catalog.touch()
+            catalog.chmod(0o644)
         os.rename(staged, shard / digest.prefix / digest.hex)
         if (self.root / top).is_dir():
             base, tree = top / digest.prefix, shard / digest.prefix
@@ -323,7 +334,7 @@ class CvmfsPublisher(CvmfsView):
         def stream(out: BinaryIO) -> None:
             write_tree(tree, out)
 
-        self._retry_busy(lambda: self.server.ingest(stream, self._path(base), catalog=True))
+        self._retry_busy(lambda: self.server.ingest(stream, self._path(base), catalog=False))
         return shard / digest.prefix / digest.hex
 
     def small_changes(self, paths: list[PurePosixPath], changes: list[Callable[[Path], None]]) -> None:

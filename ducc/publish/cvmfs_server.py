@@ -8,9 +8,24 @@ the mount (``publish`` and ``ingest`` refuse to run from inside it) and with std
 confirmation prompt can ever wait for an answer; ``ingest`` reads the tar stream, through the guard
 of ``ducc.publish.ingest_guard``.
 
+Every call goes through one runner (``_start``/``_finish``): the command runs under the guard of
+``ducc.publish.ingest_guard`` in a session of its own (a Ctrl-C or a service stop meant for ducc never
+reaches ``cvmfs_server publish``), its output goes to files, never to pipes (``publish``, ``abort``
+and ``ingest`` restart the ``cvmfs2`` client, which may inherit them and keep them open for good),
+ducc waits for the guard's exit with a deadline, and on timeout the whole process group is killed.
+While ducc holds the repository (``holding``), the guard is handed the writer's lock and keeps it
+until the command has ended, even if ducc is killed first.
+
 Paths handed to the command (base dir, delete paths, lease sub-paths) are relative to the
 repository root and must survive the real script, which expands them unquoted: whitespace and
-glob characters are refused here before anything runs.
+glob characters are refused here before anything runs. ``ingest`` joins its ``-b`` and ``-d``
+arguments with ``:`` and splits them again, so a path with ``:`` would name another path: never
+given to ``-b`` or ``-d``; such a path is deleted with ``transaction`` + remove + ``publish``.
+
+The published revision is read where the server keeps it: the ``user.revision`` attribute of
+``/var/spool/cvmfs/<repo>/rdonly`` (what ``cvmfs_server`` reads itself; also on a gateway publisher),
+else the ``S`` line of the stratum 0's ``/srv/cvmfs/<repo>/.cvmfspublished``. ``/cvmfs/<repo>``
+shows neither.
 """
 
 from __future__ import annotations
@@ -19,21 +34,26 @@ import errno
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import IO, BinaryIO
 
-from ducc.errors import CvmfsError, PublishError
+from ducc.errors import CvmfsError, PublishError, reason_line
 from ducc.publish import ingest_guard
+from ducc.tree import remove_tree
 
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _UNSAFE = re.compile(r"[\s*?\[\]]")
+_REVISION_XATTR = "user.revision"
 _OUTPUT_TAIL = 4000
 _FRAME = 4 << 20  # the largest frame ducc sends (tarfile writes 1 MiB at a time anyway)
 _GUARD = (sys.executable, "-I", "-S", ingest_guard.__file__, "--")
@@ -48,6 +68,15 @@ def _clean_path(path: str, what: str) -> str:
         raise PublishError(f"{what} {path!r} contains whitespace or glob characters, which cvmfs_server's "
                            "shell script would split or expand")
     return "/".join(parts)
+
+
+def _ingest_path(path: str, what: str) -> str:
+    """``path`` for ``ingest -b``/``-d``: also without ``:``, which ingest splits paths on."""
+    cleaned = _clean_path(path, what)
+    if ":" in cleaned:
+        raise PublishError(f"{what} {path!r} contains ':', which cvmfs_server ingest takes as a separator "
+                           "between paths")
+    return cleaned
 
 
 class _Frames:
@@ -82,8 +111,9 @@ class CvmfsServer:
     """One repository on this publisher, driven through ``binary`` (``cvmfs_server`` on PATH).
 
     ``mount`` is ``/cvmfs/<repository>``, where the published state (and, during a transaction,
-    the open changes) can be read; ``manifest`` is the ``.cvmfspublished`` file whose ``S`` line is
-    the revision (default: at the mount root). ``gateway`` says the repository publishes through a
+    the open changes) can be read. The revision is the ``user.revision`` attribute of ``spool/rdonly``
+    (default ``/var/spool/cvmfs/<repository>``), else the ``S`` line of ``manifest`` (default
+    ``/srv/cvmfs/<repository>/.cvmfspublished``). ``gateway`` says the repository publishes through a
     gateway, where ``ingest`` takes one ``--delete`` at a time.
     """
 
@@ -94,6 +124,7 @@ class CvmfsServer:
         binary: str = "cvmfs_server",
         mount: Path | None = None,
         manifest: Path | None = None,
+        spool: Path | None = None,
         gateway: bool = False,
         env: dict[str, str] | None = None,
         cwd: Path = Path("/"),
@@ -105,7 +136,9 @@ class CvmfsServer:
         self.repository = repository
         self.binary = binary
         self.mount = mount if mount is not None else Path("/cvmfs") / repository
-        self.manifest = manifest if manifest is not None else self.mount / ".cvmfspublished"
+        self.manifest = manifest if manifest is not None else Path("/srv/cvmfs") / repository / ".cvmfspublished"
+        self.spool = spool if spool is not None else Path("/var/spool/cvmfs") / repository
+        self._held = threading.local()  # the lock this thread holds the repository with (``holding``)
         self.gateway = gateway
         self.env = env
         self.timeout = timeout
@@ -121,19 +154,63 @@ class CvmfsServer:
     def _command(self, *args: str) -> tuple[str, ...]:
         return (self.binary, *args)
 
-    def _run(self, *args: str, what: str | None = None) -> subprocess.CompletedProcess[str]:
-        command = self._command(*args)
-        log.debug("running %s", " ".join(command))
+    @contextmanager
+    def holding(self, lock_fd: int) -> Iterator[None]:
+        """While this thread holds the repository with the flock ``lock_fd``: every command started meanwhile
+        keeps the lock (through its guard) until it has ended, even if ducc does not live that long."""
+        self._held.fd = lock_fd
         try:
-            done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                  cwd=self.cwd, env=self.env, timeout=self.timeout)
-        except FileNotFoundError as exc:
-            raise CvmfsError(command, 127, f"{self.binary} not found: {exc}", what=what) from exc
-        except subprocess.TimeoutExpired as exc:
-            raise CvmfsError(command, -1, f"no answer within {self.timeout} s", what=what) from exc
-        if done.returncode != 0:
-            raise CvmfsError(command, done.returncode, _words(done.stderr, done.stdout), what=what)
-        return done
+            yield
+        finally:
+            self._held.fd = None
+
+    def _start(self, command: tuple[str, ...], out: IO[bytes], err: IO[bytes], *,
+               stream: bool = False) -> subprocess.Popen[bytes]:
+        """The runner's first half: ``command`` under the guard, in a session of its own, output to files."""
+        log.debug("running %s", " ".join(command))
+        lock = getattr(self._held, "fd", None)
+        guard = _GUARD if stream else (*_GUARD[:-1], "--no-input", "--")
+        return subprocess.Popen((*guard, *command), stdin=subprocess.PIPE if stream else subprocess.DEVNULL,
+                                stdout=out, stderr=err, cwd=self.cwd, env=self.env, start_new_session=True,
+                                pass_fds=(lock,) if lock is not None else ())
+
+    def _finish(self, process: subprocess.Popen[bytes], command: tuple[str, ...], out: IO[bytes],
+                err: IO[bytes], what: str | None, *, expected: int | None = None) -> tuple[str, str]:
+        """The runner's second half: wait (``timeout``; then the whole group is killed), raise CvmfsError
+        unless the command exited 0; (stdout, stderr) otherwise. The guard's exit 127 is a missing binary."""
+        try:
+            code = process.wait(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(process)
+            process.wait()
+            error = CvmfsError(command, -1, f"no answer within {self.timeout} s; killed", what=what)
+            log.debug("%s", error.detail)
+            raise error from None
+        except BaseException:
+            # Interrupted (Ctrl-C): the command, in its own session, goes on. Whatever ducc does next
+            # (``abort -f``, say) must not meet it half-way: let it end first.
+            log.warning("interrupted: waiting for %s to finish", " ".join(command[:2]))
+            try:
+                process.wait(timeout=self.timeout)
+            except subprocess.TimeoutExpired:
+                _kill_group(process)
+                process.wait()
+            raise
+        stdout, stderr = (_read(f).decode(errors="replace") for f in (out, err))
+        if code != 0:
+            error = CvmfsError(command, code, _words(stderr, stdout), what=what)
+            if code != expected:  # the full text, with -v; the error itself is one line (a worker logs
+                log.debug("%s", error.detail)  # and records ``detail`` with the job)
+            raise error
+        return stdout, stderr
+
+    def _run(self, *args: str, what: str | None = None, expected: int | None = None) -> str:
+        """Run one command without input; its stdout. A failure with exit code ``expected`` (one the caller
+        handles) is not logged."""
+        command = self._command(*args)
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            process = self._start(command, out, err)
+            return self._finish(process, command, out, err, what, expected=expected)[0]
 
     # -- the commands ---------------------------------------------------------------------------
 
@@ -163,7 +240,7 @@ class CvmfsServer:
     def abort(self, *, missing_ok: bool = False) -> bool:
         """``abort -f``: discard the open transaction. Returns False if none was open and ``missing_ok``."""
         try:
-            self._run("abort", "-f", self.repository)
+            self._run("abort", "-f", self.repository, expected=errno.EINVAL if missing_ok else None)
         except CvmfsError as exc:
             if missing_ok and exc.returncode == errno.EINVAL and "not in a transaction" in exc.stderr:
                 return False
@@ -171,39 +248,86 @@ class CvmfsServer:
         return True
 
     def in_transaction(self) -> bool:
-        """Whether this publisher has a transaction open (``cvmfs_server list`` says "in transaction")."""
-        done = self._run("list")
-        for line in done.stdout.splitlines():
+        """Whether this publisher has a transaction open: the flag ``cvmfs_server`` itself tests
+        (``<spool>/in_transaction.lock``), else what ``cvmfs_server list`` says (which, while another
+        repository on the machine is being created or removed, may not list this one)."""
+        if self.spool.is_dir():
+            return (self.spool / "in_transaction.lock").is_file()
+        stdout = self._run("list")
+        for line in stdout.splitlines():
             if line.startswith(self.repository + " ("):
                 return "in transaction" in line
-        raise CvmfsError(self._command("list"), 0, f"repository {self.repository} not listed:\n{done.stdout}")
+        raise CvmfsError(self._command("list"), 0, f"repository {self.repository} not listed:\n{stdout}")
 
     def revision(self) -> int:
-        """The published revision: the ``S`` line of the manifest (fields end at the ``--`` line)."""
+        """The published revision: the ``user.revision`` attribute of the read-only mount under the spool
+        directory (what ``cvmfs_server`` reads), else the ``S`` line of the stratum 0's manifest."""
+        rdonly = self.spool / "rdonly"
         try:
-            text = self.manifest.read_bytes()
-        except OSError as exc:
-            raise PublishError(f"cannot read the CVMFS manifest {self.manifest}: {exc}") from exc
-        revision = parse_revision(text)
-        if revision is None:
-            raise PublishError(f"the CVMFS manifest {self.manifest} has no S (revision) line")
-        return revision
+            value = os.getxattr(rdonly, _REVISION_XATTR)
+        except OSError as xattr_error:
+            try:
+                text = self.manifest.read_bytes()
+            except OSError as exc:
+                raise PublishError(f"cannot read the revision of {self.repository}: neither the {_REVISION_XATTR} "
+                                   f"attribute of {rdonly} ({xattr_error.strerror}) nor the manifest {self.manifest} "
+                                   f"({exc.strerror})") from exc
+            revision = parse_revision(text)
+            if revision is None:
+                raise PublishError(f"the CVMFS manifest {self.manifest} has no S (revision) line") from None
+            return revision
+        if not value.strip().isdigit():
+            raise PublishError(f"the {_REVISION_XATTR} attribute of {rdonly} is not a number: {value[:40]!r}")
+        return int(value)
 
     def delete(self, paths: Sequence[str], *, batch: int = 64) -> int:
         """Delete ``paths`` with ``ingest --delete``, ``batch`` paths per call (one per call on a gateway,
-        which refuses more). Returns the number of calls made."""
+        which refuses more). Paths with ``:`` (which ingest would split) go together in one
+        ``transaction`` … ``publish`` instead. Returns the number of publishing calls made."""
         cleaned = [_clean_path(p, "delete path") for p in paths]
         if any(not p for p in cleaned):
             raise PublishError("refusing to delete the repository root")
+        plain = [p for p in cleaned if ":" not in p]
         size = 1 if self.gateway else max(1, batch)
         calls = 0
-        for start in range(0, len(cleaned), size):
+        for start in range(0, len(plain), size):
             args = ["ingest"]
-            for path in cleaned[start:start + size]:
+            for path in plain[start:start + size]:
                 args += ["-d", path]
             self._run(*args, self.repository, what="cvmfs_server ingest --delete")
             calls += 1
+        colon = [p for p in cleaned if ":" in p]
+        if colon:
+            self._delete_in_transaction(colon)
+            calls += 1
         return calls
+
+    def _delete_in_transaction(self, paths: list[str]) -> None:
+        """``transaction`` (on a gateway: leased on the paths' common parent), remove, ``publish``;
+        ``abort -f`` if anything fails."""
+        lease = None
+        if self.gateway:
+            common: list[str] = []
+            for level in zip(*(p.split("/")[:-1] for p in paths), strict=False):
+                if len(set(level)) != 1:
+                    break
+                common.append(level[0])
+            lease = "/".join(common) or None
+        self.transaction(lease)
+        try:
+            for path in paths:
+                target = self.mount / path
+                if target.is_dir() and not target.is_symlink():
+                    remove_tree(target)
+                elif os.path.lexists(target):
+                    target.unlink()
+            self.publish()
+        except BaseException:
+            try:
+                self.abort(missing_ok=True)
+            except CvmfsError as exc:
+                log.error("could not abort the failed delete on %s: %s", self.repository, exc)
+            raise
 
     def ingest(
         self,
@@ -229,7 +353,7 @@ class CvmfsServer:
         is re-raised. If the command fails on its own (including closing its stdin early),
         CvmfsError carries its stderr.
         """
-        base = _clean_path(base_dir, "ingest base dir")
+        base = _ingest_path(base_dir, "ingest base dir")
         if not base:
             raise PublishError("refusing to ingest at the repository root")
         if self.gateway and delete:
@@ -240,13 +364,12 @@ class CvmfsServer:
         if keep_ownership:
             args.append("-k")
         for path in delete:
-            args += ["-d", _clean_path(path, "delete path")]
+            args += ["-d", _ingest_path(path, "delete path")]
         command = self._command(*args, self.repository)
-        log.debug("running %s", " ".join(command))
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        with ExitStack() as files:
+            out, err = (files.enter_context(tempfile.TemporaryFile()) for _ in range(2))
             # The guard runs the command: a missing binary shows as the guard's exit 127.
-            process = subprocess.Popen((*_GUARD, *command), stdin=subprocess.PIPE, stdout=out, stderr=err,
-                                       cwd=self.cwd, env=self.env, start_new_session=True)
+            process = self._start(command, out, err, stream=True)
             assert process.stdin is not None
             sink = _Frames(process.stdin)
             try:
@@ -257,27 +380,14 @@ class CvmfsServer:
                 # The command stopped reading: it failed (or was told to); its own words say why.
                 sink.abandoned = True
                 _close_quietly(process.stdin)
-                code = self._wait(process)
-                raise CvmfsError(command, code if code != 0 else -1,
-                                 _words(_read(err), _read(out)) if code != 0
-                                 else "ingest exited 0 without reading the whole stream") from None
+                self._finish(process, command, out, err, None)
+                raise CvmfsError(command, -1, "ingest exited 0 without reading the whole stream") from None
             except BaseException:
                 self._give_up(process, sink)
                 raise
-            code = self._wait(process)
-            if code != 0:
-                raise CvmfsError(command, code, _words(_read(err), _read(out)))
+            self._finish(process, command, out, err, None)
 
     # -- an ingest that must not publish -------------------------------------------------------
-
-    def _wait(self, process: subprocess.Popen[bytes]) -> int:
-        try:
-            return process.wait(timeout=self.timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(process)
-            process.wait()
-            raise CvmfsError(tuple(str(a) for a in process.args), -1,  # type: ignore[union-attr]
-                             f"no answer within {self.timeout} s; killed") from None
 
     def _give_up(self, process: subprocess.Popen[bytes], sink: _Frames) -> None:
         """The stream ends without its end frame: the guard poisons it, and the command fails."""
@@ -311,10 +421,13 @@ def parse_revision(manifest: bytes) -> int | None:
 
 
 def _words(stderr: str | bytes, stdout: str | bytes) -> str:
-    """The command's own explanation: stderr, or the end of stdout where the script echoes there."""
+    """The command's own explanation: stderr, or the end of stdout where the script echoes there
+    (``publish``'s "Repository … is not in a transaction"; stderr then holds only shell noise)."""
     err = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
     out = stdout.decode(errors="replace") if isinstance(stdout, bytes) else stdout
-    text = err.strip() or out.strip()
+    text = err.strip() if reason_line(err) != "(no output)" else ""
+    if not text:
+        text = (err.strip() + "\n" + out.strip()).strip()
     return text[-_OUTPUT_TAIL:]
 
 
@@ -338,3 +451,39 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
             process.kill()
         except ProcessLookupError:
             pass
+
+
+def diagnose(server: CvmfsServer) -> list[tuple[str, str | None]]:
+    """What ``ducc doctor`` checks on a publisher, in order: (what was checked, None if it holds, else
+    what is wrong in one line). The command, the mount, the revision, and a throw-away transaction
+    opened and aborted (never one already open: that is reported, not aborted)."""
+    results: list[tuple[str, str | None]] = []
+    path = (server.env or os.environ).get("PATH")
+    found = server.binary if os.sep in server.binary else shutil.which(server.binary, path=path)
+    if found is None or not os.access(found, os.X_OK):
+        results.append((f"command {server.binary}", "not found or not executable"))
+        return results
+    results.append((f"command {found}", None))
+    if not server.mount.is_dir():
+        results.append((f"mount {server.mount}", "missing: is the repository created on this publisher "
+                        f"(cvmfs_server mkfs) and mounted (cvmfs_server mount {server.repository})?"))
+    else:
+        results.append((f"mount {server.mount}", None))
+    try:
+        results.append((f"revision {server.revision()}", None))
+    except PublishError as exc:
+        results.append(("revision", str(exc)))
+    try:
+        server.transaction()
+    except CvmfsError as exc:
+        why = ("a transaction is already open (a writer at work, or one left behind: "
+               f"cvmfs_server abort -f {server.repository})") if exc.returncode == errno.EEXIST else str(exc)
+        results.append(("transaction opened and aborted", why))
+        return results
+    try:
+        server.abort()
+    except CvmfsError as exc:
+        results.append(("transaction opened and aborted", f"opened, but the abort failed: {exc}"))
+        return results
+    results.append(("transaction opened and aborted", None))
+    return results

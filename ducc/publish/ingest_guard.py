@@ -22,9 +22,16 @@ transaction then, and the next writer's ``abort -f`` covers a command that was k
 ignores the signals of a terminal or a service manager's stop (INT, TERM, HUP, QUIT): only SIGKILL
 ends it, and ducc only sends that to the whole group, command included.
 
+The guard also keeps what ducc hands it (``pass_fds``: the writer's flock) open until the command
+has ended, and only the guard: the command gets none of it. So a ducc killed while ``ingest`` still
+commits (after its end frame) or while ``publish`` runs does not free the repository for the next
+writer, whose ``abort -f`` would meet a live command; the next writer waits for the command instead.
+Every ``cvmfs_server`` call runs under the guard for that reason; with ``--no-input`` the command's
+stdin is ``/dev/null`` and the guard only waits.
+
 The guard's exit code is the command's (128 + N if a signal N ended it). It runs as a script
-(``python -I -S ingest_guard.py -- COMMAND...``) and imports nothing but the standard library, so
-it starts in milliseconds.
+(``python -I -S ingest_guard.py [--no-input] -- COMMAND...``) and imports nothing but the standard
+library, so it starts in milliseconds.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import os
 import signal
 import subprocess
 import sys
+import termios
 
 END = b"\0\0\0\0"  # the end frame
 HEADER = 4
@@ -82,22 +90,46 @@ def _read_exactly(fd: int, size: int) -> bytes:
 def forward(source: int, sink: int) -> tuple[bool, int]:
     """Move frames from ``source`` to ``sink`` until the end frame or the end of ``source``.
 
-    Returns (whether the end frame arrived, bytes given to ``sink``). BrokenPipeError if the reader of
-    ``sink`` went away (the command stopped reading: it failed, or exits on its own)."""
+    Only whole 512-byte blocks reach ``sink`` before the end frame, also when ducc stops inside a frame:
+    bytes are spliced only as far as whole blocks are already waiting in ``source``, and the start of a
+    block not complete yet waits here. So a stream that stops is always cut at a block boundary, never
+    inside a tar header (the real swissknife ingest of 2.12.0 hangs for good on a header completed by
+    the poison's filler, instead of failing). Returns (whether the end frame arrived, bytes given to
+    ``sink``). BrokenPipeError if the reader of ``sink`` went away (the command stopped reading: it
+    failed, or exits on its own)."""
     offset = 0
+    pending = b""  # the start of a block not complete yet
     while True:
         header = _read_exactly(source, HEADER)
         if len(header) < HEADER:
             return False, offset
         remaining = int.from_bytes(header, "big")
         if remaining == 0:
-            return True, offset
+            _write_all(sink, pending)
+            return True, offset + len(pending)
         while remaining:
-            moved = os.splice(source, sink, remaining)
-            if moved == 0:
-                return False, offset  # cut inside a frame
+            ready = _waiting(source)
+            gap = -(offset + len(pending)) % _BLOCK  # to the next block boundary (after a short splice)
+            if pending or gap or remaining < _BLOCK or ready < _BLOCK:
+                chunk = os.read(source, min(remaining, gap or _BLOCK))  # waits for more to arrive
+                if not chunk:
+                    return False, offset  # cut inside a frame
+                pending += chunk
+                remaining -= len(chunk)
+                if (offset + len(pending)) % _BLOCK == 0:
+                    _write_all(sink, pending)
+                    offset += len(pending)
+                    pending = b""
+                continue
+            size = min(remaining, ready)
+            moved = os.splice(source, sink, size - size % _BLOCK)  # all of it is in the pipe already
             offset += moved
             remaining -= moved
+
+
+def _waiting(fd: int) -> int:
+    """How many bytes can be read from ``fd`` (a pipe) without waiting."""
+    return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"), sys.byteorder)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -107,20 +139,28 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def main(argv: list[str]) -> int:
+    no_input = argv[:1] == ["--no-input"]
+    if no_input:
+        argv = argv[1:]
     if argv[:1] == ["--"]:
         argv = argv[1:]
     if not argv:
-        print("usage: ingest_guard.py -- COMMAND [ARG...]", file=sys.stderr)
+        print("usage: ingest_guard.py [--no-input] -- COMMAND [ARG...]", file=sys.stderr)
         return 2
     for sig in _STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     try:
         # The command gets the default dispositions back (subprocess restores them; SIG_IGN of the
-        # signals above would be inherited through exec, so they are reset here explicitly).
-        command = subprocess.Popen(argv, stdin=subprocess.PIPE, preexec_fn=_default_signals)
+        # signals above would be inherited through exec, so they are reset here explicitly). It gets
+        # none of the guard's other descriptors (close_fds): the lock stays with the guard.
+        command = subprocess.Popen(argv, stdin=subprocess.DEVNULL if no_input else subprocess.PIPE,
+                                   preexec_fn=_default_signals, close_fds=True)
     except OSError as exc:
         print(f"{argv[0]}: {exc.strerror or exc}", file=sys.stderr)
         return 127
+    if no_input:
+        code = command.wait()
+        return code if code >= 0 else 128 - code
     assert command.stdin is not None
     sink = command.stdin.fileno()
     for pipe in (sys.stdin.fileno(), sink):

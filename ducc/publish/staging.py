@@ -86,14 +86,15 @@ class Staging:
                 os.close(fd)
 
     @contextmanager
-    def writer(self) -> Iterator[None]:
-        """Exclusive among this host's writers (an flock); crash debris is swept while it is held."""
+    def writer(self) -> Iterator[int]:
+        """Exclusive among this host's writers (an flock, whose descriptor it yields: a command started
+        meanwhile may keep the lock for as long as it runs); crash debris is swept while it is held."""
         self.root.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.root / _WRITER_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             self.sweep()
-            yield
+            yield fd
         finally:
             os.close(fd)
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from celery import Celery, Task
 from celery.signals import worker_ready
 
-from ducc.errors import DuccError, JobCancelled, ThinImageNotPushed, WishlistError
+from ducc.errors import CvmfsError, DuccError, JobCancelled, ThinImageNotPushed, WishlistError
 from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
 from ducc.model.request import ConversionRequest, ConversionResult, UnpublishRequest
@@ -172,8 +172,9 @@ def run_conversion(services: Services, job_id: str, task: Task) -> str:
                            error=str(exc), temporary=1, attempts=attempts, retry_at=time.time() + delay,
                            published=int(published))
                 raise task.retry(countdown=delay) from exc
-            log.error("job %s (%s) failed: %s", job_id, job.image, exc)
-            return fail(str(exc), str(exc), exc.temporary)
+            log.error("job %s (%s) failed: %s", job_id, job.image, exc.detail if isinstance(exc, CvmfsError) else exc)
+            # The timeline keeps a command's whole output; the error (what users see first) is one line.
+            return fail(exc.detail if isinstance(exc, CvmfsError) else str(exc), str(exc), exc.temporary)
         except Exception as exc:
             run.finish(recheck=False)
             log.exception("job %s (%s): unexpected error", job_id, job.image)

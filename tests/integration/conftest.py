@@ -44,12 +44,14 @@ def redis_server(tmp_path):
 
 @pytest.fixture
 def cvmfs(tmp_path):
-    """The cvmfs_server stand-in (tests/support/cvmfs_server; the real command cannot be installed
-    here) with one fresh repository, ``test.cern.ch``, unmounted again after the test."""
-    from tests.support.cvmfs import cvmfs_standin
+    """A repository of its own on the real CernVM-FS 2.12 server (``cvmfs_server mkfs -o root``, removed
+    with ``rmfs -f`` after the test), reached through the recorder that logs calls and injects faults
+    (tests/support/cvmfs.py). Skips, saying why, where the real server cannot run (not root, no
+    /dev/fuse); fails where it could but is not installed (run ./bootstrap.sh)."""
+    from tests.support.cvmfs import real_cvmfs
 
-    with cvmfs_standin(tmp_path / "cvmfs-repo") as standin:
-        yield standin
+    with real_cvmfs(tmp_path / "cvmfs-repo") as server:
+        yield server
 
 
 @pytest.fixture

@@ -44,7 +44,7 @@ from tests.support.processes import wait_until
 from tests.support.service import ducc_cli
 from tests.support.trees import snapshot
 
-ducc = functools.partial(ducc_cli, timeout=600)  # a conversion through the stand-in takes longer
+ducc = functools.partial(ducc_cli, timeout=600)  # a conversion on the real server takes longer
 
 
 @pytest.fixture
@@ -66,7 +66,7 @@ BASE = Layer([Dir("usr"), Dir("usr/lib"), File("usr/lib/libc.so", b"libc" * 1000
 
 def test_the_revision_reported_is_the_one_holding_the_image_even_when_another_writer_follows_at_once(
         cvmfs, client, unique_ref, converter_into):
-    """Through the stand-in: another writer publishes the moment the repository lease is released;
+    """On the real server: another writer publishes the moment the repository lease is released;
     the conversion still reports the revision its record landed in, read while it held the lease.
     (One layer: this stand-in lease excludes nobody, so two layers committed from two threads would let
     the other writer's ingest meet our next transaction.)"""
@@ -94,7 +94,7 @@ MANY_FILES = 10_000
 
 def test_a_ducc_convert_killed_mid_ingest_publishes_nothing_and_the_next_run_completes(cvmfs, client, unique_ref,
                                                                                       tmp_path):
-    """Through the stand-in: SIGKILL of ``ducc convert`` while its layer streams into ``ingest``."""
+    """On the real server: SIGKILL of ``ducc convert`` while its layer streams into ``ingest``."""
     ref = unique_ref()
     push_image(client, ref, ImageSpec(layers=[Layer([Dir("many")] + [File(f"many/f{i:05}") for i in range(MANY_FILES)])]))
     env = cvmfs.ducc_env(tmp_path / "state")
@@ -143,7 +143,7 @@ def as_client(cvmfs, link: Path, arch: str | None) -> Path:
 
 def test_a_tag_published_for_two_platforms_becomes_a_variant_link_clients_resolve_per_host(
         cvmfs, client, unique_ref, converter_into, tmp_path):
-    """Through the stand-in (a plain overlayfs mount: variant links are not expanded there, so the test
+    """On the real server (a plain overlayfs mount: variant links are not expanded there, so the test
     expands them as a CVMFS client does, per ``CVMFS_ARCH``)."""
     ref = unique_ref()
     push_index(client, ref, [arch_image("amd64"), arch_image("arm64")])
@@ -191,7 +191,7 @@ def test_a_tag_published_for_two_platforms_becomes_a_variant_link_clients_resolv
 
 
 def test_a_second_platform_published_first_still_leaves_amd64_the_default(cvmfs, client, unique_ref, converter_into):
-    """Through the stand-in: arm64 alone lives under .multiarch only; amd64 then makes the variant link."""
+    """On the real server: arm64 alone lives under .multiarch only; amd64 then makes the variant link."""
     ref = unique_ref()
     push_index(client, ref, [arch_image("amd64"), arch_image("arm64")])
     converter = converter_into()
@@ -220,15 +220,16 @@ RICH = [
 
 
 def published_tree(root: Path) -> dict[str, tuple]:
-    """Everything a reader sees, but what differs by nature: the CVMFS manifest, ducc's scratch space,
-    and the record's conversion time."""
-    tree = snapshot(root, skip=frozenset({".cvmfspublished", layout.STAGING.name, layout.REPOSITORY_NAME}))
+    """Everything a reader sees, but what differs by nature: the CVMFS manifest, the greeting ``mkfs`` leaves
+    in a new repository, ducc's scratch space, and the record's conversion time."""
+    tree = snapshot(root, skip=frozenset({".cvmfspublished", "new_repository", layout.STAGING.name,
+                                          layout.REPOSITORY_NAME}))
     return {path: entry for path, entry in tree.items() if not path.endswith("/" + layout.RECORD_DETAILS)}
 
 
 def test_the_same_images_give_the_same_trees_through_both_publishers(cvmfs, client, unique_ref, converter_into,
                                                                       tmp_path):
-    """Through the stand-in: the CVMFS mount and a directory root, after the same conversions, compared
+    """On the real server: the CVMFS mount and a directory root, after the same conversions, compared
     entry by entry (type, mode bits, content, link target). Ownership is not compared: ingest gives
     everything to the repository's owner, as the real command does without -k."""
     first, second = unique_ref("rich"), unique_ref("moved")
@@ -253,7 +254,7 @@ def test_the_same_images_give_the_same_trees_through_both_publishers(cvmfs, clie
 @pytest.mark.slow
 def test_the_real_debian_images_give_the_same_trees_through_both_publishers(cvmfs, client, registry, converter_into,
                                                                              tmp_path):
-    """Through the stand-in: the real Debian base and python images (two layers, thousands of entries)."""
+    """On the real server: the real Debian base and python images (two layers, thousands of entries)."""
     from ducc.model.reference import Reference
     from tests.support.debian import push_debian_images
 
@@ -284,7 +285,7 @@ CVMFS_HOSTILE = {
 
 @pytest.mark.parametrize("layers", list(CVMFS_HOSTILE.values()), ids=list(CVMFS_HOSTILE))
 def test_a_hostile_layer_publishes_nothing(cvmfs, client, unique_ref, converter_into, layers, tmp_path):
-    """Through the stand-in, whose ingest (like the real one) would drop ``..`` entries silently and put
+    """On the real server, whose ingest (like the real one) would drop ``..`` entries silently and put
     absolute names under the base dir: ducc refuses the layer before anything of it reaches ingest."""
     outside = tmp_path / "OUTSIDE"
     outside.mkdir()
@@ -322,7 +323,7 @@ FAULTS = {
 @pytest.mark.parametrize(("command", "nth", "at"), list(FAULTS.values()), ids=list(FAULTS))
 def test_a_failed_call_leaves_nothing_of_the_image_visible_and_no_transaction_open(
         cvmfs, client, unique_ref, converter_into, command, nth, at):
-    """Through the stand-in, failing one call with exit 1 and its own words on stderr: the error quotes
+    """On the real server, failing one call with exit 1 and its own words on stderr: the error quotes
     them, the image has no public path and no record, a layer or flat root published before the failure
     is visible only whole, ducc leaves no transaction open, and the next conversion publishes the image."""
     ref = unique_ref()
@@ -350,7 +351,7 @@ def test_a_failed_call_leaves_nothing_of_the_image_visible_and_no_transaction_op
 
 def test_a_transaction_a_dead_writer_left_open_is_aborted_by_the_next_writer(cvmfs, client, unique_ref,
                                                                               converter_into):
-    """Through the stand-in: a transaction opened and written into by a writer that died is aborted
+    """On the real server: a transaction opened and written into by a writer that died is aborted
     before the next one starts (it holds the repository, so the transaction can only be a dead one's);
     nothing the dead writer wrote becomes visible."""
     assert cvmfs.run("transaction", cvmfs.repository).returncode == 0
@@ -366,7 +367,7 @@ def test_a_transaction_a_dead_writer_left_open_is_aborted_by_the_next_writer(cvm
 
 def test_a_failed_publish_whose_abort_failed_too_is_recovered_by_the_next_conversion(cvmfs, client, unique_ref,
                                                                                      converter_into):
-    """Through the stand-in: publish fails, then its abort fails: the transaction stays open, and the next
+    """On the real server: publish fails, then its abort fails: the transaction stays open, and the next
     writer aborts it first."""
     ref = unique_ref()
     push_image(client, ref, ImageSpec(layers=[APP]))
@@ -386,7 +387,7 @@ def test_a_failed_publish_whose_abort_failed_too_is_recovered_by_the_next_conver
 
 def test_publishing_calls_a_new_image_a_moved_tag_and_an_unchanged_tag_cost(cvmfs, client, unique_ref,
                                                                            converter_into):
-    """Through the stand-in, counting the calls it logs: a new image costs at most its new layers + 2
+    """On the real server, counting the calls it logs: a new image costs at most its new layers + 2
     publishing calls (ingest or publish), a tag moved onto a published flat root 1, an unchanged tag 0."""
     converter = converter_into()
     first = unique_ref("first")

@@ -1,10 +1,8 @@
 """ducc's commands and service publishing into a CVMFS repository: real ``ducc`` processes, a real Redis,
 real Celery workers, a real HTTP server standing for the stratum 1s, and ``cvmfs_server`` played by
-the stand-in.
-
-``cvmfs_server`` cannot be installed on these machines: every test here runs tests/support/cvmfs_server
-in its place (it enforces the real command's contract; tests/support/cvmfs.py sets it up). Its
-``<state>/srv/.cvmfspublished`` is the manifest a stratum 0's web server would serve.
+the real CernVM-FS 2.12 server (a repository of its own per test, through the recorder of
+tests/support/cvmfs.py). Its ``/srv/cvmfs/<repo>/.cvmfspublished`` is the manifest the stratum 0's web
+server serves.
 """
 
 from __future__ import annotations
@@ -32,7 +30,7 @@ from tests.support.service import DuccProcess, ducc_cli
 APP = Layer([Dir("etc"), File("etc/os-release", b"ID=cvmfs-service\n"), Dir("usr"), File("usr/app", b"v1", 0o755)])
 
 
-ducc = functools.partial(ducc_cli, timeout=600)  # a conversion through the stand-in takes longer
+ducc = functools.partial(ducc_cli, timeout=600)  # a conversion on the real server takes longer
 
 
 class Stratum1:
@@ -95,10 +93,10 @@ def submit(redis_server, tmp_path, cvmfs, ref: Reference) -> tuple[str, JobStore
 
 def test_a_worker_job_records_the_revision_and_when_each_stratum_1_serves_it(
         client, unique_ref, redis_server, cvmfs, workers, tmp_path):
-    """Through the stand-in, its manifest served over HTTP by three stratum 1s: one that follows the
+    """On the real server, its manifest served over HTTP by three stratum 1s: one that follows the
     stratum 0, one that catches up while the worker polls, one that never does. The job's timeline,
     ``ducc status``, the API and the status page all say where the revision is visible, and when."""
-    manifest = cvmfs.state / "srv" / ".cvmfspublished"
+    manifest = cvmfs.manifest
     stale = tmp_path / "stale.cvmfspublished"
     shutil.copy(manifest, stale)
     live = Stratum1(tmp_path / "s1-live", cvmfs.repository, manifest)
@@ -153,29 +151,40 @@ def test_a_worker_job_records_the_revision_and_when_each_stratum_1_serves_it(
 
 def test_a_failed_cvmfs_server_call_fails_the_job_with_the_commands_own_words(
         client, unique_ref, redis_server, cvmfs, workers, tmp_path):
-    """Through the stand-in, its publish failing with its own message: the job fails at once (not a
-    temporary error), its reason quotes cvmfs_server, and no transaction is left open."""
+    """On the real server, its publish failing with its own words, as many lines as the real script
+    prints: the job fails at once (not a temporary error), its error is one line carrying the reason,
+    the timeline keeps the whole output and the command line, and no transaction is left open."""
     workers()
-    cvmfs.fail("publish", 1, message="Synchronization failed: the backend storage is full")
+    cvmfs.fail("publish", 1, message=SCRIPT_NOISE + "the backend storage is full\nSynchronization failed\n\n"
+               "Executed Command:\ncvmfs_swissknife sync -u /cvmfs/x -s /var/spool/cvmfs/x/scratch/current")
     ref = unique_ref()
     push_image(client, ref, ImageSpec(layers=[APP]))
     job_id, jobs, _ = submit(redis_server, tmp_path, cvmfs, ref)
     job = wait_until(lambda: (j := jobs.get(job_id)) is not None and j.finished and j, "the job never finished")
     assert job.state == "failed"
     assert "the backend storage is full" in job.error and "cvmfs_server publish" in job.error
+    assert "\n" not in job.error and "swissknife" not in job.error and "[[" not in job.error
+    assert any("Executed Command:\ncvmfs_swissknife sync" in e["detail"] and "recorder publish" in e["detail"]
+               for e in job.events), job.events
     assert not job.temporary and job.attempts == 1
     assert not cvmfs.in_transaction()
     assert not os.path.lexists(cvmfs.client / layout.tag_link(ref))
+
+
+# What the real script prints on stderr before its reason (a bash-ism it runs with dash).
+SCRIPT_NOISE = "/usr/bin/cvmfs_server: 9263: eval: [[: not found\n"
 
 
 # -- the commands' ways of naming the repository ------------------------------------------------
 
 
 def test_convert_takes_the_repository_from_the_option_or_the_environment(client, unique_ref, cvmfs, tmp_path):
-    """Through the stand-in: ``--cvmfs-repo`` or ``DUCC_CVMFS_REPO``, with ``DUCC_CVMFS_SERVER`` naming the
-    command and ``DUCC_CVMFS_MOUNT`` the mount (no ``cvmfs_server`` on PATH, no ``/cvmfs``)."""
+    """On the real server: ``--cvmfs-repo`` or ``DUCC_CVMFS_REPO``, with ``DUCC_CVMFS_SERVER`` naming the
+    command and ``DUCC_CVMFS_MOUNT`` the mount (the recorder is not on PATH: every call goes through it
+    because DUCC_CVMFS_SERVER names it)."""
     env = cvmfs.ducc_env(tmp_path / "state")
-    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if Path(p) != cvmfs.binary.parent)
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep)
+                                  if Path(p) not in (cvmfs.binary.parent, cvmfs.state / "bin"))
     first, second = unique_ref("option"), unique_ref("environment")
     for ref in (first, second):
         push_image(client, ref, ImageSpec(layers=[APP]))
@@ -189,10 +198,23 @@ def test_convert_takes_the_repository_from_the_option_or_the_environment(client,
     missing = ducc("convert", str(first), "--force", "--cvmfs-repo", cvmfs.repository,
                    env={**env, "DUCC_CVMFS_SERVER": str(tmp_path / "no-such-command")}, cwd=tmp_path)
     assert missing.returncode == 1 and "no-such-command" in missing.stderr
+    cvmfs.fail("ingest", len(cvmfs.calls("ingest")) + 1, message=SCRIPT_NOISE + "cvmfs_swissknife: "
+               "/src/cvmfs/catalog_rw.cc:171: void catalog::WritableCatalog::AddEntry(const DirectoryEntry&): "
+               "Assertion `retval' failed.\nAborted\nSynchronization failed\n\nExecuted Command:\n"
+               "cvmfs_swissknife ingest -u /cvmfs/x -T - -B .layers -C true")
+    third = unique_ref("crash")
+    push_image(client, third, ImageSpec(layers=[Layer([File("usr/crash", b"c")])]))
+    crashed = ducc("convert", str(third), "--cvmfs-repo", cvmfs.repository, env=env, cwd=tmp_path)
+    assert crashed.returncode == 1
+    assert crashed.stderr.endswith("cvmfs_server ingest failed (exit 1): cvmfs_swissknife: catalog_rw.cc:171: "
+                                   "Assertion `retval' failed.\n"), crashed.stderr
+    assert "Executed Command" not in crashed.stderr and "eval:" not in crashed.stderr
+    assert crashed.stderr.count("Assertion") == 1  # the one line, nothing else of the command's output
+    assert cvmfs.calls("ingest"), "DUCC_CVMFS_SERVER was not the command ducc ran"
 
 
 def test_sync_publishes_into_the_wishlists_cvmfs_repo_when_none_is_given(client, unique_ref, cvmfs, tmp_path):
-    """Through the stand-in: the wishlist's ``cvmfs_repo`` (DUCC's field) is used when neither
+    """On the real server: the wishlist's ``cvmfs_repo`` (DUCC's field) is used when neither
     ``--cvmfs-repo`` nor ``DUCC_CVMFS_REPO`` is given; ``--cvmfs-repo`` is taken as well."""
     ref = unique_ref()
     push_image(client, ref, ImageSpec(layers=[APP]))
@@ -209,7 +231,7 @@ def test_sync_publishes_into_the_wishlists_cvmfs_repo_when_none_is_given(client,
 
 
 def test_serve_with_cvmfs_repo_publishes_submitted_images_there(client, unique_ref, cvmfs, tmp_path):
-    """Through the stand-in: ``ducc serve --cvmfs-repo`` (embedded Redis, a worker, beat) publishes a
+    """On the real server: ``ducc serve --cvmfs-repo`` (embedded Redis, a worker, beat) publishes a
     submitted image into the repository, and ``ducc status`` names the revision."""
     state = tmp_path / "state"
     env = cvmfs.ducc_env(state, DUCC_LOG_LEVEL="INFO")
@@ -231,7 +253,7 @@ def test_serve_with_cvmfs_repo_publishes_submitted_images_there(client, unique_r
 
 def test_a_worker_killed_mid_ingest_publishes_nothing_and_the_requeued_job_completes(
         client, unique_ref, redis_server, cvmfs, workers, tmp_path):
-    """Through the stand-in: the whole worker (Celery main process and pool) is SIGKILLed while a layer
+    """On the real server: the whole worker (Celery main process and pool) is SIGKILLed while a layer
     streams into ingest. The guard, in a session of its own, poisons the stream: nothing is published
     and no transaction stays open. A new worker requeues the job once its lease lapses, and publishes
     the whole image."""

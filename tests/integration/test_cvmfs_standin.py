@@ -27,6 +27,13 @@ from tests.support.cvmfs import CvmfsStandin, cvmfs_standin
 REPO = "test.cern.ch"
 
 
+@pytest.fixture
+def cvmfs(tmp_path):
+    """The stand-in itself (the shared ``cvmfs`` fixture is the real server)."""
+    with cvmfs_standin(tmp_path / "cvmfs-repo") as standin:
+        yield standin
+
+
 def tar_of(*entries: tuple[str, bytes | str | None], kind: bytes = tarfile.REGTYPE) -> bytes:
     """A plain tar: (name, content) for files, (name, None) for directories, ("name", "->target") for symlinks,
     ("name", "=>target") for hardlinks."""
@@ -198,16 +205,17 @@ def test_publish_and_ingest_refuse_a_current_directory_inside_the_mount(cvmfs):
 
 
 def test_the_revision_grows_by_one_per_publish_or_ingest(cvmfs):
-    """Stand-in for cvmfs_server: ``.cvmfspublished`` at the mount root, its ``S`` line +1 per publishing call."""
+    """Stand-in for cvmfs_server: the stratum 0's ``.cvmfspublished`` (not in the mount), its ``S`` line +1 per
+    publishing call."""
     assert cvmfs.revision() == 1
     ingest(cvmfs, tar_of(("f", "x")), "a")
     cvmfs.run("transaction", REPO)
     cvmfs.run("publish", REPO)
     cvmfs.run("ingest", "-d", "a", REPO)
     assert cvmfs.revision() == 4
-    manifest = (cvmfs.mount / ".cvmfspublished").read_text()
+    manifest = (cvmfs.state / "srv" / ".cvmfspublished").read_text()
     assert "S4\n" in manifest and f"N{REPO}\n" in manifest
-    assert (cvmfs.state / "srv" / ".cvmfspublished").read_text() == manifest
+    assert not os.path.lexists(cvmfs.mount / ".cvmfspublished")  # as on the real server: only /srv has it
 
 
 def test_a_subpath_transaction_needs_an_existing_parent(cvmfs):

@@ -1,6 +1,7 @@
-"""gc and rm on a CVMFS repository, through the ``cvmfs_server`` stand-in (tests/support/cvmfs_server:
-the real command cannot be installed on these machines; the stand-in enforces its contract and logs every
-call, so the tests count them). Real images from a real registry; the ``ducc`` command runs as a process."""
+"""gc and rm on a CVMFS repository, on the real CernVM-FS 2.12 server (a repository of its own per test,
+through the recorder that logs every call, so the tests count them); a gateway's busy lease on the
+stand-in (tests/support/cvmfs_server). Real images from a real registry; the ``ducc`` command runs as a
+process."""
 
 from __future__ import annotations
 
@@ -14,16 +15,17 @@ from ducc import layout
 from ducc.convert import Converter
 from ducc.model.digest import Digest
 from ducc.publish.tarstream import write_tree
-from tests.support.cvmfs import CvmfsStandin
+from tests.support.cvmfs import CvmfsStandin, RealCvmfs
 from tests.support.images import File, ImageSpec, Layer, push_image
 
 REPO = "test.cern.ch"
 
 
-def ducc(cvmfs: CvmfsStandin, state: Path, *args: str) -> str:
+def ducc(cvmfs: CvmfsStandin | RealCvmfs, state: Path, *args: str) -> str:
     env = {**cvmfs.env(), "DUCC_CVMFS_MOUNT": str(cvmfs.mount), "DUCC_STATE_DIR": str(state), "DUCC_CACHE_DIR": "off"}
     env.pop("DUCC_GC_GRACE", None)
-    done = subprocess.run([sys.executable, "-m", "ducc", *args, "--cvmfs-repo", REPO], env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "ducc", *args, "--cvmfs-repo", cvmfs.repository], env=env,
+                          capture_output=True,
                           text=True, timeout=600, cwd="/")
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
@@ -68,7 +70,7 @@ def test_gc_deletes_through_one_ingest_delete_and_rm_unpublishes_in_one_publish(
     assert published_trees(cvmfs, ".layers") == {d.hex for d in new.layer_digests}
     assert (cvmfs.client / layout.tag_link(ref) / "which").read_bytes() == b"new"
     # The state is this publisher's own, under DUCC_STATE_DIR; nothing of it goes into the repository.
-    assert (state / "gc" / f"{REPO}.json").is_file() and not (cvmfs.client / layout.GC_STATE).exists()
+    assert (state / "gc" / f"{cvmfs.repository}.json").is_file() and not (cvmfs.client / layout.GC_STATE).exists()
 
     publishes = len(cvmfs.publishing_calls())
     assert ducc(cvmfs, state, "rm", str(ref)).startswith("unpublished\t")
@@ -88,7 +90,8 @@ def test_many_deletions_are_batched_64_paths_to_a_call(cvmfs, tmp_path):
         (tree / digest.prefix / digest.hex / "layerfs" / "n").write_bytes(b"%d" % n)
     stream = io.BytesIO()
     write_tree(tree, stream)
-    assert cvmfs.run("ingest", "-t", "-", "-b", ".layers", "-c", REPO, input=stream.getvalue()).returncode == 0
+    assert cvmfs.run("ingest", "-t", "-", "-b", ".layers", "-c", cvmfs.repository,
+                     input=stream.getvalue()).returncode == 0
     assert len(published_trees(cvmfs, ".layers")) == 65
     out = ducc(cvmfs, tmp_path / "state", "gc", "--grace", "0")
     assert "deleted 0 flat roots and 65 layers" in out
@@ -98,7 +101,7 @@ def test_many_deletions_are_batched_64_paths_to_a_call(cvmfs, tmp_path):
 
 def test_gc_keeps_every_platform_behind_a_variant_link_and_rm_of_the_last_platform_removes_it(
         cvmfs, client, unique_ref, tmp_path):
-    """Through the stand-in: a tag published for amd64 and arm64 has a variant public link and each
+    """On the real server: a tag published for amd64 and arm64 has a variant public link and each
     platform's own link under .multiarch; the default platform's record stays at .metadata. gc --grace 0
     keeps both flat roots and every layer of both images; rm of one platform keeps the other reachable; rm
     of the last removes the variant link, and gc then empties the repository of the tag."""
