@@ -322,7 +322,9 @@ class CvmfsPublisher(CvmfsView):
         def stream(out: BinaryIO) -> None:
             write_tree(tree, out)
 
-        self._retry_busy(lambda: self.server.ingest(stream, self._path(base), catalog=True))
+        # workaround: ingest -c crashes when the stream already holds the marker at its root.
+        marked = (tree / layout.CATALOG).exists()
+        self._retry_busy(lambda: self.server.ingest(stream, self._path(base), catalog=not marked))
         return shard / digest.prefix / digest.hex
 
     def small_changes(self, paths: list[PurePosixPath], changes: list[Callable[[Path], None]]) -> None:
