@@ -124,7 +124,8 @@ def retag(registry: str, source: str, target: str) -> None:
     urllib.request.urlopen(put).close()
 
 
-def one_round(image: str, work: Path, repository: str, extra: dict[str, list[tuple[int, int]]]) -> Run:
+def one_round(image: str, work: Path, repository: str, extra: dict[str, list[tuple[int, int]]],
+              baseline: Path | None = None) -> Run:
     for path in (work / "state", work / "cache"):
         shutil.rmtree(path, ignore_errors=True)
     log = work / "calls.log"
@@ -135,18 +136,22 @@ def one_round(image: str, work: Path, repository: str, extra: dict[str, list[tup
                "DUCC_STATE_DIR": str(work / "state"), "DUCC_CACHE_DIR": str(work / "cache")}
         for name in ("DUCC_CVMFS_REPO", "DUCC_PUBLISHER", "DUCC_ROOT", "DUCC_REDIS_URL", "DUCC_CVMFS_MOUNT"):
             env.pop(name, None)
-        wall, rss = run([*DUCC, "convert", image, "--cvmfs-repo", repository], env, work)
+        ducc = DUCC
+        if baseline is not None:  # another checkout's ducc, run by this one's virtualenv
+            env["PYTHONPATH"] = str(baseline)
+            ducc = [str(HERE / ".venv/bin/python"), "-m", "ducc", "-q"]
+        wall, rss = run([*ducc, "convert", image, "--cvmfs-repo", repository], env, work)
         result = Run(wall, rss, read_calls(log))
         registry = image.split("/")[0]
         for tag, source in (("moved", "base"), ("moved", "big")):  # a new flat root, then an already published one
             retag(registry, source, tag)
             before = len(read_calls(log))
-            run([*DUCC, "convert", f"{registry}/bench/debian:{tag}", "--cvmfs-repo", repository], env, work)
+            run([*ducc, "convert", f"{registry}/bench/debian:{tag}", "--cvmfs-repo", repository], env, work)
             calls = read_calls(log)[before:]
             extra.setdefault(f"tag moved onto {source}", []).append(
                 (len(calls), sum(c.command in PUBLISHING for c in calls)))
         before = len(read_calls(log))
-        run([*DUCC, "convert", image, "--cvmfs-repo", repository], env, work)
+        run([*ducc, "convert", image, "--cvmfs-repo", repository], env, work)
         calls = read_calls(log)[before:]
         extra.setdefault("unchanged tag", []).append((len(calls), sum(c.command in PUBLISHING for c in calls)))
     finally:
@@ -160,6 +165,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--repository", default="benchcvmfs.ducc.test")
+    parser.add_argument("--baseline", type=Path,
+                        help="a checkout of other ducc code (e.g. `git archive` of an older commit): its rounds "
+                             "alternate with this checkout's, and both are reported")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("cvmfs_server mkfs and rmfs need root: run the benchmark as root")
@@ -170,17 +178,30 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     runs: list[Run] = []
+    baseline_runs: list[Run] = []
     extra: dict[str, list[tuple[int, int]]] = {}
+    baseline_extra: dict[str, list[tuple[int, int]]] = {}
     for round_ in range(args.rounds):
-        r = one_round(image, work, args.repository, extra)
-        runs.append(r)
-        print(f"round {round_ + 1}: {r.wall:6.2f} s  inside cvmfs_server {r.server_seconds:6.2f} s  "
-              f"peak RSS with children {r.rss / 1e6:4.0f} MB  {len(r.calls)} calls, {r.publishing} publishing",
-              flush=True)
-        print("  calls: " + ", ".join(f"{' '.join(c.argv[:2] if c.command != 'ingest' else c.argv[:1])} "
-                                      f"{c.seconds:.1f}s" + (f" (exit {c.rc})" if c.rc else "") for c in r.calls),
-              flush=True)
+        order = [None] if args.baseline is None else ([args.baseline, None] if round_ % 2 == 0 else [None, args.baseline])
+        for code in order:
+            r = one_round(image, work, args.repository, extra if code is None else baseline_extra, code)
+            (runs if code is None else baseline_runs).append(r)
+            who = "this code" if code is None else f"baseline {code}"
+            print(f"round {round_ + 1}, {who}: {r.wall:6.2f} s  inside cvmfs_server {r.server_seconds:6.2f} s  "
+                  f"peak RSS with children {r.rss / 1e6:4.0f} MB  {len(r.calls)} calls, {r.publishing} publishing",
+                  flush=True)
+            print("  calls: " + ", ".join(f"{' '.join(c.argv[:2] if c.command != 'ingest' else c.argv[:1])} "
+                                          f"{c.seconds:.1f}s" + (f" (exit {c.rc})" if c.rc else "") for c in r.calls),
+                  flush=True)
     shutil.rmtree(work, ignore_errors=True)
+    if baseline_runs:
+        print()
+        print(f"baseline: wall {statistics.median(r.wall for r in baseline_runs):.1f} s, inside cvmfs_server "
+              f"{statistics.median(r.server_seconds for r in baseline_runs):.1f} s, peak RSS with children "
+              f"{max(r.rss for r in baseline_runs) / 1e6:.0f} MB, {len(baseline_runs[0].calls)} calls, "
+              f"{baseline_runs[0].publishing} publishing (medians of {len(baseline_runs)})")
+        for what, counts in baseline_extra.items():
+            print(f"baseline, {what}: {counts[0][0]} cvmfs_server calls, {counts[0][1]} publishing")
 
     wall = statistics.median(r.wall for r in runs)
     inside = statistics.median(r.server_seconds for r in runs)

@@ -6,8 +6,9 @@
 # recorded on a real stratum 0 (DUCC cannot run here).
 #
 # usage: bench/cvmfs.sh [WORKDIR]   (BENCH_REGISTRY=host:port to reuse a registry; BENCH_ROUNDS=2;
-#                                    BENCH_CVMFS_REPO=bench<name>.ducc.test)
+#                                    BENCH_CVMFS_REPO=bench<name>.ducc.test; BENCH_BASELINE=DIR, a checkout
+#                                    of other ducc code whose rounds alternate with this one's)
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
 "$py" "$here/bench/cvmfs.py" --registry "$reg" --work "$work" --rounds "${BENCH_ROUNDS:-2}" \
-  --repository "${BENCH_CVMFS_REPO:-benchcvmfs.ducc.test}"
+  --repository "${BENCH_CVMFS_REPO:-benchcvmfs.ducc.test}" ${BENCH_BASELINE:+--baseline "$BENCH_BASELINE"}
