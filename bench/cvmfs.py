@@ -33,6 +33,7 @@ MANIFEST_TYPES = ", ".join(["application/vnd.oci.image.manifest.v1+json",
 # DUCC on a real stratum 0, the same image from a loopback registry, images whose layers were all new.
 DUCC_RECORDED = {"wall": 72.0, "rss_mb": 421, "calls": 38, "publishing": 20}
 PUBLISHING = ("publish", "ingest")  # the commands that make a revision
+LARGEST: list[tuple[str, int]] = []  # the largest processes at the peak of the last run
 
 
 @dataclass
@@ -51,6 +52,7 @@ class Run:
     wall: float
     rss: int  # peak of the summed RSS of ducc and its descendants, bytes
     calls: list[Call]
+    largest: list[tuple[str, int]]  # the largest of them at that peak (name, RSS)
 
     @property
     def server_seconds(self) -> float:
@@ -61,8 +63,8 @@ class Run:
         return sum(c.command in PUBLISHING for c in self.calls)
 
 
-def _tree_rss(root: int) -> int:
-    """RSS of ``root`` and all its descendants, bytes (one pass over /proc)."""
+def _tree_rss(root: int) -> tuple[int, list[tuple[str, int]]]:
+    """RSS of ``root`` and all its descendants, bytes (one pass over /proc), and each one's (name, RSS)."""
     parent: dict[int, int] = {}
     rss: dict[int, int] = {}
     for entry in os.listdir("/proc"):
@@ -76,13 +78,23 @@ def _tree_rss(root: int) -> int:
         parent[int(entry)] = int(fields[1])
         rss[int(entry)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
     total = 0
+    members: list[tuple[str, int]] = []
     for pid in rss:
         walk = pid
         while walk > 1 and walk != root:
             walk = parent.get(walk, 0)
         if walk == root:
             total += rss[pid]
-    return total
+            members.append((_name(pid), rss[pid]))
+    return total, members
+
+
+def _name(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as handle:
+            return handle.read().strip()
+    except OSError:
+        return "?"
 
 
 def run(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float, int]:
@@ -91,8 +103,12 @@ def run(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float, int]
     started = time.perf_counter()
     process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     peak = 0
+    LARGEST.clear()
     while process.poll() is None:
-        peak = max(peak, _tree_rss(process.pid))
+        total, members = _tree_rss(process.pid)
+        if total > peak:
+            peak = total
+            LARGEST[:] = sorted(members, key=lambda m: -m[1])[:4]
         time.sleep(0.1)
     wall = time.perf_counter() - started
     stderr = process.stderr.read().decode() if process.stderr else ""
@@ -141,7 +157,7 @@ def one_round(image: str, work: Path, repository: str, extra: dict[str, list[tup
             env["PYTHONPATH"] = str(baseline)
             ducc = [str(HERE / ".venv/bin/python"), "-m", "ducc", "-q"]
         wall, rss = run([*ducc, "convert", image, "--cvmfs-repo", repository], env, work)
-        result = Run(wall, rss, read_calls(log))
+        result = Run(wall, rss, read_calls(log), list(LARGEST))
         registry = image.split("/")[0]
         for tag, source in (("moved", "base"), ("moved", "big")):  # a new flat root, then an already published one
             retag(registry, source, tag)
@@ -190,6 +206,8 @@ def main() -> None:
             print(f"round {round_ + 1}, {who}: {r.wall:6.2f} s  inside cvmfs_server {r.server_seconds:6.2f} s  "
                   f"peak RSS with children {r.rss / 1e6:4.0f} MB  {len(r.calls)} calls, {r.publishing} publishing",
                   flush=True)
+            print("  largest processes at the peak: "
+                  + ", ".join(f"{name} {size / 1e6:.0f} MB" for name, size in r.largest), flush=True)
             print("  calls: " + ", ".join(f"{' '.join(c.argv[:2] if c.command != 'ingest' else c.argv[:1])} "
                                           f"{c.seconds:.1f}s" + (f" (exit {c.rc})" if c.rc else "") for c in r.calls),
                   flush=True)

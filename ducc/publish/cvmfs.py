@@ -3,7 +3,11 @@
 The layout is the directory publisher's (``ducc.layout``), under ``/cvmfs/<repo>[/<subdir>]``,
 and so are the promises (``ducc.publish``); only how a change becomes visible differs:
 
-- a layer or a flat root is one ``cvmfs_server ingest --catalog -t - -b <base>``: the staged tree
+- a flat root is one ``transaction`` … ``publish`` in which its files are grafted onto the content
+  its layers already put into the repository (``ducc.publish.graft``): ``cvmfs_server`` never
+  compresses or hashes the image's data a second time. Where grafts cannot apply it is streamed
+  like a layer;
+- a layer is one ``cvmfs_server ingest --catalog -t - -b <base>``: the staged tree
   streamed as a plain tar (``ducc.publish.tarstream.write_tree``: canonical names only, hardlinks
   only within one directory, the end of the archive written last) through the guard of
   ``ducc.publish.ingest_guard`` (a stream ducc did not finish is poisoned, whatever stopped ducc),

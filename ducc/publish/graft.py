@@ -8,8 +8,9 @@ such file as a *graft*: an empty file with the right mode and mtime, and beside 
 ``.cvmfsgraft-<name>`` holding the size, the content hash, the chunk list and the compression of
 the layer's published copy (read from the repository's own mount through CVMFS's ``user.chunk_list``
 and ``user.compression`` attributes). ``publish`` then enters the graft's hash in the catalog without
-reading any data and never publishes the marker itself. Directories, symlinks, empty files and files
-no layer holds (the ``.singularity.d`` ducc adds) are written as they are.
+reading any data and never publishes the marker itself. Directories, symlinks, files of at most
+``GRAFT_MIN`` bytes and files no layer holds (the ``.singularity.d`` ducc adds) are written as
+they are.
 
 Which layer a file comes from is decided per path, exactly: the topmost layer (the last one) that
 has an entry at that path, reached through real directories only (never through a symlink of the
@@ -41,6 +42,9 @@ GRAFT_PREFIX = ".cvmfsgraft-"
 _COMPRESSIONS = frozenset({"zlib", "none"})  # what a graft marker's compression= line takes
 _COPY_BUFFER = 1 << 20
 _READERS = 8  # attributes read at once from the CVMFS client
+# Up to one page a file is cheaper written than grafted: one file created instead of two (the marker),
+# and publish compresses a few KiB. Most files of a distribution are that small.
+GRAFT_MIN = 4096
 
 
 @dataclass(frozen=True)
@@ -209,7 +213,7 @@ def plan(flat: Path, layers: Sequence[LayerCopy]) -> Plan | None:
             elif stat.S_ISLNK(st.st_mode):
                 result.entries.append(Entry(SYMLINK, rel, mode, st.st_mtime_ns, target=os.readlink(entry.path)))
             elif stat.S_ISREG(st.st_mode):
-                origin = found.origin(rel, st) if st.st_size > 0 and entry.name != CATALOG else None
+                origin = found.origin(rel, st) if st.st_size > GRAFT_MIN and entry.name != CATALOG else None
                 if origin is not None:
                     candidates.append((len(result.entries), origin.published / rel, st.st_size))
                 result.entries.append(Entry(COPY, rel, mode, st.st_mtime_ns, source=entry.path))
@@ -245,44 +249,60 @@ def write(plan: Plan, top: Path, root_mode: int, root_mtime_ns: int) -> None:
         if entry.kind == DIR:
             os.mkdir(top / entry.rel, 0o700)
             directories.append((top / entry.rel, entry.mode, entry.mtime_ns))
-    for entry in plan.entries:  # then everything else
-        if entry.kind != DIR:
-            _write_entry(top, entry)
+    # Then everything else. A directory's own entries are consecutive in a plan: one open per directory.
+    current, directory = None, -1
+    try:
+        for entry in plan.entries:
+            if entry.kind == DIR:
+                continue
+            parent = entry.rel.rpartition("/")[0]
+            if parent != current:
+                if directory >= 0:
+                    os.close(directory)
+                    directory = -1
+                directory = os.open(top / parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+                current = parent
+            _write_entry(directory, entry)
+    finally:
+        if directory >= 0:
+            os.close(directory)
     for path, mode, mtime_ns in reversed(directories):
         os.chmod(path, mode)
         os.utime(path, ns=(mtime_ns, mtime_ns))
 
 
-def _write_entry(top: Path, entry: Entry) -> None:
-    path = top / entry.rel
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+
+
+def _write_entry(directory: int, entry: Entry) -> None:
+    """Create one non-directory entry in the open directory ``directory``: each path lookup and each
+    metadata change is a round trip through the union mount, so names are relative to it and the
+    mode and mtime are set on the open file."""
+    name = entry.rel.rpartition("/")[2]
     if entry.kind == SYMLINK:
-        os.symlink(entry.target, path)
-        os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
-    elif entry.kind == GRAFT:
-        assert entry.content is not None
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
-        _write_new(path.with_name(GRAFT_PREFIX + path.name), entry.content.marker())
-        _finish_file(path, entry)
-    else:
-        _copy_new(entry.source, path)
-        _finish_file(path, entry)
+        os.symlink(entry.target, name, dir_fd=directory)
+        os.utime(name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=directory, follow_symlinks=False)
+        return
+    fd = os.open(name, _CREATE, 0o600, dir_fd=directory)
+    try:
+        if entry.kind == GRAFT:
+            assert entry.content is not None
+            _write_all(os.open(GRAFT_PREFIX + name, _CREATE, 0o644, dir_fd=directory), entry.content.marker())
+        else:
+            with os.fdopen(os.open(entry.source, os.O_RDONLY | os.O_NOFOLLOW), "rb", buffering=0) as source:
+                while chunk := source.read(_COPY_BUFFER):
+                    _write_all(fd, chunk, close=False)
+        os.fchmod(fd, entry.mode)  # after the data: setuid/setgid bits survive
+        os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+    finally:
+        os.close(fd)
 
 
-def _finish_file(path: Path, entry: Entry) -> None:
-    os.chmod(path, entry.mode)  # after any write: setuid/setgid bits survive
-    os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns))
-
-
-def _write_new(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-
-
-def _copy_new(source: str, path: Path) -> None:
-    fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
-    with os.fdopen(fd, "rb") as src:
-        out_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(out_fd, "wb") as out:
-            while chunk := src.read(_COPY_BUFFER):
-                out.write(chunk)
+def _write_all(fd: int, data: bytes, *, close: bool = True) -> None:
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        if close:
+            os.close(fd)
