@@ -37,6 +37,11 @@ _UNSAFE = re.compile(r"[\s*?\[\]]")
 _OUTPUT_TAIL = 4000
 _FRAME = 4 << 20  # the largest frame ducc sends (tarfile writes 1 MiB at a time anyway)
 _GUARD = (sys.executable, "-I", "-S", ingest_guard.__file__, "--")
+# cvmfs_swissknife (ingest, publish) buffers what it compresses in memory up to min(1 GiB, RAM / 5) by
+# default; _CVMFS_SERVER_PIPELINE_MB (read by its ingestion pipeline) sets that budget. 64 MiB keeps an
+# ingest of the bench image's largest layer at 110 MB instead of 380 MB, in the same time. A value in
+# the environment (the operator's) wins.
+PIPELINE_MB = "64"
 
 
 def _clean_path(path: str, what: str) -> str:
@@ -121,12 +126,17 @@ class CvmfsServer:
     def _command(self, *args: str) -> tuple[str, ...]:
         return (self.binary, *args)
 
+    def _environment(self) -> dict[str, str]:
+        env = dict(self.env if self.env is not None else os.environ)
+        env.setdefault("_CVMFS_SERVER_PIPELINE_MB", PIPELINE_MB)
+        return env
+
     def _run(self, *args: str, what: str | None = None) -> subprocess.CompletedProcess[str]:
         command = self._command(*args)
         log.debug("running %s", " ".join(command))
         try:
             done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                  cwd=self.cwd, env=self.env, timeout=self.timeout)
+                                  cwd=self.cwd, env=self._environment(), timeout=self.timeout)
         except FileNotFoundError as exc:
             raise CvmfsError(command, 127, f"{self.binary} not found: {exc}", what=what) from exc
         except subprocess.TimeoutExpired as exc:
@@ -252,7 +262,7 @@ class CvmfsServer:
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             # The guard runs the command: a missing binary shows as the guard's exit 127.
             process = subprocess.Popen((*_GUARD, *command), stdin=subprocess.PIPE, stdout=out, stderr=err,
-                                       cwd=self.cwd, env=self.env, start_new_session=True)
+                                       cwd=self.cwd, env=self._environment(), start_new_session=True)
             assert process.stdin is not None
             sink = _Frames(process.stdin)
             try:
