@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent.parent
-DUCC = [str(HERE / ".venv/bin/ducc"), "-q"]
+DUCC = [str(HERE / ".venv/bin/ducc")]
 TIMED = HERE / "bench" / "cvmfs_server_timed"
 MANIFEST_TYPES = ", ".join(["application/vnd.oci.image.manifest.v1+json",
                             "application/vnd.docker.distribution.manifest.v2+json"])
@@ -34,6 +34,7 @@ MANIFEST_TYPES = ", ".join(["application/vnd.oci.image.manifest.v1+json",
 DUCC_RECORDED = {"wall": 72.0, "rss_mb": 421, "calls": 38, "publishing": 20}
 PUBLISHING = ("publish", "ingest")  # the commands that make a revision
 LARGEST: list[tuple[str, int]] = []  # the largest processes at the peak of the last run
+FLAT_LINES: list[str] = []  # what the last run logged about its flat root
 
 
 @dataclass
@@ -53,6 +54,7 @@ class Run:
     rss: int  # peak of the summed RSS of ducc and its descendants, bytes
     calls: list[Call]
     largest: list[tuple[str, int]]  # the largest of them at that peak (name, RSS)
+    flat: list[str]  # what ducc logged about the flat root
 
     @property
     def server_seconds(self) -> float:
@@ -101,7 +103,8 @@ def run(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float, int]
     """Wall seconds of ``command`` and the peak RSS of its process tree (sampled every 0.1 s)."""
     os.sync()
     started = time.perf_counter()
-    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = open(cwd / "ducc.log", "w+b")  # a file, not a pipe: ducc's log must never block it
+    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=log)
     peak = 0
     LARGEST.clear()
     while process.poll() is None:
@@ -111,9 +114,12 @@ def run(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float, int]
             LARGEST[:] = sorted(members, key=lambda m: -m[1])[:4]
         time.sleep(0.1)
     wall = time.perf_counter() - started
-    stderr = process.stderr.read().decode() if process.stderr else ""
+    log.seek(0)
+    stderr = log.read().decode(errors="replace")
+    log.close()
     if process.returncode != 0:
         sys.exit(f"{' '.join(command)} failed:\n{stderr}")
+    FLAT_LINES[:] = [line.split(" INFO ", 1)[-1] for line in stderr.splitlines() if "flat root" in line]
     return wall, peak
 
 
@@ -155,9 +161,9 @@ def one_round(image: str, work: Path, repository: str, extra: dict[str, list[tup
         ducc = DUCC
         if baseline is not None:  # another checkout's ducc, run by this one's virtualenv
             env["PYTHONPATH"] = str(baseline)
-            ducc = [str(HERE / ".venv/bin/python"), "-m", "ducc", "-q"]
+            ducc = [str(HERE / ".venv/bin/python"), "-m", "ducc"]
         wall, rss = run([*ducc, "convert", image, "--cvmfs-repo", repository], env, work)
-        result = Run(wall, rss, read_calls(log), list(LARGEST))
+        result = Run(wall, rss, read_calls(log), list(LARGEST), list(FLAT_LINES))
         registry = image.split("/")[0]
         for tag, source in (("moved", "base"), ("moved", "big")):  # a new flat root, then an already published one
             retag(registry, source, tag)
@@ -208,6 +214,8 @@ def main() -> None:
                   flush=True)
             print("  largest processes at the peak: "
                   + ", ".join(f"{name} {size / 1e6:.0f} MB" for name, size in r.largest), flush=True)
+            for line in r.flat:
+                print(f"  {line}", flush=True)
             print("  calls: " + ", ".join(f"{' '.join(c.argv[:2] if c.command != 'ingest' else c.argv[:1])} "
                                           f"{c.seconds:.1f}s" + (f" (exit {c.rc})" if c.rc else "") for c in r.calls),
                   flush=True)
