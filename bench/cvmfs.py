@@ -1,18 +1,22 @@
-"""Times ducc converting the Debian toolchain image into a CVMFS repository (see cvmfs.sh).
+"""Times ducc converting the Debian toolchain image into a real CVMFS repository (see cvmfs.sh).
 
-Two kinds of run, alternating: through the cvmfs_server stand-in (tests/support/cvmfs_server, which
-really unpacks every stream into an overlayfs layer), and with cvmfs_server replaced by
-bench/cvmfs_server_reader, which only reads what ingest is given: there an ingest lasts as long as
-ducc takes to produce its stream. Then, on the stand-in's repository, the calls a moved tag and an
-unchanged tag cost. DUCC itself needs a real cvmfs_server and cannot run here; its figures, recorded
-on a real stratum 0 with the same image, are printed for comparison.
+Each round makes a fresh repository with the real ``cvmfs_server mkfs`` (CernVM-FS on this machine),
+converts ``bench/debian:big`` (3 layers, all new) with an empty blob cache, and measures: the wall
+time, every ``cvmfs_server`` call (through bench/cvmfs_server_timed, which logs each call's start,
+end and exit code), and the peak RSS of ducc together with every process below it (the guard,
+``cvmfs_server`` and the programs it runs), sampled. Then, on the same repository, the calls a moved
+tag and an unchanged tag cost; then the repository is removed again.
+
+DUCC (CVMFS's own Go converter) cannot run here (no Go toolchain or source): its figures were
+recorded on a real stratum 0 with the same image and are printed for comparison, not measured in the
+same run.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -22,55 +26,115 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(HERE))
-
-from tests.support.cvmfs import cvmfs_standin  # noqa: E402  (the stand-in lives with the tests)
-
-DUCC = [str(HERE / ".venv/bin/ducc"), "-q"]
-READER = HERE / "bench" / "cvmfs_server_reader"
-REPOSITORY = "bench.cern.ch"
+DUCC = [str(HERE / ".venv/bin/ducc")]
+TIMED = HERE / "bench" / "cvmfs_server_timed"
 MANIFEST_TYPES = ", ".join(["application/vnd.oci.image.manifest.v1+json",
                             "application/vnd.docker.distribution.manifest.v2+json"])
-# DUCC (CVMFS's Go tool) on a real stratum 0, the same image from a loopback registry (issue 9).
-DUCC_RECORDED = {"wall": 57.6, "rss_mb": 404, "calls": 44, "publishing": 23}
+# DUCC on a real stratum 0, the same image from a loopback registry, images whose layers were all new.
+DUCC_RECORDED = {"wall": 72.0, "rss_mb": 421, "calls": 38, "publishing": 20}
+PUBLISHING = ("publish", "ingest")  # the commands that make a revision
+LARGEST: list[tuple[str, int]] = []  # the largest processes at the peak of the last run
+FLAT_LINES: list[str] = []  # what the last run logged about its flat root
+
+
+@dataclass
+class Call:
+    seconds: float
+    rc: int
+    argv: list[str]
+
+    @property
+    def command(self) -> str:
+        return self.argv[0] if self.argv else ""
 
 
 @dataclass
 class Run:
     wall: float
-    rss: int  # ducc's own peak RSS (VmHWM), bytes
-    ingest_seconds: float  # the ingests, summed
-    calls: int
-    publishing: int
+    rss: int  # peak of the summed RSS of ducc and its descendants, bytes
+    calls: list[Call]
+    largest: list[tuple[str, int]]  # the largest of them at that peak (name, RSS)
+    flat: list[str]  # what ducc logged about the flat root
+
+    @property
+    def server_seconds(self) -> float:
+        return sum(c.seconds for c in self.calls)
+
+    @property
+    def publishing(self) -> int:
+        return sum(c.command in PUBLISHING for c in self.calls)
+
+
+def _tree_rss(root: int) -> tuple[int, list[tuple[str, int]]]:
+    """RSS of ``root`` and all its descendants, bytes (one pass over /proc), and each one's (name, RSS)."""
+    parent: dict[int, int] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parent[int(entry)] = int(fields[1])
+        rss[int(entry)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+    total = 0
+    members: list[tuple[str, int]] = []
+    for pid in rss:
+        walk = pid
+        while walk > 1 and walk != root:
+            walk = parent.get(walk, 0)
+        if walk == root:
+            total += rss[pid]
+            members.append((_name(pid), rss[pid]))
+    return total, members
+
+
+def _name(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as handle:
+            return handle.read().strip()
+    except OSError:
+        return "?"
 
 
 def run(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float, int]:
-    """Wall seconds of ``command`` and its own peak RSS (sampled VmHWM; children not counted)."""
+    """Wall seconds of ``command`` and the peak RSS of its process tree (sampled every 0.1 s)."""
     os.sync()
     started = time.perf_counter()
-    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = open(cwd / "ducc.log", "w+b")  # a file, not a pipe: ducc's log must never block it
+    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=log)
     peak = 0
+    LARGEST.clear()
     while process.poll() is None:
-        try:
-            with open(f"/proc/{process.pid}/status") as status:
-                for line in status:
-                    if line.startswith("VmHWM:"):
-                        peak = max(peak, int(line.split()[1]) * 1024)
-        except OSError:
-            pass
-        time.sleep(0.05)
+        total, members = _tree_rss(process.pid)
+        if total > peak:
+            peak = total
+            LARGEST[:] = sorted(members, key=lambda m: -m[1])[:4]
+        time.sleep(0.1)
     wall = time.perf_counter() - started
-    stderr = process.stderr.read().decode() if process.stderr else ""
+    log.seek(0)
+    stderr = log.read().decode(errors="replace")
+    log.close()
     if process.returncode != 0:
         sys.exit(f"{' '.join(command)} failed:\n{stderr}")
+    FLAT_LINES[:] = [line.split(" INFO ", 1)[-1] for line in stderr.splitlines() if "flat root" in line]
     return wall, peak
 
 
-def fresh(path: Path) -> Path:
-    if path.exists():
-        subprocess.run(["rm", "-rf", str(path)], check=True)
-    path.mkdir(parents=True)
-    return path
+def read_calls(log: Path) -> list[Call]:
+    calls = []
+    for line in log.read_text().splitlines() if log.exists() else []:
+        start, end, rc, *argv = line.split()
+        calls.append(Call(float(end) - float(start), int(rc), argv))
+    return calls
+
+
+def server(*args: str) -> None:
+    done = subprocess.run(["cvmfs_server", *args], cwd="/", capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"cvmfs_server {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
 
 
 def retag(registry: str, source: str, target: str) -> None:
@@ -82,42 +146,39 @@ def retag(registry: str, source: str, target: str) -> None:
     urllib.request.urlopen(put).close()
 
 
-def through_standin(image: str, work: Path, extra: dict[str, list]) -> Run:
-    with cvmfs_standin(fresh(work / "standin"), REPOSITORY) as cvmfs:
-        env = cvmfs.ducc_env(work / "state", DUCC_CACHE_DIR=str(fresh(work / "cache")))
-        wall, rss = run([*DUCC, "convert", image, "--cvmfs-repo", REPOSITORY], env, work)
-        calls = cvmfs.calls()
-        result = Run(wall, rss, sum(c.seconds or 0 for c in calls if c.command == "ingest"), len(calls),
-                     len(cvmfs.publishing_calls()))
+def one_round(image: str, work: Path, repository: str, extra: dict[str, list[tuple[int, int]]],
+              baseline: Path | None = None) -> Run:
+    for path in (work / "state", work / "cache"):
+        shutil.rmtree(path, ignore_errors=True)
+    log = work / "calls.log"
+    log.unlink(missing_ok=True)
+    server("mkfs", "-o", "root", repository)
+    try:
+        env = {**os.environ, "DUCC_CVMFS_SERVER": str(TIMED), "BENCH_CALLS_LOG": str(log),
+               "DUCC_STATE_DIR": str(work / "state"), "DUCC_CACHE_DIR": str(work / "cache")}
+        for name in ("DUCC_CVMFS_REPO", "DUCC_PUBLISHER", "DUCC_ROOT", "DUCC_REDIS_URL", "DUCC_CVMFS_MOUNT"):
+            env.pop(name, None)
+        ducc = DUCC
+        if baseline is not None:  # another checkout's ducc, run by this one's virtualenv
+            env["PYTHONPATH"] = str(baseline)
+            ducc = [str(HERE / ".venv/bin/python"), "-m", "ducc"]
+        wall, rss = run([*ducc, "convert", image, "--cvmfs-repo", repository], env, work)
+        result = Run(wall, rss, read_calls(log), list(LARGEST), list(FLAT_LINES))
         registry = image.split("/")[0]
         for tag, source in (("moved", "base"), ("moved", "big")):  # a new flat root, then an already published one
             retag(registry, source, tag)
-            before, before_publishing = len(cvmfs.calls()), len(cvmfs.publishing_calls())
-            run([*DUCC, "convert", f"{registry}/bench/debian:{tag}", "--cvmfs-repo", REPOSITORY], env, work)
+            before = len(read_calls(log))
+            run([*ducc, "convert", f"{registry}/bench/debian:{tag}", "--cvmfs-repo", repository], env, work)
+            calls = read_calls(log)[before:]
             extra.setdefault(f"tag moved onto {source}", []).append(
-                (len(cvmfs.calls()) - before, len(cvmfs.publishing_calls()) - before_publishing))
-        before, before_publishing = len(cvmfs.calls()), len(cvmfs.publishing_calls())
-        run([*DUCC, "convert", image, "--cvmfs-repo", REPOSITORY], env, work)
-        extra.setdefault("unchanged tag", []).append(
-            (len(cvmfs.calls()) - before, len(cvmfs.publishing_calls()) - before_publishing))
-        per_call = [(c.command, round(c.seconds or 0, 1)) for c in calls]
-        print(f"  calls: {json.dumps(per_call)}", flush=True)
+                (len(calls), sum(c.command in PUBLISHING for c in calls)))
+        before = len(read_calls(log))
+        run([*ducc, "convert", image, "--cvmfs-repo", repository], env, work)
+        calls = read_calls(log)[before:]
+        extra.setdefault("unchanged tag", []).append((len(calls), sum(c.command in PUBLISHING for c in calls)))
+    finally:
+        server("rmfs", "-f", repository)
     return result
-
-
-def through_reader(image: str, work: Path) -> Run:
-    mount = fresh(work / "reader") / "cvmfs" / REPOSITORY
-    mount.mkdir(parents=True)
-    (mount / ".cvmfspublished").write_text("S1\n--\n")
-    log = work / "reader" / "calls.log"
-    env = {**os.environ, "DUCC_CVMFS_SERVER": str(READER), "DUCC_CVMFS_MOUNT": str(mount),
-           "DUCC_STATE_DIR": str(work / "state"), "DUCC_CACHE_DIR": str(fresh(work / "cache")),
-           "BENCH_READER_LOG": str(log)}
-    wall, rss = run([*DUCC, "convert", image, "--cvmfs-repo", REPOSITORY], env, work)
-    ingests = [line.split() for line in log.read_text().splitlines()]
-    print(f"  ingests (layers, then the flat root): {[round(float(end) - float(start), 1) for _, start, end in ingests]}",
-          flush=True)
-    return Run(wall, rss, sum(float(end) - float(start) for _, start, end in ingests), len(ingests), len(ingests))
 
 
 def main() -> None:
@@ -125,47 +186,63 @@ def main() -> None:
     parser.add_argument("--registry", required=True)
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--repository", default="benchcvmfs.ducc.test")
+    parser.add_argument("--baseline", type=Path,
+                        help="a checkout of other ducc code (e.g. `git archive` of an older commit): its rounds "
+                             "alternate with this checkout's, and both are reported")
     args = parser.parse_args()
     if os.geteuid() != 0:
-        sys.exit("the cvmfs_server stand-in mounts overlayfs: run the benchmark as root")
+        sys.exit("cvmfs_server mkfs and rmfs need root: run the benchmark as root")
+    if not shutil.which("cvmfs_server"):
+        sys.exit("cvmfs_server is not installed (see ../shared/cvmfs/README.md)")
     image = f"{args.registry}/bench/debian:big"
-    work = fresh(args.work / "cvmfs-runs")
-    standin: list[Run] = []
-    reader: list[Run] = []
-    extra: dict[str, list] = {}
+    work = args.work / "cvmfs-runs"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    runs: list[Run] = []
+    baseline_runs: list[Run] = []
+    extra: dict[str, list[tuple[int, int]]] = {}
+    baseline_extra: dict[str, list[tuple[int, int]]] = {}
     for round_ in range(args.rounds):
-        for who in (["standin", "reader"] if round_ % 2 == 0 else ["reader", "standin"]):
-            if who == "standin":
-                r = through_standin(image, work, extra)
-                standin.append(r)
-                print(f"round {round_ + 1}: stand-in  {r.wall:6.2f}s  rss {r.rss / 1e6:4.0f} MB  ingests {r.ingest_seconds:5.2f}s  "
-                      f"{r.calls} calls, {r.publishing} publishing", flush=True)
-            else:
-                r = through_reader(image, work)
-                reader.append(r)
-                print(f"round {round_ + 1}: reader    {r.wall:6.2f}s  rss {r.rss / 1e6:4.0f} MB  "
-                      f"ducc's streams {r.ingest_seconds:5.2f}s ({r.calls} ingests)", flush=True)
-    subprocess.run(["rm", "-rf", str(work)], check=False)
+        order = [None] if args.baseline is None else ([args.baseline, None] if round_ % 2 == 0 else [None, args.baseline])
+        for code in order:
+            r = one_round(image, work, args.repository, extra if code is None else baseline_extra, code)
+            (runs if code is None else baseline_runs).append(r)
+            who = "this code" if code is None else f"baseline {code}"
+            print(f"round {round_ + 1}, {who}: {r.wall:6.2f} s  inside cvmfs_server {r.server_seconds:6.2f} s  "
+                  f"peak RSS with children {r.rss / 1e6:4.0f} MB  {len(r.calls)} calls, {r.publishing} publishing",
+                  flush=True)
+            print("  largest processes at the peak: "
+                  + ", ".join(f"{name} {size / 1e6:.0f} MB" for name, size in r.largest), flush=True)
+            for line in r.flat:
+                print(f"  {line}", flush=True)
+            print("  calls: " + ", ".join(f"{' '.join(c.argv[:2] if c.command != 'ingest' else c.argv[:1])} "
+                                          f"{c.seconds:.1f}s" + (f" (exit {c.rc})" if c.rc else "") for c in r.calls),
+                  flush=True)
+    shutil.rmtree(work, ignore_errors=True)
+    if baseline_runs:
+        print()
+        print(f"baseline: wall {statistics.median(r.wall for r in baseline_runs):.1f} s, inside cvmfs_server "
+              f"{statistics.median(r.server_seconds for r in baseline_runs):.1f} s, peak RSS with children "
+              f"{max(r.rss for r in baseline_runs) / 1e6:.0f} MB, {len(baseline_runs[0].calls)} calls, "
+              f"{baseline_runs[0].publishing} publishing (medians of {len(baseline_runs)})")
+        for what, counts in baseline_extra.items():
+            print(f"baseline, {what}: {counts[0][0]} cvmfs_server calls, {counts[0][1]} publishing")
 
-    def med(runs: list[Run], field: str) -> float:
-        return statistics.median(getattr(r, field) for r in runs)
-
-    s_wall, s_rss, s_ingest = med(standin, "wall"), max(r.rss for r in standin), med(standin, "ingest_seconds")
-    r_wall, r_streams = med(reader, "wall"), med(reader, "ingest_seconds")
+    wall = statistics.median(r.wall for r in runs)
+    inside = statistics.median(r.server_seconds for r in runs)
+    rss = max(r.rss for r in runs) / 1e6
     print()
-    print(f"image: {image} (3 layers), empty cache, fresh repository; medians of {args.rounds} alternating rounds")
-    print(f"{'':44}{'ducc (here)':>16}{'DUCC (recorded on a real stratum 0, not run here)':>52}")
-    print(f"{'conversion, wall':44}{s_wall:15.1f}s{DUCC_RECORDED['wall']:51.1f}s")
-    print(f"{'peak RSS':44}{s_rss / 1e6:13.0f} MB{DUCC_RECORDED['rss_mb']:49d} MB")
-    print(f"{'cvmfs_server calls':44}{standin[0].calls:16d}{DUCC_RECORDED['calls']:52d}")
-    print(f"{'publishing calls (ingest, publish)':44}{standin[0].publishing:16d}{DUCC_RECORDED['publishing']:52d}")
-    print()
-    print(f"through the stand-in: the ingests took {s_ingest:.1f} s of the {s_wall:.1f} s conversion")
-    print(f"with a command that only reads: conversion {r_wall:.1f} s, of which ducc producing its ingest streams "
-          f"{r_streams:.1f} s ({r_streams / s_ingest:.0%} of the stand-in's ingest time)")
+    print(f"image: {image} (3 layers, all new), empty cache, fresh repository; medians of {args.rounds} rounds "
+          "(peak RSS: the highest)")
+    print(f"{'':40}{'ducc (this run)':>18}   DUCC (recorded on a real stratum 0, NOT measured in this run)")
+    print(f"{'conversion, wall':40}{wall:17.1f}s   {DUCC_RECORDED['wall']:.1f} s  -> ratio {wall / DUCC_RECORDED['wall']:.2f}")
+    print(f"{'of which inside cvmfs_server':40}{inside:17.1f}s")
+    print(f"{'peak RSS, with children':40}{rss:15.0f} MB   {DUCC_RECORDED['rss_mb']} MB")
+    print(f"{'cvmfs_server calls':40}{len(runs[0].calls):18d}   {DUCC_RECORDED['calls']}")
+    print(f"{'publishing calls (ingest, publish)':40}{runs[0].publishing:18d}   {DUCC_RECORDED['publishing']}")
     for what, counts in extra.items():
-        calls, publishing = counts[0]
-        print(f"{what}: {calls} cvmfs_server calls, {publishing} publishing")
+        print(f"{what}: {counts[0][0]} cvmfs_server calls, {counts[0][1]} publishing")
 
 
 if __name__ == "__main__":

@@ -288,7 +288,8 @@ class Converter:
                     raise (storage_error(exc, f"{ref}: cannot build its flat root") or exc) from exc
             with self.publisher.transaction() as txn:
                 if flat is not None:
-                    txn.add_flat(image.config.digest, flat)  # a twin built meanwhile by another worker wins
+                    # A twin built meanwhile by another worker wins.
+                    txn.add_flat(image.config.digest, flat, layers=[d.digest for d, _ in image.layers])
                 self._check_present(image)
                 cancel("publishing")  # the last cancel point that keeps the image unpublished
                 progress.stage(ref, "publishing")

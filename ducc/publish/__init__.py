@@ -29,7 +29,7 @@ Garbage collection (``ducc.gc``) is written against these protocols only.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Protocol
@@ -138,8 +138,11 @@ class Transaction(Protocol):
         it): the published one, or the staged copy just published where reading the repository back
         is slow (CVMFS, whose files come back through its client)."""
 
-    def add_flat(self, config_digest: Digest, staged: Path) -> None:
-        """Publish ``staged`` as the flat root unless one with this config digest is there."""
+    def add_flat(self, config_digest: Digest, staged: Path, layers: Sequence[Digest] = ()) -> None:
+        """Publish ``staged`` as the flat root unless one with this config digest is there.
+
+        ``layers`` are the image's layers (base first, all added or present already) that ``staged``
+        was built from: a backend may take their published content instead of reading it again."""
 
     def point_tag(self, ref: Reference, platform: Platform, config_digest: Digest) -> None:
         """Make the public path of ``ref`` lead to the flat root, replacing any older target."""

@@ -3,7 +3,11 @@
 The layout is the directory publisher's (``ducc.layout``), under ``/cvmfs/<repo>[/<subdir>]``,
 and so are the promises (``ducc.publish``); only how a change becomes visible differs:
 
-- a layer or a flat root is one ``cvmfs_server ingest --catalog -t - -b <base>``: the staged tree
+- a flat root is one ``transaction`` … ``publish`` in which its files are grafted onto the content
+  its layers already put into the repository (``ducc.publish.graft``): ``cvmfs_server`` never
+  compresses or hashes the image's data a second time. Where grafts cannot apply it is streamed
+  like a layer;
+- a layer is one ``cvmfs_server ingest --catalog -t - -b <base>``: the staged tree
   streamed as a plain tar (``ducc.publish.tarstream.write_tree``: canonical names only, hardlinks
   only within one directory, the end of the archive written last) through the guard of
   ``ducc.publish.ingest_guard`` (a stream ducc did not finish is poisoned, whatever stopped ducc),
@@ -45,9 +49,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, TypeVar
@@ -145,10 +150,11 @@ class CvmfsTransaction:
         log.info("published layer %s in %s", digest.short, self.publisher.name)
         return ingested / layout.LAYERFS
 
-    def add_flat(self, config_digest: Digest, staged: Path) -> None:
+    def add_flat(self, config_digest: Digest, staged: Path, layers: Sequence[Digest] = ()) -> None:
         if self.publisher.has_flat(config_digest):
             return
-        self.publisher.ingest_tree(layout.FLAT, config_digest, staged)
+        if not self.publisher.graft_flat(config_digest, staged, layers):
+            self.publisher.ingest_tree(layout.FLAT, config_digest, staged)
         log.info("published flat root %s in %s", config_digest.short, self.publisher.name)
 
     def point_tag(self, ref: Reference, platform: Platform, config_digest: Digest) -> None:
@@ -311,9 +317,48 @@ class CvmfsPublisher(CvmfsView):
         rel = "" if str(relative) == "." else str(relative)
         return "/".join(p for p in (self.subdir, rel) if p)
 
+    def graft_flat(self, config_digest: Digest, staged: Path, layers: Sequence[Digest]) -> bool:
+        """Publish the staged flat root as ``.flat/xx/<hex>`` in one transaction … publish, its files
+        grafted onto the published copies of ``layers`` (``ducc.publish.graft``): one revision, like
+        the stream, without ``cvmfs_server`` compressing and hashing the image's data a second time.
+
+        Returns False, having changed nothing, where grafts cannot publish this tree (see
+        ``graft.plan``); the caller then streams it."""
+        if not layers:
+            return False
+        from ducc.publish import graft  # here: the web app reads through CvmfsView only
+
+        (staged / layout.CATALOG).touch(mode=0o644)  # the flat root is a nested catalog, as in the stream
+        copies = [graft.LayerCopy(_ingested(staged.parent, d) or self.layer_source(d), self.layer_source(d))
+                  for d in layers]
+        started = time.monotonic()
+        planned = graft.plan(staged, copies)
+        planning = time.monotonic() - started
+        if planned is None:
+            return False
+        st = staged.stat()
+        flat = layout.flat_dir(config_digest)
+        # The lease, on a gateway, is the ingest's base: the shard once ``.flat`` exists, else ``.flat``.
+        lease = [flat] if (self.root / layout.FLAT).is_dir() else [flat.parent]
+
+        def change(root: Path) -> None:
+            for directory in (layout.FLAT, flat.parent):  # made where missing, nested catalogs as in the stream
+                if not (root / directory).is_dir():
+                    os.mkdir(root / directory, 0o755)
+                    (root / directory / layout.CATALOG).touch(mode=0o644)
+            graft.write(planned, root / flat, stat.S_IMODE(st.st_mode), st.st_mtime_ns)
+
+        started = time.monotonic()
+        self.small_changes(lease, [change])
+        log.info("flat root %s: %d files grafted (%d bytes), %d other entries written (%d bytes of files); "
+                 "planned in %.1f s, written and published in %.1f s", config_digest.short, planned.grafts,
+                 planned.grafted_bytes, len(planned.entries) - planned.grafts, planned.copied_bytes, planning,
+                 time.monotonic() - started)
+        return True
+
     def ingest_tree(self, top: PurePosixPath, digest: Digest, staged: Path) -> Path:
         """Ingest ``staged`` as ``<top>/xx/<hex>``, a nested catalog (as is its shard) — one revision.
-        Returns where the staged tree is now (moved, within the staging directory).
+        Returns where the staged tree is now (moved, within the staging directory: ``_ingested``).
 
         The catalog markers are in the stream, where the directory publisher has them (``<top>``,
         ``<top>/xx``, the tree itself) with its mode 0644; ``--catalog`` is not passed: with a marker at
@@ -468,6 +513,12 @@ def _remove_tag(root: Path, ref: Reference, platform: Platform) -> None:
     for path in public:  # the variant link, once no platform of the tag is left
         if (root / path).is_symlink():
             (root / path).unlink()
+
+
+def _ingested(stage: Path, digest: Digest) -> Path | None:
+    """The staged copy of a layer this staging directory ingested (``ingest_tree`` moved it there)."""
+    path = stage / f"ingest-{digest.hex}" / digest.prefix / digest.hex / layout.LAYERFS
+    return path if path.is_dir() else None
 
 
 def _device(path: Path) -> int | None:

@@ -57,6 +57,11 @@ _REVISION_XATTR = "user.revision"
 _OUTPUT_TAIL = 4000
 _FRAME = 4 << 20  # the largest frame ducc sends (tarfile writes 1 MiB at a time anyway)
 _GUARD = (sys.executable, "-I", "-S", ingest_guard.__file__, "--")
+# cvmfs_swissknife (ingest, publish) buffers what it compresses in memory up to min(1 GiB, RAM / 5) by
+# default; _CVMFS_SERVER_PIPELINE_MB (read by its ingestion pipeline) sets that budget. 64 MiB keeps an
+# ingest of the bench image's largest layer at 110 MB instead of 380 MB, in the same time. A value in
+# the environment (the operator's) wins.
+PIPELINE_MB = "64"
 
 
 def _clean_path(path: str, what: str) -> str:
@@ -154,6 +159,11 @@ class CvmfsServer:
     def _command(self, *args: str) -> tuple[str, ...]:
         return (self.binary, *args)
 
+    def _environment(self) -> dict[str, str]:
+        env = dict(self.env if self.env is not None else os.environ)
+        env.setdefault("_CVMFS_SERVER_PIPELINE_MB", PIPELINE_MB)
+        return env
+
     @contextmanager
     def holding(self, lock_fd: int) -> Iterator[None]:
         """While this thread holds the repository with the flock ``lock_fd``: every command started meanwhile
@@ -171,7 +181,7 @@ class CvmfsServer:
         lock = getattr(self._held, "fd", None)
         guard = _GUARD if stream else (*_GUARD[:-1], "--no-input", "--")
         return subprocess.Popen((*guard, *command), stdin=subprocess.PIPE if stream else subprocess.DEVNULL,
-                                stdout=out, stderr=err, cwd=self.cwd, env=self.env, start_new_session=True,
+                                stdout=out, stderr=err, cwd=self.cwd, env=self._environment(), start_new_session=True,
                                 pass_fds=(lock,) if lock is not None else ())
 
     def _finish(self, process: subprocess.Popen[bytes], command: tuple[str, ...], out: IO[bytes],

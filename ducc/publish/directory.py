@@ -21,7 +21,7 @@ import errno
 import logging
 import os
 import secrets
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from pathlib import Path, PurePosixPath
 
@@ -98,7 +98,7 @@ class DirectoryTransaction:
             log.info("published layer %s", digest.short)
         return self.root / layout.layerfs(digest)
 
-    def add_flat(self, config_digest: Digest, staged: Path) -> None:
+    def add_flat(self, config_digest: Digest, staged: Path, layers: Sequence[Digest] = ()) -> None:
         self._fence(f"publishing flat root {config_digest.short}")
         self._markers(layout.FLAT / layout.CATALOG, layout.FLAT / config_digest.prefix / layout.CATALOG)
         (staged / layout.CATALOG).touch(mode=0o644)
