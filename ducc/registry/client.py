@@ -21,8 +21,8 @@ from ducc.model.reference import Reference
 from ducc.registry.auth import ANONYMOUS, Keychain
 from ducc.registry.pull import MAX_CONFIG_BYTES, MAX_TAG_PAGES, MAX_TAGS, BlobStream, Puller
 from ducc.registry.push import UPLOAD_CHUNK_SIZE, BlobOutcome, Pusher
+from ducc.registry.retry import RetryPolicy as RetryPolicy  # the composition root builds one
 from ducc.registry.transfer import TransferLimits as TransferLimits  # the composition root builds one
-from ducc.registry.transport import RetryPolicy as RetryPolicy  # the composition root builds one
 from ducc.registry.transport import Transport
 
 

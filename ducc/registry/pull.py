@@ -32,7 +32,8 @@ from ducc.model import mediatypes
 from ducc.model.digest import Digest
 from ducc.model.manifest import Index, Manifest, parse_manifest
 from ducc.model.reference import Reference
-from ducc.registry.transport import STREAM_ERRORS, Attempts, Transport, transport_reason
+from ducc.registry.retry import Attempts
+from ducc.registry.transport import STREAM_ERRORS, Transport, transport_reason
 
 log = logging.getLogger(__name__)
 

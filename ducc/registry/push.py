@@ -42,7 +42,8 @@ from ducc.errors import AuthenticationError, DigestMismatch, NotFound, RegistryE
 from ducc.model.digest import Digest
 from ducc.model.reference import Reference
 from ducc.registry.pull import Puller
-from ducc.registry.transport import Attempts, RetryPolicy, Transport
+from ducc.registry.retry import Attempts, RetryPolicy
+from ducc.registry.transport import Transport
 from ducc.thin import ThinImage
 
 log = logging.getLogger(__name__)

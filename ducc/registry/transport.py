@@ -34,20 +34,16 @@ realm, an upload ``Location``). Both promise:
 from __future__ import annotations
 
 import base64
-import email.utils
 import http.client
 import io
 import ipaddress
 import logging
 import os
-import random
 import socket
 import ssl
 import threading
-import time
 import zlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -59,6 +55,7 @@ from ducc.errors import AuthenticationError, NotFound, RegistryError, RegistryUn
 from ducc.model.reference import Reference
 from ducc.registry.auth import ANONYMOUS, Keychain
 from ducc.registry.challenge import parse_challenges
+from ducc.registry.retry import Attempts, RetryPolicy, asked_delay
 from ducc.registry.transfer import Transfer, TransferLimits, Watchdog, WatchedAdapter, sending
 
 log = logging.getLogger(__name__)
@@ -75,35 +72,6 @@ STREAM_ERRORS = (
     urllib3.exceptions.HTTPError,
     OSError,
 )
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often and how patiently a request is retried."""
-
-    attempts: int = 5
-    base_delay: float = 0.5
-    max_delay: float = 30.0
-
-    def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        if retry_after is not None:
-            return min(max(retry_after, 0.0), self.max_delay * 4)
-        backoff = min(self.base_delay * 2.0**attempt, self.max_delay)
-        return backoff * (0.5 + random.random() / 2)
-
-
-def _retry_after(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        try:
-            parsed = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        return max(0.0, float(parsed.timestamp()) - time.time())
 
 
 def transport_reason(exc: BaseException, timeout: tuple[float, float] | None = None) -> str:
@@ -148,18 +116,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
-
-
-class Attempts:
-    """The attempts one operation may still make under a RetryPolicy (shared by its requests)."""
-
-    def __init__(self, policy: RetryPolicy) -> None:
-        self.policy = policy
-        self.used = 0
-
-    @property
-    def left(self) -> bool:
-        return self.used < self.policy.attempts
 
 
 class Transport:
@@ -254,7 +210,7 @@ class Transport:
                     if not stream or response.status_code >= 400:
                         _consume(response, transfer, limit if response.status_code < 400 else MAX_ERROR_BYTES, what)
                     return response
-                retry_after = _retry_after(response)
+                retry_after = asked_delay(response)
                 last = RegistryUnavailable(
                     f"{what}: registry {host} answered HTTP {response.status_code}",
                     status=response.status_code,
