@@ -1,8 +1,10 @@
 """One request to a registry: the one place in ducc that talks HTTP.
 
-``Transport.request`` sends one request to a registry's API and answers its
-auth challenge; ``Transport.send`` is the same without the registry (a token
-realm, an upload ``Location``). Both promise:
+``Transport.request`` sends one request to a registry's API, answers its
+auth challenge and turns an error status into a typed error; ``Transport.send``
+is the bare request beneath it, for a URL that is not a registry's API (a token
+realm, an upload session given up), and returns any status it gets after its
+retries. Both promise:
 
 - Plain HTTP only for loopback hosts and the hosts in ``insecure`` (Docker's
   rule); HTTPS everywhere else.
@@ -26,9 +28,10 @@ realm, an upload ``Location``). Both promise:
   exponential backoff; ``Retry-After`` is honoured. Exhausted retries raise
   ``RegistryUnavailable`` (temporary). ``request`` raises
   ``AuthenticationError`` for 401/403, ``NotFound`` for 404 (both permanent),
-  ``RegistryError`` for other 4xx. This is ducc's one retry policy: nothing
-  above the transport retries registry requests (a blob download resumes from
-  the same ``Attempts``, see ``ducc.registry.pull``).
+  ``RegistryError`` for other 4xx. This is where ducc's one retry policy
+  (``ducc.registry.retry``) is applied: nothing above the transport retries
+  registry requests (a blob download resumes from the same ``Attempts``, see
+  ``ducc.registry.pull``).
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ MAX_ERROR_BYTES = 64 << 10  # an error body is only quoted: the rest is dropped,
 MAX_BODY_BYTES = 1 << 20  # any other answer (upload sessions, pushes): registries send nothing or a few bytes
 MAX_REDIRECTS = 10
 _REDIRECTS = (301, 302, 303, 307, 308)
-STREAM_ERRORS = (
+STREAM_ERRORS = (  # what a request or a body read raises when the connection fails or breaks off
     requests.exceptions.ConnectionError,
     requests.exceptions.Timeout,
     requests.exceptions.ChunkedEncodingError,
