@@ -20,8 +20,10 @@ matches the registry is never fetched, so never re-judged).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
+from ducc.errors import ImageRefused
 from ducc.model.image import Image
 
 
@@ -34,3 +36,43 @@ def admit(policies: Sequence[Policy], image: Image) -> None:
     """Every policy, in order; the first refusal stops the rest (``ImageRefused``)."""
     for policy in policies:
         policy.admit(image)
+
+
+@dataclass(frozen=True)
+class MaxLayers:
+    """``DUCC_MAX_LAYERS``: an image whose manifest lists more layers is refused. Every layer is a tree
+    of its own in the repository, with a nested catalog; an image of hundreds of layers is a build
+    mistake that costs the repository far more than its size says."""
+
+    limit: int
+
+    def admit(self, image: Image) -> None:
+        count = len(image.manifest.layers)
+        if count > self.limit:
+            raise ImageRefused(image.reference, f"DUCC_MAX_LAYERS={self.limit}", f"its manifest lists {count} layers")
+
+
+@dataclass(frozen=True)
+class MaxDeclaredBytes:
+    """``DUCC_MAX_COMPRESSED_BYTES``: an image whose manifest declares more compressed bytes (the sizes of
+    its distinct layers) is refused before any is downloaded. The sizes are the registry's word, and the
+    download holds every blob to its declared size; ``DUCC_MAX_IMAGE_BYTES`` bounds what unpacking
+    then writes."""
+
+    limit: int
+
+    def admit(self, image: Image) -> None:
+        declared = image.declared_bytes
+        if declared > self.limit:
+            raise ImageRefused(image.reference, f"DUCC_MAX_COMPRESSED_BYTES={self.limit}",
+                               f"its layers are {declared} compressed bytes")
+
+
+def from_limits(*, max_layers: int | None, max_compressed_bytes: int | None) -> list[Policy]:
+    """The policies the operator's settings ask for (None: that limit is off), cheapest first."""
+    policies: list[Policy] = []
+    if max_layers is not None:
+        policies.append(MaxLayers(max_layers))
+    if max_compressed_bytes is not None:
+        policies.append(MaxDeclaredBytes(max_compressed_bytes))
+    return policies

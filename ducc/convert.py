@@ -19,7 +19,8 @@ What each step promises:
 2. fetch     manifest (platform chosen from an index), config; both verified.
              No layer blob is read.
 3. admit     the admission policies the composition root built from settings
-             (``ducc.admission``), in order, for ``ducc convert``, ``ducc sync`` and the service alike.
+             (``ducc.admission``: ``DUCC_MAX_LAYERS``, ``DUCC_MAX_COMPRESSED_BYTES``),
+             in order, for ``ducc convert``, ``ducc sync`` and the service alike.
              A refusal is ``ImageRefused`` (permanent): nothing was downloaded beyond
              the manifest and config, nothing is published. This is where a new
              policy goes (a signature check, a registry allow-list): it judges the
