@@ -74,7 +74,7 @@ class BlobStream:
         self.size = int(length) if length and length.isdigit() else None
         if self.size is not None and size is not None and self.size > size:
             self.close()
-            raise DigestMismatch(f"{what}: size", f"{size} bytes", f"{self.size} bytes (Content-Length)")
+            raise DigestMismatch(what, f"{size} bytes", f"{self.size} bytes (Content-Length)")
         if size is None and self.size is not None:
             self._transfer.expect(self.size)
 
@@ -103,7 +103,7 @@ class BlobStream:
             return data
 
     def _too_large(self) -> DigestMismatch:
-        return DigestMismatch(f"{self._what}: size", f"{self._bound} bytes", f"more than {self._bound} bytes")
+        return DigestMismatch(self._what, f"{self._bound} bytes", f"more than {self._bound} bytes")
 
     def _resume(self, error: RegistryUnavailable) -> None:
         self._response.close()
