@@ -585,7 +585,7 @@ def cmd_web(args: argparse.Namespace, settings: Settings) -> int:
     access_format = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms "%(a)s"'
     os.execvp(sys.executable, [sys.executable, "-m", "gunicorn", "--bind", listen, "--workers", str(args.workers),
                                "--access-logfile", "-", "--access-logformat", access_format,
-                               "--graceful-timeout", "10", "webhooks.wsgi:app"])
+                               "--graceful-timeout", "10", "ducc.web.wsgi:app"])
     return 0  # pragma: no cover - exec does not return
 
 

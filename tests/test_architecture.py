@@ -1,5 +1,5 @@
 """The architecture is checked by tools, not by review: strict typing, lint, and import contracts
-(the model stays pure, webhooks never import the converter, arrows point inward)."""
+(the model stays pure, the web app never imports the converter, arrows point inward)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def test_mypy_strict_passes():
 
 
 def test_ruff_passes():
-    done = _run("ruff", "check", "ducc", "webhooks", "tests", "bench")
+    done = _run("ruff", "check", "ducc", "tests", "bench")
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -38,7 +38,7 @@ def test_import_contracts_hold():
 
 WEB_PROCESS = """
 import sys
-from webhooks import create_app
+from ducc.web import create_app
 from ducc.settings import Settings
 app = create_app(Settings.from_env({"DUCC_REDIS_URL": "redis://127.0.0.1:1/0", "DUCC_WEBHOOK_TOKEN": "t",
                                     "DUCC_ROOT": sys.argv[1]})).test_client()

@@ -19,10 +19,10 @@ from hypothesis import strategies as st
 from ducc import layout
 from ducc.service.jobs import JobStore
 from ducc.settings import Settings
+from ducc.web import create_app
 from tests.support.images import File, ImageSpec, Layer, push_image
 from tests.support.processes import free_port, start_registry, wait_for_port
 from tests.support.service import DuccProcess, service_env
-from webhooks import create_app
 
 PAYLOADS = Path(__file__).resolve().parents[3] / "shared" / "reference" / "payloads"
 TOKEN = "webhook-token-7f3a"

@@ -9,8 +9,8 @@ import pytest
 
 from ducc.model.reference import Reference
 from ducc.service.broker import next_sync
+from ducc.web.policy import Policy
 from ducc.wishlist import load
-from webhooks.policy import Policy
 
 CASES = [
     ("0 3 * * *", datetime(2024, 1, 1, 12, 0, tzinfo=UTC), datetime(2024, 1, 2, 3, 0, tzinfo=UTC)),

@@ -3,10 +3,10 @@
 ``create_app(settings, ...)`` is the factory (as the Flask docs shape it): it
 builds the app's collaborators from ``ducc.services`` (Redis, the queue, the
 job store, the repository view) and registers three blueprints: receivers
-(``webhooks.receivers``, one route per sender of ``webhooks.senders``), the
-REST API (``webhooks.api``) and the pages (``webhooks.pages``). The app never
+(``ducc.web.receivers``, one route per sender of ``ducc.web.senders``), the
+REST API (``ducc.web.api``) and the pages (``ducc.web.pages``). The app never
 converts anything itself: it authenticates, checks policy, records and queues,
-and reports. What the answers mean is documented in ``webhooks.http``.
+and reports. What the answers mean is documented in ``ducc.web.http``.
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ from werkzeug.exceptions import HTTPException
 
 from ducc.services import Services
 from ducc.settings import Settings
-from webhooks.api import api
-from webhooks.http import BadRequest, Web
-from webhooks.pages import pages
-from webhooks.policy import Policy
-from webhooks.receivers import receivers
-from webhooks.security import Tokens
-from webhooks.senders import TOKEN_SOURCES
+from ducc.web.api import api
+from ducc.web.http import BadRequest, Web
+from ducc.web.pages import pages
+from ducc.web.policy import Policy
+from ducc.web.receivers import receivers
+from ducc.web.security import Tokens
+from ducc.web.senders import TOKEN_SOURCES
 
 log = logging.getLogger("ducc.web")
 

@@ -20,8 +20,8 @@ from ducc.errors import InvalidReference
 from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
 from ducc.publish import RepositoryView
-from webhooks.http import BadRequest, authenticate, body, count, submit, web
-from webhooks.senders import API, JSON_TYPES
+from ducc.web.http import BadRequest, authenticate, body, count, submit, web
+from ducc.web.senders import API, JSON_TYPES
 
 api = Blueprint("api", __name__, url_prefix="/api/v1")
 

@@ -31,8 +31,8 @@ from ducc.service.broker import next_sync
 from ducc.service.jobs import PROPAGATION, Job
 from ducc.service.metrics import RedisCollector
 from ducc.services import Services
+from ducc.web.http import BadRequest, Web, web
 from ducc.wishlist import Wish, Wishlist
-from webhooks.http import BadRequest, Web, web
 
 pages = Blueprint("pages", __name__)
 

@@ -26,8 +26,8 @@ from ducc.service.metrics import record_request
 from ducc.service.queue import QueueUnavailable
 from ducc.services import Services
 from ducc.settings import Settings
-from webhooks.policy import Decision, Policy
-from webhooks.security import Tokens, presented_token
+from ducc.web.policy import Decision, Policy
+from ducc.web.security import Tokens, presented_token
 
 log = logging.getLogger("ducc.web")
 
