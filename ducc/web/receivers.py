@@ -63,7 +63,7 @@ def _unpublish(source: str, event: ImageEvent, accepted: list[dict[str, Any]]) -
     decision = context.policy.decide(event.reference)
     if not decision.allowed:
         return f"not allowed: {decision.why}"
-    view = context.services.view
+    view = context.view
     published = tuple(p for p in decision.platforms or (context.settings.platform,)
                       if view.is_published(event.reference, p))
     if not published:
