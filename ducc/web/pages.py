@@ -27,8 +27,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
 from ducc.publish import RepositoryView
+from ducc.schedule import next_sync
 from ducc.service import lastsync
-from ducc.service.broker import next_sync
 from ducc.service.jobs import PROPAGATION, Job, JobStore
 from ducc.service.metrics import RedisCollector
 from ducc.web.http import BadRequest, Web, web
