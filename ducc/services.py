@@ -23,7 +23,7 @@ import redis
 from ducc.errors import PublishError, ServiceUnavailable
 from ducc.progress import LogProgress, Progress
 from ducc.publish import Publisher, RepositoryView, StillHeld
-from ducc.publish.cvmfs import CvmfsView, split_repository
+from ducc.publish.cvmfs_view import CvmfsView, split_repository
 from ducc.publish.directory import DirectoryPublisher, DirectoryView
 from ducc.service import keys
 from ducc.service.broker import build_redis

@@ -13,11 +13,11 @@ import pytest
 from ducc import layout
 from ducc.model.reference import Reference
 from ducc.service.jobs import JobStore
+from ducc.web import create_app
 from tests.integration.test_service import queue_for, settings_for, wait_finished, wait_state
 from tests.support.images import File, ImageSpec, Layer, push_image
 from tests.support.proxy import FaultProxy, via
 from tests.support.service import DuccProcess, ducc_cli, service_env
-from webhooks import create_app
 
 TOKEN = "cancel-api-token"
 

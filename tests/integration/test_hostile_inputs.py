@@ -21,9 +21,9 @@ from ducc.model.digest import Digest
 from ducc.model.reference import Reference
 from ducc.service.jobs import JobStore
 from ducc.settings import Settings
+from ducc.web import create_app
 from tests.support.images import File, ImageSpec, Layer, push_image, push_index
 from tests.support.proxy import via
-from webhooks import create_app
 
 USAGE, FAILED, BROKEN_PIPE = 2, 1, 141
 TOKEN = "hostile-inputs-token"

@@ -14,11 +14,11 @@ from ducc.model.digest import Digest
 from ducc.model.manifest import DEFAULT_PLATFORM
 from ducc.model.reference import Reference
 from ducc.publish.directory import DirectoryView
+from ducc.web.api import published_image
 from tests.integration.test_cli import ducc
 from tests.support.images import File, ImageSpec, Layer, push_image
 from tests.support.proxy import via
 from tests.support.trees import umoci_rootfs
-from webhooks.api import published_image
 
 REPO = "unpacked.example.org"
 SOURCE = ImageSpec(

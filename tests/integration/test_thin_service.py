@@ -108,8 +108,8 @@ def test_a_webhook_for_a_wishlist_image_pushes_the_thin_image_the_wishlist_names
 ):
     """A registry notification (the real web app, its real Redis) for an image the wishlist names queues the
     conversion the nightly sync would: with the thin image of the wishlist's output_format."""
+    from ducc.web import create_app
     from tests.integration.test_webhooks import EVENTS_V1, TOKEN, manifest_push
-    from webhooks import create_app
 
     source = unique_ref("2.0")
     push_image(client, source, SOURCE)
