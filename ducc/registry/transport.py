@@ -376,7 +376,8 @@ def _consume(response: requests.Response, transfer: Transfer, limit: int, what: 
     bytes from the socket. A body in identity encoding over ``limit`` is refused
     (``RegistryError``), an error body (4xx) cut short; a body the registry compressed although
     identity was asked for is inflated up to ``limit`` only."""
-    length = response.headers.get("Content-Length", "")
+    # A HEAD answer has no body: its Content-Length is the size of what a GET would send (a blob's).
+    length = response.headers.get("Content-Length", "") if response.request.method != "HEAD" else ""
     error = response.status_code >= 400
     if length.isdigit() and int(length) > limit and not error:
         response.close()

@@ -194,3 +194,19 @@ def test_a_registry_that_cannot_be_reached_is_named_with_the_reason_and_the_atte
         client.resolve(Reference(proxy.host, unique_ref().repository, "v1"))
     assert str(overloaded.value).endswith(f"registry {proxy.host} answered HTTP 503 (3 attempts)")
     assert overloaded.value.temporary and overloaded.value.status == 503
+
+
+def test_a_blob_larger_than_any_bounded_answer_is_found_present_by_its_head(client, unique_ref):
+    """A HEAD's Content-Length is the blob's size, not a body ducc reads: a blob of 2 MiB (more than a
+    token or error answer may be) pushed a second time is found present with one HEAD, not refused."""
+    import os
+
+    from ducc.model.digest import Digest
+
+    ref = unique_ref("big")
+    data = os.urandom(2 << 20)
+    digest = Digest.of(data)
+    assert client.blob_exists(ref, digest) is False
+    assert client.push_blob(ref, digest, data) != "present"
+    assert client.blob_exists(ref, digest) is True
+    assert client.push_blob(ref, digest, data) == "present"
