@@ -13,7 +13,7 @@ from ducc import layout
 from ducc.model.reference import Reference
 from ducc.model.request import ConversionRequest
 from ducc.service.jobs import JobStore
-from tests.integration.test_service import queue_for, service, settings_for, wait_finished  # noqa: F401
+from tests.integration.test_service import queue_for, service, settings_for, sync_and_wait, wait_finished  # noqa: F401
 from tests.support.images import File, ImageSpec, Layer, push_image
 from tests.support.proxy import via
 
@@ -149,16 +149,8 @@ def test_a_second_sync_finds_the_thin_image_current_and_pushes_nothing(
     celery = Services(settings_for(redis_server, root)).celery()
     jobs = JobStore(redis_server.client())
 
-    def sync_and_wait(count: int) -> list:
-        celery.send_task("ducc.sync")
-        deadline = time.monotonic() + 120
-        while len(found := jobs.for_image(str(source))) < count or not all(j.finished for j in found):
-            assert time.monotonic() < deadline, "the sync queued no job, or it never finished"
-            time.sleep(0.2)
-        return found
-
-    (first,) = sync_and_wait(1)
-    assert first.state == "published", first.error
+    (first,) = sync_and_wait(celery, redis_server)
+    assert first.image == str(source) and first.state == "published", first.error
     digest = first.result["thin_digest"]
     def writes() -> list:
         return [r for r in proxy.requests() if r.method in ("POST", "PUT", "PATCH")]
@@ -166,8 +158,7 @@ def test_a_second_sync_finds_the_thin_image_current_and_pushes_nothing(
     assert writes(), "the first sync pushed nothing through the proxy"
     pushed = len(writes())
     sync_jobs_before = len(jobs.recent_jobs(1000))
-    celery.send_task("ducc.sync")
-    time.sleep(5)  # the sync checks the tag (a HEAD) and queues nothing: there is no job to wait for
+    assert sync_and_wait(celery, redis_server) == []  # the sync checks the tag (a HEAD) and queues nothing
     assert len(jobs.for_image(str(source))) == 1 and len(jobs.recent_jobs(1000)) == sync_jobs_before
     assert len(writes()) == pushed
     target = Reference(registry.host, f"thin/{source.repository}", "1.0")
