@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 
 from ducc import layout
 from ducc.model.reference import Reference
@@ -386,10 +387,18 @@ def test_two_roots_naming_one_directory_are_serialised_by_one_repository_lease(r
     with here.transaction():
         name = (root / layout.REPOSITORY_NAME).read_text().strip()
         assert name and there.name == here.name == name  # stored in the root on first use, seen from both paths
-        assert redis_server.client().exists(keys.lock(keys.publish_lease(name)))
-        other = threading.Thread(target=write_from_the_other_host)
-        other.start()
-        assert not entered.wait(1.0)
+        lock = keys.lock(keys.publish_lease(name))
+        assert redis_server.client().exists(lock)
+        # Redis's MONITOR shows the other host asking for this very lease and being refused (SET NX), twice.
+        with redis.Redis.from_url(redis_server.url, password=redis_server.password, socket_timeout=30).monitor() as monitor:
+            other = threading.Thread(target=write_from_the_other_host)
+            other.start()
+            asked, deadline = 0, time.monotonic() + 30
+            while asked < 2:
+                assert time.monotonic() < deadline, "the other host never asked Redis for the repository's lease"
+                command = monitor.next_command()["command"]
+                asked += command.startswith("SET ") and lock in command and "NX" in command.upper()
+                assert not entered.is_set(), command
     other.join(30)
     assert entered.is_set()
 
