@@ -156,10 +156,11 @@ def test_a_registry_refusing_or_failing_the_push_leaves_a_clear_reason_and_no_ta
     target = via(proxy, Reference(registry.host, f"thin/refused-{reason}-{layer}", "v1"))
     rule = dict(rule)  # the table's rule is shared by every layer
     proxy.add(rule.pop("action"), rule.pop("path"), **rule)
-    refused = attempt(target, {}).through(layer)
+    tried = attempt(target, {})
+    refused = tried.through(layer)
     assert str(target) in refused.text and reason in refused.text, refused.text
     assert refused.temporary in (temporary, None)
     if reason == "403":  # refused before any manifest could be written
         assert refused.error is None or isinstance(refused.error, AuthenticationError)
         assert not proxy.requests("PUT", "/manifests/")
-    assert attempt(target, {}).client.manifest_digest(Reference(registry.host, target.repository, target.tag)) is None
+    assert tried.client.manifest_digest(Reference(registry.host, target.repository, target.tag)) is None
