@@ -371,8 +371,8 @@ def _existing(view: RepositoryView) -> RepositoryView:
 
 def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
     """Check this publisher's CVMFS repository: one line per check, exit 0 only when every one holds."""
-    from ducc.publish.cvmfs import split_repository
     from ducc.publish.cvmfs_server import CvmfsServer, diagnose
+    from ducc.publish.cvmfs_view import split_repository
 
     if not settings.cvmfs_repo:
         raise ValueError("ducc doctor checks a CVMFS repository: --cvmfs-repo REPO or DUCC_CVMFS_REPO")
@@ -601,7 +601,7 @@ def cmd_web(args: argparse.Namespace, settings: Settings) -> int:
     access_format = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms "%(a)s"'
     os.execvp(sys.executable, [sys.executable, "-m", "gunicorn", "--bind", listen, "--workers", str(args.workers),
                                "--access-logfile", "-", "--access-logformat", access_format,
-                               "--graceful-timeout", "10", "webhooks.wsgi:app"])
+                               "--graceful-timeout", "10", "ducc.web.wsgi:app"])
     return 0  # pragma: no cover - exec does not return
 
 

@@ -1,22 +1,41 @@
 """The use case: one image reference → published in the repository.
 
-Order of work, and what each step promises:
+``Converter.run`` is the list of its steps, each a method with one input and one output:
+
+    resolve(request)        -> Resolved      the tag's current digest (one HEAD), and its record if current
+    fetch(resolved)         -> Image         manifest (the platform's, from an index) and config, verified
+    admit(image)            -> None          every admission policy; ``ImageRefused`` stops here
+    unpack(image)           -> StagedLayers  every layer not yet published, fetched, verified, published
+    flatten(image, layers)  -> StagedFlat    the flat root built in staging (or reused)
+    commit(image, flat)     -> Published     tag moved, record written, in one transaction
+    thin(image, record)     -> result        the thin image pushed, when the request names one
+
+What each step promises:
 
 0. sweep     staging left by a crashed run (never a live one's), in every run.
 1. resolve   the tag's current digest (one HEAD). If the record in ``.metadata``
-             matches it and its flat root exists, stop: nothing to do.
+             matches it and its flat root exists, stop: nothing to do (no policy is
+             asked again about an image already published).
 2. fetch     manifest (platform chosen from an index), config; both verified.
-3. unpack    every layer not yet published, in parallel, streamed from the
+             No layer blob is read.
+3. admit     the admission policies the composition root built from settings
+             (``ducc.admission``: ``DUCC_MAX_LAYERS``, ``DUCC_MAX_COMPRESSED_BYTES``),
+             in order, for ``ducc convert``, ``ducc sync`` and the service alike.
+             A refusal is ``ImageRefused`` (permanent): nothing was downloaded beyond
+             the manifest and config, nothing is published. This is where a new
+             policy goes (a signature check, a registry allow-list): it judges the
+             ``Image`` and raises, it never needs the layers.
+4. unpack    every layer not yet published, in parallel, streamed from the
              registry (or the blob cache) through digest and diff_id checks into
              a staging directory. The first layer that fails stops its siblings
              at their next read; only once every layer is verified are they
              published, base first (hardlinks to lower layers resolved then).
-4. flatten   unless a flat root with this config digest exists: merge the
-             layers into a staged flat root, publish it. Layers published by this
-             conversion are read where their publisher says (the staged copy, for
-             CVMFS), the others from the repository.
-5. publish   point the tag at the flat root, then write the record (last).
-6. thin      only if the request names a thin reference (DESIGN §7): build the
+5. flatten   unless a flat root with this config digest exists: merge the
+             layers into a staged flat root, apply the flat hooks (``.singularity.d``).
+             Layers published by this conversion are read where their publisher
+             says (the staged copy, for CVMFS), the others from the repository.
+6. commit    publish the flat root, point the tag at it, then write the record (last).
+7. thin      only if the request names a thin reference (DESIGN §7): build the
              thin image from the verified manifest and config (its layer URLs
              name ``cvmfs_repo``, else the request's ``thin_repo``, else
              ``thin_cvmfs_repo``; with none, ``ThinImageRefused`` before step 1),
@@ -25,7 +44,12 @@ Order of work, and what each step promises:
              It runs after the image is published and never unpublishes it: a
              failure is ``ThinImageNotPushed`` (temporary when its cause is), and
              a later run of the same request, finding the record current but
-             without that thin image, pushes only the thin image.
+             without that thin image, fetches and admits the image again and
+             pushes only the thin image.
+
+Progress stages (``Progress.stage``; the service's job timeline and its tests read
+them): resolving, unchanged, fetching, unpacking, flattening, publishing, published,
+thin. Admission reports no stage of its own: a refusal is the job's failure.
 
 A cancelled job stops only at the cancel points ``ducc.cancel`` lists, never inside a
 progress report: up to the moment the tag moves it publishes nothing; after that the
@@ -61,6 +85,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ducc import __version__, layout
+from ducc.admission import Policy, admit
 from ducc.cache import BlobCache, CacheWriter
 from ducc.cancel import CancelCheck, never
 from ducc.errors import (
@@ -81,6 +106,7 @@ from ducc.errors import (
     storage_error,
 )
 from ducc.model.digest import Digest
+from ducc.model.image import Image
 from ducc.model.limits import Limits
 from ducc.model.manifest import DEFAULT_PLATFORM, Descriptor, ImageConfig, Index, Manifest, Platform
 from ducc.model.reference import Reference
@@ -95,7 +121,7 @@ from ducc.tree import remove_tree
 from ducc.unpack.apply import LayerReport, resolve_lower_links, unpack_layer
 from ducc.unpack.compression import decompressed
 from ducc.unpack.extend import add_singularity
-from ducc.unpack.flatten import flatten
+from ducc.unpack.flatten import flatten as merge_layers
 from ducc.unpack.limits import Budget
 from ducc.verify import Readable, VerifyingReader
 
@@ -112,30 +138,67 @@ class _SiblingFailed(Exception):
     """Stops a layer because another layer of the same image failed (that one's error is the image's)."""
 
 
-@dataclass
-class _Tally:
-    """What a conversion did so far (frozen into a ConversionResult at the end)."""
+@dataclass(frozen=True)
+class Conversion:
+    """One run of the use case: the request, where it reports, where it may be cancelled, when it
+    started, and the CVMFS repository its thin image names (empty: no thin image asked for)."""
 
-    layers_unpacked: int = 0
-    layers_reused: int = 0
+    request: ConversionRequest
+    progress: Progress
+    cancel: CancelCheck
+    started: float
+    thin_repo: str = ""
+
+    @property
+    def reference(self) -> Reference:
+        return self.request.reference
+
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What the reference names now (``tag_digest``, one manifest HEAD) and, if the repository has that
+    already, its ``record`` (it names ``tag_digest`` and its flat root exists)."""
+
+    request: ConversionRequest
+    tag_digest: Digest
+    record: Record | None
+
+
+@dataclass
+class StagedLayers:
+    """Every layer of an image, published: ``sources`` says where the layers this run published can be
+    read while its staging lasts (the publisher's word: see ``Transaction.add_layer``); the others are
+    read where ``Publisher.layer_source`` says. The counts are what the run did to get there."""
+
+    sources: dict[Digest, Path] = field(default_factory=dict)
+    unpacked: int = 0
+    reused: int = 0
     bytes_fetched: int = 0
     skipped_entries: list[str] = field(default_factory=list)
 
 
-@dataclass
-class Image:
-    """What the registry serves for a reference on one platform."""
+@dataclass(frozen=True)
+class StagedFlat:
+    """The image's flat root: built in staging at ``path``, or None when one with this config digest is
+    published already (it is reused; only the tag moves)."""
 
-    reference: Reference
-    platform: Platform
-    tag_digest: Digest
-    manifest: Manifest
-    config: ImageConfig
+    path: Path | None
 
     @property
-    def layers(self) -> tuple[tuple[Descriptor, Digest], ...]:
-        """(blob descriptor, diff_id) pairs, base layer first."""
-        return tuple(zip(self.manifest.layers, self.config.diff_ids, strict=True))
+    def reused(self) -> bool:
+        return self.path is None
+
+
+@dataclass(frozen=True)
+class Published:
+    """The image is visible: its tag points at its flat root and ``record`` is written, in ``revision``
+    of the repository (CVMFS; None for a directory tree)."""
+
+    record: Record
+    revision: int | None
 
 
 def fetch_image(client: RegistryClient, ref: Reference, platform: Platform, tag_digest: Digest) -> Image:
@@ -176,7 +239,8 @@ class LocalLocks:
 
 
 class Converter:
-    """Converts references into one repository. Collaborators are passed in (see ``ducc.services``)."""
+    """Converts references into one repository. Collaborators are passed in (see ``ducc.services``);
+    ``policies`` are the admission policies every image must pass before a layer of it is fetched."""
 
     def __init__(
         self,
@@ -192,6 +256,7 @@ class Converter:
         limits: Limits = Limits(),
         cvmfs_repo: str | None = None,
         thin_cvmfs_repo: str | None = None,
+        policies: Sequence[Policy] = (),
     ) -> None:
         self.client = client
         self.publisher = publisher
@@ -206,6 +271,7 @@ class Converter:
         # request's (a wishlist's cvmfs_repo), else the operator's fallback (DUCC_THIN_CVMFS_REPO).
         self.cvmfs_repo = cvmfs_repo
         self.thin_cvmfs_repo = thin_cvmfs_repo
+        self.policies = tuple(policies)
 
     # -- the use case --------------------------------------------------------------------
 
@@ -240,79 +306,176 @@ class Converter:
         self, request: ConversionRequest, *, force: bool = False, progress: Progress | None = None,
         cancel: CancelCheck = never,
     ) -> ConversionResult:
-        """Publish the request's image unless it is already current; see the module docstring. ``cancel``
-        is checked at the points ``ducc.cancel`` lists: up to the moment the tag moves, a cancel
-        publishes nothing; after it, it only skips the thin push (``ConversionResult.thin_error``)."""
-        progress = progress or self.progress
-        ref, platform = request.reference, request.platform
-        thin_repo = self._thin_repo(request) if request.thin is not None else ""
-        started = time.monotonic()
+        """Publish the request's image unless it is already current: the steps of the module docstring,
+        in order. ``cancel`` is checked at the points ``ducc.cancel`` lists: up to the moment the tag
+        moves, a cancel publishes nothing; after it, it only skips the thin push
+        (``ConversionResult.thin_error``)."""
+        run = Conversion(request, progress or self.progress, cancel, time.monotonic(),
+                         self._thin_repo(request) if request.thin is not None else "")
         self._sweep()
-        cancel("resolving")
-        progress.stage(ref, "resolving")
-        record, tag_digest = self._current_record(ref, platform)
-        path = str(layout.tag_link(ref, platform))
-        if record is not None and not force:
-            if request.thin is None or _has_thin(record, request.thin):
-                progress.stage(ref, "unchanged", f"{tag_digest.short} already published")
-                return ConversionResult(request, "unchanged", path, tag_digest=tag_digest,
-                                        config_digest=record.config_digest, seconds=time.monotonic() - started,
-                                        thin_digest=record.thin_digest if request.thin else None)
-            # Published earlier without this thin image (not asked for then, or its push failed).
-            progress.stage(ref, "unchanged", f"{tag_digest.short} already published; its thin image is not")
-            current = ConversionResult(request, "unchanged", path, tag_digest=tag_digest,
-                                       config_digest=record.config_digest)
-            image = fetch_image(self.client, ref, platform, tag_digest)
-            return self._push_thin(image, record, current, started, progress, cancel, thin_repo)
-
-        image = fetch_image(self.client, ref, platform, tag_digest)
-        tally = _Tally()
+        resolved = self.resolve(run)
+        if resolved.record is not None and not force:
+            return self._unchanged(run, resolved, resolved.record)
+        image = self.fetch(resolved)
+        self.admit(image)
         with self.publisher.staging() as stage:
             # Reserved before anything is looked at: garbage collection keeps them while this runs.
             self.publisher.reserve(stage, [d.digest for d, _ in image.layers] + [image.config.digest])
-            sources = self._publish_layers(image, stage, tally, progress, Budget(self.limits), cancel)
-            flat: Path | None = None
-            flat_reused = self.publisher.has_flat(image.config.digest)
-            if not flat_reused:
-                # Built outside the repository lock: only the commits below are serialised.
-                cancel("flattening")
-                progress.stage(ref, "flattening")
-                flat = stage / "flat"
-                flat.mkdir()
-                try:
-                    flatten([sources.get(d.digest) or self.publisher.layer_source(d.digest) for d, _ in image.layers],
-                            flat)
-                    for hook in self.flat_hooks:
-                        hook(flat, image.config)
-                except OSError as exc:
-                    raise (storage_error(exc, f"{ref}: cannot build its flat root") or exc) from exc
-            with self.publisher.transaction() as txn:
-                if flat is not None:
-                    # A twin built meanwhile by another worker wins.
-                    txn.add_flat(image.config.digest, flat, layers=[d.digest for d, _ in image.layers])
-                self._check_present(image)
-                cancel("publishing")  # the last cancel point that keeps the image unpublished
-                progress.stage(ref, "publishing")
-                txn.point_tag(ref, platform, image.config.digest)
-                record = self._record(image, request.origin)
-                txn.write_record(ref, platform, record)
-        revision = txn.revision
-        seconds = time.monotonic() - started
-        progress.stage(
-            ref, "published",
-            f"{tally.layers_unpacked} layers unpacked, {tally.layers_reused} reused, "
-            f"flat {'reused' if flat_reused else 'built'}, {seconds:.1f}s"
+            layers = self.unpack(run, image, stage)
+            flat = self.flatten(run, image, layers, stage)
+            published = self.commit(run, image, flat)
+        return self.thin(run, image, published.record, self._published(run, image, layers, flat, published))
+
+    # -- the steps, in order -------------------------------------------------------------
+
+    def resolve(self, run: Conversion) -> Resolved:
+        """The digest the reference names now (one manifest HEAD) and the record, if it is current."""
+        run.cancel("resolving")
+        run.progress.stage(run.reference, "resolving")
+        record, tag_digest = self._current_record(run.reference, run.request.platform)
+        return Resolved(run.request, tag_digest, record)
+
+    def fetch(self, resolved: Resolved) -> Image:
+        """Manifest (the platform's, from an index) and config at the resolved digest, verified; no layer."""
+        request = resolved.request
+        return fetch_image(self.client, request.reference, request.platform, resolved.tag_digest)
+
+    def admit(self, image: Image) -> None:
+        """Every admission policy, in order (``ducc.admission``); ``ImageRefused`` stops the conversion
+        before a layer is fetched or anything is published."""
+        admit(self.policies, image)
+
+    def unpack(self, run: Conversion, image: Image, stage: Path) -> StagedLayers:
+        """Publish every layer of ``image`` not yet published. Missing layers are fetched and unpacked in
+        parallel into ``stage`` (the first that fails stops its siblings at their next read); only once
+        every one is verified are they published, base first (hardlinks into lower layers resolved then)."""
+        staged = StagedLayers()
+        missing: dict[Digest, tuple[Descriptor, Digest]] = {}
+        for descriptor, diff_id in image.layers:
+            if self.publisher.has_layer(descriptor.digest):
+                staged.reused += 1
+            elif descriptor.digest not in missing:
+                missing[descriptor.digest] = (descriptor, diff_id)
+        if not missing:
+            return staged
+        run.cancel("fetching")
+        run.progress.stage(image.reference, "fetching", f"{len(missing)} of {len(image.layers)} layers")
+        reports = self._fetch_layers(run, image, missing, stage, staged)
+        # Only now, every layer verified, is any of them published; hardlinks into lower layers need those
+        # layers whole: resolve them base first.
+        run.progress.stage(image.reference, "unpacking", f"{len(reports)} layers verified")
+        lowers: list[Path] = []
+        for descriptor, _ in image.layers:
+            report = reports.pop(descriptor.digest, None)  # a layer listed twice is published once
+            if report is not None and not self.publisher.has_layer(descriptor.digest):
+                if report.pending:
+                    resolve_lower_links(stage / descriptor.digest.hex / "layerfs", report.pending, lowers)
+                staged.sources[descriptor.digest] = self._commit_layer(image.reference, descriptor.digest, stage,
+                                                                       report)
+            lowers.append(staged.sources.get(descriptor.digest) or self.publisher.layer_source(descriptor.digest))
+        return staged
+
+    def flatten(self, run: Conversion, image: Image, layers: StagedLayers, stage: Path) -> StagedFlat:
+        """Merge the layers into a flat root in ``stage`` and apply the flat hooks, unless a flat root with
+        this config digest is published already. Built outside the repository lock: only ``commit`` is
+        serialised."""
+        if self.publisher.has_flat(image.config.digest):
+            return StagedFlat(None)
+        run.cancel("flattening")
+        run.progress.stage(image.reference, "flattening")
+        flat = stage / "flat"
+        flat.mkdir()
+        try:
+            merge_layers([layers.sources.get(d.digest) or self.publisher.layer_source(d.digest)
+                          for d, _ in image.layers], flat)
+            for hook in self.flat_hooks:
+                hook(flat, image.config)
+        except OSError as exc:
+            raise (storage_error(exc, f"{image.reference}: cannot build its flat root") or exc) from exc
+        return StagedFlat(flat)
+
+    def commit(self, run: Conversion, image: Image, flat: StagedFlat) -> Published:
+        """In one transaction: publish the flat root (a twin another worker built meanwhile wins), check
+        every layer and the flat root are there, point the tag at it, write the record (last)."""
+        ref, platform = image.reference, image.platform
+        with self.publisher.transaction() as txn:
+            if flat.path is not None:
+                # The layers let a backend publish the flat root from their content (CVMFS grafts).
+                txn.add_flat(image.config.digest, flat.path, layers=[d.digest for d, _ in image.layers])
+            self._check_present(image)
+            run.cancel("publishing")  # the last cancel point that keeps the image unpublished
+            run.progress.stage(ref, "publishing")
+            txn.point_tag(ref, platform, image.config.digest)
+            record = self._record(image, run.request.origin)
+            txn.write_record(ref, platform, record)
+        return Published(record, txn.revision)
+
+    def thin(self, run: Conversion, image: Image, record: Record, result: ConversionResult) -> ConversionResult:
+        """Push the request's thin image of the published ``image`` (none asked for: ``result`` as it is),
+        then say so in its ``record``; a cancel now skips the push and leaves the image published."""
+        target = run.request.thin
+        if target is None:
+            return result
+        ref = image.reference
+        try:
+            run.cancel("thin")
+        except JobCancelled as exc:
+            run.progress.stage(ref, "thin", f"thin image {target} not pushed: {exc}")
+            return replace(result, thin_error=str(exc), seconds=run.seconds())
+        run.progress.stage(ref, "thin", f"pushing thin image {target}")
+        built = build_thin_image(ref, image.manifest, image.config, run.thin_repo)
+        # A thin image pushed earlier under another name (the output_format changed) holds the same blobs:
+        # the registry can mount them from there instead of receiving them again.
+        mount_from = _earlier_thin(record, target)
+        try:
+            pushed = push_thin_image(self.thin_client(target, run.request.thin_user), target, built,
+                                     mount_from=mount_from)
+        except DuccError as exc:
+            raise ThinImageNotPushed.because(exc) from exc
+        with self.publisher.transaction() as txn:  # a failure here is the publisher's: retried like any other
+            txn.write_record(ref, image.platform, record.with_thin(target, pushed.digest))
+        run.progress.stage(ref, "thin", f"thin image pushed: {pushed}")
+        return replace(result, thin_digest=pushed.digest, thin_pushed=pushed.changed, seconds=run.seconds())
+
+    # -- between the steps ---------------------------------------------------------------
+
+    def _unchanged(self, run: Conversion, resolved: Resolved, record: Record) -> ConversionResult:
+        """The tag is current: nothing to do, unless the request asks for a thin image its record does
+        not name (not asked for then, or its push failed): then fetch, admit and push only that."""
+        request, ref = run.request, run.reference
+        path = str(layout.tag_link(ref, request.platform))
+        short = resolved.tag_digest.short
+        if request.thin is None or _has_thin(record, request.thin):
+            run.progress.stage(ref, "unchanged", f"{short} already published")
+            return ConversionResult(request, "unchanged", path, tag_digest=resolved.tag_digest,
+                                    config_digest=record.config_digest, seconds=run.seconds(),
+                                    thin_digest=record.thin_digest if request.thin else None)
+        run.progress.stage(ref, "unchanged", f"{short} already published; its thin image is not")
+        current = ConversionResult(request, "unchanged", path, tag_digest=resolved.tag_digest,
+                                   config_digest=record.config_digest)
+        image = self.fetch(resolved)
+        self.admit(image)
+        return self.thin(run, image, record, current)
+
+    def _published(
+        self, run: Conversion, image: Image, layers: StagedLayers, flat: StagedFlat, published: Published
+    ) -> ConversionResult:
+        """Say what the run did (the ``published`` stage) and return it."""
+        seconds = run.seconds()
+        revision = published.revision
+        run.progress.stage(
+            image.reference, "published",
+            f"{layers.unpacked} layers unpacked, {layers.reused} reused, "
+            f"flat {'reused' if flat.reused else 'built'}, {seconds:.1f}s"
             + (f", revision {revision} of {self.publisher.name}" if revision is not None else ""),
         )
-        result = ConversionResult(
-            request, "published", path, tag_digest=tag_digest, config_digest=image.config.digest,
-            layers_unpacked=tally.layers_unpacked, layers_reused=tally.layers_reused, flat_reused=flat_reused,
-            bytes_fetched=tally.bytes_fetched, seconds=seconds, skipped_entries=tuple(tally.skipped_entries),
+        return ConversionResult(
+            run.request, "published", str(layout.tag_link(image.reference, image.platform)),
+            tag_digest=image.tag_digest, config_digest=image.config.digest,
+            layers_unpacked=layers.unpacked, layers_reused=layers.reused, flat_reused=flat.reused,
+            bytes_fetched=layers.bytes_fetched, seconds=seconds, skipped_entries=tuple(layers.skipped_entries),
             revision=revision,
         )
-        if request.thin is None:
-            return result
-        return self._push_thin(image, record, result, started, progress, cancel, thin_repo)
 
     def _sweep(self) -> None:
         """Staging an earlier crash left behind goes now, whatever this run turns out to do (a run that
@@ -331,8 +494,6 @@ class Converter:
             raise TreeMissing(f"{image.reference}: {', '.join(missing)} removed during the conversion "
                               "(garbage collection on another host?); a retry publishes them again")
 
-    # -- thin image ----------------------------------------------------------------------
-
     def _thin_repo(self, request: ConversionRequest) -> str:
         """The CVMFS repository the request's thin image names in its layer URLs; ThinImageRefused if
         nothing names one (a name is never made up: readers would look for the layers elsewhere)."""
@@ -346,61 +507,23 @@ class Converter:
         except ValueError as exc:
             raise ThinImageRefused(f"{request.reference}: thin image: {exc}") from exc
 
-    def _push_thin(
-        self, image: Image, record: Record, result: ConversionResult, started: float, progress: Progress,
-        cancel: CancelCheck,
-        cvmfs_repo: str,
-    ) -> ConversionResult:
-        """Push the request's thin image of the published ``image``, then say so in its ``record``; a
-        cancel now skips the push and leaves the image published."""
-        request = result.request
-        target = request.thin
-        assert target is not None
-        ref = image.reference
-        try:
-            cancel("thin")
-        except JobCancelled as exc:
-            progress.stage(ref, "thin", f"thin image {target} not pushed: {exc}")
-            return replace(result, thin_error=str(exc), seconds=time.monotonic() - started)
-        progress.stage(ref, "thin", f"pushing thin image {target}")
-        thin = build_thin_image(ref, image.manifest, image.config, cvmfs_repo)
-        # A thin image pushed earlier under another name (the output_format changed) holds the same blobs:
-        # the registry can mount them from there instead of receiving them again.
-        mount_from = _earlier_thin(record, target)
-        try:
-            pushed = push_thin_image(self.thin_client(target, request.thin_user), target, thin, mount_from=mount_from)
-        except DuccError as exc:
-            raise ThinImageNotPushed.because(exc) from exc
-        with self.publisher.transaction() as txn:  # a failure here is the publisher's: retried like any other
-            txn.write_record(ref, image.platform, record.with_thin(target, pushed.digest))
-        progress.stage(ref, "thin", f"thin image pushed: {pushed}")
-        return replace(result, thin_digest=pushed.digest, thin_pushed=pushed.changed,
-                       seconds=time.monotonic() - started)
-
     # -- layers --------------------------------------------------------------------------
 
-    def _publish_layers(
-        self, image: Image, stage: Path, result: _Tally, progress: Progress, budget: Budget, cancel: CancelCheck
-    ) -> dict[Digest, Path]:
-        """Publish every layer of ``image`` not yet published; returns where the layers published here can
-        be read while ``stage`` lasts (the publisher's word: see ``Transaction.add_layer``)."""
-        sources: dict[Digest, Path] = {}
-        missing: dict[Digest, tuple[Descriptor, Digest]] = {}
-        for descriptor, diff_id in image.layers:
-            if self.publisher.has_layer(descriptor.digest):
-                result.layers_reused += 1
-            elif descriptor.digest not in missing:
-                missing[descriptor.digest] = (descriptor, diff_id)
-        if not missing:
-            return sources
-        cancel("fetching")
-        progress.stage(image.reference, "fetching", f"{len(missing)} of {len(image.layers)} layers")
+    def _fetch_layers(
+        self, run: Conversion, image: Image, missing: dict[Digest, tuple[Descriptor, Digest]], stage: Path,
+        staged: StagedLayers,
+    ) -> dict[Digest, LayerReport]:
+        """Fetch and unpack the ``missing`` layers into ``stage`` in parallel, each through both digest
+        checks and the image's budget; returns the report of each one unpacked here (a layer another
+        conversion published meanwhile counts as reused). The first failure is the image's."""
         reports: dict[Digest, LayerReport] = {}
+        budget = Budget(self.limits)
         failed = threading.Event()  # set by the first layer that fails: its siblings stop at their next read
 
         def obtain(descriptor: Descriptor, diff_id: Digest) -> tuple[LayerReport | None, int]:
             try:
-                return self._obtain_layer(image.reference, descriptor, diff_id, stage, progress, budget, cancel, failed)
+                return self._obtain_layer(image.reference, descriptor, diff_id, stage, run.progress, budget,
+                                          run.cancel, failed)
             except BaseException:
                 failed.set()
                 raise
@@ -416,29 +539,17 @@ class Converter:
                 except BaseException as exc:  # collected so every worker finishes before staging is removed
                     errors.append(exc)
                     continue
-                result.bytes_fetched += fetched
+                staged.bytes_fetched += fetched
                 if report is None:
-                    result.layers_reused += 1
+                    staged.reused += 1
                 else:
                     reports[digest] = report
-                    result.layers_unpacked += 1
-                    result.skipped_entries.extend(report.skipped)
+                    staged.unpacked += 1
+                    staged.skipped_entries.extend(report.skipped)
             if errors:
                 # The first layer that failed on its own, not a sibling it stopped.
                 raise next((e for e in errors if not isinstance(e, _SiblingFailed)), errors[0])
-
-        # Only now, every layer verified, is any of them published; hardlinks into lower layers need those
-        # layers whole: resolve them base first.
-        progress.stage(image.reference, "unpacking", f"{len(reports)} layers verified")
-        lowers: list[Path] = []
-        for descriptor, _ in image.layers:
-            report = reports.pop(descriptor.digest, None)  # a layer listed twice is published once
-            if report is not None and not self.publisher.has_layer(descriptor.digest):
-                if report.pending:
-                    resolve_lower_links(stage / descriptor.digest.hex / "layerfs", report.pending, lowers)
-                sources[descriptor.digest] = self._commit_layer(image.reference, descriptor.digest, stage, report)
-            lowers.append(sources.get(descriptor.digest) or self.publisher.layer_source(descriptor.digest))
-        return sources
+        return reports
 
     def _obtain_layer(
         self, ref: Reference, descriptor: Descriptor, diff_id: Digest, stage: Path, progress: Progress, budget: Budget,

@@ -30,6 +30,7 @@ Callers decide what to do from attributes, never from message text:
     ├── WishlistError             a wishlist that does not validate (or cannot be read)
     ├── ThinImageNotPushed        the image is published, its thin image is not (temporary as its cause)
     ├── ThinImageRefused          a thin image whose layer URLs could name no CVMFS repository (nothing done)
+    ├── ImageRefused              an admission policy refused the image before any layer was fetched (``ducc.admission``)
     ├── JobCancelled              a job stopped on request (``ducc cancel``, the API); nothing half published
     ├── ServiceUnavailable        Redis (queue, job status) cannot be reached (temporary)
     ├── StateDirectoryInUse       another ``ducc serve`` runs with the same state directory
@@ -179,6 +180,21 @@ class ThinImageRefused(DuccError):
     """A thin image was asked for, but nothing names the CVMFS repository its layer URLs must point
     into (``--cvmfs-repo``, the wishlist's ``cvmfs_repo``, ``DUCC_THIN_CVMFS_REPO``), or the name given
     is not one. Raised before any work: the image is not converted either. Never retried."""
+
+
+class ImageRefused(DuccError):
+    """An admission policy (``ducc.admission``) refused the image: nothing of it was downloaded beyond
+    its manifest and config, nothing published. ``policy`` names the policy (the setting that made it),
+    ``why`` what it found. Permanent: the same image would be refused again."""
+
+    def __init__(self, reference: object, policy: str, why: str) -> None:
+        super().__init__(f"{reference}: refused by {policy}: {why}")
+        self.reference = str(reference)
+        self.policy = policy
+        self.why = why
+
+    def __reduce__(self) -> tuple[type[ImageRefused], tuple[str, str, str]]:
+        return type(self), (self.reference, self.policy, self.why)
 
 
 class LocalStorageError(DuccError):

@@ -23,7 +23,7 @@ import redis
 from ducc.errors import PublishError, ServiceUnavailable
 from ducc.progress import LogProgress, Progress
 from ducc.publish import Publisher, RepositoryView, StillHeld
-from ducc.publish.cvmfs import CvmfsView, split_repository
+from ducc.publish.cvmfs_view import CvmfsView, split_repository
 from ducc.publish.directory import DirectoryPublisher, DirectoryView
 from ducc.service import keys
 from ducc.service.broker import build_redis
@@ -201,6 +201,7 @@ class Services:
 
     @cached_property
     def converter(self) -> Converter:
+        from ducc.admission import from_limits
         from ducc.convert import Converter
         from ducc.model.limits import Limits
 
@@ -210,7 +211,9 @@ class Services:
                          parallel_layers=self.settings.parallel_layers,
                          layer_lock=self._layer_lock if self.shared_locks else None, thin_client=self.thin_client,
                          limits=limits, cvmfs_repo=self.settings.cvmfs_repo,
-                         thin_cvmfs_repo=self.settings.thin_cvmfs_repo)
+                         thin_cvmfs_repo=self.settings.thin_cvmfs_repo,
+                         policies=from_limits(max_layers=self.settings.max_layers,
+                                              max_compressed_bytes=self.settings.max_compressed_bytes))
 
     def celery(self) -> Celery:
         """The Celery app (a new one each call: a worker registers its tasks on its own)."""

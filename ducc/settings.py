@@ -20,6 +20,8 @@
 | DUCC_MAX_LAYER_ENTRIES | tar entries one layer may have | 1,000,000 |
 | DUCC_MAX_PATH_DEPTH | levels of directories in one path of an image | 512 |
 | DUCC_MAX_PATH_BYTES | bytes of one path of an image | 3,072 |
+| DUCC_MAX_LAYERS | layers an image's manifest may list; more: refused before any layer is fetched (``ducc.admission``) | no limit |
+| DUCC_MAX_COMPRESSED_BYTES | compressed bytes an image's manifest may declare (its distinct layers); more: refused before any layer is fetched | no limit |
 | DUCC_SYNC_CONCURRENCY | images checked/converted at once by ``sync`` | 4 |
 | DUCC_RETRY_ATTEMPTS | attempts per registry request | 5 |
 | DUCC_MIN_TRANSFER_RATE | bytes/s below which a registry transfer is cut off: each may take DUCC_MIN_TRANSFER_TIME plus its size at this rate | 16384 |
@@ -135,6 +137,11 @@ def _positive(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def _optional_positive(env: Mapping[str, str], name: str) -> int | None:
+    """A limit that is off unless set (empty: off too)."""
+    return _positive(env, name, 1) if env.get(name) else None
+
+
 def _platform(env: Mapping[str, str], name: str) -> Platform:
     try:
         return Platform.parse(env.get(name) or "linux/amd64")
@@ -213,6 +220,8 @@ class Settings:
     max_layer_entries: int = DEFAULT_MAX_LAYER_ENTRIES
     max_path_depth: int = DEFAULT_MAX_PATH_DEPTH
     max_path_bytes: int = DEFAULT_MAX_PATH_BYTES
+    max_layers: int | None = None
+    max_compressed_bytes: int | None = None
     min_transfer_rate: int = 16 << 10
     min_transfer_time: int = 60
     max_tag_pages: int = 1000
@@ -292,6 +301,8 @@ class Settings:
             max_layer_entries=_positive(env, "DUCC_MAX_LAYER_ENTRIES", DEFAULT_MAX_LAYER_ENTRIES),
             max_path_depth=_positive(env, "DUCC_MAX_PATH_DEPTH", DEFAULT_MAX_PATH_DEPTH),
             max_path_bytes=_positive(env, "DUCC_MAX_PATH_BYTES", DEFAULT_MAX_PATH_BYTES),
+            max_layers=_optional_positive(env, "DUCC_MAX_LAYERS"),
+            max_compressed_bytes=_optional_positive(env, "DUCC_MAX_COMPRESSED_BYTES"),
             min_transfer_rate=_positive(env, "DUCC_MIN_TRANSFER_RATE", 16 << 10),
             min_transfer_time=_positive(env, "DUCC_MIN_TRANSFER_TIME", 60),
             max_tag_pages=_positive(env, "DUCC_MAX_TAG_PAGES", 1000),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,21 @@ from tests.support.processes import Registry, start_registry
 from tests.support.tokens import ISSUER, SERVICE, TokenServer
 
 _names = itertools.count()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--bench", action="store_true", help="also run the timing benchmarks (tests marked bench)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Benchmarks measure speed and prove no behaviour the other tests do not: the default run (and CI,
+    on two cores within its time limit) leaves them out, saying so, unless asked for."""
+    if config.getoption("--bench") or os.environ.get("DUCC_BENCH") == "1":
+        return
+    skip = pytest.mark.skip(reason="a timing benchmark: run with --bench or DUCC_BENCH=1")
+    for item in items:
+        if item.get_closest_marker("bench"):
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

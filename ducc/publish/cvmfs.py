@@ -58,13 +58,14 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO, TypeVar
 
 from ducc import layout
-from ducc.errors import CvmfsError, PublishError, RepositoryUnusable
+from ducc.errors import CvmfsError, PublishError
 from ducc.model.digest import Digest
 from ducc.model.manifest import DEFAULT_PLATFORM, Platform
 from ducc.model.reference import Reference
 from ducc.publish import RepositoryLock
 from ducc.publish.cvmfs_server import CvmfsServer
-from ducc.publish.directory import DirectoryView, remove_tag_files, write_atomic, write_link, write_record_files
+from ducc.publish.cvmfs_view import CvmfsView
+from ducc.publish.directory import remove_tag_files, write_atomic, write_link, write_record_files
 from ducc.publish.staging import Reservations, Staging
 from ducc.record import Record
 
@@ -72,65 +73,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_SETTLE_ATTEMPTS = 20
 DELETE_BATCH = 64  # paths per ``ingest --delete``: one revision each, command lines well below ARG_MAX
-
-
-def split_repository(text: str) -> tuple[str, str]:
-    """``REPO[/subdir]`` → (repository, subdir); the sub-directory has no ``..``, no leading ``/``."""
-    repository, _, subdir = text.strip().strip("/").partition("/")
-    parts = [p for p in subdir.split("/") if p not in ("", ".")]
-    if not repository or ".." in parts:
-        raise RepositoryUnusable(f"invalid CVMFS repository {text!r}: expected REPO[/subdir]")
-    if ":" in subdir:
-        # Every layer, flat root and deletion lives under the sub-directory, and ``cvmfs_server ingest``
-        # splits its -b and -d paths on ':' (it would delete a sibling tree).
-        raise RepositoryUnusable(f"invalid CVMFS repository {text!r}: the sub-directory may not contain ':' "
-                           "(cvmfs_server ingest splits paths on it)")
-    return repository, "/".join(parts)
-
-
-class CvmfsView(DirectoryView):
-    """``/cvmfs/<repo>[/<subdir>]`` read only (``mount`` stands for ``/cvmfs/<repo>``)."""
-
-    def __init__(self, repository: str, *, subdir: str = "", mount: Path | None = None) -> None:
-        self.repository = repository
-        self.subdir = subdir
-        self.mount = mount if mount is not None else Path("/cvmfs") / repository
-        super().__init__(self.mount / subdir if subdir else self.mount, repository)
-
-    @property
-    def name(self) -> str:
-        return self.repository + (f"/{self.subdir}" if self.subdir else "")
-
-    # ``cvmfs_server`` remounts ``/cvmfs/<repo>`` when it opens or publishes a transaction: for a
-    # moment the mount point is the bare directory under it. A read of several files that straddles
-    # a remount could mix two states (a record's manifest.json without its config.json), so reads
-    # of more than one file are repeated until the mount stayed the same throughout.
-    def read_record(self, ref: Reference, platform: Platform) -> Record | None:
-        return self._settled(lambda: DirectoryView.read_record(self, ref, platform))
-
-    def read_record_at(self, link: str) -> Record | None:
-        return self._settled(lambda: DirectoryView.read_record_at(self, link))
-
-    def _leads_to(self, link: Path) -> Path:
-        """A variant link (a tag published for several platforms) read as a client without ``CVMFS_ARCH``
-        reads it: it leads to the default platform's flat root. Each platform's own link is listed too,
-        under ``.multiarch/<platform>/``."""
-        target = os.readlink(link)
-        if layout.is_variant(target):
-            return (link.parent / layout.expand_variant(target)).resolve()
-        return link.resolve()
-
-    def _settled(self, read: Callable[[], T]) -> T:
-        """``read()``, again until the mount (its device) did not change while it ran."""
-        for _ in range(_SETTLE_ATTEMPTS):
-            before = _device(self.mount)
-            result = read()
-            if _device(self.mount) == before:
-                return result
-            time.sleep(0.05)
-        return result
 
 
 class CvmfsTransaction:
@@ -519,13 +462,6 @@ def _ingested(stage: Path, digest: Digest) -> Path | None:
     """The staged copy of a layer this staging directory ingested (``ingest_tree`` moved it there)."""
     path = stage / f"ingest-{digest.hex}" / digest.prefix / digest.hex / layout.LAYERFS
     return path if path.is_dir() else None
-
-
-def _device(path: Path) -> int | None:
-    try:
-        return os.stat(path).st_dev
-    except OSError:
-        return None
 
 
 def _read(path: Path) -> bytes | None:

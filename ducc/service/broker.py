@@ -1,24 +1,29 @@
 """Connections to Redis (job status, locks) and the Celery app (the queue), built from settings.
 
 Light on purpose: nothing here imports what converts (``ducc.service.tasks``
-registers the task bodies in worker processes only). ``ducc.services`` calls these.
+registers the task bodies in worker processes only), and Celery is imported only by
+the functions that build a Celery object, so the web app, which needs a Redis client,
+never loads it. ``ducc.services`` calls these.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
-from celery import Celery
-from celery.schedules import crontab
 from redis.backoff import ConstantBackoff
 from redis.retry import Retry
 
 from ducc.service import keys
 from ducc.service.queue import GC_TASK, RECONCILE_TASK, SYNC_TASK
 from ducc.settings import Settings
+
+if TYPE_CHECKING:
+    from celery import Celery
+    from celery.schedules import crontab
 
 # Seconds a Redis command or connection may take. A Redis that stops answering (a network partition, a
 # stopped process) must be an error the caller handles (a 503, a heartbeat retried at its next tick, a
@@ -58,6 +63,10 @@ def broker_url(redis_url: str) -> str:
 def parse_cron(
     expression: str, name: str = "DUCC_SYNC_SCHEDULE", nowfun: Callable[[], datetime] | None = None
 ) -> crontab:
+    """Celery's crontab for ``expression``: what beat runs (``ducc.schedule`` reads the same expressions the
+    same way without Celery, for the status page); a ValueError naming the setting ``name``."""
+    from celery.schedules import crontab
+
     fields = expression.split()
     if len(fields) != 5:
         raise ValueError(f"{name} {expression!r} is not a 5-field cron expression")
@@ -69,15 +78,6 @@ def parse_cron(
         raise ValueError(f"{name} {expression!r} is not a valid cron expression: {exc}") from exc
 
 
-def next_sync(expression: str, now: datetime) -> datetime:
-    """When beat runs the wishlist sync next after ``now`` (aware, UTC): the schedule ``expression``
-    (DUCC_SYNC_SCHEDULE) read as Celery beat reads it, in UTC."""
-    at = now.astimezone(UTC)
-    schedule = parse_cron(expression, nowfun=lambda: at)
-    remaining: timedelta = schedule.remaining_estimate(at)
-    return at + remaining
-
-
 def create_celery(settings: Settings, redis_url: str, password: str | None = None) -> Celery:
     """The Celery app, configured from settings; workers add the task bodies with ``ducc.tasks.register``.
 
@@ -87,6 +87,8 @@ def create_celery(settings: Settings, redis_url: str, password: str | None = Non
     Messages are acknowledged late and rejected when a worker is lost, so the broker redelivers
     them; one task at a time is prefetched, so a long conversion never holds others hostage.
     """
+    from celery import Celery
+
     app = Celery("ducc", broker=broker_url(redis_url), set_as_current=False)
     app.conf.update(
         task_acks_late=True,

@@ -159,9 +159,9 @@ def preflight(settings: Settings, *, root: Path, wishlist: Path | None, web: boo
     """What must hold before anything starts: readable DUCC_SYNC_SCHEDULE and DUCC_GC_SCHEDULE, a usable
     root and a valid wishlist (errors), a webhook token (a warning: without one the web app refuses every
     webhook and API request)."""
-    from ducc.service.broker import next_sync, parse_cron
+    from ducc.service.broker import parse_cron
 
-    next_sync(settings.sync_schedule, datetime.now(UTC))  # ValueError for a schedule beat could not read
+    parse_cron(settings.sync_schedule)  # ValueError for a schedule beat could not read
     parse_cron(settings.gc_schedule, "DUCC_GC_SCHEDULE")
     if settings.publisher == "directory":
         from ducc.publish.directory import DirectoryPublisher
@@ -181,7 +181,7 @@ def preflight(settings: Settings, *, root: Path, wishlist: Path | None, web: boo
 
 def queue_first_sync(settings: Settings, env: dict[str, str], wishlist: Path) -> None:
     """Queue the wishlist sync once now; the worker runs it as soon as it is ready."""
-    from ducc.service.broker import next_sync
+    from ducc.schedule import next_sync
     from ducc.service.queue import SYNC_TASK
     from ducc.services import Services
 

@@ -6,6 +6,7 @@ waiting for a retry comes back neither through its Celery retry nor through reco
 from __future__ import annotations
 
 import os
+import re
 import time
 
 import pytest
@@ -13,11 +14,11 @@ import pytest
 from ducc import layout
 from ducc.model.reference import Reference
 from ducc.service.jobs import JobStore
+from ducc.web import create_app
 from tests.integration.test_service import queue_for, settings_for, wait_finished, wait_state
 from tests.support.images import File, ImageSpec, Layer, push_image
 from tests.support.proxy import FaultProxy, via
 from tests.support.service import DuccProcess, ducc_cli, service_env
-from webhooks import create_app
 
 TOKEN = "cancel-api-token"
 
@@ -127,17 +128,29 @@ def test_a_job_retrying_against_a_dead_registry_is_cancelled_and_never_comes_bac
         push_image(client, ref, ImageSpec(layers=[Layer([File("x", b"x")])]))
         proxy.add("status", "/manifests/", method=None, times=-1, status=503)  # the registry stays down
         fast = {"DUCC_RETRY_ATTEMPTS": "1", "DUCC_JOB_RETRY_BASE": "2", "DUCC_JOB_LEASE": "3"}
-        worker("worker", "--name", "r@%h", **fast)
+        converting = worker("worker", "--name", "r@%h", **fast)
         worker("beat", **fast)  # reconciliation every DUCC_JOB_LEASE seconds
         env = service_env(root, redis_server.url, tmp_path / "state", **fast)
         job_id = ducc_cli("submit", str(ref), env=env).stdout.split()[-1]
         jobs = JobStore(redis_server.client())
         wait_state(jobs, job_id, ("retrying",), timeout=60)
+        mark = len(converting.log())
         cancelled = ducc_cli("cancel", job_id, env=env)
         assert cancelled.returncode == 0 and "it was retrying" in cancelled.stdout, cancelled.stdout + cancelled.stderr
         before = jobs.get(job_id)
         asked = len(proxy.requests(path="/manifests/"))
-        time.sleep(12)  # several retry delays and reconciliations later
+        # Both ways back are seen to happen: the Celery retry is delivered (and answers 'cancelled'), and
+        # reconciliation runs twice after the cancel (and requeues nothing).
+        deadline = time.monotonic() + 60
+        while True:
+            since = converting.log()[mark:]
+            retried = re.findall(r"Task ducc\.convert\[[^]]+\] succeeded in [^:]+: (.*)", since)
+            reconciled = re.findall(r"Task ducc\.reconcile\[[^]]+\] succeeded in [^:]+: (.*)", since)
+            if retried and len(reconciled) >= 2:
+                break
+            assert time.monotonic() < deadline, since[-3000:]
+            time.sleep(0.2)
+        assert retried == ["'cancelled'"] and set(reconciled) == {"0"}, since[-3000:]
         after = jobs.get(job_id)
         assert after.state == "cancelled" and after.attempts == before.attempts and after.events == before.events
         assert len(proxy.requests(path="/manifests/")) == asked, "a cancelled job asked the registry again"

@@ -353,6 +353,7 @@ def test_a_missing_binary_is_a_cvmfs_error(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.bench
 def test_timing_of_a_large_tree(cvmfs, server, tmp_path, capsys):
     """On the real server; and separately ducc's own stream cost, with a command that only reads its input."""
     source = tmp_path / "large"

@@ -136,7 +136,7 @@ def test_a_worker_job_records_the_revision_and_when_each_stratum_1_serves_it(
         assert f"visible on {live.host} at " in status.stdout and f"visible on {late.host} at " in status.stdout
         assert f"in revision {revision}" in status.stdout
 
-        from webhooks import create_app
+        from ducc.web import create_app
 
         web = create_app(settings).test_client()
         timeline = web.get(f"/api/v1/conversions/{job_id}").json["timeline"]

@@ -18,6 +18,7 @@ import pytest
 from ducc import layout
 from ducc.convert import Converter
 from ducc.errors import TreeMissing
+from ducc.gc import GcState, Item, Kind, collect
 from ducc.model.manifest import DEFAULT_PLATFORM
 from ducc.publish.directory import DirectoryPublisher
 from tests.integration.test_runtimes import PROGRAMS, run_in, world_root  # noqa: F401  (a fixture)
@@ -134,11 +135,17 @@ def test_the_grace_is_counted_from_when_gc_first_saw_a_tree_unreferenced_not_fro
     ancient = time.time() - 365 * DAY
     for path in [root / layout.flat_dir(old.config_digest), *(root / layout.flat_dir(old.config_digest)).rglob("*")]:
         os.utime(path, (ancient, ancient), follow_symlinks=False)
+    flat = Item(Kind.FLAT, old.config_digest)
+    before = time.time()
     first = ok(ducc("gc", "--grace", "3s", root=root))
     assert "deleted 0 flat roots" in first  # a year-old mtime does not count: first seen now
-    time.sleep(4)
-    second = ok(ducc("gc", "--grace", "3s", root=root))
-    assert f"deleted  flat  {old.config_digest}" in second
+    publisher = DirectoryPublisher(root)
+    since = GcState.parse(publisher.read_gc_state()).unreferenced[flat]
+    assert before <= since <= time.time()
+    # the later runs read the clock ducc is given: the grace ends at exactly since + 3 s, with no waiting
+    assert collect(publisher, grace=3, clock=lambda: since + 2.9).deleted == ()
+    assert flat in collect(publisher, grace=3, clock=lambda: since + 3).deleted
+    assert not (root / layout.flat_dir(old.config_digest)).exists()
 
 
 # -- beside conversions ------------------------------------------------------------------------------

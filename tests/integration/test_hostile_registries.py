@@ -111,12 +111,12 @@ def test_a_blob_that_never_ends_is_refused_at_its_declared_size_and_leaves_no_pa
         while chunk := stream.read(1 << 16):
             delivered += chunk
     assert len(delivered) <= declared  # the byte after the declared size is refused, nothing past it handed on
-    assert str(error.value).endswith(f"size: expected {declared} bytes, got more than {declared} bytes")
+    assert str(error.value).endswith(f": expected {declared} bytes, got more than {declared} bytes")
 
     cache = tmp_path / "cache"
     done = run_measured(["convert", str(registry.ref)], ducc_env(tmp_path / "root", DUCC_CACHE_DIR=str(cache)))
     assert done.returncode == 1
-    assert one_line(done.stderr) == (f"ducc: {registry.ref}: blob {layer} of {registry.ref.name}: size: "
+    assert one_line(done.stderr) == (f"ducc: {registry.ref}: blob {layer} of {registry.ref.name}: "
                                      f"expected {declared} bytes, got more than {declared} bytes")
     assert done.seconds < 10 and done.peak_rss < BASELINE_RSS
     assert [p.name for p in cache.rglob("*") if p.is_file()] == []  # no .part, no entry

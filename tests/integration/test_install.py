@@ -23,7 +23,7 @@ from tests.support.service import DuccProcess
 
 REPO = Path(__file__).resolve().parents[2]
 # What `pip install .` reads; copied out so that building never writes into the checkout.
-SOURCES = ("pyproject.toml", "README.md", "ducc", "webhooks")
+SOURCES = ("pyproject.toml", "README.md", "ducc")
 TEST_ONLY = ("pytest", "hypothesis", "mypy", "ruff")
 
 
@@ -64,7 +64,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_wheel_installs_without_extras_and_not_editable(installed, tmp_path):
     version = _run([str(installed / "ducc"), "--version"], tmp_path)
     assert version.stdout.strip() == f"ducc {__version__}"
-    where = _run([str(installed / "python"), "-c", "import ducc, webhooks; print(ducc.__file__); print(webhooks.__file__)"],
+    where = _run([str(installed / "python"), "-c", "import ducc.web; print(ducc.__file__); print(ducc.web.__file__)"],
                  tmp_path)
     for line in where.stdout.split():
         assert Path(line).is_relative_to(installed.parent), f"{line} is not inside the fresh venv (editable?)"

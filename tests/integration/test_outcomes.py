@@ -25,11 +25,11 @@ from ducc.publish.directory import DirectoryPublisher
 from ducc.service.jobs import JobStore
 from ducc.service.queue import GC_TASK
 from ducc.services import Services
+from ducc.web import create_app
 from tests.integration.test_service import queue_for, settings_for, wait_finished, wait_state
 from tests.support.images import File, ImageSpec, Layer, push_image
 from tests.support.proxy import via
 from tests.support.service import DuccProcess, ducc_cli, service_env
-from webhooks import create_app
 
 SOURCE = ImageSpec(layers=[Layer([File("etc/os-release", b"ID=outcomes\n")]), Layer([File("app", os.urandom(150_000))])],
                    env=["PATH=/usr/bin:/bin"], cmd=["/app"])

@@ -86,7 +86,16 @@ def test_no_initial_sync_waits_for_the_schedule(client, unique_ref, tmp_path):
         serve.wait_for_log("ready.", timeout=90)
         port = int(env["DUCC_LISTEN"].rsplit(":", 1)[1])
         wait_for_port(port, timeout=30, process=serve.process)
-        time.sleep(5)  # a first sync, had one been queued, would have converted the image by now
+        # serve decided (and logged) before this probe is queued; the worker takes the one Celery queue in
+        # order, so once it has run the probe it has taken every message serve queued: none was a sync.
+        serve.wait_for_log("no sync now (--no-initial-sync)")
+        from ducc.service.queue import RECONCILE_TASK
+        from ducc.services import Services
+        from ducc.settings import Settings
+
+        probe = Services(Settings.from_env(env)).celery().send_task(RECONCILE_TASK)
+        serve.wait_for_log(f"Task {RECONCILE_TASK}[{probe.id}] succeeded")
+        assert "Task ducc.sync[" not in serve.log()
         assert not (tmp_path / "root" / layout.tag_link(ref)).exists()
         assert ducc("jobs", env=env).stdout == ""
         html = requests.get(f"http://127.0.0.1:{port}/", timeout=10).text

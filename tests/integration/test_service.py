@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 
 from ducc import layout
 from ducc.model.reference import Reference
@@ -60,6 +61,26 @@ def wait_finished(jobs: JobStore, job_ids: list[str], timeout: float = 120):
             return found
         time.sleep(0.2)
     raise TimeoutError(f"jobs not finished: {[(j.id, j.state) for j in found if j and not j.finished]}")
+
+
+def sync_and_wait(celery, redis_server: RedisServer, timeout: float = 120) -> list:
+    """Send the wishlist sync to the workers and wait until it has recorded its outcome (``ducc:sync:last``,
+    written once every image was checked) and every job queued until then has finished; returns those jobs.
+    The record is the sync's own word that it is done, so a sync that queues nothing is seen as such."""
+    from ducc.service import lastsync
+
+    client = redis_server.client()
+    jobs = JobStore(client)
+    known = {j.id for j in jobs.recent_jobs(1000)}
+    previous = lastsync.read(client)
+    celery.send_task("ducc.sync")
+    deadline = time.monotonic() + timeout
+    while (last := lastsync.read(client)) is None or (previous is not None and last.at <= previous.at):
+        assert time.monotonic() < deadline, "the sync never recorded its outcome"
+        time.sleep(0.2)
+    new = [j.id for j in jobs.recent_jobs(1000) if j.id not in known]
+    assert sorted(new) == sorted(o.job for o in last.images if o.job), "jobs other than those the sync queued"
+    return wait_finished(jobs, new, timeout)
 
 
 def wait_state(jobs: JobStore, job_id: str, states: tuple[str, ...], timeout: float = 30) -> None:
@@ -204,24 +225,11 @@ def test_sync_task_queues_exactly_the_image_whose_tag_moved(client, unique_ref, 
     from ducc.services import Services
 
     app = Services(settings_for(redis_server, root)).celery()
-    jobs = JobStore(redis_server.client())
 
-    def run_sync_and_wait(expected_new: int) -> list:
-        before = {j.id for j in jobs.recent_jobs(100)}
-        app.send_task("ducc.sync")
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            new = [j for j in jobs.recent_jobs(100) if j.id not in before]
-            if len(new) >= expected_new and all(j.finished for j in new):
-                time.sleep(1)  # nothing more arrives
-                return [j for j in jobs.recent_jobs(100) if j.id not in before]
-            time.sleep(0.2)
-        raise TimeoutError("sync did not finish")
-
-    assert {j.image for j in run_sync_and_wait(3)} == {str(r) for r in refs}
-    assert run_sync_and_wait(0) == []
+    assert {j.image for j in sync_and_wait(app, redis_server)} == {str(r) for r in refs}
+    assert sync_and_wait(app, redis_server) == []
     push_image(client, refs[1], ImageSpec(layers=[BASE, Layer([File("v", b"2")])]))
-    moved = run_sync_and_wait(1)
+    moved = sync_and_wait(app, redis_server)
     assert [j.image for j in moved] == [str(refs[1])]
     assert (root / layout.tag_link(refs[1]) / "v").read_bytes() == b"2"
 
@@ -379,10 +387,18 @@ def test_two_roots_naming_one_directory_are_serialised_by_one_repository_lease(r
     with here.transaction():
         name = (root / layout.REPOSITORY_NAME).read_text().strip()
         assert name and there.name == here.name == name  # stored in the root on first use, seen from both paths
-        assert redis_server.client().exists(keys.lock(keys.publish_lease(name)))
-        other = threading.Thread(target=write_from_the_other_host)
-        other.start()
-        assert not entered.wait(1.0)
+        lock = keys.lock(keys.publish_lease(name))
+        assert redis_server.client().exists(lock)
+        # Redis's MONITOR shows the other host asking for this very lease and being refused (SET NX), twice.
+        with redis.Redis.from_url(redis_server.url, password=redis_server.password, socket_timeout=30).monitor() as monitor:
+            other = threading.Thread(target=write_from_the_other_host)
+            other.start()
+            asked, deadline = 0, time.monotonic() + 30
+            while asked < 2:
+                assert time.monotonic() < deadline, "the other host never asked Redis for the repository's lease"
+                command = monitor.next_command()["command"]
+                asked += command.startswith("SET ") and lock in command and "NX" in command.upper()
+                assert not entered.is_set(), command
     other.join(30)
     assert entered.is_set()
 

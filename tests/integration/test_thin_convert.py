@@ -7,18 +7,16 @@ import json
 import os
 import subprocess
 
-import pytest
-
 from ducc import layout
 from ducc.model.digest import Digest
 from ducc.model.manifest import DEFAULT_PLATFORM
 from ducc.model.reference import Reference
 from ducc.publish.directory import DirectoryView
+from ducc.web.api import published_image
 from tests.integration.test_cli import ducc
 from tests.support.images import File, ImageSpec, Layer, push_image
 from tests.support.proxy import via
 from tests.support.trees import umoci_rootfs
-from webhooks.api import published_image
 
 REPO = "unpacked.example.org"
 SOURCE = ImageSpec(
@@ -97,58 +95,6 @@ def test_convert_with_thin_pushes_a_thin_image_that_skopeo_and_umoci_read_and_re
     assert forced.returncode == 0, forced.stderr
     assert thin_line(forced.stdout) == pinned  # the same digest, from byte-identical blobs ...
     assert [(s.method, "/manifests/" in s.path) for s in proxy.seen[before:]] == [("HEAD", True)]  # ... one HEAD
-
-
-@pytest.mark.parametrize("kind", ["basic", "token"])
-def test_a_wrong_password_fails_only_the_thin_stage_and_the_right_one_later_pushes_only_the_thin_image(
-    client, unique_ref, auth_registry, token_registry, root, tmp_path, kind
-):
-    host, good = (auth_registry.host, "s3cr3t-pw") if kind == "basic" else (token_registry[0].host, "t0ken-pw")
-    source = unique_ref()
-    push_image(client, source, SOURCE)
-    target = Reference(host, "thin/" + source.repository.rsplit("/", 1)[1], "v1")
-    env = {"DUCC_THIN_CVMFS_REPO": REPO, "DOCKER_CONFIG": str(tmp_path),
-           "DUCC_OUTPUT_REGISTRY_USER": "ducc", "DUCC_OUTPUT_REGISTRY_PASSWORD": "not-the-pw"}
-    done = ducc("convert", str(source), "--thin", str(target), root=root, env=env)
-    assert done.returncode == 1
-    assert "published, thin image not pushed:" in done.stderr and "401" in done.stderr and str(target) in done.stderr
-    assert "not-the-pw" not in done.stderr + done.stdout
-    assert published(root, source)  # the flat root stays published
-    info = json.loads(ducc("inspect", str(source), root=root).stdout)
-    assert info["thin_reference"] is None and info["thin_digest"] is None
-
-    secret = tmp_path / "output-password"
-    secret.write_text(good + "\n")
-    fixed = {**env, "DUCC_OUTPUT_REGISTRY_PASSWORD": "", "DUCC_OUTPUT_REGISTRY_PASSWORD_FILE": str(secret)}
-    later = ducc("convert", str(source), "--thin", str(target), root=root, env=fixed)
-    assert later.returncode == 0, later.stderr
-    assert later.stdout.startswith("unchanged\t")  # the image was current: only the thin image went up
-    pinned = thin_line(later.stdout)
-    seen = skopeo("inspect", "--tls-verify=false", "--creds", f"ducc:{good}", f"docker://{target}")
-    assert seen["Digest"] == str(pinned.digest) and "CVMFS_IMAGE=true" in seen["Env"]
-
-
-FAULTS = [
-    ("upload-refused-403", dict(action="status", path="/blobs/uploads/", method=None, status=403, times=-1), "403"),
-    ("manifest-put-503", dict(action="status", path="/manifests/", method="PUT", status=503, times=-1), "503"),
-]
-
-
-@pytest.mark.parametrize("rule,reason", [f[1:] for f in FAULTS], ids=[f[0] for f in FAULTS])
-def test_a_registry_refusing_or_failing_the_push_leaves_a_clear_reason_and_no_tag(
-    client, unique_ref, registry, proxy, root, tmp_path, rule, reason
-):
-    source = unique_ref()
-    push_image(client, source, SOURCE)
-    target = via(proxy, Reference(registry.host, source.repository + "_thin", "v1"))
-    proxy.add(rule.pop("action"), rule.pop("path"), **rule)
-    done = ducc("convert", str(source), "--thin", str(target), root=root,
-                env={"DUCC_THIN_CVMFS_REPO": REPO, "DOCKER_CONFIG": str(tmp_path), "DUCC_RETRY_ATTEMPTS": "2"})
-    assert done.returncode == 1
-    assert "published, thin image not pushed:" in done.stderr and reason in done.stderr
-    assert "Traceback" not in done.stderr
-    assert published(root, source)
-    assert client.manifest_digest(Reference(registry.host, target.repository, target.tag)) is None
 
 
 def test_sync_pushes_the_thin_images_the_wishlist_names_as_the_recipe_user(

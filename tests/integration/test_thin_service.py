@@ -7,13 +7,11 @@ import json
 import subprocess
 import time
 
-import pytest
-
 from ducc import layout
 from ducc.model.reference import Reference
 from ducc.model.request import ConversionRequest
 from ducc.service.jobs import JobStore
-from tests.integration.test_service import queue_for, service, settings_for, wait_finished  # noqa: F401
+from tests.integration.test_service import queue_for, service, settings_for, sync_and_wait, wait_finished  # noqa: F401
 from tests.support.images import File, ImageSpec, Layer, push_image
 from tests.support.proxy import via
 
@@ -64,25 +62,6 @@ def test_a_wishlist_sync_with_output_format_pushes_each_thin_image_as_a_job_stag
     assert record["thin_reference"] == str(target) and record["thin_digest"] == seen["Digest"]
 
 
-@pytest.mark.parametrize("kind", ["basic", "token"])
-def test_a_wrong_password_fails_the_job_as_published_without_its_thin_image(
-    client, unique_ref, redis_server, service, root, tmp_path, request, kind  # noqa: F811
-):
-    """The thin image's registry refuses the password: with Basic auth (htpasswd) and in Bearer-token mode."""
-    host = (request.getfixturevalue("auth_registry") if kind == "basic" else request.getfixturevalue("token_registry")[0]).host
-    source = unique_ref()
-    push_image(client, source, SOURCE)
-    target = Reference(host, "thin/" + source.repository.rsplit("/", 1)[1], "v1")
-    service(DUCC_THIN_CVMFS_REPO=REPO, DOCKER_CONFIG=str(tmp_path),
-            DUCC_OUTPUT_REGISTRY_USER="ducc", DUCC_OUTPUT_REGISTRY_PASSWORD="not-the-pw")
-    job_id = queue_for(redis_server, root).submit(ConversionRequest(source, thin=target), "test").job_id
-    (job,) = wait_finished(JobStore(redis_server.client()), [job_id])
-    assert job.state == "failed" and not job.temporary and job.attempts == 1
-    assert job.error.startswith("published, thin image not pushed: ") and "401" in job.error
-    assert str(target) in job.error and "not-the-pw" not in json.dumps(job.to_json())
-    assert (root / layout.tag_link(source) / "app").read_bytes() == b"v1"  # the flat stays published
-
-
 def test_a_registry_outage_on_the_push_is_retried_without_converting_again(
     client, unique_ref, registry, proxy, redis_server, service, root, tmp_path  # noqa: F811
 ):
@@ -108,8 +87,8 @@ def test_a_webhook_for_a_wishlist_image_pushes_the_thin_image_the_wishlist_names
 ):
     """A registry notification (the real web app, its real Redis) for an image the wishlist names queues the
     conversion the nightly sync would: with the thin image of the wishlist's output_format."""
+    from ducc.web import create_app
     from tests.integration.test_webhooks import EVENTS_V1, TOKEN, manifest_push
-    from webhooks import create_app
 
     source = unique_ref("2.0")
     push_image(client, source, SOURCE)
@@ -149,16 +128,8 @@ def test_a_second_sync_finds_the_thin_image_current_and_pushes_nothing(
     celery = Services(settings_for(redis_server, root)).celery()
     jobs = JobStore(redis_server.client())
 
-    def sync_and_wait(count: int) -> list:
-        celery.send_task("ducc.sync")
-        deadline = time.monotonic() + 120
-        while len(found := jobs.for_image(str(source))) < count or not all(j.finished for j in found):
-            assert time.monotonic() < deadline, "the sync queued no job, or it never finished"
-            time.sleep(0.2)
-        return found
-
-    (first,) = sync_and_wait(1)
-    assert first.state == "published", first.error
+    (first,) = sync_and_wait(celery, redis_server)
+    assert first.image == str(source) and first.state == "published", first.error
     digest = first.result["thin_digest"]
     def writes() -> list:
         return [r for r in proxy.requests() if r.method in ("POST", "PUT", "PATCH")]
@@ -166,36 +137,11 @@ def test_a_second_sync_finds_the_thin_image_current_and_pushes_nothing(
     assert writes(), "the first sync pushed nothing through the proxy"
     pushed = len(writes())
     sync_jobs_before = len(jobs.recent_jobs(1000))
-    celery.send_task("ducc.sync")
-    time.sleep(5)  # the sync checks the tag (a HEAD) and queues nothing: there is no job to wait for
+    assert sync_and_wait(celery, redis_server) == []  # the sync checks the tag (a HEAD) and queues nothing
     assert len(jobs.for_image(str(source))) == 1 and len(jobs.recent_jobs(1000)) == sync_jobs_before
     assert len(writes()) == pushed
     target = Reference(registry.host, f"thin/{source.repository}", "1.0")
     assert skopeo_inspect(target)["Digest"] == digest
-
-
-FINAL_FAULTS = [
-    ("upload-refused-403", dict(action="status", path="/blobs/uploads/", method=None, status=403, times=-1), "403"),
-    ("manifest-put-503", dict(action="status", path="/manifests/", method="PUT", status=503, times=-1), "503"),
-]
-
-
-@pytest.mark.parametrize("rule,reason", [f[1:] for f in FINAL_FAULTS], ids=[f[0] for f in FINAL_FAULTS])
-def test_a_push_refused_or_failing_for_good_ends_the_job_with_the_reason_and_no_tag(
-    client, unique_ref, registry, proxy, redis_server, service, root, tmp_path, rule, reason  # noqa: F811
-):
-    source = unique_ref()
-    push_image(client, source, SOURCE)
-    target = via(proxy, Reference(registry.host, source.repository + "_thin", "v1"))
-    proxy.add(rule.pop("action"), rule.pop("path"), **rule)
-    service(DUCC_THIN_CVMFS_REPO=REPO, DOCKER_CONFIG=str(tmp_path), DUCC_RETRY_ATTEMPTS="1",
-            DUCC_JOB_RETRY_BASE="1", DUCC_JOB_MAX_ATTEMPTS="2")
-    job_id = queue_for(redis_server, root).submit(ConversionRequest(source, thin=target), "test").job_id
-    (job,) = wait_finished(JobStore(redis_server.client()), [job_id], timeout=180)
-    assert job.state == "failed"
-    assert job.error.startswith(f"published, thin image not pushed: thin image {target}") and reason in job.error
-    assert (root / layout.tag_link(source) / "app").read_bytes() == b"v1"  # the flat stays published
-    assert client.manifest_digest(Reference(registry.host, target.repository, target.tag)) is None
 
 
 def test_ducc_submit_with_thin_queues_a_job_that_pushes_the_thin_image(

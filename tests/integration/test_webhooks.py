@@ -17,12 +17,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ducc import layout
+from ducc.errors import ServiceUnavailable
+from ducc.publish.directory import DirectoryView
+from ducc.service.broker import build_redis
 from ducc.service.jobs import JobStore
+from ducc.service.queue import Queue
 from ducc.settings import Settings
+from ducc.web import create_app
 from tests.support.images import File, ImageSpec, Layer, push_image
 from tests.support.processes import free_port, start_registry, wait_for_port
 from tests.support.service import DuccProcess, service_env
-from webhooks import create_app
 
 PAYLOADS = Path(__file__).resolve().parents[3] / "shared" / "reference" / "payloads"
 TOKEN = "webhook-token-7f3a"
@@ -70,6 +74,40 @@ def post(web, path: str, body, *, token: str | None = TOKEN, content_type: str =
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     data = body if isinstance(body, (bytes, str)) else json.dumps(body)
     return web.post(path + query, data=data, headers=headers, content_type=content_type)
+
+
+def test_the_app_answers_from_the_collaborators_it_is_given(redis_server, root, tmp_path):
+    """Given Redis, the queue, the job store and a maker of the repository view, create_app builds none of them
+    from the settings (whose Redis and root here lead nowhere), and makes the view once, at its first use."""
+    client = build_redis(redis_server.url)
+    jobs = JobStore(client)
+    views: list[DirectoryView] = []
+
+    def view_of() -> DirectoryView:
+        views.append(DirectoryView(root))
+        return views[-1]
+
+    elsewhere = Settings.from_env({"DUCC_REDIS_URL": "redis://127.0.0.1:1/0", "DUCC_ROOT": str(tmp_path / "elsewhere"),
+                                   "DUCC_WEBHOOK_TOKEN": TOKEN, "DUCC_ALLOW": "127.0.0.1:5000/allowed/*",
+                                   "DUCC_STATE_DIR": str(tmp_path / "state")})
+    web = create_app(elsewhere, client=client, queue=Queue(client, jobs), jobs=jobs, view_of=view_of).test_client()
+    assert views == []
+    assert web.get("/healthz").status_code == 200
+    answer = web.post("/api/v1/conversions", json={"image": "127.0.0.1:5000/allowed/app:given"},
+                      headers={"Authorization": f"Bearer {TOKEN}"})
+    assert answer.status_code == 202, answer.json
+    job = jobs.get(answer.json["id"])
+    assert job is not None and job.image == "127.0.0.1:5000/allowed/app:given"
+    for _ in range(2):
+        image = web.get("/api/v1/images?ref=127.0.0.1:5000/allowed/app:given").json
+        assert Path(image["path"]).is_relative_to(root.resolve()) and image["published"] is False
+    assert len(views) == 1
+
+
+def test_without_a_redis_to_use_the_app_does_not_start_and_says_why(tmp_path):
+    state = tmp_path / "state"
+    with pytest.raises(ServiceUnavailable, match=f"DUCC_REDIS_URL is not set and no ducc serve runs here .*{state}"):
+        create_app(Settings.from_env({"DUCC_ROOT": str(tmp_path / "root"), "DUCC_STATE_DIR": str(state)}))
 
 
 def test_a_registry_push_is_queued_with_both_event_content_types(web, redis_server):

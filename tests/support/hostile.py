@@ -8,11 +8,13 @@ endless ``Link`` chain, a token realm elsewhere). Every request is recorded.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -161,33 +163,57 @@ class Measured:
     peak_rss: int  # bytes: the process's own high-water mark (ru_maxrss of exactly this child)
 
 
+# Linux keeps a process's memory high-water mark across exec, and a forked child starts with its
+# parent's: a ``ducc`` started straight from a pytest process that has grown (a test held a large file)
+# would report pytest's size. So a small Python process starts ``ducc`` and reports that child's own
+# ``wait4`` rusage, and its exit status, in a file; it passes SIGINT on.
+_LAUNCHER = """
+import json, os, signal, sys
+report, argv = sys.argv[1], sys.argv[2:]
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.executable, [sys.executable, "-m", "ducc", *argv])
+signal.signal(signal.SIGINT, lambda *_: os.kill(pid, signal.SIGINT))
+while True:
+    try:
+        _, status, usage = os.wait4(pid, 0)
+        break
+    except InterruptedError:
+        continue
+with open(report, "w") as fh:
+    json.dump({"code": os.waitstatus_to_exitcode(status), "maxrss": usage.ru_maxrss * 1024}, fh)
+"""
+
+
 def run_measured(args: list[str], env: dict[str, str], *, timeout: float = 120,
                  interrupt_after: Callable[[], bool] | None = None) -> Measured:
     """``python -m ducc ARGS`` as a child process, with its run time and peak memory (``wait4``'s rusage
-    of that one child). With ``interrupt_after``, SIGINT is sent once it returns True; ``seconds`` is
-    then counted from the signal."""
-    started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "ducc", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    out: dict[str, bytes] = {}
-    readers = [threading.Thread(target=lambda n=name, s=stream: out.__setitem__(n, s.read()), daemon=True)
-               for name, stream in (("out", proc.stdout), ("err", proc.stderr))]
-    for reader in readers:
-        reader.start()
-    killer = threading.Timer(timeout, lambda: os.kill(proc.pid, signal.SIGKILL))
-    killer.start()
-    if interrupt_after is not None:
-        while not interrupt_after():
-            time.sleep(0.05)
+    of that one process, started by a small launcher: see ``_LAUNCHER``). With ``interrupt_after``,
+    SIGINT is sent once it returns True; ``seconds`` is then counted from the signal."""
+    with tempfile.TemporaryDirectory() as scratch:
+        report = Path(scratch) / "report.json"
         started = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.monotonic() - started
-    killer.cancel()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    for reader in readers:
-        reader.join()
-    return Measured(proc.returncode, out["out"].decode(), out["err"].decode(), seconds, usage.ru_maxrss * 1024)
+        proc = subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(report), *args], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        out: dict[str, bytes] = {}
+        readers = [threading.Thread(target=lambda n=name, s=stream: out.__setitem__(n, s.read()), daemon=True)
+                   for name, stream in (("out", proc.stdout), ("err", proc.stderr))]
+        for reader in readers:
+            reader.start()
+        killer = threading.Timer(timeout, lambda: os.killpg(proc.pid, signal.SIGKILL))
+        killer.start()
+        if interrupt_after is not None:
+            while not interrupt_after():
+                time.sleep(0.05)
+            started = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+        launcher_code = proc.wait()
+        seconds = time.monotonic() - started
+        killer.cancel()
+        for reader in readers:
+            reader.join()
+        measured = json.loads(report.read_text()) if report.exists() else {"code": launcher_code, "maxrss": 0}
+    return Measured(measured["code"], out["out"].decode(), out["err"].decode(), seconds, measured["maxrss"])
 
 
 def ducc_env(root: Path, **extra: str) -> dict[str, str]:

@@ -1,5 +1,6 @@
-"""When the next wishlist sync runs (DUCC_SYNC_SCHEDULE read as beat reads it, in UTC), which images a
-wish covers, and why the allow-policy refuses an image when the wishlist itself is broken."""
+"""When the next wishlist sync runs (DUCC_SYNC_SCHEDULE read as beat reads it, in UTC: Celery's own crontab is
+the oracle), which images a wish covers, and why the allow-policy refuses an image when the wishlist itself is
+broken."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from ducc.model.reference import Reference
-from ducc.service.broker import next_sync
+from ducc.schedule import next_sync
+from ducc.service.broker import parse_cron
+from ducc.web.policy import Policy
 from ducc.wishlist import load
-from webhooks.policy import Policy
 
 CASES = [
     ("0 3 * * *", datetime(2024, 1, 1, 12, 0, tzinfo=UTC), datetime(2024, 1, 2, 3, 0, tzinfo=UTC)),
@@ -33,6 +35,45 @@ def test_the_next_sync_follows_the_cron_expression_in_utc(expression, now, expec
 def test_a_schedule_that_is_not_cron_is_a_value_error_naming_the_setting(expression):
     with pytest.raises(ValueError, match="DUCC_SYNC_SCHEDULE"):
         next_sync(expression, datetime(2024, 1, 1, tzinfo=UTC))
+
+
+def _celery_next(expression: str, now: datetime) -> datetime:
+    """When Celery beat runs ``expression`` next after ``now``, by Celery's own crontab."""
+    at = now.astimezone(UTC)
+    remaining: timedelta = parse_cron(expression, nowfun=lambda: at).remaining_estimate(at)
+    return at + remaining
+
+
+ORACLE = {
+    "daily": "0 3 * * *", "every-minute": "* * * * *", "every-25-minutes": "*/25 * * * *",
+    "list-and-stepped-range": "1,2-4/2 * * * *", "hours-wrapping-midnight": "0-10/3 22-2 * * *",
+    "every-6-hours-first-week-mondays": "15 */6 1-7 * mon", "weekends-by-name": "0 12 * * sat,sun",
+    "weekdays-wrapping": "0 0 * * fri-mon", "every-other-weekday": "0 0 * * 0-6/2",
+    "long-day-name": "0 0 * * monday", "month-by-name": "0 0 * february *",
+    "day-and-weekday-both": "0 0 1 * 1", "first-and-fifteenth-wednesdays": "0 0 1,15 * wed",
+    "leap-day": "0 0 29 2 *", "leap-day-on-a-monday": "0 0 29 2 1", "the-31st": "0 0 31 * *",
+    "new-years-eve-last-minute": "59 23 31 12 *", "once-a-year": "7 7 7 7 *",
+}
+REFUSED = {"weekday-7": "0 0 * * 7", "step-without-range": "5/10 * * * *", "february-31": "0 0 31 2 *",
+           "day-0": "0 0 0 * *", "minute-60": "60 * * * *", "step-0": "*/0 * * * *", "open-range": "1- * * * *",
+           "not-a-name": "x * * * *", "trailing-junk": "1-5x * * * *"}
+TIMES = [datetime(2024, 1, 1, tzinfo=UTC) + timedelta(days=days, seconds=seconds)
+         for days, seconds in [(0, 0), (1, 59), (30, 86399), (58, 3 * 3600), (59, 0), (365, 12345), (731, 7 * 60),
+                               (1095, 86340), (1500, 43200)]]
+
+
+@pytest.mark.parametrize("expression", list(ORACLE.values()), ids=list(ORACLE))
+def test_the_next_sync_is_when_celery_beat_runs_it(expression):
+    for now in TIMES:
+        assert next_sync(expression, now) == _celery_next(expression, now), now
+
+
+@pytest.mark.parametrize("expression", list(REFUSED.values()), ids=list(REFUSED))
+def test_a_schedule_celery_refuses_is_refused_naming_the_setting(expression):
+    with pytest.raises(ValueError, match="DUCC_SYNC_SCHEDULE"):
+        _celery_next(expression, TIMES[0])
+    with pytest.raises(ValueError, match="DUCC_SYNC_SCHEDULE"):
+        next_sync(expression, TIMES[0])
 
 
 def test_a_wish_covers_the_tags_its_glob_matches_and_its_digest():

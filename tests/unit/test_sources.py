@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from webhooks.sources import PayloadError, dockerhub, harbor, quay, registry
+from ducc.web.sources import PayloadError, dockerhub, harbor, quay, registry
 
 PAYLOADS = Path(__file__).resolve().parents[3] / "shared" / "reference" / "payloads"
 

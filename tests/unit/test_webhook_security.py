@@ -2,9 +2,9 @@ from pathlib import Path
 
 from ducc.model.reference import Reference
 from ducc.settings import Settings
-from webhooks.policy import Policy
-from webhooks.security import Tokens, presented_token
-from webhooks.senders import TOKEN_SOURCES
+from ducc.web.policy import Policy
+from ducc.web.security import Tokens, presented_token
+from ducc.web.senders import TOKEN_SOURCES
 
 
 def test_tokens_per_source_override_the_common_one_and_files_work(tmp_path: Path):

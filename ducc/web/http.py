@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import redis
@@ -22,24 +24,38 @@ from flask import current_app, request
 from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
 from ducc.model.request import QueuedRequest, UnpublishRequest
+from ducc.publish import RepositoryView
+from ducc.service.jobs import JobStore
 from ducc.service.metrics import record_request
-from ducc.service.queue import QueueUnavailable
-from ducc.services import Services
+from ducc.service.queue import Queue, QueueUnavailable
 from ducc.settings import Settings
-from webhooks.policy import Decision, Policy
-from webhooks.security import Tokens, presented_token
+from ducc.web.policy import Decision, Policy
+from ducc.web.security import Tokens, presented_token
 
 log = logging.getLogger("ducc.web")
 
 
 @dataclass(frozen=True)
 class Web:
-    """The web app's collaborators (``create_app`` builds them; views reach them with ``web()``)."""
+    """The web app's collaborators (``create_app`` is given or builds them; views reach them with ``web()``).
+
+    Only what answering needs: Redis (health, metrics, the last sync), the queue that takes requests,
+    the job store that shows them, and the repository read only. ``view_of`` builds that view at its
+    first use, so a repository setting that is wrong fails the requests that read the repository,
+    not the app's start (``/livez`` and ``/healthz`` still answer).
+    """
 
     settings: Settings
-    services: Services
+    redis: redis.Redis
+    queue: Queue
+    jobs: JobStore
+    view_of: Callable[[], RepositoryView]
     tokens: Tokens
     policy: Policy
+
+    @cached_property
+    def view(self) -> RepositoryView:
+        return self.view_of()
 
 
 def web() -> Web:
@@ -75,7 +91,7 @@ def strict_json(data: bytes) -> Any:
 
 def count(source: str, outcome: str, n: int = 1) -> None:
     try:
-        record_request(web().services.redis, source, outcome, n)
+        record_request(web().redis, source, outcome, n)
     except redis.RedisError:
         pass  # metrics never decide an answer
 
@@ -126,7 +142,7 @@ def _queue(source: str, ref: Reference, requests: list[QueuedRequest], event_id:
     """Submit ``requests`` (one per platform), each entry of the answer with ``extra``; 503 if the queue is
     unavailable."""
     try:
-        queue = web().services.queue
+        queue = web().queue
         out = []
         for queued in requests:
             # one event may stand for several platforms: each gets its own delivery key

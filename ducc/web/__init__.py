@@ -1,32 +1,37 @@
 """The web app: registry webhooks and a REST API turning requests into conversion jobs, a status page.
 
 ``create_app(settings, ...)`` is the factory (as the Flask docs shape it): it
-builds the app's collaborators from ``ducc.services`` (Redis, the queue, the
-job store, the repository view) and registers three blueprints: receivers
-(``webhooks.receivers``, one route per sender of ``webhooks.senders``), the
-REST API (``webhooks.api``) and the pages (``webhooks.pages``). The app never
+takes the few collaborators the app needs (Redis, the queue, the job store, a
+maker of the read-only repository view; ``ducc.services`` builds any not
+given) and registers three blueprints: receivers
+(``ducc.web.receivers``, one route per sender of ``ducc.web.senders``), the
+REST API (``ducc.web.api``) and the pages (``ducc.web.pages``). The app never
 converts anything itself: it authenticates, checks policy, records and queues,
-and reports. What the answers mean is documented in ``webhooks.http``.
+and reports. What the answers mean is documented in ``ducc.web.http``.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import redis
 from flask import Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from ducc.publish import RepositoryView
+from ducc.service.jobs import JobStore
+from ducc.service.queue import Queue
 from ducc.services import Services
 from ducc.settings import Settings
-from webhooks.api import api
-from webhooks.http import BadRequest, Web
-from webhooks.pages import pages
-from webhooks.policy import Policy
-from webhooks.receivers import receivers
-from webhooks.security import Tokens
-from webhooks.senders import TOKEN_SOURCES
+from ducc.web.api import api
+from ducc.web.http import BadRequest, Web
+from ducc.web.pages import pages
+from ducc.web.policy import Policy
+from ducc.web.receivers import receivers
+from ducc.web.security import Tokens
+from ducc.web.senders import TOKEN_SOURCES
 
 log = logging.getLogger("ducc.web")
 
@@ -34,16 +39,32 @@ log = logging.getLogger("ducc.web")
 def create_app(
     settings: Settings | None = None,
     *,
-    services: Services | None = None,
+    client: redis.Redis | None = None,
+    queue: Queue | None = None,
+    jobs: JobStore | None = None,
+    view_of: Callable[[], RepositoryView] | None = None,
     tokens: Tokens | None = None,
     policy: Policy | None = None,
 ) -> Flask:
+    """The web app over ``client`` (Redis), ``queue``, ``jobs`` and the repository view ``view_of()`` makes
+    at its first use; the composition root builds from ``settings`` whichever is not given (only the light
+    ones: the app never builds a converter, a publisher or Celery). Without ``DUCC_REDIS_URL`` and no
+    ``ducc serve`` on this machine it raises ``ServiceUnavailable``: the app could answer nothing."""
     settings = settings or Settings.from_env()
+    if client is None or queue is None or jobs is None or view_of is None:
+        services = Services(settings)
+        client = client if client is not None else services.redis
+        jobs = jobs if jobs is not None else services.jobs
+        queue = queue if queue is not None else services.queue
+        view_of = view_of or (lambda: services.view)
     app = Flask("ducc")
     app.config["MAX_CONTENT_LENGTH"] = settings.webhook_max_bytes
     app.extensions["ducc"] = Web(
         settings=settings,
-        services=services or Services(settings),
+        redis=client,
+        queue=queue,
+        jobs=jobs,
+        view_of=view_of,
         tokens=tokens or Tokens.of(settings.webhook_tokens, TOKEN_SOURCES),
         policy=policy or Policy(list(settings.allow), settings.wishlist),
     )

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from ducc.model import mediatypes
-from webhooks.sources import ImageEvent, Parsed, PayloadError, obj, reference, text
+from ducc.web.sources import ImageEvent, Parsed, PayloadError, obj, reference, text
 
 CONTENT_TYPES = frozenset({
     "application/vnd.docker.distribution.events.v1+json",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from webhooks.sources import ImageEvent, Parsed, PayloadError, obj, reference, text
+from ducc.web.sources import ImageEvent, Parsed, PayloadError, obj, reference, text
 
 PUSH_TYPES = frozenset({"PUSH_ARTIFACT", "harbor.artifact.pushed"})
 

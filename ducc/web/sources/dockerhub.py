@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ducc.model.reference import DOCKER_HUB
-from webhooks.sources import ImageEvent, Parsed, obj, reference, text
+from ducc.web.sources import ImageEvent, Parsed, obj, reference, text
 
 
 def parse(payload: Any) -> Parsed:

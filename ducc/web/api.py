@@ -20,8 +20,8 @@ from ducc.errors import InvalidReference
 from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
 from ducc.publish import RepositoryView
-from webhooks.http import BadRequest, authenticate, body, count, submit, web
-from webhooks.senders import API, JSON_TYPES
+from ducc.web.http import BadRequest, authenticate, body, count, submit, web
+from ducc.web.senders import API, JSON_TYPES
 
 api = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -56,7 +56,7 @@ CANCEL_STATUS = {"cancelled": 200, "published": 200, "requested": 202, "busy": 4
 @api.post("/conversions/<job_id>/cancel")
 def cancel_conversion(job_id: str) -> Any:
     authenticate(API)
-    done = web().services.queue.cancel(job_id, f"api ({request.remote_addr})")
+    done = web().queue.cancel(job_id, f"api ({request.remote_addr})")
     answer: dict[str, Any] = {"id": done.job_id, "outcome": done.outcome, "status": f"/api/v1/conversions/{done.job_id}"}
     if done.asked:
         answer["coalesced"] = done.asked
@@ -74,7 +74,7 @@ def cancel_conversion(job_id: str) -> Any:
 
 @api.get("/conversions/<job_id>")
 def conversion(job_id: str) -> Any:
-    job = web().services.jobs.get(job_id)
+    job = web().jobs.get(job_id)
     if job is None:
         return jsonify({"error": f"no job {job_id}"}), 404
     return jsonify(job.to_json())
@@ -91,8 +91,8 @@ def images() -> Any:
         platform = Platform.parse(request.args.get("platform") or str(context.settings.platform))
     except ValueError as exc:
         raise BadRequest(400, f"?platform= must be os/arch[/variant]: {exc}") from exc
-    return jsonify(published_image(context.services.view, ref, platform) | {
-        "jobs": [j.to_json() | {"timeline": None} for j in context.services.jobs.for_image(str(ref))[:10]],
+    return jsonify(published_image(context.view, ref, platform) | {
+        "jobs": [j.to_json() | {"timeline": None} for j in context.jobs.for_image(str(ref))[:10]],
     })
 
 

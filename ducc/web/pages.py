@@ -26,13 +26,13 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
+from ducc.publish import RepositoryView
+from ducc.schedule import next_sync
 from ducc.service import lastsync
-from ducc.service.broker import next_sync
-from ducc.service.jobs import PROPAGATION, Job
+from ducc.service.jobs import PROPAGATION, Job, JobStore
 from ducc.service.metrics import RedisCollector
-from ducc.services import Services
+from ducc.web.http import BadRequest, Web, web
 from ducc.wishlist import Wish, Wishlist
-from webhooks.http import BadRequest, Web, web
 
 pages = Blueprint("pages", __name__)
 
@@ -48,7 +48,7 @@ def livez() -> Any:
 @pages.get("/healthz")
 def healthz() -> Any:
     try:
-        web().services.redis.ping()
+        web().redis.ping()
     except redis.RedisError as exc:
         return jsonify({"status": "unhealthy", "down": ["redis"], "redis": f"unreachable: {exc}"}), 503
     return jsonify({"status": "ok", "redis": "ok"})
@@ -59,7 +59,7 @@ def prometheus() -> Any:
     registry: CollectorRegistry | None = current_app.extensions.get("ducc.metrics")
     if registry is None:
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(RedisCollector(web().services.redis))
+        registry.register(RedisCollector(web().redis))
         current_app.extensions["ducc.metrics"] = registry
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 
@@ -67,13 +67,13 @@ def prometheus() -> Any:
 @pages.get("/")
 def status_page() -> Any:
     context = web()
-    root = str(context.services.view.location)
+    root = str(context.view.location)
     page, per_page = _whole(request.args.get("page"), "page", 1), _whole(request.args.get("per_page"), "per_page",
                                                                          PER_PAGE)
     if per_page > MAX_PER_PAGE:
         raise BadRequest(400, f"?per_page= may be at most {MAX_PER_PAGE}")
     try:
-        recent = context.services.jobs.recent_jobs(100)
+        recent = context.jobs.recent_jobs(100)
         wishlist = _wishlist_status(context, page, per_page)
     except redis.RedisError as exc:
         return render_template_string(DOWN_PAGE, root=root, reason=str(exc)), 503, {"Retry-After": "10"}
@@ -150,24 +150,24 @@ class PendingRow:
     outcome: lastsync.ImageOutcome | None = None
     platform: Platform | None = None
 
-    def resolve(self, services: Services) -> WishRow:
+    def resolve(self, context: Web) -> WishRow:
         if self.row is not None:
             return self.row
         if self.outcome is not None:
-            return _image_row(self.wish, self.outcome, services)
+            return _image_row(self.wish, self.outcome, context.jobs)
         assert self.platform is not None
-        return _record_row(self.wish, self.platform, services)
+        return _record_row(self.wish, self.platform, context.view)
 
 
 def _wishlist_status(context: Web, page: int = 1, per_page: int = PER_PAGE) -> WishlistStatus | None:
     """The configured wishlist's entries with their state, the rows of ``page`` (the last page if there are
     fewer): from the last sync's outcome per image, the jobs it queued and, for an image no sync has checked
     yet, the repository's record. None without a wishlist."""
-    settings, services = context.settings, context.services
+    settings = context.settings
     if settings.wishlist is None:
         return None
     wishlist = context.policy.wishlist()
-    last = lastsync.read(services.redis)
+    last = lastsync.read(context.redis)
     schedule = settings.sync_schedule
     try:
         upcoming = _when(next_sync(schedule, datetime.now(UTC)).timestamp())
@@ -176,7 +176,7 @@ def _wishlist_status(context: Web, page: int = 1, per_page: int = PER_PAGE) -> W
     pending = [] if wishlist is None else _pending_rows(wishlist, last)
     pages = max(1, math.ceil(len(pending) / per_page))
     page = min(page, pages)
-    shown = [row.resolve(services) for row in pending[(page - 1) * per_page:page * per_page]]
+    shown = [row.resolve(context) for row in pending[(page - 1) * per_page:page * per_page]]
     return WishlistStatus(str(settings.wishlist), context.policy.problem, shown, last.at if last else None, upcoming,
                           schedule, page, pages, per_page, len(pending))
 
@@ -213,21 +213,21 @@ def _wish_rows(wish: Wish, last: lastsync.LastSync | None,
     return [PendingRow(wish, platform=platform) for platform in wish.platforms]
 
 
-def _record_row(wish: Wish, platform: Platform, services: Services) -> WishRow:
+def _record_row(wish: Wish, platform: Platform, view: RepositoryView) -> WishRow:
     """The image of a wish without a glob that no sync has checked yet: published if the repository has
     its record."""
     (ref,) = wish.expand(())
-    published = services.view.read_record(ref, platform) is not None
+    published = view.read_record(ref, platform) is not None
     return WishRow(wish.text, str(ref), str(platform), "published" if published else "not yet converted",
                    "" if published else "waiting for the next sync")
 
 
-def _image_row(wish: Wish, outcome: lastsync.ImageOutcome, services: Services) -> WishRow:
+def _image_row(wish: Wish, outcome: lastsync.ImageOutcome, jobs: JobStore) -> WishRow:
     if outcome.outcome == "failed":
         return WishRow(wish.text, outcome.image, outcome.platform, "failed", outcome.error)
     if outcome.outcome == "unchanged":
         return WishRow(wish.text, outcome.image, outcome.platform, "published", "current at the last sync")
-    job = services.jobs.get(outcome.job)
+    job = jobs.get(outcome.job)
     if job is None:
         return WishRow(wish.text, outcome.image, outcome.platform, "queued", "its job record has expired", outcome.job)
     return WishRow(wish.text, outcome.image, outcome.platform, job.state, job.error or _outcome(job), outcome.job)

@@ -1,4 +1,4 @@
-"""Webhook receivers: one route per entry of ``webhooks.senders.SENDERS``.
+"""Webhook receivers: one route per entry of ``ducc.web.senders.SENDERS``.
 
 2xx once every event of the payload is either queued (or coalesced onto a
 queued job) or ignored with a reason (not a push, not allowed by policy).
@@ -17,9 +17,9 @@ from typing import Any
 
 from flask import Blueprint, jsonify
 
-from webhooks.http import BadRequest, authenticate, body, count, submit, submit_unpublish, web
-from webhooks.senders import SENDERS, Sender
-from webhooks.sources import ImageEvent, PayloadError
+from ducc.web.http import BadRequest, authenticate, body, count, submit, submit_unpublish, web
+from ducc.web.senders import SENDERS, Sender
+from ducc.web.sources import ImageEvent, PayloadError
 
 log = logging.getLogger("ducc.web")
 
@@ -63,7 +63,7 @@ def _unpublish(source: str, event: ImageEvent, accepted: list[dict[str, Any]]) -
     decision = context.policy.decide(event.reference)
     if not decision.allowed:
         return f"not allowed: {decision.why}"
-    view = context.services.view
+    view = context.view
     published = tuple(p for p in decision.platforms or (context.settings.platform,)
                       if view.is_published(event.reference, p))
     if not published:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from webhooks.sources import Parsed, dockerhub, harbor, quay, registry
+from ducc.web.sources import Parsed, dockerhub, harbor, quay, registry
 
 JSON_TYPES = frozenset({"application/json"})
 

@@ -1,7 +1,7 @@
 """Webhook and API tokens: read from the environment or files, compared in constant time, never logged.
 
 ``DUCC_WEBHOOK_TOKEN`` (or ``DUCC_WEBHOOK_TOKEN_FILE``) serves every source;
-``DUCC_WEBHOOK_TOKEN_<SOURCE>`` (one per name of ``webhooks.senders.TOKEN_SOURCES``;
+``DUCC_WEBHOOK_TOKEN_<SOURCE>`` (one per name of ``ducc.web.senders.TOKEN_SOURCES``;
 also ``_FILE``) gives one source its own. ``Settings`` reads them. A request carries it as
 ``Authorization: Bearer <token>`` (Harbor may send the bare token) or, for
 senders that cannot set headers (Docker Hub, Quay), as ``?token=``.

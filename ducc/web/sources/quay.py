@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from webhooks.sources import ImageEvent, Parsed, PayloadError, obj, reference, text
+from ducc.web.sources import ImageEvent, Parsed, PayloadError, obj, reference, text
 
 
 def parse(payload: Any) -> Parsed:
