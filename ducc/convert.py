@@ -112,7 +112,7 @@ from ducc.model.manifest import DEFAULT_PLATFORM, Descriptor, ImageConfig, Index
 from ducc.model.reference import Reference
 from ducc.model.request import ConversionRequest, ConversionResult
 from ducc.progress import LogProgress, Progress
-from ducc.publish import Publisher
+from ducc.publish import Publisher, Transaction
 from ducc.record import Record
 from ducc.registry.client import RegistryClient
 from ducc.registry.push import push_thin_image
@@ -365,14 +365,15 @@ class Converter:
         # layers whole: resolve them base first.
         run.progress.stage(image.reference, "unpacking", f"{len(reports)} layers verified")
         lowers: list[Path] = []
-        for descriptor, _ in image.layers:
-            report = reports.pop(descriptor.digest, None)  # a layer listed twice is published once
-            if report is not None and not self.publisher.has_layer(descriptor.digest):
-                if report.pending:
-                    resolve_lower_links(stage / descriptor.digest.hex / "layerfs", report.pending, lowers)
-                staged.sources[descriptor.digest] = self._commit_layer(image.reference, descriptor.digest, stage,
-                                                                       report)
-            lowers.append(staged.sources.get(descriptor.digest) or self.publisher.layer_source(descriptor.digest))
+        with self.publisher.transaction() as txn:  # one transaction: a publisher may publish them together
+            for descriptor, _ in image.layers:
+                report = reports.pop(descriptor.digest, None)  # a layer listed twice is published once
+                if report is not None and not self.publisher.has_layer(descriptor.digest):
+                    if report.pending:
+                        resolve_lower_links(stage / descriptor.digest.hex / "layerfs", report.pending, lowers)
+                    staged.sources[descriptor.digest] = self._commit_layer(image.reference, descriptor.digest, stage,
+                                                                           report, txn)
+                lowers.append(staged.sources.get(descriptor.digest) or self.publisher.layer_source(descriptor.digest))
         return staged
 
     def flatten(self, run: Conversion, image: Image, layers: StagedLayers, stage: Path) -> StagedFlat:
@@ -572,15 +573,15 @@ class Converter:
                 return None, 0
             return self._unpack(ref, descriptor, diff_id, stage, progress, budget, cancel, failed)
 
-    def _commit_layer(self, ref: Reference, digest: Digest, stage: Path, report: LayerReport) -> Path:
+    def _commit_layer(self, ref: Reference, digest: Digest, stage: Path, report: LayerReport,
+                      txn: Transaction) -> Path:
         if report.skipped:
             shown = ", ".join(report.skipped[:6]) + (", ..." if len(report.skipped) > 6 else "")
             log.warning(
                 "%s: layer %s: skipped %d device nodes/FIFOs (an unprivileged writer cannot publish them): %s",
                 ref, digest.short, len(report.skipped), shown,
             )
-        with self.publisher.transaction() as txn:
-            return txn.add_layer(digest, stage / digest.hex)
+        return txn.add_layer(digest, stage / digest.hex)
 
     def _unpack(
         self, ref: Reference, descriptor: Descriptor, diff_id: Digest, stage: Path, progress: Progress, budget: Budget,

@@ -122,7 +122,8 @@ class RepositoryView(Protocol):
 
 
 class Transaction(Protocol):
-    """Changes to one repository; each method makes one complete thing visible, or nothing.
+    """Changes to one repository; each method makes one complete thing visible (at once or when the
+    transaction ends), or nothing.
 
     ``revision`` is set when the transaction has ended without error: the repository revision that
     holds its changes, read while the writer still held the repository (None for a backend without
@@ -132,7 +133,8 @@ class Transaction(Protocol):
     revision: int | None
 
     def add_layer(self, digest: Digest, staged: Path) -> Path:
-        """Publish ``staged`` (a directory holding ``layerfs``) unless the layer is already there.
+        """Publish ``staged`` (a directory holding ``layerfs``) unless the layer is already there: whole,
+        at once or when the transaction ends (CVMFS ingests the layers of one transaction together).
 
         Returns where the layer's ``layerfs`` can be read while the staging directory lasts (to flatten
         it): the published one, or the staged copy just published where reading the repository back

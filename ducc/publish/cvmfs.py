@@ -3,27 +3,31 @@
 The layout is the directory publisher's (``ducc.layout``), under ``/cvmfs/<repo>[/<subdir>]``,
 and so are the promises (``ducc.publish``); only how a change becomes visible differs:
 
-- a flat root is one ``transaction`` … ``publish`` in which its files are grafted onto the content
-  its layers already put into the repository (``ducc.publish.graft``): ``cvmfs_server`` never
-  compresses or hashes the image's data a second time. Where grafts cannot apply it is streamed
+- a flat root is written into a ``transaction`` with its files grafted onto the content its layers
+  already put into the repository (``ducc.publish.graft``): ``cvmfs_server`` never compresses or
+  hashes the image's data a second time. The transaction stays open for the tag links and the
+  record (below) and is published once, with all of them. Where grafts cannot apply it is streamed
   like a layer;
-- a layer is one ``cvmfs_server ingest --catalog -t - -b <base>``: the staged tree
+- the layers added in one transaction are one ``cvmfs_server ingest -t - -b .layers``: their staged trees
   streamed as a plain tar (``ducc.publish.tarstream.write_tree``: canonical names only, hardlinks
   only within one directory, the end of the archive written last) through the guard of
   ``ducc.publish.ingest_guard`` (a stream ducc did not finish is poisoned, whatever stopped ducc),
-  a new revision once the whole stream was read. The base is the shard (``.layers/xx``) once
-  ``.layers`` exists, so that on a gateway writers of different shards publish at once (a lease's
-  parent must exist); the first ingest into a fresh repository uses ``.layers`` itself and also
-  makes it a nested catalog. The staged copy of a layer stays readable until staging ends, so the
-  flat root is built from it rather than read back through ``/cvmfs``;
+  a new revision once the whole stream was read; the shards it adds to keep their other layers. The
+  first ingest into a fresh repository also makes ``.layers`` a nested catalog. On a gateway each
+  layer is an ingest of its own whose base is its shard (``.layers/xx``) once ``.layers`` exists, so
+  that writers of different shards publish at once (a lease's parent must exist). The staged copy
+  of a layer stays readable until staging ends, so the flat root is built from it rather than read
+  back through ``/cvmfs``;
 - tag links and records (the small changes) are collected while ``transaction()`` is held and
-  written at its end in one ``transaction`` … ``publish``, the record last: an image counts as
-  converted only once its record is in a published revision. If the body fails, none are written.
+  written at its end in one ``transaction`` … ``publish`` (the one a grafted flat root opened, if
+  any), the record last: an image counts as converted only once its record is in a published
+  revision. If the body fails, none are written and an open ``transaction`` is aborted.
   A tag published for a second platform gets the variant link of ``ducc.layout`` in the same
   transaction (``tag_links``). The transaction then carries the revision, read while still held.
 
-Costs, in publishing calls: a new image = its new layers + 1 (flat) + 1 (tag and record); a tag
-that moved onto a published flat = 1; an unchanged tag = 0 (the converter stops before writing).
+Costs, in publishing calls: a new image = 1 (its new layers) + 1 (flat, tag and record); a tag that
+moved onto a published flat = 1; an unchanged tag = 0 (the converter stops before writing). On a
+gateway a new image costs its new layers + 1 (flat) + 1 (tag and record).
 
 Removal: an unpublished tag (its link and record) is a small change like any other, so a tag and
 its record disappear in one revision, the record first. Layers and flat roots that garbage
@@ -85,17 +89,58 @@ class CvmfsTransaction:
         self._reservations = reservations  # frozen from the first read until after ``commit``
         self._small: list[tuple[list[PurePosixPath], Callable[[Path], None]]] = []  # (paths it writes, change)
         self._deletes: list[PurePosixPath] = []
+        self._batch: Path | None = None  # the staged layers of the next ingest (``_ingest_layers``)
+        self._layers: dict[Digest, Path] = {}  # layers in that batch → their staged ``layerfs``
+        self.open = False  # whether a ``cvmfs_server transaction`` of this transaction is open
 
     def add_layer(self, digest: Digest, staged: Path) -> Path:
+        if digest in self._layers:
+            return self._layers[digest]
         if self.publisher.has_layer(digest):
             return self.publisher.layer_source(digest)
-        ingested = self.publisher.ingest_tree(layout.LAYERS, digest, staged)
-        log.info("published layer %s in %s", digest.short, self.publisher.name)
-        return ingested / layout.LAYERFS
+        if self.publisher.gateway:  # one ingest per layer, its shard the lease, so that nodes publish at once
+            ingested = self.publisher.ingest_tree(layout.LAYERS, digest, staged)
+            log.info("published layer %s in %s", digest.short, self.publisher.name)
+            return ingested / layout.LAYERFS
+        if self.open:
+            raise PublishError("a layer is added before the flat root and the small changes of its transaction")
+        if self._batch is None:
+            self._batch = staged.parent / f"ingest-{digest.hex}"
+            self._batch.mkdir()
+        self._layers[digest] = self.publisher.stage_layer(self._batch, digest, staged) / layout.LAYERFS
+        return self._layers[digest]
+
+    def _ingest_layers(self) -> None:
+        """The layers added so far, in one ``ingest`` (one revision), each one whole or none of them."""
+        if self._batch is None:
+            return
+        self.publisher.ingest_batch(self._batch)
+        for digest in self._layers:
+            log.info("published layer %s in %s", digest.short, self.publisher.name)
+        self._batch = None
+        self._layers.clear()
+
+    def write_now(self, paths: list[PurePosixPath], change: Callable[[Path], None]) -> None:
+        """Apply ``change`` at once in this transaction's ``cvmfs_server transaction`` (opened here if not
+        yet; published by ``commit`` together with the small changes): until then it is visible only to
+        this writer, so the converter's reads within the transaction (``has_flat``) see it. On a gateway,
+        whose lease is a sub-path, it is a transaction … publish of its own."""
+        if self.publisher.gateway:
+            self.publisher.small_changes(paths, [change])
+            return
+        self._ingest_layers()  # a flat root is grafted onto published layers
+        if not self.open:
+            self.publisher.open_transaction(None)
+            self.open = True
+        try:
+            change(self.publisher.root)
+        except OSError as exc:
+            raise PublishError(f"cannot write into the transaction on {self.publisher.repository}: {exc}") from exc
 
     def add_flat(self, config_digest: Digest, staged: Path, layers: Sequence[Digest] = ()) -> None:
         if self.publisher.has_flat(config_digest):
             return
+        self._ingest_layers()  # its layers first, whichever way the flat root goes
         if not self.publisher.graft_flat(config_digest, staged, layers):
             self.publisher.ingest_tree(layout.FLAT, config_digest, staged)
         log.info("published flat root %s in %s", config_digest.short, self.publisher.name)
@@ -139,8 +184,14 @@ class CvmfsTransaction:
 
     def commit(self) -> None:
         """Write the small changes in one transaction … publish, in the order they were asked for;
-        then delete the removed trees (``ingest --delete``, batched)."""
-        if self._small:
+        then delete the removed trees (``ingest --delete``, batched). Layers still waiting are ingested
+        first; a flat root written already (``write_now``) is published together with the small changes."""
+        self._ingest_layers()
+        if self.open:
+            self.open = False
+            self.publisher.write_and_publish([change for _, change in self._small])
+            self._small.clear()
+        elif self._small:
             paths = [path for written, _ in self._small for path in written]
             self.publisher.small_changes(paths, [change for _, change in self._small])
             self._small.clear()
@@ -210,8 +261,17 @@ class CvmfsPublisher(CvmfsView):
     def transaction(self) -> Iterator[CvmfsTransaction]:
         with self._held(), ExitStack() as held:
             txn = CvmfsTransaction(self, Reservations(self._staging, held))
-            yield txn
-            txn.commit()
+            self._holder.transaction = txn
+            try:
+                yield txn
+                txn.commit()
+            except BaseException:
+                if txn.open:  # what the body wrote into it is dropped, never published
+                    txn.open = False
+                    self._abort_quietly()
+                raise
+            finally:
+                self._holder.transaction = None
             # Still holding the repository: no other writer's revision can be in between (on a gateway
             # another node may have published a later one, which holds these changes too).
             txn.revision = self.server.revision()
@@ -292,9 +352,13 @@ class CvmfsPublisher(CvmfsView):
             graft.write(planned, root / flat, stat.S_IMODE(st.st_mode), st.st_mtime_ns)
 
         started = time.monotonic()
-        self.small_changes(lease, [change])
+        txn: CvmfsTransaction | None = getattr(self._holder, "transaction", None)
+        if txn is not None:
+            txn.write_now(lease, change)  # published with the tag and the record, when the transaction ends
+        else:
+            self.small_changes(lease, [change])
         log.info("flat root %s: %d files grafted (%d bytes), %d other entries written (%d bytes of files); "
-                 "planned in %.1f s, written and published in %.1f s", config_digest.short, planned.grafts,
+                 "planned in %.1f s, written in %.1f s", config_digest.short, planned.grafts,
                  planned.grafted_bytes, len(planned.entries) - planned.grafts, planned.copied_bytes, planning,
                  time.monotonic() - started)
         return True
@@ -325,24 +389,59 @@ class CvmfsPublisher(CvmfsView):
         self._retry_busy(lambda: self.server.ingest(stream, self._path(base), catalog=False))
         return shard / digest.prefix / digest.hex
 
-    def small_changes(self, paths: list[PurePosixPath], changes: list[Callable[[Path], None]]) -> None:
-        """Apply ``changes`` (each writes under the repository root) in one transaction … publish.
+    def stage_layer(self, batch: Path, digest: Digest, staged: Path) -> Path:
+        """Move ``staged`` into ``batch`` (a directory of the staging directory) as ``xx/<hex>``, the
+        catalog markers beside it, for ``ingest_batch``; returns where the tree is now (``_ingested``)."""
+        (batch / digest.prefix).mkdir(exist_ok=True)
+        for catalog in (batch / digest.prefix / layout.CATALOG, staged / layout.CATALOG):
+            catalog.touch()
+            catalog.chmod(0o644)
+        os.rename(staged, batch / digest.prefix / digest.hex)
+        return batch / digest.prefix / digest.hex
 
-        On a gateway the lease is the deepest directory holding every changed path."""
-        lease = self._path(_common_parent(paths)) if self.gateway else None
+    def ingest_batch(self, batch: Path) -> None:
+        """Ingest the layers ``stage_layer`` put into ``batch`` as ``.layers/xx/<hex>`` in one ``ingest``
+        (one revision): the shards they join keep their other layers. The first ingest into a fresh
+        repository also makes ``.layers`` (and its catalog)."""
+        if not (self.root / layout.LAYERS).is_dir():
+            (batch / layout.CATALOG).touch()
+            (batch / layout.CATALOG).chmod(0o644)
+
+        from ducc.publish.tarstream import write_tree  # here: the web app reads through CvmfsView only
+
+        def stream(out: BinaryIO) -> None:
+            write_tree(batch, out)
+
+        self._retry_busy(lambda: self.server.ingest(stream, self._path(layout.LAYERS), catalog=False))
+
+    def open_transaction(self, lease: str | None) -> None:
         self._retry_busy(lambda: self.server.transaction(lease))
+
+    def write_and_publish(self, changes: list[Callable[[Path], None]]) -> None:
+        """Apply ``changes`` (each writes under the repository root) in the open transaction and publish
+        it; any failure aborts it."""
         try:
             for change in changes:
                 change(self.root)
             self.server.publish()
         except BaseException as exc:
-            try:
-                self.server.abort(missing_ok=True)
-            except CvmfsError as abort_error:
-                log.error("could not abort the failed transaction on %s: %s", self.repository, abort_error)
+            self._abort_quietly()
             if isinstance(exc, OSError):
                 raise PublishError(f"cannot write into the transaction on {self.repository}: {exc}") from exc
             raise
+
+    def _abort_quietly(self) -> None:
+        try:
+            self.server.abort(missing_ok=True)
+        except CvmfsError as abort_error:
+            log.error("could not abort the failed transaction on %s: %s", self.repository, abort_error)
+
+    def small_changes(self, paths: list[PurePosixPath], changes: list[Callable[[Path], None]]) -> None:
+        """Apply ``changes`` (each writes under the repository root) in one transaction … publish.
+
+        On a gateway the lease is the deepest directory holding every changed path."""
+        self.open_transaction(self._path(_common_parent(paths)) if self.gateway else None)
+        self.write_and_publish(changes)
 
     def delete_trees(self, paths: list[PurePosixPath]) -> None:
         """``ingest --delete`` every path (relative to the published root), ``DELETE_BATCH`` per call (one
@@ -459,9 +558,15 @@ def _remove_tag(root: Path, ref: Reference, platform: Platform) -> None:
 
 
 def _ingested(stage: Path, digest: Digest) -> Path | None:
-    """The staged copy of a layer this staging directory ingested (``ingest_tree`` moved it there)."""
-    path = stage / f"ingest-{digest.hex}" / digest.prefix / digest.hex / layout.LAYERFS
-    return path if path.is_dir() else None
+    """The staged copy of a layer this staging directory ingested (``ingest_tree`` or ``stage_layer``
+    moved it into one of its ``ingest-*`` directories, a handful at most)."""
+    with os.scandir(stage) as entries:
+        batches = [e.path for e in entries if e.name.startswith("ingest-") and e.is_dir(follow_symlinks=False)]
+    for batch in batches:
+        path = Path(batch) / digest.prefix / digest.hex / layout.LAYERFS
+        if path.is_dir():
+            return path
+    return None
 
 
 def _read(path: Path) -> bytes | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
 import tarfile
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from ducc.errors import CvmfsError, DigestMismatch, PublishError
+from ducc.model.digest import Digest
 from ducc.publish import ingest_guard
 from ducc.publish.cvmfs_server import CvmfsServer
 from ducc.publish.tarstream import write_tree
@@ -601,3 +603,37 @@ def test_a_stream_cut_inside_a_frame_reaches_the_command_cut_at_a_block_boundary
     received = run_guard(tmp_path, ingest_guard.frame_header(10_000) + data)
     boundary = cut - cut % 512
     assert received == data[:boundary] + ingest_guard.poison(boundary)
+
+
+def test_the_layers_of_one_transaction_are_one_ingest_that_keeps_the_shards_other_layers(cvmfs, tmp_path):
+    """On the real server: two layers added in one transaction are one publishing call; one of them
+    joins a shard that holds an earlier layer, which stays whole, and every layer is a nested catalog."""
+    publisher = cvmfs.publisher(tmp_path / "staging")
+    earlier, joining, other = (Digest.parse("sha256:" + p * 2 + "0" * 60 + s) for p, s in
+                               (("a", "01"), ("a", "02"), ("b", "01")))
+
+    def staged(stage: Path, digest: Digest) -> Path:
+        tree = make_tree(stage / digest.hex / "layerfs")
+        (tree / "which").write_text(digest.hex)
+        return stage / digest.hex
+
+    with publisher.staging() as stage:
+        with publisher.transaction() as txn:
+            txn.add_layer(earlier, staged(stage, earlier))
+    before = len(cvmfs.publishing_calls())
+    with publisher.staging() as stage:
+        with publisher.transaction() as txn:
+            for digest in (joining, other):
+                source = txn.add_layer(digest, staged(stage, digest))
+                assert (source / "which").read_text() == digest.hex  # readable at once, from staging
+            assert not publisher.has_layer(joining)  # published when the transaction ends
+        assert len(cvmfs.publishing_calls()) == before + 1
+    for digest in (earlier, joining, other):
+        assert publisher.has_layer(digest)
+        published = publisher.layer_source(digest)
+        assert (published / "which").read_text() == digest.hex
+        assert snapshot(published, skip=frozenset({"which"})) == snapshot(make_tree(tmp_path / "expected" / digest.hex))
+    catalogs = subprocess.run(["cvmfs_server", "list-catalogs", cvmfs.repository], capture_output=True, text=True,
+                              check=True, cwd="/").stdout
+    for digest in (earlier, joining, other):
+        assert f"/.layers/{digest.prefix}/{digest.hex}\n" in catalogs
