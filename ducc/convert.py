@@ -35,7 +35,7 @@ What each step promises:
              Layers published by this conversion are read where their publisher
              says (the staged copy, for CVMFS), the others from the repository.
 6. commit    publish the flat root, point the tag at it, then write the record (last).
-7. thin      only if the request names a thin reference (DESIGN §7): build the
+7. thin      only if the request names a thin reference (docs/design.md §7): build the
              thin image from the verified manifest and config (its layer URLs
              name ``cvmfs_repo``, else the request's ``thin_repo``, else
              ``thin_cvmfs_repo``; with none, ``ThinImageRefused`` before step 1),

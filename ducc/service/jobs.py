@@ -1,4 +1,4 @@
-"""Job status in Redis: every request's id and timeline (DESIGN §10), queryable by id or image.
+"""Job status in Redis: every request's id and timeline (docs/design.md §10), queryable by id or image.
 
 A job is a hash ``ducc:job:<id>`` plus a list of timeline events
 ``ducc:job:<id>:events``; both expire (``ttl``) so Redis never fills up. Jobs
