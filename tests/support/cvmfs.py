@@ -84,26 +84,7 @@ class CvmfsStandin:
 
     def calls(self, *commands: str) -> list[Call]:
         """Every call in order (setup and teardown left out), or only those of ``commands``."""
-        starts: dict[str, dict[str, Any]] = {}
-        order: list[str] = []
-        path = self.state / "calls.jsonl"
-        for line in path.read_text().splitlines() if path.exists() else []:
-            record = json.loads(line)
-            if "argv" in record:
-                starts[record["id"]] = record
-                order.append(record["id"])
-            elif record["id"] in starts:
-                starts[record["id"]].update(record)
-        out = []
-        for key in order:
-            r = starts[key]
-            call = Call(tuple(r["argv"]), r["node"], r.get("rc"),
-                        r["end"] - r["start"] if "end" in r else None)
-            if call.command in ("mkfs", "rmfs"):
-                continue
-            if not commands or call.command in commands:
-                out.append(call)
-        return out
+        return _read_calls(self.state, commands)
 
     def publishing_calls(self) -> list[Call]:
         """Calls that make a new revision: ``publish`` and ``ingest``."""
@@ -328,6 +309,8 @@ class RealCvmfs:
 
 
 def _read_calls(state: Path, commands: Sequence[str]) -> list[Call]:
+    """The calls logged in ``state``/calls.jsonl, by the stand-in or the recorder alike: in order, without
+    setup and teardown (``mkfs``, ``rmfs``), only those of ``commands`` if any are named."""
     starts: dict[str, dict[str, Any]] = {}
     order: list[str] = []
     path = state / "calls.jsonl"
