@@ -10,11 +10,13 @@ tests/integration/test_cvmfs_differential.py keeps the two in agreement.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import secrets
 import shutil
 import subprocess
+import tarfile
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -357,3 +359,27 @@ def real_cvmfs(directory: Path, prefix: str = "t") -> Iterator[RealCvmfs]:
         _run_quietly([real, "abort", "-f", name])
         removed = _run_quietly([real, "rmfs", "-f", name], timeout=600)
         assert removed.returncode == 0, f"rmfs -f {name} failed: {removed.stderr.decode(errors='replace')}"
+
+
+def tar_of(*entries: tuple[str, bytes | str | None]) -> bytes:
+    """A plain tar to feed ``ingest``: (name, content) for files (0644), (name, None) for directories (0755),
+    ("name", "->target") for symlinks, ("name", "=>target") for hardlinks."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, content in entries:
+            info = tarfile.TarInfo(name)
+            info.mtime = 1_600_000_000
+            if content is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            elif isinstance(content, str) and content.startswith("->"):
+                info.type, info.linkname = tarfile.SYMTYPE, content[2:]
+                tar.addfile(info)
+            elif isinstance(content, str) and content.startswith("=>"):
+                info.type, info.linkname = tarfile.LNKTYPE, content[2:]
+                tar.addfile(info)
+            else:
+                data = content.encode() if isinstance(content, str) else content
+                info.size, info.mode = len(data), 0o644
+                tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
