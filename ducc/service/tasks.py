@@ -172,9 +172,10 @@ def run_conversion(services: Services, job_id: str, task: Task) -> str:
                            error=str(exc), temporary=1, attempts=attempts, retry_at=time.time() + delay,
                            published=int(published))
                 raise task.retry(countdown=delay) from exc
-            log.error("job %s (%s) failed: %s", job_id, job.image, exc.detail if isinstance(exc, CvmfsError) else exc)
             # The timeline keeps a command's whole output; the error (what users see first) is one line.
-            return fail(exc.detail if isinstance(exc, CvmfsError) else str(exc), str(exc), exc.temporary)
+            detail = exc.detail if isinstance(exc, CvmfsError) else str(exc)
+            log.error("job %s (%s) failed: %s", job_id, job.image, detail)
+            return fail(detail, str(exc), exc.temporary)
         except Exception as exc:
             run.finish(recheck=False)
             log.exception("job %s (%s): unexpected error", job_id, job.image)
