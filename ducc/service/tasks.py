@@ -375,15 +375,15 @@ def _job_result(result: ConversionResult, changed: bool) -> dict[str, Any]:
 def run_sync(services: Services) -> dict[str, Any]:
     """Queue a conversion for every wishlist image whose tag moved; the checks are manifest HEADs only.
     What became of each image is recorded for the status page (``ducc.service.lastsync``)."""
-    from ducc.sync import check_all, read_wishlist
-    from ducc.wishlist import wishlist_origin
+    from ducc.sync import check_all
+    from ducc.wishlist import read, wishlist_origin
 
     path = services.settings.wishlist
     if path is None:
         log.info("no wishlist configured (DUCC_WISHLIST): nothing to sync")
         return {"checked": 0}
     try:
-        wishes = read_wishlist(path)
+        wishes = read(path)
     except WishlistError as exc:
         log.error("%s", exc)
         return {"error": str(exc)}
