@@ -258,9 +258,9 @@ def _summary(total: int, failures: list[tuple[str, str]]) -> int:
 
 
 def _load_wishlist(path: str | Path):  # type: ignore[no-untyped-def]
-    from ducc.sync import read_wishlist
+    from ducc.wishlist import read
 
-    return read_wishlist(Path(path))
+    return read(Path(path))
 
 
 def _wishlist_repository(settings: Settings, repo: str) -> Settings:

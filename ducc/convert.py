@@ -35,7 +35,7 @@ What each step promises:
              Layers published by this conversion are read where their publisher
              says (the staged copy, for CVMFS), the others from the repository.
 6. commit    publish the flat root, point the tag at it, then write the record (last).
-7. thin      only if the request names a thin reference (DESIGN §7): build the
+7. thin      only if the request names a thin reference (docs/design.md §7): build the
              thin image from the verified manifest and config (its layer URLs
              name ``cvmfs_repo``, else the request's ``thin_repo``, else
              ``thin_cvmfs_repo``; with none, ``ThinImageRefused`` before step 1),
@@ -523,8 +523,7 @@ class Converter:
 
         def obtain(descriptor: Descriptor, diff_id: Digest) -> tuple[LayerReport | None, int]:
             try:
-                return self._obtain_layer(image.reference, descriptor, diff_id, stage, run.progress, budget,
-                                          run.cancel, failed)
+                return self._obtain_layer(run, descriptor, diff_id, stage, budget, failed)
             except BaseException:
                 failed.set()
                 raise
@@ -553,8 +552,7 @@ class Converter:
         return reports
 
     def _obtain_layer(
-        self, ref: Reference, descriptor: Descriptor, diff_id: Digest, stage: Path, progress: Progress, budget: Budget,
-        cancel: CancelCheck,
+        self, run: Conversion, descriptor: Descriptor, diff_id: Digest, stage: Path, budget: Budget,
         failed: threading.Event,
     ) -> tuple[LayerReport | None, int]:
         """Unpack one layer into ``stage`` unless another conversion published it first (None: reused).
@@ -571,7 +569,7 @@ class Converter:
         with self.layer_lock(digest):
             if self.publisher.has_layer(digest):
                 return None, 0
-            return self._unpack(ref, descriptor, diff_id, stage, progress, budget, cancel, failed)
+            return self._unpack(run, descriptor, diff_id, stage, budget, failed)
 
     def _commit_layer(self, ref: Reference, digest: Digest, stage: Path, report: LayerReport,
                       txn: Transaction) -> Path:
@@ -584,12 +582,12 @@ class Converter:
         return txn.add_layer(digest, stage / digest.hex)
 
     def _unpack(
-        self, ref: Reference, descriptor: Descriptor, diff_id: Digest, stage: Path, progress: Progress, budget: Budget,
-        cancel: CancelCheck,
+        self, run: Conversion, descriptor: Descriptor, diff_id: Digest, stage: Path, budget: Budget,
         failed: threading.Event,
     ) -> tuple[LayerReport, int]:
-        """Stream one blob through both digest checks into ``stage/<hex>/layerfs``."""
-        digest = descriptor.digest
+        """Stream one blob through both digest checks into ``stage/<hex>/layerfs``, reporting to ``run``'s
+        progress and stopping at its cancel point ``fetching``."""
+        ref, digest = run.reference, descriptor.digest
         staged = stage / digest.hex
         if staged.exists():
             remove_tree(staged)
@@ -603,8 +601,8 @@ class Converter:
             failure stops this download even when the registry sends nothing."""
             if failed.is_set():  # the image is refused already: the rest of this blob is not worth reading
                 raise _SiblingFailed()
-            progress.layer(digest, fetched, descriptor.size)
-            cancel("fetching")
+            run.progress.layer(digest, fetched, descriptor.size)
+            run.cancel("fetching")
 
         def on_read(chunk: bytes) -> None:
             nonlocal fetched

@@ -232,7 +232,7 @@ class CvmfsError(PublishError):
 
     ``str()`` is one line: what failed, the exit code and the command's own reason (the line of its
     output that says why, e.g. swissknife's assertion or "Repository … is not in a transaction").
-    ``output`` keeps everything the command said, and ``detail`` is that with the command line: the
+    ``stderr`` keeps everything the command said, and ``detail`` is that with the command line: the
     job timeline and the log get ``detail``, a user's terminal the one line.
 
     ``temporary`` for a busy lease (a gateway sub-path held by another writer): retrying later may
@@ -248,13 +248,12 @@ class CvmfsError(PublishError):
         self.command = command
         self.returncode = returncode
         self.stderr = stderr
-        self.output = stderr
         self.temporary = returncode == 16 or "lease path busy" in stderr
 
     @property
     def detail(self) -> str:
         """Everything: the one line, the command line and the command's whole output."""
-        return f"{self}\n[command: {' '.join(self.command)}]\n{self.output.strip()}"
+        return f"{self}\n[command: {' '.join(self.command)}]\n{self.stderr.strip()}"
 
 
 # Lines of cvmfs_server's output that never say why it failed: shell noise of the real script, the

@@ -1,4 +1,4 @@
-"""The use case: garbage collection, a mark and sweep over a repository's own state (DESIGN §11).
+"""The use case: garbage collection, a mark and sweep over a repository's own state (docs/design.md §11).
 
 Reachable: every flat root that a public path (a tag, a digest path, ``.multiarch/...``) leads to,
 and every layer that the record of such a path lists. Everything else present under ``.layers`` and

@@ -1,4 +1,4 @@
-"""Every path inside a repository (DESIGN §4), relative to its root. Pure: nothing here touches disk.
+"""Every path inside a repository (docs/design.md §4), relative to its root. Pure: nothing here touches disk.
 
 ::
 

@@ -1,4 +1,4 @@
-"""What Singularity/Apptainer needs in a flat root (DESIGN §6), computed from the image config. Pure.
+"""What Singularity/Apptainer needs in a flat root (docs/design.md §6), computed from the image config. Pure.
 
 ``additions(config)`` returns every file, directory and symlink to add; the
 flat-root writer (``ducc.unpack.extend``) applies them without touching any

@@ -17,7 +17,6 @@ import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 from ducc.errors import DuccError
 from ducc.model.manifest import Platform
@@ -25,7 +24,7 @@ from ducc.model.reference import Reference
 from ducc.model.request import ConversionRequest, ConversionResult
 from ducc.record import Record
 from ducc.registry.client import RegistryClient
-from ducc.wishlist import Wishlist, read
+from ducc.wishlist import Wishlist
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +36,6 @@ class SyncReport:
     failures: list[tuple[str, str]] = field(default_factory=list)  # (what, why)
     planned: list[tuple[Reference, Platform]] = field(default_factory=list)  # everything the wishlist asked for
     unexpanded: list[str] = field(default_factory=list)  # wishes whose tags could not be listed
-
-
-def read_wishlist(path: Path) -> Wishlist:
-    """The wishlist in the file ``path``; a WishlistError naming the file if it cannot be read, is too
-    large or is invalid (``ducc.wishlist.read``)."""
-    return read(path)
 
 
 def plan(wishlist: Wishlist, client: RegistryClient, report: SyncReport) -> list[tuple[Reference, Platform]]:

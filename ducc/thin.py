@@ -1,4 +1,4 @@
-"""Thin images (DESIGN §7): the small image that points at a converted image's layers in CVMFS.
+"""Thin images (docs/design.md §7): the small image that points at a converted image's layers in CVMFS.
 
 Pure: bytes in, bytes out; pushing is ``ducc.registry.push``.
 
@@ -139,7 +139,7 @@ def output_variables(source: Reference, scheme: str | None = None) -> dict[str, 
     """DUCC's ``output_format`` variables for ``source``.
 
     ``reference`` is DUCC's: ``:tag``, ``@digest`` or ``:tag@digest``. ``image`` is
-    DESIGN §3's: the repository plus ``:tag``, or ``@digest`` when there is no tag.
+    docs/design.md §3's: the repository plus ``:tag``, or ``@digest`` when there is no tag.
     ``registry`` is the name public paths use (Docker Hub is ``registry.hub.docker.com``).
     """
     reference = (f":{source.tag}" if source.tag is not None else "") + (f"@{source.digest}" if source.digest else "")

@@ -1,4 +1,4 @@
-"""The use case: unpublishing tags (``ducc rm`` and the service's optional policies, DESIGN §11).
+"""The use case: unpublishing tags (``ducc rm`` and the service's optional policies, docs/design.md §11).
 
 Unpublishing removes a tag's link and its ``.metadata`` record, together (the record first, so the
 image stops counting as converted before anything else goes); the flat root and layers it used stay

@@ -10,7 +10,7 @@
       - 'https://registry.hub.docker.com/library/ubuntu:24.04'
       - 'https://registry.hub.docker.com/atlas/analysisbase:21.2.*'
 
-``output_format`` asks for a thin image of every input (DESIGN §7), pushed as
+``output_format`` asks for a thin image of every input (docs/design.md §7), pushed as
 ``user`` unless the settings name another account; without it, no thin images.
 
 ducc extensions (a DUCC v1 file needs none of them): a top-level ``platforms``

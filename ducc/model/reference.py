@@ -1,4 +1,4 @@
-"""Image references: every input form of DESIGN §2 parsed into one frozen value.
+"""Image references: every input form of docs/design.md §2 parsed into one frozen value.
 
 Accepted forms: ``ubuntu``, ``ubuntu:24.04``, ``library/ubuntu@sha256:…``,
 ``ghcr.io/org/img:tag``, ``127.0.0.1:5000/team/img:tag`` and DUCC's URL form

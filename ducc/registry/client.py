@@ -58,9 +58,6 @@ class RegistryClient:
     def abort(self) -> None:
         self.transport.abort()
 
-    def _realm_refusal(self, realm: str, host: str, with_credentials: bool) -> str | None:
-        return self.transport.realm_refusal(realm, host, with_credentials)
-
     # -- reading (``Puller``) --------------------------------------------------------------
 
     def resolve(self, ref: Reference) -> Digest:

@@ -168,9 +168,9 @@ def preflight(settings: Settings, *, root: Path, wishlist: Path | None, web: boo
 
         DirectoryPublisher(root)  # RepositoryUnusable if it cannot be created or written
     if wishlist is not None:
-        from ducc.sync import read_wishlist
+        from ducc.wishlist import read
 
-        wishes = read_wishlist(wishlist)  # WishlistError if missing or invalid
+        wishes = read(wishlist)  # WishlistError if missing or invalid
         log.info("wishlist %s: %d entries", wishlist, len(wishes.wishes))
     if web and not settings.webhook_tokens:
         log.warning("no webhook token is configured (DUCC_WEBHOOK_TOKEN or DUCC_WEBHOOK_TOKEN_<SOURCE>, or _FILE): "

@@ -1,4 +1,4 @@
-"""Job status in Redis: every request's id and timeline (DESIGN §10), queryable by id or image.
+"""Job status in Redis: every request's id and timeline (docs/design.md §10), queryable by id or image.
 
 A job is a hash ``ducc:job:<id>`` plus a list of timeline events
 ``ducc:job:<id>:events``; both expire (``ttl``) so Redis never fills up. Jobs
@@ -82,14 +82,13 @@ _EVENT = """
 local final = """ + LUA_FINAL_STATES + """
 local current = redis.call('HGET', KEYS[1], 'state')
 if current and final[current] and ARGV[3] == '0' then
-  return redis.call('HGET', KEYS[1], 'cancelled_by') or ''
+  return
 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 7))
 redis.call('RPUSH', KEYS[2], ARGV[4])
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5]))
 redis.call('EXPIRE', KEYS[2], tonumber(ARGV[5]))
 if ARGV[6] == 'add' then redis.call('SADD', KEYS[3], ARGV[1]) elseif ARGV[6] == 'remove' then redis.call('SREM', KEYS[3], ARGV[1]) end
-return redis.call('HGET', KEYS[1], 'cancelled_by') or ''
 """
 
 
@@ -178,9 +177,9 @@ class JobStore:
 
     # -- writing ------------------------------------------------------------------------
 
-    def event(self, job_id: str, state: str, detail: str = "", *, kind: str = "", **fields: Any) -> str:
+    def event(self, job_id: str, state: str, detail: str = "", *, kind: str = "", **fields: Any) -> None:
         """Append a timeline event and move the job to ``state``, unless the job is in a final state and
-        ``state`` is not one (then nothing changes). Returns who asked for a cancel, if anyone did.
+        ``state`` is not one (then nothing changes). Who asked for a cancel is ``cancelled_by``'s to say.
 
         ``kind`` marks events that report on something other than the conversion's stage (``PROPAGATION``:
         where a published revision is visible), so pages can show them apart. Jobs a worker has started
@@ -200,11 +199,10 @@ class JobStore:
         membership = "add" if state in ACTIVE_STATES or state == JobState.RETRYING else \
             "remove" if state in FINAL_STATES else ""
         pairs = [str(item) for pair in mapping.items() for item in pair]
-        cancelled_by = self._event(keys=[keys.job(job_id), keys.events(job_id), keys.ACTIVE], args=[
+        self._event(keys=[keys.job(job_id), keys.events(job_id), keys.ACTIVE], args=[
             job_id, str(state), int(state in FINAL_STATES), json.dumps(entry),
             self.ttl, membership, *pairs,
         ])
-        return str(cancelled_by or "")
 
     def set_bytes(self, job_id: str, count: int) -> None:
         """Record the bytes fetched so far."""

@@ -1,6 +1,6 @@
 """The Redis schema: every key ducc (and the Celery transport it uses) keeps in Redis, in one place. Pure.
 
-Redis holds only the queue, locks, job status and metrics (DESIGN §1); the
+Redis holds only the queue, locks, job status and metrics (docs/design.md §1); the
 repository stays the source of truth, so losing Redis loses no published data.
 
 ::

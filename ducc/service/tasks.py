@@ -172,9 +172,10 @@ def run_conversion(services: Services, job_id: str, task: Task) -> str:
                            error=str(exc), temporary=1, attempts=attempts, retry_at=time.time() + delay,
                            published=int(published))
                 raise task.retry(countdown=delay) from exc
-            log.error("job %s (%s) failed: %s", job_id, job.image, exc.detail if isinstance(exc, CvmfsError) else exc)
             # The timeline keeps a command's whole output; the error (what users see first) is one line.
-            return fail(exc.detail if isinstance(exc, CvmfsError) else str(exc), str(exc), exc.temporary)
+            detail = exc.detail if isinstance(exc, CvmfsError) else str(exc)
+            log.error("job %s (%s) failed: %s", job_id, job.image, detail)
+            return fail(detail, str(exc), exc.temporary)
         except Exception as exc:
             run.finish(recheck=False)
             log.exception("job %s (%s): unexpected error", job_id, job.image)
@@ -374,15 +375,15 @@ def _job_result(result: ConversionResult, changed: bool) -> dict[str, Any]:
 def run_sync(services: Services) -> dict[str, Any]:
     """Queue a conversion for every wishlist image whose tag moved; the checks are manifest HEADs only.
     What became of each image is recorded for the status page (``ducc.service.lastsync``)."""
-    from ducc.sync import check_all, read_wishlist
-    from ducc.wishlist import wishlist_origin
+    from ducc.sync import check_all
+    from ducc.wishlist import read, wishlist_origin
 
     path = services.settings.wishlist
     if path is None:
         log.info("no wishlist configured (DUCC_WISHLIST): nothing to sync")
         return {"checked": 0}
     try:
-        wishes = read_wishlist(path)
+        wishes = read(path)
     except WishlistError as exc:
         log.error("%s", exc)
         return {"error": str(exc)}

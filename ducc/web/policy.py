@@ -19,7 +19,7 @@ from ducc.errors import WishlistError
 from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
 from ducc.model.request import ConversionRequest
-from ducc.wishlist import Wishlist, load, read_text, wishlist_origin
+from ducc.wishlist import Wishlist, read, wishlist_origin
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class Policy:
             return None
         if mtime != self._mtime:
             try:
-                self._wishlist, self.problem = _read(self.wishlist_path), None
+                self._wishlist, self.problem = read(self.wishlist_path), None
             except WishlistError as exc:
                 self._wishlist, self.problem = None, str(exc)
                 log.error("policy: %s; it allows nothing", self.problem)
@@ -74,15 +74,6 @@ class Policy:
         if self.problem:
             return Decision(False, f"matches no DUCC_ALLOW pattern, and the {self.problem}")
         return Decision(False, "matches neither DUCC_ALLOW nor the wishlist")
-
-
-def _read(path: Path) -> Wishlist:
-    """The wishlist file ``path``; a WishlistError naming it (one that is too large is refused before it is read)."""
-    text = read_text(path)
-    try:
-        return load(text)
-    except WishlistError as exc:
-        raise WishlistError(f"wishlist {path} is invalid: {exc}") from exc
 
 
 @dataclass(frozen=True)

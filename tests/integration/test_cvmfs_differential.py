@@ -12,31 +12,12 @@ a marker in the stream (the real one fails on an assertion) and ``.cvmfspublishe
 
 from __future__ import annotations
 
-import io
 import os
-import tarfile
 from pathlib import Path
 
 from ducc.publish import ingest_guard
-from tests.support.cvmfs import cvmfs_standin
+from tests.support.cvmfs import cvmfs_standin, tar_of
 from tests.support.trees import snapshot
-
-
-def tar_of(*entries: tuple[str, bytes | None]) -> bytes:
-    """A plain tar: (name, content) for files (mode 0644), (name, None) for directories (0755)."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, content in entries:
-            info = tarfile.TarInfo(name)
-            info.mtime = 1_600_000_000
-            if content is None:
-                info.type, info.mode = tarfile.DIRTYPE, 0o755
-                tar.addfile(info)
-            else:
-                info.size, info.mode = len(content), 0o644
-                tar.addfile(info, io.BytesIO(content))
-    return buf.getvalue()
-
 
 PLAIN = tar_of(("dir", None), ("dir/file", b"plain"), ("top", b"t"))
 MARKED = tar_of((".cvmfscatalog", b""), ("abc", None), ("abc/f", b"x"))

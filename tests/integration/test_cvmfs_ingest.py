@@ -22,6 +22,7 @@ from ducc.model.digest import Digest
 from ducc.publish import ingest_guard
 from ducc.publish.cvmfs_server import CvmfsServer
 from ducc.publish.tarstream import write_tree
+from tests.support.cvmfs import tar_of
 from tests.support.trees import snapshot
 
 REPO = "test.cern.ch"
@@ -183,7 +184,7 @@ def test_a_writer_killed_mid_stream_publishes_nothing_wherever_the_stream_was_cu
     import sys
 
     entries = [(f"f{i}", b"x" * 700) for i in range(20)]
-    whole = layer_tar(entries)
+    whole = tar_of(*entries)
     offsets = {"between_entries": 10 * 1536, "inside_a_header": 10 * 1536 + 100, "inside_data": 10 * 1536 + 800}
     (tmp_path / "stream").write_bytes(whole[: offsets[cut]])
     project = Path(__file__).resolve().parents[2]
@@ -195,27 +196,6 @@ def test_a_writer_killed_mid_stream_publishes_nothing_wherever_the_stream_was_cu
     assert not (cvmfs.client / "partial").exists()
     assert cvmfs.revision() == 1
     assert not cvmfs.in_transaction()
-
-
-def layer_tar(entries) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, content in entries:
-            info = tarfile.TarInfo(name)
-            info.mtime = 1_600_000_000
-            if content is None:
-                info.type, info.mode = tarfile.DIRTYPE, 0o700
-                tar.addfile(info)
-            elif isinstance(content, str) and content.startswith("->"):
-                info.type, info.linkname = tarfile.SYMTYPE, content[2:]
-                tar.addfile(info)
-            elif isinstance(content, str) and content.startswith("=>"):
-                info.type, info.linkname = tarfile.LNKTYPE, content[2:]
-                tar.addfile(info)
-            else:
-                info.size, info.mode = len(content), 0o600
-                tar.addfile(info, io.BytesIO(content))
-    return buf.getvalue()
 
 
 def test_a_digest_mismatch_found_at_the_end_publishes_nothing(cvmfs, server, tmp_path):
@@ -305,7 +285,7 @@ def test_delete_on_a_gateway_takes_one_path_per_call(tmp_path):
     with cvmfs_standin(tmp_path / "gw", gateway=True) as gw:
         server = CvmfsServer(REPO, binary=str(gw.binary), mount=gw.mount, env=gw.env(), gateway=True)
         for path in ("a", "b"):
-            gw.run("ingest", "-t", "-", "-b", path, REPO, input=layer_tar([("f", b"x")]))
+            gw.run("ingest", "-t", "-", "-b", path, REPO, input=tar_of(("f", b"x")))
         assert server.delete(["a", "b"]) == 2
         assert [p.name for p in gw.client.iterdir()] == []
 
@@ -391,7 +371,7 @@ def test_a_poisoned_stream_fails_wherever_it_was_cut(cvmfs):
     """On the real server: between entries, inside a header or inside data, the poison makes ingest fail
     (one repository for every cut: each failed ingest leaves it as it was)."""
     entries = [("a", b"x" * 1000), ("b", b"y" * 3000), ("c", b"z")]
-    whole = layer_tar(entries)
+    whole = tar_of(*entries)
     for cut in CUTS:
         data = whole[:cut]
         done = cvmfs.run("ingest", "-t", "-", "-b", "cut", cvmfs.repository, input=data + ingest_guard.poison(len(data)))
@@ -404,7 +384,7 @@ def test_a_poisoned_stream_fails_wherever_it_was_cut(cvmfs):
 
 def test_after_the_end_marker_the_poison_comes_too_late(cvmfs):
     """Why the streams write the end-of-archive blocks only after ``before_end``: past them a reader has finished."""
-    data = layer_tar([("a", b"x")])
+    data = tar_of(("a", b"x"))
     assert cvmfs.run("ingest", "-t", "-", "-b", "late", cvmfs.repository, input=data + ingest_guard.poison(len(data))).returncode == 0
     assert (cvmfs.client / "late" / "a").exists()
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from tests.support.cvmfs import CvmfsStandin, cvmfs_standin
+from tests.support.cvmfs import CvmfsStandin, cvmfs_standin, tar_of
 
 REPO = "test.cern.ch"
 
@@ -32,30 +32,6 @@ def cvmfs(tmp_path):
     """The stand-in itself (the shared ``cvmfs`` fixture is the real server)."""
     with cvmfs_standin(tmp_path / "cvmfs-repo") as standin:
         yield standin
-
-
-def tar_of(*entries: tuple[str, bytes | str | None], kind: bytes = tarfile.REGTYPE) -> bytes:
-    """A plain tar: (name, content) for files, (name, None) for directories, ("name", "->target") for symlinks,
-    ("name", "=>target") for hardlinks."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, content in entries:
-            info = tarfile.TarInfo(name)
-            info.mtime = 1_600_000_000
-            if content is None:
-                info.type, info.mode = tarfile.DIRTYPE, 0o755
-                tar.addfile(info)
-            elif isinstance(content, str) and content.startswith("->"):
-                info.type, info.linkname = tarfile.SYMTYPE, content[2:]
-                tar.addfile(info)
-            elif isinstance(content, str) and content.startswith("=>"):
-                info.type, info.linkname = tarfile.LNKTYPE, content[2:]
-                tar.addfile(info)
-            else:
-                data = content.encode() if isinstance(content, str) else content
-                info.size, info.mode = len(data), 0o644
-                tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def ingest(cvmfs: CvmfsStandin, data: bytes, base: str, *extra: str):

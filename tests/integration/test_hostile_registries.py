@@ -21,6 +21,7 @@ from ducc.model.digest import Digest
 from ducc.registry.auth import Credentials, StaticKeychain
 from ducc.registry.client import RegistryClient, RetryPolicy
 from ducc.registry.transfer import TransferLimits
+from ducc.registry.transport import Transport
 from ducc.service.jobs import JobStore
 from tests.integration.test_service import wait_finished
 from tests.support.hostile import HostileRegistry, ducc_env, endless, run_measured, send, trickle
@@ -338,15 +339,15 @@ def test_credentials_never_go_to_a_token_realm_they_could_leak_at(name, realm, w
 
 
 def test_a_plain_http_realm_of_an_https_registry_gets_no_credentials():
-    client = RegistryClient()
-    assert client._realm_refusal("http://192.0.2.7/token", "registry.example.org", with_credentials=True) == \
+    transport = Transport()
+    assert transport.realm_refusal("http://192.0.2.7/token", "registry.example.org", with_credentials=True) == \
         "credentials go to a token service over HTTPS only"
-    assert client._realm_refusal("http://registry.example.org:5001/token", "registry.example.org",
-                                 with_credentials=True) is not None  # the same host, but the registry is HTTPS
-    assert client._realm_refusal("https://192.0.2.7/token", "registry.example.org", with_credentials=True) is None
-    assert client._realm_refusal("http://192.0.2.7/token", "registry.example.org", with_credentials=False) is None
-    insecure = RegistryClient(insecure=["registry.lan:5000"])
-    assert insecure._realm_refusal("http://registry.lan:5001/token", "registry.lan:5000", with_credentials=True) is None
+    assert transport.realm_refusal("http://registry.example.org:5001/token", "registry.example.org",
+                                   with_credentials=True) is not None  # the same host, but the registry is HTTPS
+    assert transport.realm_refusal("https://192.0.2.7/token", "registry.example.org", with_credentials=True) is None
+    assert transport.realm_refusal("http://192.0.2.7/token", "registry.example.org", with_credentials=False) is None
+    insecure = Transport(insecure=["registry.lan:5000"])
+    assert insecure.realm_refusal("http://registry.lan:5001/token", "registry.lan:5000", with_credentials=True) is None
 
 
 # -- a corrupt cache -------------------------------------------------------------------------------

@@ -68,7 +68,7 @@ RULES = {
 }
 
 
-# What ducc adds to every flat root, as DESIGN §6 (and the catalog marker of §4) names it: a fixed list, so the
+# What ducc adds to every flat root, as docs/design.md §6 (and the catalog marker of §4) names it: a fixed list, so the
 # oracle is never told by the code under test what to ignore. An addition is ignored only where the image itself
 # (as umoci unpacks it) does not have that path; where it does, the two trees must agree on it.
 ADDITIONS = frozenset({

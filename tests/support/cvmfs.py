@@ -10,11 +10,13 @@ tests/integration/test_cvmfs_differential.py keeps the two in agreement.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import secrets
 import shutil
 import subprocess
+import tarfile
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -84,26 +86,7 @@ class CvmfsStandin:
 
     def calls(self, *commands: str) -> list[Call]:
         """Every call in order (setup and teardown left out), or only those of ``commands``."""
-        starts: dict[str, dict[str, Any]] = {}
-        order: list[str] = []
-        path = self.state / "calls.jsonl"
-        for line in path.read_text().splitlines() if path.exists() else []:
-            record = json.loads(line)
-            if "argv" in record:
-                starts[record["id"]] = record
-                order.append(record["id"])
-            elif record["id"] in starts:
-                starts[record["id"]].update(record)
-        out = []
-        for key in order:
-            r = starts[key]
-            call = Call(tuple(r["argv"]), r["node"], r.get("rc"),
-                        r["end"] - r["start"] if "end" in r else None)
-            if call.command in ("mkfs", "rmfs"):
-                continue
-            if not commands or call.command in commands:
-                out.append(call)
-        return out
+        return _read_calls(self.state, commands)
 
     def publishing_calls(self) -> list[Call]:
         """Calls that make a new revision: ``publish`` and ``ingest``."""
@@ -328,6 +311,8 @@ class RealCvmfs:
 
 
 def _read_calls(state: Path, commands: Sequence[str]) -> list[Call]:
+    """The calls logged in ``state``/calls.jsonl, by the stand-in or the recorder alike: in order, without
+    setup and teardown (``mkfs``, ``rmfs``), only those of ``commands`` if any are named."""
     starts: dict[str, dict[str, Any]] = {}
     order: list[str] = []
     path = state / "calls.jsonl"
@@ -374,3 +359,27 @@ def real_cvmfs(directory: Path, prefix: str = "t") -> Iterator[RealCvmfs]:
         _run_quietly([real, "abort", "-f", name])
         removed = _run_quietly([real, "rmfs", "-f", name], timeout=600)
         assert removed.returncode == 0, f"rmfs -f {name} failed: {removed.stderr.decode(errors='replace')}"
+
+
+def tar_of(*entries: tuple[str, bytes | str | None]) -> bytes:
+    """A plain tar to feed ``ingest``: (name, content) for files (0644), (name, None) for directories (0755),
+    ("name", "->target") for symlinks, ("name", "=>target") for hardlinks."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, content in entries:
+            info = tarfile.TarInfo(name)
+            info.mtime = 1_600_000_000
+            if content is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            elif isinstance(content, str) and content.startswith("->"):
+                info.type, info.linkname = tarfile.SYMTYPE, content[2:]
+                tar.addfile(info)
+            elif isinstance(content, str) and content.startswith("=>"):
+                info.type, info.linkname = tarfile.LNKTYPE, content[2:]
+                tar.addfile(info)
+            else:
+                data = content.encode() if isinstance(content, str) else content
+                info.size, info.mode = len(data), 0o644
+                tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()

@@ -92,7 +92,7 @@ def test_a_broken_wishlist_refuses_with_its_reason_instead_of_a_misleading_one(t
     path = tmp_path / "wishlist.yaml"
     path.write_text("version: 1\ninput: ['Not An Image']\n")
     decision = Policy([], path).decide(Reference.parse("reg.example.org/team/app:1"))
-    assert not decision.allowed and f"wishlist {path} is invalid" in decision.why
+    assert not decision.allowed and f"the wishlist {path}: input #1: " in decision.why
     path.unlink()
     decision = Policy([], path).decide(Reference.parse("reg.example.org/team/app:1"))
     assert not decision.allowed and f"cannot read wishlist {path}" in decision.why
