@@ -62,7 +62,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO, TypeVar
 
 from ducc import layout
-from ducc.errors import CvmfsError, PublishError
+from ducc.errors import CvmfsError, LeaseLost, PublishError
 from ducc.model.digest import Digest
 from ducc.model.manifest import DEFAULT_PLATFORM, Platform
 from ducc.model.reference import Reference
@@ -279,15 +279,26 @@ class CvmfsPublisher(CvmfsView):
     @contextmanager
     def _held(self) -> Iterator[None]:
         """The repository, exclusively: the lease, this host's flock, and no transaction left open."""
-        with self._lock(self.lease_name) if self._lock else nullcontext(), self._staging.writer() as lock_fd, \
-                self.server.holding(lock_fd):
+        with self._lock(self.lease_name) if self._lock else nullcontext() as still_held, \
+                self._staging.writer() as lock_fd, self.server.holding(lock_fd):
             self._holder.active = True
+            self._holder.still_held = still_held
             try:
                 if self.server.abort(missing_ok=True):
                     log.warning("aborted the transaction an interrupted writer left open on %s", self.repository)
                 yield
             finally:
                 self._holder.active = False
+                self._holder.still_held = None
+
+    def _fence(self, change: str) -> None:
+        """Before every call that makes something visible: LeaseLost unless the repository's lease is still
+        ours. Once it has lapsed another host may be publishing; this writer stops (an open transaction is
+        aborted by the caller) and a retry starts over."""
+        still_held = getattr(self._holder, "still_held", None)
+        if still_held is not None and not still_held():
+            raise LeaseLost(f"lost the lease on repository {self.name} (Redis did not renew it in time); "
+                            f"stopped before {change}, a retry publishes it again")
 
     # -- reads that decide what to write ------------------------------------------------------------
 
@@ -386,6 +397,7 @@ class CvmfsPublisher(CvmfsView):
         def stream(out: BinaryIO) -> None:
             write_tree(tree, out)
 
+        self._fence(f"ingesting {top}/{digest.prefix}/{digest.short}")
         self._retry_busy(lambda: self.server.ingest(stream, self._path(base), catalog=False))
         return shard / digest.prefix / digest.hex
 
@@ -412,6 +424,7 @@ class CvmfsPublisher(CvmfsView):
         def stream(out: BinaryIO) -> None:
             write_tree(batch, out)
 
+        self._fence("ingesting layers")
         self._retry_busy(lambda: self.server.ingest(stream, self._path(layout.LAYERS), catalog=False))
 
     def open_transaction(self, lease: str | None) -> None:
@@ -423,6 +436,7 @@ class CvmfsPublisher(CvmfsView):
         try:
             for change in changes:
                 change(self.root)
+            self._fence("publishing a transaction")
             self.server.publish()
         except BaseException as exc:
             self._abort_quietly()
@@ -450,6 +464,7 @@ class CvmfsPublisher(CvmfsView):
         size = 1 if self.gateway else DELETE_BATCH
         for start in range(0, len(full), size):
             batch = full[start:start + size]
+            self._fence(f"deleting {len(batch)} trees")
             self._retry_busy(lambda batch=batch: self.server.delete(batch, batch=size))  # type: ignore[misc]
 
     def _retry_busy(self, call: Callable[[], T]) -> T:

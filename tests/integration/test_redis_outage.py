@@ -148,3 +148,40 @@ def test_a_lease_counts_as_held_only_until_its_last_confirmed_renewal_expires_or
     assert not held.renew() and not held.still_held()
     now[0] -= 100
     assert not held.still_held(), "a lease found lost stays lost"
+
+
+def test_a_cvmfs_writer_whose_lease_lapsed_while_redis_was_frozen_publishes_nothing(redis_server, cvmfs, tmp_path):
+    """On the real cvmfs_server: the writer holds the repository's Redis lease, Redis freezes for longer
+    than the lease and another host takes it. The first writer's layer would be ingested when its
+    transaction ends; it stops there instead (LeaseLost, temporary): no new revision, no transaction
+    left open, no layer."""
+    import pytest
+
+    from ducc import layout
+    from ducc.errors import LeaseLost
+    from ducc.model.digest import Digest
+    from ducc.service import keys
+    from ducc.service.locks import Lease
+    from ducc.services import Services
+    from ducc.settings import Settings
+
+    seconds = 3
+    settings = Settings.from_env(cvmfs.ducc_env(tmp_path / "state", DUCC_CVMFS_REPO=cvmfs.repository,
+                                                DUCC_REDIS_URL=redis_server.url, DUCC_JOB_LEASE=str(seconds)))
+    first = Services(settings, shared_locks=True).publisher  # as a worker on the publisher builds it
+    revision = cvmfs.revision()
+    digest = Digest.of(b"a layer the first writer unpacked")
+    second = Lease(redis_server.client(), keys.publish_lease(first.lease_name), seconds=30)
+    with first.staging() as stage:
+        (stage / digest.hex / "layerfs").mkdir(parents=True)
+        (stage / digest.hex / "layerfs" / "file").write_bytes(b"content")
+        with pytest.raises(LeaseLost) as lost, first.transaction() as txn:
+            with frozen(redis_server):
+                time.sleep(seconds + 2)  # the lease's key expires in Redis meanwhile
+            second.acquire(wait=10)  # the other host publishes from now on
+            txn.add_layer(digest, stage / digest.hex)
+    second.release()
+    assert lost.value.temporary and cvmfs.repository in str(lost.value)
+    assert cvmfs.revision() == revision
+    assert not cvmfs.in_transaction()
+    assert not (cvmfs.mount / layout.layer_dir(digest)).exists()
