@@ -73,6 +73,10 @@ from ducc.model.limits import (
     DEFAULT_MAX_LAYER_ENTRIES,
     DEFAULT_MAX_PATH_BYTES,
     DEFAULT_MAX_PATH_DEPTH,
+    DEFAULT_MAX_TAG_PAGES,
+    DEFAULT_MAX_TAGS,
+    DEFAULT_MIN_TRANSFER_RATE,
+    DEFAULT_MIN_TRANSFER_TIME,
 )
 from ducc.model.manifest import Platform
 
@@ -222,10 +226,10 @@ class Settings:
     max_path_bytes: int = DEFAULT_MAX_PATH_BYTES
     max_layers: int | None = None
     max_compressed_bytes: int | None = None
-    min_transfer_rate: int = 16 << 10
-    min_transfer_time: int = 60
-    max_tag_pages: int = 1000
-    max_tags: int = 100_000
+    min_transfer_rate: int = DEFAULT_MIN_TRANSFER_RATE
+    min_transfer_time: int = DEFAULT_MIN_TRANSFER_TIME
+    max_tag_pages: int = DEFAULT_MAX_TAG_PAGES
+    max_tags: int = DEFAULT_MAX_TAGS
     redis_url: str | None = None
     redis_password: str | None = field(repr=False, default=None)
     redis_fsync: str = "everysec"
@@ -303,10 +307,10 @@ class Settings:
             max_path_bytes=_positive(env, "DUCC_MAX_PATH_BYTES", DEFAULT_MAX_PATH_BYTES),
             max_layers=_optional_positive(env, "DUCC_MAX_LAYERS"),
             max_compressed_bytes=_optional_positive(env, "DUCC_MAX_COMPRESSED_BYTES"),
-            min_transfer_rate=_positive(env, "DUCC_MIN_TRANSFER_RATE", 16 << 10),
-            min_transfer_time=_positive(env, "DUCC_MIN_TRANSFER_TIME", 60),
-            max_tag_pages=_positive(env, "DUCC_MAX_TAG_PAGES", 1000),
-            max_tags=_positive(env, "DUCC_MAX_TAGS", 100_000),
+            min_transfer_rate=_positive(env, "DUCC_MIN_TRANSFER_RATE", DEFAULT_MIN_TRANSFER_RATE),
+            min_transfer_time=_positive(env, "DUCC_MIN_TRANSFER_TIME", DEFAULT_MIN_TRANSFER_TIME),
+            max_tag_pages=_positive(env, "DUCC_MAX_TAG_PAGES", DEFAULT_MAX_TAG_PAGES),
+            max_tags=_positive(env, "DUCC_MAX_TAGS", DEFAULT_MAX_TAGS),
             redis_url=env.get("DUCC_REDIS_URL") or None,
             redis_password=_redis_password(env),
             redis_fsync=_choice(env, "DUCC_REDIS_FSYNC", ("everysec", "always"), "everysec"),

@@ -1,5 +1,7 @@
 """What one image may write (``DUCC_MAX_IMAGE_BYTES``, ``DUCC_MAX_LAYER_ENTRIES``, ``DUCC_MAX_PATH_DEPTH``,
-``DUCC_MAX_PATH_BYTES``): a value; the unpacker enforces it (``ducc.unpack.limits``)."""
+``DUCC_MAX_PATH_BYTES``): a value; the unpacker enforces it (``ducc.unpack.limits``). Also the defaults of
+what a registry may cost (``DUCC_MIN_TRANSFER_RATE``/``_TIME``, ``DUCC_MAX_TAG_PAGES``/``DUCC_MAX_TAGS``),
+which the registry client enforces: one place for each default, read by the settings and the client."""
 
 from __future__ import annotations
 
@@ -16,6 +18,14 @@ DEFAULT_MAX_PATH_DEPTH = 512
 # for the repository's own prefix (``/cvmfs/<repo>/.flat/xx/<digest>/``), so that every published
 # path can still be opened by its full name on the nodes that run the image.
 DEFAULT_MAX_PATH_BYTES = 3072
+
+# A transfer may take DEFAULT_MIN_TRANSFER_TIME seconds plus its size at DEFAULT_MIN_TRANSFER_RATE
+# bytes/s: a slow but working registry passes, one that trickles a byte at a time does not.
+DEFAULT_MIN_TRANSFER_RATE = 16 << 10
+DEFAULT_MIN_TRANSFER_TIME = 60
+# A tag glob lists a repository's tags page by page; a Link chain that never ends stops here.
+DEFAULT_MAX_TAG_PAGES = 1000
+DEFAULT_MAX_TAGS = 100_000
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from urllib.parse import urljoin
 from ducc.errors import DigestMismatch, InvalidManifest, NotFound, RegistryError, RegistryUnavailable
 from ducc.model import mediatypes
 from ducc.model.digest import Digest
+from ducc.model.limits import DEFAULT_MAX_TAG_PAGES, DEFAULT_MAX_TAGS
 from ducc.model.manifest import Index, Manifest, parse_manifest
 from ducc.model.reference import Reference
 from ducc.registry.retry import Attempts
@@ -40,8 +41,8 @@ log = logging.getLogger(__name__)
 MAX_MANIFEST_BYTES = 4 << 20
 MAX_CONFIG_BYTES = 16 << 20
 MAX_TAG_PAGE_BYTES = 16 << 20
-MAX_TAG_PAGES = 1000
-MAX_TAGS = 100_000
+MAX_TAG_PAGES = DEFAULT_MAX_TAG_PAGES
+MAX_TAGS = DEFAULT_MAX_TAGS
 
 
 class BlobStream:

@@ -36,6 +36,7 @@ import requests
 import urllib3
 
 from ducc.errors import RegistryUnavailable
+from ducc.model.limits import DEFAULT_MIN_TRANSFER_RATE, DEFAULT_MIN_TRANSFER_TIME
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,8 @@ class TransferLimits:
     """How slow a transfer may be: every transfer may take ``min_time`` seconds, plus its bytes at
     ``min_rate`` bytes/s (``DUCC_MIN_TRANSFER_TIME``, ``DUCC_MIN_TRANSFER_RATE``)."""
 
-    min_rate: int = 16 << 10
-    min_time: float = 60.0
+    min_rate: int = DEFAULT_MIN_TRANSFER_RATE
+    min_time: float = DEFAULT_MIN_TRANSFER_TIME
 
     def allowance(self, size: int) -> float:
         return self.min_time + max(0, size) / self.min_rate
