@@ -597,6 +597,9 @@ def cmd_beat(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_web(args: argparse.Namespace, settings: Settings) -> int:
     listen = args.listen or settings.listen
+    # The app needs Redis from its first request on: with none to find, say so in one line here rather
+    # than let every gunicorn worker fail to boot with a traceback.
+    Services(settings).redis_url  # noqa: B018 - raises ServiceUnavailable (exit 69)
     # The access log shows the path without the query string: Docker Hub and Quay send their token as ?token=.
     access_format = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms "%(a)s"'
     os.execvp(sys.executable, [sys.executable, "-m", "gunicorn", "--bind", listen, "--workers", str(args.workers),

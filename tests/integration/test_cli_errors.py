@@ -86,7 +86,8 @@ def test_commands_that_need_redis_say_it_is_unreachable(argv):
 
 
 @pytest.mark.parametrize("argv", [["status", "127.0.0.1:1/a/b:1"], ["jobs"], ["submit", "127.0.0.1:1/a/b:1"],
-                                  ["cancel", "18f0c0a0b00-0123456789"]], ids=["status", "jobs", "submit", "cancel"])
+                                  ["cancel", "18f0c0a0b00-0123456789"], ["web", "--listen", "127.0.0.1:1"]],
+                         ids=["status", "jobs", "submit", "cancel", "web"])
 def test_without_redis_url_and_without_ducc_serve_the_commands_say_so(argv, tmp_path):
     state = tmp_path / "state"
     line = one_line(ducc(*argv, env={"DUCC_STATE_DIR": str(state)}), UNAVAILABLE)
