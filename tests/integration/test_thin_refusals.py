@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pytest
 
 from ducc import layout
-from ducc.errors import AuthenticationError, RegistryError
+from ducc.errors import AuthenticationError, RegistryError, RegistryUnavailable
 from ducc.model.reference import Reference
 from ducc.model.request import ConversionRequest
 from ducc.registry.auth import RegistryKeychain
@@ -142,25 +142,34 @@ def test_after_a_wrong_password_the_right_one_pushes_only_the_thin_image(
     assert seen["Digest"] == str(pinned.digest) and "CVMFS_IMAGE=true" in seen["Env"]
 
 
-FAULTS = [  # id, proxy rule, what the user is told, whether it is worth retrying
-    ("upload-refused-403", dict(action="status", path="/blobs/uploads/", method=None, status=403, times=-1), "403", False),
-    ("manifest-put-503", dict(action="status", path="/manifests/", method="PUT", status=503, times=-1), "503", True),
+FAULTS = [  # id, proxy rule, what the user is told, the push's error, whether the upload session is given up
+    ("upload-refused-403", dict(action="status", path="/blobs/uploads/", method=None, status=403, times=-1), "403",
+     AuthenticationError, False),
+    ("blob-put-500", dict(action="status", path="/blobs/uploads/", method="PUT", status=500, times=-1), "500",
+     RegistryUnavailable, True),
+    ("manifest-put-503", dict(action="status", path="/manifests/", method="PUT", status=503, times=-1), "503",
+     RegistryUnavailable, False),
 ]
 
 
 @pytest.mark.parametrize("layer", LAYERS)
-@pytest.mark.parametrize("rule,reason,temporary", [f[1:] for f in FAULTS], ids=[f[0] for f in FAULTS])
+@pytest.mark.parametrize("rule,reason,kind,abandoned", [f[1:] for f in FAULTS], ids=[f[0] for f in FAULTS])
 def test_a_registry_refusing_or_failing_the_push_leaves_a_clear_reason_and_no_tag(
-    attempt, proxy, registry, rule, reason, temporary, layer
+    attempt, proxy, registry, rule, reason, kind, abandoned, layer
 ):
+    """Refused (403: for good) or failing (5xx: worth retrying, the job retries it and fails at its last
+    attempt). A blob upload given up is cancelled (``DELETE`` of its session, as the distribution spec
+    asks); no manifest is written after a failed blob."""
     target = via(proxy, Reference(registry.host, f"thin/refused-{reason}-{layer}", "v1"))
     rule = dict(rule)  # the table's rule is shared by every layer
-    proxy.add(rule.pop("action"), rule.pop("path"), **rule)
+    path = rule.pop("path")
+    proxy.add(rule.pop("action"), path, **rule)
     tried = attempt(target, {})
     refused = tried.through(layer)
     assert str(target) in refused.text and reason in refused.text, refused.text
-    assert refused.temporary in (temporary, None)
-    if reason == "403":  # refused before any manifest could be written
-        assert refused.error is None or isinstance(refused.error, AuthenticationError)
+    assert refused.temporary in (kind.temporary, None)
+    assert refused.error is None or type(refused.error) is kind, refused.error
+    assert bool(proxy.requests("DELETE", "/blobs/uploads/")) is abandoned
+    if "/blobs/" in path:
         assert not proxy.requests("PUT", "/manifests/")
     assert tried.client.manifest_digest(Reference(registry.host, target.repository, target.tag)) is None
