@@ -211,11 +211,9 @@ def test_sigkill_mid_conversion_leaves_nothing_visible_and_the_next_run_publishe
     process = subprocess.Popen([sys.executable, "-m", "ducc", "-q", "convert", str(ref)], env=env)
     staging = root / layout.STAGING
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if staging.is_dir() and any((p / "layerfs").is_dir() for p in staging.glob("*/*")):
-            break
+    while not any(staging.glob("*/*/layerfs/many/f*")):  # the 6000-file layer is being unpacked
+        assert time.monotonic() < deadline and process.poll() is None, "the conversion never unpacked the layer"
         time.sleep(0.01)
-    time.sleep(0.1)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (root / layout.tag_link(ref)).exists()
