@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -40,7 +39,7 @@ from tests.support.images import (
     push_image,
     push_index,
 )
-from tests.support.processes import wait_until
+from tests.support.processes import bytes_written, wait_until
 from tests.support.service import ducc_cli
 from tests.support.trees import snapshot
 
@@ -90,6 +89,7 @@ def test_the_revision_reported_is_the_one_holding_the_image_even_when_another_wr
 # Empty files are one tar block each: wherever a killed writer's stream stops, it stops between two
 # entries, the cut a tar reader takes for a finished archive.
 MANY_FILES = 10_000
+STREAMED = 1 << 20  # bytes ducc has written once the ingest started: a fifth of the stream's 512-byte headers
 
 
 def test_a_ducc_convert_killed_mid_ingest_publishes_nothing_and_the_next_run_completes(cvmfs, client, unique_ref,
@@ -104,7 +104,9 @@ def test_a_ducc_convert_killed_mid_ingest_publishes_nothing_and_the_next_run_com
         try:
             wait_until(lambda: [c for c in cvmfs.calls("ingest") if c.rc is None], "no ingest started", timeout=300,
                        interval=0.05)
-            time.sleep(0.3)  # well inside the stream: the stand-in takes seconds to write 10,000 files
+            start = bytes_written([writer.pid])  # inside the stream: 1 MiB of its 5 MiB of tar headers sent
+            wait_until(lambda: bytes_written([writer.pid]) - start > STREAMED, "ducc never streamed into the ingest",
+                       interval=0.01)
         finally:
             writer.kill()  # ducc only: the guard and the command live on in their own session
             writer.wait(30)

@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import threading
-import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from ducc.model.request import ConversionRequest
 from ducc.service.jobs import PROPAGATION, JobStore
 from ducc.settings import Settings
 from tests.support.images import Dir, File, ImageSpec, Layer, push_image
-from tests.support.processes import wait_until
+from tests.support.processes import bytes_written, process_group, wait_until
 from tests.support.service import DuccProcess, ducc_cli
 
 APP = Layer([Dir("etc"), File("etc/os-release", b"ID=cvmfs-service\n"), Dir("usr"), File("usr/app", b"v1", 0o755)])
@@ -263,7 +262,10 @@ def test_a_worker_killed_mid_ingest_publishes_nothing_and_the_requeued_job_compl
     first = workers("w1", DUCC_JOB_LEASE="4")
     job_id, jobs, _ = submit(redis_server, tmp_path, cvmfs, ref)
     wait_until(lambda: [c for c in cvmfs.calls("ingest") if c.rc is None], "no ingest started", interval=0.05)
-    time.sleep(0.3)  # inside the stream: the stand-in takes seconds to write 10,000 files
+    assert first.process is not None
+    start = bytes_written(process_group(first.process.pid))  # inside the stream: 1 MiB of its 5 MiB of tar headers
+    wait_until(lambda: bytes_written(process_group(first.process.pid)) - start > 1 << 20,
+               "the worker never streamed into the ingest", interval=0.01)
     first.kill_group()
     ended = wait_until(lambda: [c for c in cvmfs.calls("ingest") if c.rc is not None], "the ingest never ended")
     published = list((cvmfs.client / layout.LAYERS).glob("*/*/layerfs/many/*"))

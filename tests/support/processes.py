@@ -40,6 +40,32 @@ def wait_until(condition, what: str, timeout: float = 120.0, interval: float = 0
     raise TimeoutError(what)
 
 
+def bytes_written(pids: list[int]) -> int:
+    """What the processes ``pids`` have written so far: the ``wchar`` of /proc/PID/io, every write call to
+    files, pipes and sockets alike, all threads included. A process that is gone counts as nothing."""
+    total = 0
+    for pid in pids:
+        try:
+            lines = Path(f"/proc/{pid}/io").read_text().splitlines()
+        except OSError:
+            continue
+        total += next(int(line.split()[1]) for line in lines if line.startswith("wchar:"))
+    return total
+
+
+def process_group(pgid: int) -> list[int]:
+    """The processes of process group ``pgid`` (a process started with ``start_new_session`` leads one)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            found.append(int(stat.parent.name))
+    return found
+
+
 def wait_for_port(port: int, timeout: float = 20.0, process: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
