@@ -95,9 +95,7 @@ def test_a_registry_that_sends_too_much_is_read_only_up_to_the_limit(kind, said,
     assert done.returncode == 1, done.stderr
     assert one_line(done.stderr) == "ducc: " + said.format(host=registry.host)
     assert done.peak_rss < BASELINE_RSS, f"{kind}: peak RSS {done.peak_rss >> 20} MiB"
-    assert done.seconds < 20
-    assert done.peak_rss < BASELINE_RSS, f"{kind}: peak {done.peak_rss >> 20} MiB"
-    assert done.seconds < 20
+    assert done.seconds < 20  # bounded: an endless or gzip-bombed answer is not read through
 
 
 def test_a_blob_that_never_ends_is_refused_at_its_declared_size_and_leaves_no_part_file(hostile, tmp_path):
@@ -211,30 +209,29 @@ def test_ctrl_c_ends_a_conversion_stuck_on_trickling_blobs_within_seconds(comman
 def test_a_cancel_stops_a_download_while_the_registry_sends_nothing(hostile):
     registry = hostile()
     (layer,) = registry.image.layer_digests
-    registry.on(f"/blobs/{layer}", stalled(len(registry.image.blobs[layer])))
-    cancelled = threading.Event()
+    silent_at: list[float] = []  # when the registry had sent the headers and went quiet: the job is cancelled then
+    registry.on(f"/blobs/{layer}", stalled(len(registry.image.blobs[layer]), then=lambda: silent_at.append(time.monotonic())))
 
-    def heartbeat() -> None:
-        if cancelled.is_set():
+    def heartbeat() -> None:  # the job's cancel check, called by the transfer's watchdog about every second
+        if silent_at:
             raise JobCancelled("cli (someone@host)", "fetching")
 
     client = RegistryClient(retry=RetryPolicy(attempts=1))
-    threading.Timer(1.0, cancelled.set).start()
-    started = time.monotonic()
     with pytest.raises(JobCancelled), client.open_blob(registry.ref, layer, len(registry.image.blobs[layer]),
                                                           heartbeat=heartbeat) as stream:
         stream.read(1000)
-    assert time.monotonic() - started < 4
+    assert silent_at and time.monotonic() - silent_at[0] < 4  # the next heartbeat stopped it, not the 30 s silence
 
 
-def stalled(length: int) -> Callable[[BaseHTTPRequestHandler], None]:
-    """Headers of a ``length``-byte body, then silence for longer than any test waits."""
+def stalled(length: int, then: Callable[[], object] = lambda: None) -> Callable[[BaseHTTPRequestHandler], None]:
+    """Headers of a ``length``-byte body, ``then()``, then silence for longer than any test waits."""
     def answer(h: BaseHTTPRequestHandler) -> None:
         h.send_response(200)
         h.send_header("Content-Length", str(length))
         h.end_headers()
         h.wfile.flush()
-        time.sleep(30)
+        then()
+        time.sleep(30)  # the fault itself: a registry that goes quiet mid-body
     return answer
 
 
