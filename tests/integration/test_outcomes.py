@@ -22,6 +22,7 @@ from ducc.errors import JobCancelled
 from ducc.model.reference import Reference
 from ducc.model.request import ConversionRequest
 from ducc.publish.directory import DirectoryPublisher
+from ducc.service import keys
 from ducc.service.jobs import JobStore
 from ducc.service.queue import GC_TASK
 from ducc.services import Services
@@ -288,11 +289,15 @@ def test_a_gc_redelivered_after_its_worker_died_is_still_one_job(
         (pool,) = children(worker.process.pid)
         os.kill(pool, signal.SIGKILL)
         worker.wait_for_log("SIGKILL")
-        deadline = time.monotonic() + 30  # the redelivery, then reconciliation once the job's lease lapsed
-        while not any("requeued" in d for d in details(jobs.get(tick.id))):
-            if time.monotonic() > deadline:
-                break  # the redelivered message took the job itself: nothing for reconciliation to do
-            time.sleep(0.2)
+        # The repository stays busy until the job is taken up again: by the redelivered message, or by the
+        # one reconciliation requeues once the job's lease lapsed. Either claims the lease anew; the killed
+        # process's lease only runs down (its remaining milliseconds never grow).
+        lease, watch = keys.job_lease(tick.id), redis_server.client()
+        left, deadline = watch.pttl(lease), time.monotonic() + 60
+        while (now := watch.pttl(lease)) <= left:
+            assert time.monotonic() < deadline, worker.log()[-3000:]
+            left = now
+            time.sleep(0.05)
 
     def settled() -> bool:  # every gc job ended, and every gc message but the killed one was handled
         log = worker.log()
