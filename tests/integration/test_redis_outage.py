@@ -107,7 +107,7 @@ def test_a_writer_whose_lease_lapsed_while_redis_was_frozen_stops_before_its_nex
         (stage / digest.hex / "layerfs" / "file").write_bytes(b"content")
         with first.transaction() as txn:
             with frozen(redis_server):
-                time.sleep(seconds + 2)  # the lease's key expires in Redis meanwhile
+                time.sleep(seconds + 2)  # a real wait: Redis expires the lease's key by its own clock
             second = Lease(redis_server.client(), keys.publish_lease("shared-export"), seconds=30)
             second.acquire(wait=10)  # the other host writes from now on
             try:
@@ -177,7 +177,7 @@ def test_a_cvmfs_writer_whose_lease_lapsed_while_redis_was_frozen_publishes_noth
         (stage / digest.hex / "layerfs" / "file").write_bytes(b"content")
         with pytest.raises(LeaseLost) as lost, first.transaction() as txn:
             with frozen(redis_server):
-                time.sleep(seconds + 2)  # the lease's key expires in Redis meanwhile
+                time.sleep(seconds + 2)  # a real wait: Redis expires the lease's key by its own clock
             second.acquire(wait=10)  # the other host publishes from now on
             txn.add_layer(digest, stage / digest.hex)
     second.release()
