@@ -23,6 +23,7 @@ import pytest
 import zstandard
 
 from tests.support.cvmfs import CvmfsStandin, cvmfs_standin, tar_of
+from tests.support.processes import wait_until
 
 REPO = "test.cern.ch"
 
@@ -347,12 +348,7 @@ def test_an_ingest_killed_midway_leaves_its_transaction_for_abort(cvmfs):
     process = subprocess.Popen([str(cvmfs.binary), "ingest", "-t", "-", "-b", "a", REPO], stdin=subprocess.PIPE,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cvmfs.env())
     try:
-        for _ in range(100):
-            if cvmfs.in_transaction():
-                break
-            import time
-            time.sleep(0.05)
-        assert cvmfs.in_transaction()
+        wait_until(cvmfs.in_transaction, "the ingest never opened its transaction", timeout=30, interval=0.05)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
