@@ -237,8 +237,11 @@ class Variable:
 
 
 def _default_text(default: Any) -> str:
-    if default is MISSING or default is None or default == () or default is False:
-        return "off" if default is False else ""
+    """The default as the README's table shows it: a switch is ``off``, no value an empty cell."""
+    if default is False:
+        return "off"
+    if default is MISSING or default is None or default == ():
+        return ""
     if isinstance(default, str):
         return f"`{default}`"
     return str(default)
@@ -370,7 +373,7 @@ class CacheSettings:
 
 @dataclass(frozen=True)
 class LimitSettings:
-    """Limits: what one image may be and write; beyond them it is refused (design.md, "Safety")."""
+    """Limits: what one image may be and write; beyond them it is refused (admission: docs/design.md §1)."""
 
     max_image_bytes: int = setting(
         "DUCC_MAX_IMAGE_BYTES", "uncompressed bytes of files one conversion may write (summed over the layers "
@@ -462,7 +465,8 @@ class JobSettings:
 
 @dataclass(frozen=True)
 class Settings:
-    """General: where ducc publishes, for which platform, and how it runs."""
+    """General: where ducc publishes, for which platform, and how it runs; the rest of the settings are
+    in the sections below, one per concern (``settings.redis``, ``settings.jobs`` …)."""
 
     root: Path = setting("DUCC_ROOT", "repository root (directory publisher)",
                          default_text="`$XDG_DATA_HOME/ducc/root`", read=_root)
