@@ -6,6 +6,7 @@ Each table sits between two marker comments that name the command printing it; r
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -54,6 +55,19 @@ def test_each_table_in_the_readme_is_the_generated_one(section, body):
     command = COMMAND + (f" {section}" if section else "")
     assert body == generated(section), (f"README.md's table from `{command}` differs from the settings' "
                                         f"declarations: run `{REGENERATE}` to rewrite it")
+
+
+@pytest.mark.parametrize("section", [None, "cvmfs"], ids=["all", "cvmfs"])
+def test_the_command_the_markers_name_prints_the_table(section):
+    printed = subprocess.run([sys.executable, "-m", "ducc.settings", "--markdown", *([section] if section else [])],
+                             capture_output=True, text=True, check=True).stdout
+    assert printed == markdown(section) and printed.startswith(("**General**", "| variable |"))
+
+
+def test_the_command_refuses_an_unknown_section_with_its_usage():
+    refused = subprocess.run([sys.executable, "-m", "ducc.settings", "--markdown", "nosuch"], capture_output=True,
+                             text=True)
+    assert refused.returncode == 2 and "usage: python -m ducc.settings --markdown [cvmfs|redis|" in refused.stderr
 
 
 def test_every_field_of_every_section_is_declared_with_a_variable():
