@@ -269,12 +269,12 @@ def _wishlist_repository(settings: Settings, repo: str) -> Settings:
     if "DUCC_ROOT" in settings.env or "DUCC_PUBLISHER" in settings.env:
         return settings
     repository = repo.partition("/")[0]
-    mount = settings.cvmfs_mount or Path("/cvmfs") / repository
-    if shutil.which(settings.cvmfs_server) and mount.is_dir():
+    mount = settings.cvmfs.mount or Path("/cvmfs") / repository
+    if shutil.which(settings.cvmfs.server) and mount.is_dir():
         log.info("publishing into %s, the wishlist's cvmfs_repo", repo)
         return settings.with_cvmfs_repo(repo)
     log.info("the wishlist names cvmfs_repo %s, but this machine is not its publisher (no %s or no %s); "
-             "publishing into the directory root %s", repo, settings.cvmfs_server, mount, settings.root)
+             "publishing into the directory root %s", repo, settings.cvmfs.server, mount, settings.root)
     return settings
 
 
@@ -287,8 +287,8 @@ def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
         settings = _wishlist_repository(settings, wishes.cvmfs_repo)
     services = _services(args, settings)
     services.publisher  # noqa: B018  # a root that cannot be created or written: one error, before any work
-    report = sync(wishes, services.client, services.converter.run, concurrency=settings.sync_concurrency,
-                  per_registry=settings.registry_concurrency, origin=wishlist_origin(args.wishlist))
+    report = sync(wishes, services.client, services.converter.run, concurrency=settings.sync.concurrency,
+                  per_registry=settings.sync.registry_concurrency, origin=wishlist_origin(args.wishlist))
     counts: dict[str, int] = {}
     for result in report.results:
         counts[result.state] = counts.get(result.state, 0) + 1
@@ -324,7 +324,7 @@ def cmd_check_wishlist(args: argparse.Namespace, settings: Settings) -> int:
             state = "UNAVAILABLE"
         return f"  {ref}\t{platform}\t{state}\t{layout.tag_link(ref, platform)}"
 
-    with ThreadPoolExecutor(max_workers=max(1, settings.sync_concurrency)) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, settings.sync.concurrency)) as pool:
         for line in pool.map(check, work):
             print(line)
     print(f"{len(work)} images would be kept converted")
@@ -338,7 +338,7 @@ def cmd_gc(args: argparse.Namespace, settings: Settings) -> int:
     if not services.view.exists():
         print(f"nothing to collect: there is no repository at {services.view.location}")
         return 0
-    grace = settings.gc_grace if args.grace is None else args.grace
+    grace = settings.gc.grace if args.grace is None else args.grace
     collection = collect(services.publisher, grace=grace, dry_run=args.dry_run)
     for line in collection.lines():
         print(line)
@@ -358,7 +358,7 @@ def cmd_rm(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{result.outcome}\t{result.path}")
     if any(r.outcome == "unpublished" for r in results):
         print(f"ducc: the flat roots and layers they used go with the first 'ducc gc' after the grace period "
-              f"({settings.gc_grace}s, DUCC_GC_GRACE)", file=sys.stderr)
+              f"({settings.gc.grace}s, DUCC_GC_GRACE)", file=sys.stderr)
     return 0 if all(r.outcome == "unpublished" for r in results) else 1
 
 
@@ -374,11 +374,11 @@ def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
     from ducc.publish.cvmfs_server import CvmfsServer, diagnose
     from ducc.publish.cvmfs_view import split_repository
 
-    if not settings.cvmfs_repo:
+    if not settings.cvmfs.repo:
         raise ValueError("ducc doctor checks a CVMFS repository: --cvmfs-repo REPO or DUCC_CVMFS_REPO")
-    repository, _ = split_repository(settings.cvmfs_repo)
-    server = CvmfsServer(repository, binary=settings.cvmfs_server, mount=settings.cvmfs_mount,
-                         gateway=settings.cvmfs_gateway, env=dict(settings.env) or None, timeout=300)
+    repository, _ = split_repository(settings.cvmfs.repo)
+    server = CvmfsServer(repository, binary=settings.cvmfs.server, mount=settings.cvmfs.mount,
+                         gateway=settings.cvmfs.gateway, env=dict(settings.env) or None, timeout=300)
     results = diagnose(server)
     for what, wrong in results:
         print(f"ok    {what}" if wrong is None else f"FAIL  {what}: {' '.join(wrong.split())}")
@@ -563,7 +563,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         return _ping_worker(args, settings)
     services = Services(settings, shared_locks=True)
     app = register(services.celery(), services)
-    concurrency = args.concurrency or settings.worker_concurrency
+    concurrency = args.concurrency or settings.jobs.worker_concurrency
     app.worker_main(["worker", f"--loglevel={settings.log_level}", f"--concurrency={concurrency}",
                      "-Q", keys.CELERY_QUEUE, "--without-gossip", "--without-mingle", "-n", args.name])
     return 0
@@ -596,7 +596,7 @@ def cmd_beat(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_web(args: argparse.Namespace, settings: Settings) -> int:
-    listen = args.listen or settings.listen
+    listen = args.listen or settings.web.listen
     # The app needs Redis from its first request on: with none to find, say so in one line here rather
     # than let every gunicorn worker fail to boot with a traceback.
     Services(settings).redis_url  # noqa: B018 - raises ServiceUnavailable (exit 69)
@@ -611,7 +611,7 @@ def cmd_web(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from ducc.service.embedded import serve
 
-    return serve(settings, root=args.root or settings.root, wishlist=args.wishlist or settings.wishlist,
+    return serve(settings, root=args.root or settings.root, wishlist=args.wishlist or settings.sync.wishlist,
                  web=not args.no_web, initial_sync=not args.no_initial_sync)
 
 
@@ -781,7 +781,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _redis_location(settings: Settings) -> str:
     from ducc.service.broker import display_url
 
-    return display_url(settings.redis_url) if settings.redis_url else settings.embedded_redis_url
+    return display_url(settings.redis.url) if settings.redis.url else settings.embedded_redis_url
 
 
 def _one_line(message: object) -> str:

@@ -73,8 +73,8 @@ class Services:
     @cached_property
     def redis_url(self) -> str:
         """``DUCC_REDIS_URL``, or the embedded Redis of a ``ducc serve`` on this machine."""
-        if self.settings.redis_url:
-            return self.settings.redis_url
+        if self.settings.redis.url:
+            return self.settings.redis.url
         if self.settings.embedded_redis_socket.exists():
             return self.settings.embedded_redis_url
         raise ServiceUnavailable(f"DUCC_REDIS_URL is not set and no ducc serve runs here "
@@ -84,7 +84,7 @@ class Services:
     def redis_password(self) -> str | None:
         """``DUCC_REDIS_PASSWORD`` for the Redis at ``DUCC_REDIS_URL``; the embedded Redis of ``ducc serve``
         needs none (its socket is private to its user)."""
-        return self.settings.redis_password if self.settings.redis_url else None
+        return self.settings.redis.password if self.settings.redis.url else None
 
     @cached_property
     def redis(self) -> redis.Redis:
@@ -92,7 +92,7 @@ class Services:
 
     @cached_property
     def jobs(self) -> JobStore:
-        return JobStore(self.redis, ttl=self.settings.job_ttl)
+        return JobStore(self.redis, ttl=self.settings.jobs.ttl)
 
     @cached_property
     def queue(self) -> Queue:
@@ -104,16 +104,16 @@ class Services:
         """The repository, read only; never creates it."""
         if self.settings.publisher == "cvmfs":
             repository, subdir = self._cvmfs_repo
-            return CvmfsView(repository, subdir=subdir, mount=self.settings.cvmfs_mount)
+            return CvmfsView(repository, subdir=subdir, mount=self.settings.cvmfs.mount)
         if self.settings.publisher == "directory":
             return DirectoryView(self.root, self.settings.repository)
         raise ValueError(f"unknown publisher {self.settings.publisher!r}")
 
     @property
     def _cvmfs_repo(self) -> tuple[str, str]:
-        if not self.settings.cvmfs_repo:
+        if not self.settings.cvmfs.repo:
             raise PublishError("the cvmfs publisher needs a repository: --cvmfs-repo REPO[/subdir] or DUCC_CVMFS_REPO")
-        return split_repository(self.settings.cvmfs_repo)
+        return split_repository(self.settings.cvmfs.repo)
 
     # -- heavy: what converts (workers, the CLI) -----------------------------------------
 
@@ -125,8 +125,8 @@ class Services:
             from ducc.publish.cvmfs_server import CvmfsServer
 
             repository, subdir = self._cvmfs_repo
-            server = CvmfsServer(repository, binary=self.settings.cvmfs_server, mount=self.settings.cvmfs_mount,
-                                 gateway=self.settings.cvmfs_gateway, env=dict(self.settings.env) or None)
+            server = CvmfsServer(repository, binary=self.settings.cvmfs.server, mount=self.settings.cvmfs.mount,
+                                 gateway=self.settings.cvmfs.gateway, env=dict(self.settings.env) or None)
             return CvmfsPublisher(server, subdir=subdir, lock=lock,
                                   staging_root=self.settings.state_dir / "cvmfs-staging" / repository,
                                   gc_dir=self.settings.state_dir / "gc")
@@ -137,20 +137,20 @@ class Services:
     def _repository_lock(self, name: str) -> AbstractContextManager[StillHeld]:
         # Writes into one repository are serialised across hosts by a Redis lease on its name; the
         # publisher asks whether it still holds it before every visible change.
-        return lease(self.redis, keys.publish_lease(name), seconds=self.settings.job_lease)
+        return lease(self.redis, keys.publish_lease(name), seconds=self.settings.jobs.lease)
 
     def _layer_lock(self, digest: object) -> AbstractContextManager[object]:
         # One fetch per layer across workers.
-        return lease(self.redis, keys.layer_lease(digest), seconds=self.settings.job_lease)
+        return lease(self.redis, keys.layer_lease(digest), seconds=self.settings.jobs.lease)
 
     @cached_property
     def keychain(self) -> Keychain:
         from ducc.registry.auth import ChainKeychain, DockerConfigKeychain, for_hosts
 
         keychains: list[Keychain] = [
-            for_hosts(self.settings.registry_user, self.settings.registry_password, self.settings.registry_hosts)
+            for_hosts(self.settings.registry.user, self.settings.registry.password, self.settings.registry.hosts)
         ]
-        config = self.settings.docker_config
+        config = self.settings.registry.docker_config
         if config is not None and config.is_file():
             keychains.append(DockerConfigKeychain(str(config)))
         return ChainKeychain.of(keychains)
@@ -163,10 +163,10 @@ class Services:
         from ducc.registry.client import RegistryClient, RetryPolicy, TransferLimits
 
         settings = self.settings
-        return RegistryClient(keychain=keychain, insecure=settings.insecure_registries,
-                              retry=RetryPolicy(attempts=max(1, settings.retry_attempts)),
-                              limits=TransferLimits(settings.min_transfer_rate, settings.min_transfer_time),
-                              max_tag_pages=settings.max_tag_pages, max_tags=settings.max_tags)
+        return RegistryClient(keychain=keychain, insecure=settings.registry.insecure,
+                              retry=RetryPolicy(attempts=max(1, settings.registry.retry_attempts)),
+                              limits=TransferLimits(settings.registry.min_transfer_rate, settings.registry.min_transfer_time),
+                              max_tag_pages=settings.registry.max_tag_pages, max_tags=settings.registry.max_tags)
 
     def thin_client(self, target: Reference, user: str | None = None) -> RegistryClient:
         """The client that pushes thin images to ``target``'s registry (one per registry and account).
@@ -177,11 +177,11 @@ class Services:
         """
         from ducc.registry.auth import ChainKeychain, RegistryKeychain
 
-        account = self.settings.output_registry_user or user
+        account = self.settings.thin.registry_user or user
         with self._thin_guard:
             found = self._thin_clients.get((target.api_host, account))
             if found is None:
-                password = self.settings.output_registry_password
+                password = self.settings.thin.registry_password
                 keychain = self.keychain
                 if account and password:
                     keychain = ChainKeychain.of([RegistryKeychain(target.registry, account, password), self.keychain])
@@ -195,9 +195,9 @@ class Services:
     def cache(self) -> BlobCache | None:
         from ducc.cache import BlobCache
 
-        if self.settings.cache_dir is None:
+        if self.settings.cache.dir is None:
             return None
-        return BlobCache(self.settings.cache_dir / "blobs", self.settings.cache_max_bytes)
+        return BlobCache(self.settings.cache.dir / "blobs", self.settings.cache.max_bytes)
 
     @cached_property
     def converter(self) -> Converter:
@@ -205,15 +205,15 @@ class Services:
         from ducc.convert import Converter
         from ducc.model.limits import Limits
 
-        limits = Limits(self.settings.max_image_bytes, self.settings.max_layer_entries, self.settings.max_path_depth,
-                        self.settings.max_path_bytes)
+        limits = Limits(self.settings.limits.max_image_bytes, self.settings.limits.max_layer_entries,
+                        self.settings.limits.max_path_depth, self.settings.limits.max_path_bytes)
         return Converter(self.client, self.publisher, cache=self.cache, progress=self.progress,
                          parallel_layers=self.settings.parallel_layers,
                          layer_lock=self._layer_lock if self.shared_locks else None, thin_client=self.thin_client,
-                         limits=limits, cvmfs_repo=self.settings.cvmfs_repo,
-                         thin_cvmfs_repo=self.settings.thin_cvmfs_repo,
-                         policies=from_limits(max_layers=self.settings.max_layers,
-                                              max_compressed_bytes=self.settings.max_compressed_bytes))
+                         limits=limits, cvmfs_repo=self.settings.cvmfs.repo,
+                         thin_cvmfs_repo=self.settings.thin.cvmfs_repo,
+                         policies=from_limits(max_layers=self.settings.limits.max_layers,
+                                              max_compressed_bytes=self.settings.limits.max_compressed_bytes))
 
     def celery(self) -> Celery:
         """The Celery app (a new one each call: a worker registers its tasks on its own)."""

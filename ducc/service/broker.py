@@ -102,9 +102,9 @@ def create_celery(settings: Settings, redis_url: str, password: str | None = Non
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         beat_schedule={
-            "wishlist-sync": {"task": SYNC_TASK, "schedule": parse_cron(settings.sync_schedule)},
-            "reconcile": {"task": RECONCILE_TASK, "schedule": float(settings.job_lease)},
-            "garbage-collection": {"task": GC_TASK, "schedule": parse_cron(settings.gc_schedule, "DUCC_GC_SCHEDULE")},
+            "wishlist-sync": {"task": SYNC_TASK, "schedule": parse_cron(settings.sync.schedule)},
+            "reconcile": {"task": RECONCILE_TASK, "schedule": float(settings.jobs.lease)},
+            "garbage-collection": {"task": GC_TASK, "schedule": parse_cron(settings.gc.schedule, "DUCC_GC_SCHEDULE")},
         },
         timezone="UTC",
     )

@@ -114,7 +114,7 @@ def start_redis(settings: Settings) -> tuple[Child, str]:
         raise ServiceUnavailable("redis-server is not installed (./bootstrap.sh installs it) and DUCC_REDIS_URL is not set")
     state = settings.embedded_redis_dir
     state.mkdir(parents=True, exist_ok=True)
-    child = Child("redis", [binary, *redis_config(state, settings.embedded_redis_socket, settings.redis_fsync)], dict(settings.env))
+    child = Child("redis", [binary, *redis_config(state, settings.embedded_redis_socket, settings.redis.fsync)], dict(settings.env))
     child.start()
     url = settings.embedded_redis_url
     deadline = time.monotonic() + 30
@@ -161,8 +161,8 @@ def preflight(settings: Settings, *, root: Path, wishlist: Path | None, web: boo
     webhook and API request)."""
     from ducc.service.broker import parse_cron
 
-    parse_cron(settings.sync_schedule)  # ValueError for a schedule beat could not read
-    parse_cron(settings.gc_schedule, "DUCC_GC_SCHEDULE")
+    parse_cron(settings.sync.schedule)  # ValueError for a schedule beat could not read
+    parse_cron(settings.gc.schedule, "DUCC_GC_SCHEDULE")
     if settings.publisher == "directory":
         from ducc.publish.directory import DirectoryPublisher
 
@@ -172,10 +172,10 @@ def preflight(settings: Settings, *, root: Path, wishlist: Path | None, web: boo
 
         wishes = read(wishlist)  # WishlistError if missing or invalid
         log.info("wishlist %s: %d entries", wishlist, len(wishes.wishes))
-    if web and not settings.webhook_tokens:
+    if web and not settings.web.tokens:
         log.warning("no webhook token is configured (DUCC_WEBHOOK_TOKEN or DUCC_WEBHOOK_TOKEN_<SOURCE>, or _FILE): "
                     "the web app will refuse every webhook and every POST to the API with 401")
-    if web and not settings.allow and wishlist is None:
+    if web and not settings.web.allow and wishlist is None:
         log.warning("neither DUCC_ALLOW nor a wishlist is configured: webhooks and the API may convert nothing")
 
 
@@ -186,9 +186,9 @@ def queue_first_sync(settings: Settings, env: dict[str, str], wishlist: Path) ->
     from ducc.services import Services
 
     Services(Settings.from_env(env)).celery().send_task(SYNC_TASK)
-    upcoming = next_sync(settings.sync_schedule, datetime.now(UTC)).strftime("%Y-%m-%d %H:%M UTC")
+    upcoming = next_sync(settings.sync.schedule, datetime.now(UTC)).strftime("%Y-%m-%d %H:%M UTC")
     log.info("wishlist %s: first sync queued; then on DUCC_SYNC_SCHEDULE %r (next %s)", wishlist,
-             settings.sync_schedule, upcoming)
+             settings.sync.schedule, upcoming)
 
 
 def serve(settings: Settings, *, root: Path, wishlist: Path | None, web: bool = True, initial_sync: bool = True) -> int:
@@ -203,7 +203,7 @@ def _supervise(settings: Settings, *, root: Path, wishlist: Path | None, web: bo
     if wishlist is not None:
         env["DUCC_WISHLIST"] = str(wishlist.resolve())
     children: list[Child] = []
-    if not settings.redis_url:
+    if not settings.redis.url:
         redis_child, url = start_redis(settings)
         children.append(redis_child)
         env["DUCC_REDIS_URL"] = url
@@ -218,7 +218,7 @@ def _supervise(settings: Settings, *, root: Path, wishlist: Path | None, web: bo
     for child in services:
         child.start()
     children.extend(services)
-    log.info("ducc is serving %s%s", root, f" on http://{settings.listen}" if web else "")
+    log.info("ducc is serving %s%s", root, f" on http://{settings.web.listen}" if web else "")
     if wishlist is not None and initial_sync:
         try:
             queue_first_sync(settings, env, wishlist)
@@ -226,7 +226,7 @@ def _supervise(settings: Settings, *, root: Path, wishlist: Path | None, web: bo
             log.error("could not queue the first wishlist sync: %s", exc)
     elif wishlist is not None:
         log.info("wishlist %s: no sync now (--no-initial-sync); first on DUCC_SYNC_SCHEDULE %r", wishlist,
-                 settings.sync_schedule)
+                 settings.sync.schedule)
 
     stopping = False
 

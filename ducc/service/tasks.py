@@ -80,7 +80,7 @@ def _runnable(jobs: JobStore, job_id: str) -> Job | str:
 def _retry_delay(settings: Settings, attempts: int) -> int:
     """Seconds before the next attempt after ``attempts`` failed ones: doubling from
     DUCC_JOB_RETRY_BASE, an hour at most."""
-    return int(min(settings.job_retry_base * 2 ** (attempts - 1), 3600))
+    return int(min(settings.jobs.retry_base * 2 ** (attempts - 1), 3600))
 
 
 def run_conversion(services: Services, job_id: str, task: Task) -> str:
@@ -120,7 +120,7 @@ def run_conversion(services: Services, job_id: str, task: Task) -> str:
         record_conversion(services.redis, JobState.CANCELLED, time.monotonic() - started)
         return JobState.CANCELLED
 
-    with running(services.redis, services.queue, jobs, job_id, request, settings.job_lease) as run:
+    with running(services.redis, services.queue, jobs, job_id, request, settings.jobs.lease) as run:
         outcome: ConversionResult | None = None  # what the job did so far: a recheck never replaces it
         request = _grown(jobs, job_id, request)  # joined while it was still waiting: read once it runs
         try:
@@ -165,7 +165,7 @@ def run_conversion(services: Services, job_id: str, task: Task) -> str:
             if now is not None and now.cancelled_by:  # cancelled while this attempt failed: no retry
                 run.finish(recheck=False)
                 return cancelled(JobCancelled(now.cancelled_by), published)
-            if exc.temporary and attempts < settings.job_max_attempts:
+            if exc.temporary and attempts < settings.jobs.max_attempts:
                 delay = _retry_delay(settings, attempts)
                 log.warning("job %s (%s): %s; retry %d in %ds", job_id, job.image, exc, attempts, delay)
                 jobs.event(job_id, JobState.RETRYING, f"{exc}; attempt {attempts} failed, next in {delay}s",
@@ -199,9 +199,9 @@ def run_conversion(services: Services, job_id: str, task: Task) -> str:
     jobs.event(job_id, JobState.PUBLISHED, detail, error="", attempts=attempts, result=_job_result(result, changed))
     record_conversion(services.redis, "published" if changed else result.state, result.seconds)
     log.info("job %s: %s published (%s)", job_id, job.image, detail)
-    if result.state == "published" and result.revision is not None and settings.stratum1_urls:
-        task.app.send_task(PROPAGATION_TASK, args=[job_id, result.revision, list(settings.stratum1_urls),
-                                                  time.time() + settings.stratum1_timeout])
+    if result.state == "published" and result.revision is not None and settings.cvmfs.stratum1_urls:
+        task.app.send_task(PROPAGATION_TASK, args=[job_id, result.revision, list(settings.cvmfs.stratum1_urls),
+                                                  time.time() + settings.cvmfs.stratum1_timeout])
     return JobState.PUBLISHED
 
 
@@ -244,7 +244,7 @@ def run_unpublish(services: Services, job_id: str, task: Task) -> str:
         return JobState.FAILED
     attempts = job.attempts + 1
     ref, platform = request.reference, request.platform
-    with running(services.redis, services.queue, jobs, job_id, request, settings.job_lease) as run:
+    with running(services.redis, services.queue, jobs, job_id, request, settings.jobs.lease) as run:
         try:
             if request.confirm:
                 jobs.event(job_id, JobState.RESOLVING,
@@ -256,7 +256,7 @@ def run_unpublish(services: Services, job_id: str, task: Task) -> str:
                 [done] = unpublish(services.publisher, [(ref, platform)])
         except DuccError as exc:
             run.finish(recheck=False)
-            if exc.temporary and attempts < settings.job_max_attempts:
+            if exc.temporary and attempts < settings.jobs.max_attempts:
                 delay = _retry_delay(settings, attempts)
                 jobs.event(job_id, JobState.RETRYING, f"kept for now: {exc}; attempt {attempts} failed, next in {delay}s",
                            error=str(exc), temporary=1, attempts=attempts, retry_at=time.time() + delay)
@@ -293,14 +293,14 @@ def run_gc(services: Services, job_id: str | None = None, tick: str | None = Non
         job = _runnable(jobs, job_id)
         if isinstance(job, str):
             return job
-    if not jobs.claim_lease(job_id, settings.job_lease):  # a requeue and a redelivery of one tick
+    if not jobs.claim_lease(job_id, settings.jobs.lease):  # a requeue and a redelivery of one tick
         log.info("job %s is running on another worker", job_id)
         return "running"
-    with heartbeat(jobs, job_id, settings.job_lease):
+    with heartbeat(jobs, job_id, settings.jobs.lease):
         jobs.event(job_id, JobState.COLLECTING,
-                   f"reading {services.view.name}; grace {settings.gc_grace}s (DUCC_GC_GRACE)")
+                   f"reading {services.view.name}; grace {settings.gc.grace}s (DUCC_GC_GRACE)")
         try:
-            collection = collect(services.publisher, grace=settings.gc_grace)
+            collection = collect(services.publisher, grace=settings.gc.grace)
         except DuccError as exc:
             log.error("job %s: garbage collection failed: %s", job_id, exc)
             jobs.event(job_id, JobState.FAILED, str(exc), error=str(exc), temporary=int(exc.temporary), attempts=1)
@@ -357,7 +357,7 @@ def run_propagation(services: Services, job_id: str, revision: int, pending: lis
         raise task.retry(args=[job_id, revision, waiting, deadline], countdown=PROPAGATION_POLL)
     for base in waiting:
         services.jobs.event(job_id, JobState.PUBLISHED,
-                            f"not visible on {host_of(base)} within {services.settings.stratum1_timeout}s "
+                            f"not visible on {host_of(base)} within {services.settings.cvmfs.stratum1_timeout}s "
                             f"(revision {revision})", kind=PROPAGATION)
         log.warning("job %s: revision %d not visible on %s in time", job_id, revision, host_of(base))
     return waiting
@@ -378,7 +378,7 @@ def run_sync(services: Services) -> dict[str, Any]:
     from ducc.sync import check_all
     from ducc.wishlist import read, wishlist_origin
 
-    path = services.settings.wishlist
+    path = services.settings.sync.wishlist
     if path is None:
         log.info("no wishlist configured (DUCC_WISHLIST): nothing to sync")
         return {"checked": 0}
@@ -408,7 +408,7 @@ def run_sync(services: Services) -> dict[str, Any]:
                 queued.append(job)
         return "queued" if job else "unchanged"
 
-    report = check_all(wishes, services.client, check, per_registry=services.settings.registry_concurrency)
+    report = check_all(wishes, services.client, check, per_registry=services.settings.sync.registry_concurrency)
     texts = {wish.text for wish in wishes.wishes}
     lastsync.record(services.redis, LastSync(time.time(), str(path), tuple(outcomes),
                                              {what: why for what, why in report.failures if what in texts}))
@@ -416,7 +416,7 @@ def run_sync(services: Services) -> dict[str, Any]:
     log.info("wishlist sync: %(checked)d checked, %(queued)d queued, %(failed)d failed", summary)
     for what, why in report.failures:
         log.error("wishlist sync: %s: %s", what, why)
-    if services.settings.unpublish_removed_wishes:
+    if services.settings.sync.unpublish_removed_wishes:
         summary["unpublishing"] = queue_removed_wishes(services, origin, report)
     return summary
 
@@ -443,7 +443,7 @@ def queue_removed_wishes(services: Services, origin: str, report: SyncReport) ->
 def run_reconcile(services: Services) -> int:
     """Requeue jobs whose worker died and jobs a dispatcher dropped; returns how many."""
     settings, client = services.settings, services.redis
-    if not try_lease(client, keys.RECONCILE_LEASE, max(1, settings.job_lease // 3)):
+    if not try_lease(client, keys.RECONCILE_LEASE, max(1, settings.jobs.lease // 3)):
         return 0
     requeued = 0
     now = time.time()
@@ -452,7 +452,7 @@ def run_reconcile(services: Services) -> int:
             continue
         lost = job.state in ACTIVE_STATES
         overdue_retry = (job.state == JobState.RETRYING
-                         and now - job.updated_at > settings.job_retry_base * 2 ** job.attempts + 60)
+                         and now - job.updated_at > settings.jobs.retry_base * 2 ** job.attempts + 60)
         if lost or overdue_retry:
             log.warning("job %s (%s) was %s with no live worker: requeued", job.id, job.image, job.state)
             services.queue.requeue(job.id, f"requeued: its worker stopped while {job.state}")
@@ -464,7 +464,7 @@ def run_reconcile(services: Services) -> int:
     pipe.delete(keys.DISPATCHING_SEEN)
     if current:
         pipe.sadd(keys.DISPATCHING_SEEN, *current)
-        pipe.expire(keys.DISPATCHING_SEEN, settings.job_lease * 4)
+        pipe.expire(keys.DISPATCHING_SEEN, settings.jobs.lease * 4)
     pipe.execute()
     for job_id in current & previous:
         if client.lrem(keys.DISPATCHING, 1, job_id):

@@ -58,15 +58,15 @@ def create_app(
         queue = queue if queue is not None else services.queue
         view_of = view_of or (lambda: services.view)
     app = Flask("ducc")
-    app.config["MAX_CONTENT_LENGTH"] = settings.webhook_max_bytes
+    app.config["MAX_CONTENT_LENGTH"] = settings.web.max_bytes
     app.extensions["ducc"] = Web(
         settings=settings,
         redis=client,
         queue=queue,
         jobs=jobs,
         view_of=view_of,
-        tokens=tokens or Tokens.of(settings.webhook_tokens, TOKEN_SOURCES),
-        policy=policy or Policy(list(settings.allow), settings.wishlist),
+        tokens=tokens or Tokens.of(settings.web.tokens, TOKEN_SOURCES),
+        policy=policy or Policy(list(settings.web.allow), settings.sync.wishlist),
     )
     app.register_blueprint(receivers)
     app.register_blueprint(api)

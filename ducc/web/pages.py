@@ -164,11 +164,11 @@ def _wishlist_status(context: Web, page: int = 1, per_page: int = PER_PAGE) -> W
     fewer): from the last sync's outcome per image, the jobs it queued and, for an image no sync has checked
     yet, the repository's record. None without a wishlist."""
     settings = context.settings
-    if settings.wishlist is None:
+    if settings.sync.wishlist is None:
         return None
     wishlist = context.policy.wishlist()
     last = lastsync.read(context.redis)
-    schedule = settings.sync_schedule
+    schedule = settings.sync.schedule
     try:
         upcoming = _when(next_sync(schedule, datetime.now(UTC)).timestamp())
     except ValueError as exc:
@@ -177,7 +177,7 @@ def _wishlist_status(context: Web, page: int = 1, per_page: int = PER_PAGE) -> W
     pages = max(1, math.ceil(len(pending) / per_page))
     page = min(page, pages)
     shown = [row.resolve(context) for row in pending[(page - 1) * per_page:page * per_page]]
-    return WishlistStatus(str(settings.wishlist), context.policy.problem, shown, last.at if last else None, upcoming,
+    return WishlistStatus(str(settings.sync.wishlist), context.policy.problem, shown, last.at if last else None, upcoming,
                           schedule, page, pages, per_page, len(pending))
 
 

@@ -58,7 +58,7 @@ def receive(sender: Sender) -> Any:
 def _unpublish(source: str, event: ImageEvent, accepted: list[dict[str, Any]]) -> str | None:
     """Queue the unpublishing of a deleted image where the policy wants it; otherwise why not."""
     context = web()
-    if not context.settings.unpublish_on_delete:
+    if not context.settings.web.unpublish_on_delete:
         return "a delete (DUCC_UNPUBLISH_ON_DELETE is off)"
     decision = context.policy.decide(event.reference)
     if not decision.allowed:

@@ -126,7 +126,7 @@ def test_a_registry_delete_notification_unpublishes_once_the_registry_answers_40
     # The same delete with the policy off (the default): acknowledged, ignored, nothing queued.
     policy_off = Settings.from_env({**dict(settings_for(redis_server, root).env), "DUCC_WEBHOOK_TOKEN": TOKEN,
                                     "DUCC_ALLOW": "*"})
-    assert not policy_off.unpublish_on_delete
+    assert not policy_off.web.unpublish_on_delete
     event = {"events": [{"id": "d1", "action": "delete", "target": {"repository": "allowed/app", "tag": "v1"},
                          "request": {"host": notify.host, "method": "DELETE"}}]}
     answer = create_app(policy_off).test_client().post("/webhooks/registry", data=json.dumps(event),

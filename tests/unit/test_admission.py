@@ -72,8 +72,8 @@ def test_the_first_refusing_policy_stops_the_rest_and_the_refusal_survives_pickl
 
 
 def test_settings_read_the_admission_limits_and_leave_them_off_by_default():
-    assert (Settings.from_env({}).max_layers, Settings.from_env({}).max_compressed_bytes) == (None, None)
+    assert (Settings.from_env({}).limits.max_layers, Settings.from_env({}).limits.max_compressed_bytes) == (None, None)
     chosen = Settings.from_env({"DUCC_MAX_LAYERS": "40", "DUCC_MAX_COMPRESSED_BYTES": "1000000"})
-    assert (chosen.max_layers, chosen.max_compressed_bytes) == (40, 1_000_000)
+    assert (chosen.limits.max_layers, chosen.limits.max_compressed_bytes) == (40, 1_000_000)
     with pytest.raises(ValueError, match="DUCC_MAX_LAYERS must be at least 1, not 0"):
         Settings.from_env({"DUCC_MAX_LAYERS": "0"})

@@ -43,16 +43,16 @@ def test_anything_else_is_refused_with_the_forms_it_takes(text):
 
 def test_the_grace_defaults_to_seven_days_and_the_schedule_to_weekly():
     settings = Settings.from_env({})
-    assert settings.gc_grace == 7 * 86400
-    assert settings.gc_schedule == "0 4 * * 0"
-    assert not settings.unpublish_on_delete and not settings.unpublish_removed_wishes
+    assert settings.gc.grace == 7 * 86400
+    assert settings.gc.schedule == "0 4 * * 0"
+    assert not settings.web.unpublish_on_delete and not settings.sync.unpublish_removed_wishes
 
 
 def test_the_environment_sets_grace_schedule_and_policies():
     settings = Settings.from_env({"DUCC_GC_GRACE": "12h", "DUCC_GC_SCHEDULE": "30 2 * * *",
                                   "DUCC_UNPUBLISH_ON_DELETE": "1", "DUCC_UNPUBLISH_REMOVED_WISHES": "yes"})
-    assert settings.gc_grace == 12 * 3600 and settings.gc_schedule == "30 2 * * *"
-    assert settings.unpublish_on_delete and settings.unpublish_removed_wishes
+    assert settings.gc.grace == 12 * 3600 and settings.gc.schedule == "30 2 * * *"
+    assert settings.web.unpublish_on_delete and settings.sync.unpublish_removed_wishes
 
 
 def test_a_bad_grace_names_the_variable():

@@ -45,7 +45,7 @@ def test_a_kilobytes_long_path_is_shown_shortened_on_one_line():
 
 def test_the_defaults_let_real_images_through_and_the_settings_read_the_environment():
     defaults = Settings.from_env({})
-    assert (defaults.max_path_depth, defaults.max_path_bytes) == (512, 3072)
+    assert (defaults.limits.max_path_depth, defaults.limits.max_path_bytes) == (512, 3072)
     raised = Settings.from_env({"DUCC_MAX_PATH_DEPTH": "4000", "DUCC_MAX_PATH_BYTES": "8192"})
-    assert (raised.max_path_depth, raised.max_path_bytes) == (4000, 8192)
+    assert (raised.limits.max_path_depth, raised.limits.max_path_bytes) == (4000, 8192)
     Budget(Limits()).check_path("usr/lib/node_modules/" + "/".join(["node_modules/pkg"] * 60) + "/index.js")

@@ -13,10 +13,10 @@ def test_the_redis_password_comes_from_a_file_and_never_shows_in_the_settings_re
     secret.write_text("r3dis-Pw\n")
     settings = Settings.from_env({"DUCC_REDIS_URL": "redis://redis.example.org:6379/0",
                                   "DUCC_REDIS_PASSWORD_FILE": str(secret)})
-    assert settings.redis_password == "r3dis-Pw" and settings.redis_url == "redis://redis.example.org:6379/0"
+    assert settings.redis.password == "r3dis-Pw" and settings.redis.url == "redis://redis.example.org:6379/0"
     assert "r3dis-Pw" not in repr(settings)
-    assert Settings.from_env({"DUCC_REDIS_PASSWORD": "direct"}).redis_password == "direct"
-    assert Settings.from_env({}).redis_password is None
+    assert Settings.from_env({"DUCC_REDIS_PASSWORD": "direct"}).redis.password == "direct"
+    assert Settings.from_env({}).redis.password is None
 
 
 def test_a_password_both_in_the_url_and_in_the_setting_is_refused():

@@ -18,17 +18,17 @@ THIN = Reference.parse("registry.example.org/thin/app:1")
 
 def test_output_registry_credentials_come_from_the_environment_and_never_show_in_the_settings_repr():
     settings = Settings.from_env({"DUCC_OUTPUT_REGISTRY_USER": "pusher", "DUCC_OUTPUT_REGISTRY_PASSWORD": "pw-123"})
-    assert settings.output_registry_user == "pusher" and settings.output_registry_password == "pw-123"
+    assert settings.thin.registry_user == "pusher" and settings.thin.registry_password == "pw-123"
     assert "pw-123" not in repr(settings)
 
 
 def test_the_output_password_is_read_from_a_file_or_from_duccs_own_variable(tmp_path):
     secret = tmp_path / "password"
     secret.write_text("from-file\n")
-    assert Settings.from_env({"DUCC_OUTPUT_REGISTRY_PASSWORD_FILE": str(secret)}).output_registry_password == "from-file"
-    assert Settings.from_env({"DUCC_OUTPUT_REGISTRY_PASS": "ducc-name"}).output_registry_password == "ducc-name"
+    assert Settings.from_env({"DUCC_OUTPUT_REGISTRY_PASSWORD_FILE": str(secret)}).thin.registry_password == "from-file"
+    assert Settings.from_env({"DUCC_OUTPUT_REGISTRY_PASS": "ducc-name"}).thin.registry_password == "ducc-name"
     unset = Settings.from_env({})
-    assert unset.output_registry_user is None and unset.output_registry_password is None
+    assert unset.thin.registry_user is None and unset.thin.registry_password is None
 
 
 def test_a_request_keeps_its_thin_target_and_user_through_the_queue_and_they_do_not_split_coalescing():

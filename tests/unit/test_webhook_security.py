@@ -11,14 +11,14 @@ def test_tokens_per_source_override_the_common_one_and_files_work(tmp_path: Path
     secret = tmp_path / "quay-token"
     secret.write_text("from-a-file\n")
     settings = Settings.from_env({"DUCC_WEBHOOK_TOKEN": "common", "DUCC_WEBHOOK_TOKEN_QUAY_FILE": str(secret)})
-    tokens = Tokens.of(settings.webhook_tokens, TOKEN_SOURCES)
+    tokens = Tokens.of(settings.web.tokens, TOKEN_SOURCES)
     assert tokens.check("registry", "common") and tokens.check("api", "common")
     assert tokens.check("quay", "from-a-file") and not tokens.check("quay", "common")
     assert not tokens.check("registry", "commo") and not tokens.check("registry", "") and not tokens.check("registry", None)
 
 
 def test_no_token_configured_refuses_everything():
-    tokens = Tokens.of(Settings.from_env({}).webhook_tokens, TOKEN_SOURCES)
+    tokens = Tokens.of(Settings.from_env({}).web.tokens, TOKEN_SOURCES)
     assert not tokens.configured("registry") and not tokens.check("registry", "anything")
 
 
