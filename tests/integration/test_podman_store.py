@@ -1,0 +1,269 @@
+"""Podman's additional image store, checked with the real podman (Debian's 4.3): images converted by
+ducc into a directory root, then written into a store that podman reads through a storage.conf of its
+own (``additionalimagestores``, private ``graphroot``/``runroot`` under the test's directory).
+
+``podman run`` is refused by the sandbox's limits on these machines and ``podman image mount`` does not
+reach a read-only store, so a root is seen as ``podman create`` + ``podman mount`` of that container
+shows it (root only, like the overlay mount itself).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ducc import layout
+from ducc.convert import Converter
+from ducc.model.digest import Digest
+from ducc.podman.committer import DirectoryCommitter
+from ducc.podman.metadata import IMAGES_INDEX, LAYERS_INDEX, LOCKS, layer_dir, link_path
+from ducc.podman.store import PodmanStore, store_name
+from ducc.podman.whiteout import OPAQUE_XATTR
+from ducc.publish.directory import DirectoryPublisher
+from ducc.record import FILES, Record
+from tests.support.images import Dir, File, Hardlink, ImageSpec, Layer, Opaque, Symlink, Whiteout, push_image
+from tests.support.mounts import tmpfs
+from tests.support.trees import snapshot
+
+pytestmark = [
+    pytest.mark.skipif(shutil.which("podman") is None, reason="podman is not installed: run ./bootstrap.sh"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="a store holds 0/0 devices and trusted.* attributes: root only"),
+]
+
+BASE = Layer([
+    Dir("etc"), File("etc/os-release", b"ID=base\n"), Dir("usr"), Dir("usr/bin"),
+    File("usr/bin/tool", b"#!/bin/sh\necho tool\n", 0o755), Hardlink("usr/bin/tool-again", "usr/bin/tool"),
+    Symlink("usr/bin/sh-link", "/bin/sh"), File("old", b"deleted above"), Dir("opq"), File("opq/lower", b"hidden"),
+    Dir("keep"), File("keep/lower", b"kept"), Dir("replaced"), File("replaced/lower", b"hidden too"),
+    File("secret", b"s", 0o600),
+])
+
+
+def image(app: bytes) -> ImageSpec:
+    top = Layer([
+        Whiteout("old"), Opaque("opq"), File("opq/new", b"new"), File("keep/upper", b"added"),
+        Whiteout("replaced"), Dir("replaced"), File("replaced/upper", b"replacement"),
+        File("app", app, 0o755), Dir("srv", 0o750),
+    ])
+    return ImageSpec(layers=[BASE, top], cmd=["/app"], env=["PATH=/usr/bin", "FOO=bar"], labels={"from": "ducc"})
+
+
+class Podman:
+    """The real podman, on a private store whose additional image store is ``store`` (if one is given)."""
+
+    def __init__(self, work: Path, store: Path | None) -> None:
+        self.conf = work / "storage.conf"
+        self.conf.write_text(
+            "[storage]\n"
+            'driver = "overlay"\n'
+            f'graphroot = "{work / "graph"}"\n'
+            f'runroot = "{work / "run"}"\n'
+            + ("" if store is None else f'[storage.options]\nadditionalimagestores = [ "{store}" ]\n')
+        )
+        self.containers: list[str] = []
+
+    def __call__(self, *args: str) -> str:
+        done = subprocess.run(["podman", *args], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "CONTAINERS_STORAGE_CONF": str(self.conf)})
+        assert done.returncode == 0, f"podman {' '.join(args)}: {done.stderr}"
+        return done.stdout
+
+    def images(self) -> dict[str, str]:
+        """``{name: manifest digest}`` as ``podman images --digests`` lists them."""
+        rows = json.loads(self("images", "--digests", "--format", "json"))
+        return {name: row["Digest"] for row in rows for name in row.get("Names") or ()}
+
+    def root_of(self, name: str) -> Path:
+        container = self("create", "--pull", "never", name).strip()
+        self.containers.append(container)
+        return Path(self("mount", container).strip())
+
+    def close(self) -> None:
+        for container in self.containers:
+            subprocess.run(["podman", "rm", "-f", container], capture_output=True, timeout=120,
+                           env={**os.environ, "CONTAINERS_STORAGE_CONF": str(self.conf)})
+
+
+@pytest.fixture
+def podman(tmp_path):
+    work = tmp_path / "podman"
+    work.mkdir()
+    tool = Podman(work, tmp_path / "repo" / "podmanStore")
+    yield tool
+    tool.close()
+
+
+def record_of(root: Path, ref) -> Record:
+    directory = root / layout.metadata_dir(ref)
+    return Record.parse({name: (directory / name).read_bytes() for name in FILES if (directory / name).exists()})
+
+
+def converted(client, root: Path, ref, spec: ImageSpec):
+    built = push_image(client, ref, spec)
+    assert Converter(client, DirectoryPublisher(root)).convert(ref).state == "published"
+    return built
+
+
+def flat_additions(flat: Path) -> frozenset[str]:
+    """What ducc's flat root holds beyond the image: its Singularity files and mount points, as the flat
+    root itself lists them (``.singularity.d/ducc.json``), that list, and the CVMFS catalog marker."""
+    added = json.loads((flat / layout.FLAT_ADDITIONS).read_text())["added"]
+    return frozenset({a.rstrip("/") for a in added} | {layout.FLAT_ADDITIONS, layout.CATALOG})
+
+
+def entries(root: Path, skip: frozenset[str] = frozenset()) -> dict[str, tuple]:
+    """``snapshot`` plus each entry's owner."""
+    out = {}
+    for rel, described in snapshot(root).items():
+        if rel in skip:
+            continue
+        st = os.lstat(root / rel)
+        out[rel] = (*described, st.st_uid, st.st_gid)
+    return out
+
+
+@pytest.fixture
+def two_images(client, unique_ref, root):
+    """Two images converted into ``root`` that share their base layer, both added to the store."""
+    refs = unique_ref("a"), unique_ref("b")
+    built = [converted(client, root, ref, image(f"#!/bin/sh\necho {i}\n".encode())) for i, ref in enumerate(refs)]
+    store = PodmanStore(DirectoryCommitter(root / "podmanStore"))
+    for ref in refs:
+        store.add(store_name(ref), record_of(root, ref), root)
+    return store, refs, built
+
+
+def test_podman_lists_the_images_with_their_source_manifest_digests_and_configs(two_images, podman):
+    _, refs, built = two_images
+    assert podman.images() == {store_name(ref): str(b.digest) for ref, b in zip(refs, built, strict=True)}
+    for ref, b in zip(refs, built, strict=True):
+        inspected = json.loads(podman("image", "inspect", store_name(ref)))[0]
+        source = json.loads(b.config)
+        assert inspected["Id"] == b.config_digest.hex
+        assert inspected["Digest"] == str(b.digest)
+        assert {key: inspected["Config"].get(key) for key in source["config"]} == source["config"]
+        assert inspected["RootFS"]["Layers"] == source["rootfs"]["diff_ids"]
+        assert inspected["Created"].startswith(source["created"].rstrip("Z"))
+
+
+def test_a_container_of_a_store_image_has_the_flat_root_entry_by_entry(two_images, root, podman):
+    _, refs, _ = two_images
+    for ref in refs:
+        flat = (root / layout.tag_link(ref)).resolve()
+        mounted = podman.root_of(store_name(ref))
+        # podman create adds nothing at mount time (its mount points appear only when a container starts)
+        assert entries(mounted) == entries(flat, skip=flat_additions(flat))
+        assert not (mounted / "old").exists() and not (mounted / "opq" / "lower").exists()
+        assert not (mounted / "replaced" / "lower").exists() and (mounted / "keep" / "lower").exists()
+
+
+def test_whiteouts_are_in_overlay_form_and_the_base_layer_is_shared(two_images, root):
+    store, refs, built = two_images
+    indexes = store.indexes()
+    diff_ids = [[d for d in json.loads(b.config)["rootfs"]["diff_ids"]] for b in built]
+    assert diff_ids[0][0] == diff_ids[1][0] and diff_ids[0][1] != diff_ids[1][1]
+    assert len(indexes.layers) == 3  # one base, two tops
+    base = indexes.chain(built[0].config_digest.hex)[-1]
+    assert base == indexes.chain(built[1].config_digest.hex)[-1]
+    assert sorted(p.name for p in (store.root / "overlay").iterdir()) == sorted([*indexes.layers, "l"])
+    for image_id in (b.config_digest.hex for b in built):
+        top = store.root / layer_dir(indexes.chain(image_id)[0]) / "diff"
+        old = os.lstat(top / "old")
+        assert stat.S_ISCHR(old.st_mode) and old.st_rdev == os.makedev(0, 0)
+        assert os.getxattr(top / "opq", OPAQUE_XATTR) == b"y"
+        assert os.getxattr(top / "replaced", OPAQUE_XATTR) == b"y"
+        assert not any(p.name.startswith(".wh.") for p in top.rglob("*"))
+        with pytest.raises(OSError):
+            os.getxattr(top / "keep", OPAQUE_XATTR)
+    # Files are hard-linked from the published layer, not copied.
+    published = root / layout.layerfs(Digest.parse(str(built[0].layer_digests[0])))
+    assert os.stat(store.root / layer_dir(base) / "diff" / "etc/os-release").st_ino == \
+        os.stat(published / "etc/os-release").st_ino
+    for lock in LOCKS:
+        assert (store.root / lock).read_bytes() == b""
+
+
+def test_the_store_names_layers_and_big_data_as_podman_itself_does(two_images, registry, podman, tmp_path):
+    """The independent oracle: podman pulls the same image into a store of its own."""
+    store, refs, built = two_images
+    (tmp_path / "pulled").mkdir()
+    own = Podman(tmp_path / "pulled", None)
+    own("pull", "-q", "--tls-verify=false", str(refs[0]))
+    theirs = json.loads((tmp_path / "pulled/graph" / LAYERS_INDEX).read_text())
+    ours = store.indexes()
+    chain = ours.chain(built[0].config_digest.hex)
+    assert [layer["id"] for layer in theirs] == list(reversed(chain))
+    assert [layer.get("parent") for layer in theirs] == [None, chain[-1]]
+    their_image = json.loads((tmp_path / "pulled/graph" / IMAGES_INDEX).read_text())[0]
+    our_image = ours.images[built[0].config_digest.hex]
+    assert their_image["id"] == our_image.id and their_image["layer"] == our_image.layer
+    assert their_image["digest"] == str(our_image.digest)
+    files = set(os.listdir(tmp_path / "pulled/graph/overlay-images" / our_image.id))
+    ours_files = set(os.listdir(store.root / "overlay-images" / our_image.id))
+    assert ours_files <= files
+    for layer in theirs:
+        assert (layer["compressed-diff-digest"], layer["diff-digest"]) == (
+            str(ours.layers[layer["id"]].digest), str(ours.layers[layer["id"]].diff_id))
+        assert os.readlink(store.root / link_path(layer["id"])) == f"../{layer['id']}/diff"
+
+
+def test_a_removed_image_is_no_longer_listed_and_its_own_layers_are_gone(two_images, podman):
+    store, refs, built = two_images
+    before = store.indexes()
+    top_a = before.chain(built[0].config_digest.hex)[0]
+    assert store.remove([store_name(refs[0])]) == [built[0].config_digest.hex]
+    assert podman.images() == {store_name(refs[1]): str(built[1].digest)}
+    after = store.indexes()
+    assert top_a not in after.layers and not (store.root / layer_dir(top_a)).exists()
+    assert not os.path.lexists(store.root / link_path(top_a))
+    assert not (store.root / "overlay-images" / built[0].config_digest.hex).exists()
+    base = after.chain(built[1].config_digest.hex)[-1]
+    assert (store.root / layer_dir(base) / "diff").is_dir()  # still used by the other image
+    podman.root_of(store_name(refs[1]))
+
+
+def test_gc_keeps_the_published_names_and_clears_debris(two_images, podman):
+    store, refs, built = two_images
+    (store.root / "overlay" / ("f" * 64)).mkdir()  # what a crash between a place and an index leaves
+    (store.root / "overlay-images" / ("e" * 64)).mkdir()
+    collected = store.gc(keep={store_name(refs[1])})
+    assert collected.images == [built[0].config_digest.hex] and len(collected.layers) == 1
+    assert sorted(collected.debris) == ["overlay-images/" + "e" * 64, "overlay/" + "f" * 64]
+    assert podman.images() == {store_name(refs[1]): str(built[1].digest)}
+    assert store.gc(keep={store_name(refs[1])}) == type(collected)()  # nothing left to do
+
+
+def test_a_moved_tag_takes_its_name_to_the_new_image_and_drops_the_old(client, unique_ref, root, podman):
+    ref = unique_ref()
+    store = PodmanStore(DirectoryCommitter(root / "podmanStore"))
+    first = converted(client, root, ref, image(b"one"))
+    store.add(store_name(ref), record_of(root, ref), root)
+    second = converted(client, root, ref, image(b"two"))
+    store.add(store_name(ref), record_of(root, ref), root)
+    assert podman.images() == {store_name(ref): str(second.digest)}
+    assert list(store.indexes().images) == [second.config_digest.hex]
+    assert not (store.root / "overlay-images" / first.config_digest.hex).exists()
+    assert len(store.indexes().layers) == 2
+    assert (podman.root_of(store_name(ref)) / "app").read_bytes() == b"two"
+
+
+def test_a_store_on_another_filesystem_gets_copies_that_keep_hardlinks(client, unique_ref, root, podman, tmp_path):
+    ref = unique_ref()
+    converted(client, root, ref, image(b"copied"))
+    with tmpfs(root / "podmanStore", "size=20m") as mount:
+        store = PodmanStore(DirectoryCommitter(mount))
+        store.add(store_name(ref), record_of(root, ref), root)
+        flat = (root / layout.tag_link(ref)).resolve()
+        mounted = podman.root_of(store_name(ref))
+        assert entries(mounted) == entries(flat, skip=flat_additions(flat))
+        base = store.root / layer_dir(store.indexes().chain(Digest.of(record_of(root, ref).config or b"").hex)[-1])
+        tool, again = os.stat(base / "diff/usr/bin/tool"), os.stat(base / "diff/usr/bin/tool-again")
+        assert tool.st_ino == again.st_ino and tool.st_dev != os.stat(root / layout.LAYERS).st_dev
+        podman.close()
+        podman.containers.clear()
