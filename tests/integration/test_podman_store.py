@@ -9,11 +9,14 @@ shows it (root only, like the overlay mount itself).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import stat
 import subprocess
+import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -267,3 +270,53 @@ def test_a_store_on_another_filesystem_gets_copies_that_keep_hardlinks(client, u
         assert tool.st_ino == again.st_ino and tool.st_dev != os.stat(root / layout.LAYERS).st_dev
         podman.close()
         podman.containers.clear()
+
+
+# -- what CernVM-FS keeps of a store's overlay whiteouts (the real cvmfs_server 2.12) ------------------
+
+def _whiteout_tar() -> bytes:
+    """A tar holding a 0/0 character device ``d/gone`` (a whiteout in overlay's form)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        directory = tarfile.TarInfo("d")
+        directory.type, directory.mode = tarfile.DIRTYPE, 0o755
+        tar.addfile(directory)
+        device = tarfile.TarInfo("d/gone")
+        device.type, device.mode, device.devmajor, device.devminor = tarfile.CHRTYPE, 0, 0, 0
+        tar.addfile(device)
+    return buf.getvalue()
+
+
+def test_cvmfs_keeps_whiteout_devices_only_through_ingest_and_the_opaque_attribute_only_with_xattrs(cvmfs):
+    """What decides how a CVMFS committer must write the store: through a transaction's union mount a
+    0/0 device cannot be made (overlayfs refuses it), while ``ingest`` of a tar publishes one; the opaque
+    attribute set in a transaction reaches clients only when the repository includes xattrs."""
+    def server(*args: str, data: bytes | None = None) -> None:
+        done = subprocess.run([cvmfs.real, *args, cvmfs.repository], input=data, capture_output=True, timeout=600)
+        assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
+
+    server("transaction")
+    (cvmfs.mount / "plain").mkdir()
+    os.setxattr(cvmfs.mount / "plain", OPAQUE_XATTR, b"y")
+    with pytest.raises(PermissionError):
+        os.mknod(cvmfs.mount / "plain" / "gone", stat.S_IFCHR, os.makedev(0, 0))
+    server("publish")
+    with pytest.raises(OSError):
+        os.getxattr(cvmfs.client / "plain", OPAQUE_XATTR)
+
+    conf = Path("/etc/cvmfs/repositories.d") / cvmfs.repository / "server.conf"
+    conf.write_text(conf.read_text() + "CVMFS_INCLUDE_XATTRS=true\n")
+    server("transaction")
+    (cvmfs.mount / "with-xattrs").mkdir()
+    os.setxattr(cvmfs.mount / "with-xattrs", OPAQUE_XATTR, b"y")
+    server("publish")
+    assert os.getxattr(cvmfs.client / "with-xattrs", OPAQUE_XATTR) == b"y"
+
+    with tempfile.NamedTemporaryFile(suffix=".tar") as tar:
+        tar.write(_whiteout_tar())
+        tar.flush()
+        done = subprocess.run([cvmfs.real, "ingest", "-t", tar.name, "-b", "ingested", cvmfs.repository],
+                              capture_output=True, timeout=600)
+        assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
+    gone = os.lstat(cvmfs.client / "ingested/d/gone")
+    assert stat.S_ISCHR(gone.st_mode) and gone.st_rdev == os.makedev(0, 0)
