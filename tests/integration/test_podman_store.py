@@ -25,11 +25,13 @@ from ducc import layout
 from ducc.convert import Converter
 from ducc.model.digest import Digest
 from ducc.podman.committer import DirectoryCommitter
+from ducc.podman.diff import build_diff
 from ducc.podman.metadata import IMAGES_INDEX, LAYERS_INDEX, LOCKS, layer_dir, link_path
 from ducc.podman.store import PodmanStore, store_name
 from ducc.podman.whiteout import OPAQUE_XATTR
 from ducc.publish.directory import DirectoryPublisher
 from ducc.record import FILES, Record
+from ducc.tree import Event, remove_tree, walk
 from tests.support.images import Dir, File, Hardlink, ImageSpec, Layer, Opaque, Symlink, Whiteout, push_image
 from tests.support.mounts import tmpfs
 from tests.support.trees import snapshot
@@ -270,6 +272,32 @@ def test_a_store_on_another_filesystem_gets_copies_that_keep_hardlinks(client, u
         assert tool.st_ino == again.st_ino and tool.st_dev != os.stat(root / layout.LAYERS).st_dev
         podman.close()
         podman.containers.clear()
+
+
+
+def test_a_layer_deeper_than_path_max_becomes_a_diff_without_recursion(tmp_path):
+    """A hostile layer: 2,000 nested directories (a path far beyond PATH_MAX, and beyond Python's
+    recursion limit), a whiteout and an opaque marker at the bottom."""
+    depth = 2000
+    layerfs = tmp_path / "layerfs"
+    layerfs.mkdir()
+    fd = os.open(layerfs, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(depth):
+        os.mkdir("deep-directory", dir_fd=fd)
+        child = os.open("deep-directory", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = child
+    for name in ("file", ".wh.gone", ".wh..wh..opq"):
+        os.close(os.open(name, os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+    os.close(fd)
+
+    report = build_diff(layerfs, tmp_path / "diff")
+    assert (report.whiteouts, report.opaque, report.linked) == (1, 1, 1)
+    bottom = [v for v in walk(tmp_path / "diff") if v.event is Event.ENTRY and v.name == "gone"]
+    assert len(bottom) == 1 and bottom[0].rel.count("/") == depth
+    assert stat.S_ISCHR(bottom[0].st.st_mode)
+    remove_tree(tmp_path / "diff")
+    remove_tree(layerfs)  # pytest cannot delete a tree this deep
 
 
 # -- what CernVM-FS keeps of a store's overlay whiteouts (the real cvmfs_server 2.12) ------------------
