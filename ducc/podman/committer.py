@@ -1,7 +1,7 @@
 """How the store's writer changes the store: three operations, each atomic for a reader (docs/podman.md).
 
 ``place`` puts a tree built in staging at a path of the store, ``write`` replaces a small file,
-``remove`` deletes a path; ``staging`` hands out the empty directories trees are built in, on the
+``remove`` deletes a path, ``exclusive`` keeps other writers out meanwhile; ``staging`` hands out the empty directories trees are built in, on the
 store's filesystem (so ``layerfs`` files can be hard-linked and ``place`` is a rename). The writer
 (``ducc.podman.store``) never touches the store otherwise, so a CernVM-FS committer (one transaction
 around the writer's calls) can take the directory's place.
@@ -9,6 +9,7 @@ around the writer's calls) can take the directory's place.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from typing import Protocol
 from ducc.tree import discard_tree, remove_tree
 
 STAGING = ".ducc-staging"  # in the store's root: podman ignores names it does not know
+WRITER_LOCK = ".ducc-writer.lock"
 
 
 class Committer(Protocol):
@@ -38,6 +40,9 @@ class Committer(Protocol):
 
     def remove(self, relative: PurePosixPath) -> None:
         """Delete ``relative`` (a tree, a file or a symlink); a missing path is nothing to do."""
+
+    def exclusive(self) -> AbstractContextManager[None]:
+        """Held around each change of the store: one writer at a time reads and replaces the indexes."""
 
 
 class DirectoryCommitter:
@@ -83,3 +88,14 @@ class DirectoryCommitter:
         target = self._root / relative
         if os.path.lexists(target):
             remove_tree(target)
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """An exclusive ``flock`` of the store's writer lock file, across processes and threads alike."""
+        self._root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self._root / WRITER_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)

@@ -9,8 +9,8 @@ indexes are then replaced in an order that never shows a reader an image whose l
 image uses any more; only after that are dropped trees deleted. A crash leaves at most unreferenced
 trees, which ``gc`` removes.
 
-Every change goes through a ``Committer``; one writer at a time (the caller's lock, as for the
-repository it publishes into).
+Every change goes through a ``Committer`` and holds its ``exclusive`` lock from reading the indexes to
+replacing them, so concurrent conversions do not lose each other's images.
 """
 
 from __future__ import annotations
@@ -82,35 +82,40 @@ class PodmanStore:
         an image left without names goes, with the layers only it used. ValueError for a record the
         store cannot take (no config: a record written by CVMFS's DUCC)."""
         entry = entry_of(name, record)
-        current = self.indexes()
-        self._locks()
-        ids = [layer.id for layer in entry.layers]
-        for index, layer in enumerate(entry.layers):
-            self._layer(layer, list(reversed(ids[:index])), repository / layout.layerfs(layer.digest))
-        for key, data in entry.files.items():
-            self._committer.write(image_dir(entry.image.id) / big_data_file(key), data)
-        after = current.with_entry(entry)
-        self._commit(current, after)
+        with self._committer.exclusive():
+            current = self.indexes()
+            known = current.images.get(entry.image.id)
+            if known is not None and name in known.names and entry.image.digest in known.digests:
+                return known  # already there: nothing to write
+            self._locks()
+            ids = [layer.id for layer in entry.layers]
+            for index, layer in enumerate(entry.layers):
+                self._layer(layer, list(reversed(ids[:index])), repository / layout.layerfs(layer.digest))
+            for key, data in entry.files.items():
+                self._committer.write(image_dir(entry.image.id) / big_data_file(key), data)
+            after = current.with_entry(entry)
+            self._commit(current, after)
         log.info("podman store: %s is image %s (%d layers)", name, entry.image.id[:12], len(ids))
         return after.images[entry.image.id]
 
     def remove(self, names: Collection[str]) -> list[str]:
         """Take ``names`` out of the store; the ids of the images that went with them (no names left)."""
-        current = self.indexes()
-        after = current.without(names)
-        self._commit(current, after)
+        with self._committer.exclusive():
+            current = self.indexes()
+            after = current.without(names)
+            self._commit(current, after)
         return [i for i in current.images if i not in after.images]
 
     def gc(self, keep: Collection[str]) -> Collected:
         """Keep only the names in ``keep`` (the images still published), drop the images and layers that
         leaves unused, and delete trees no index names (what a crash left)."""
-        current = self.indexes()
-        after = current.keeping(keep)
-        self._commit(current, after)
-        collected = Collected([i for i in current.images if i not in after.images],
-                              [i for i in current.layers if i not in after.layers])
-        collected.debris = self._debris(after)
-        return collected
+        with self._committer.exclusive():
+            current = self.indexes()
+            after = current.keeping(keep)
+            self._commit(current, after)
+            debris = self._debris(after)
+        return Collected([i for i in current.images if i not in after.images],
+                         [i for i in current.layers if i not in after.layers], debris)
 
     # -- steps --------------------------------------------------------------------------------------
 
@@ -180,7 +185,7 @@ class PodmanStore:
             except FileNotFoundError:
                 continue
             for name in sorted(present):
-                if name not in names and not name.startswith("."):
+                if name not in names:  # dot-names too: the temporary files of an interrupted write
                     self._committer.remove(directory / name)
                     removed.append(str(directory / name))
         self._committer.remove(PurePosixPath(STAGING))

@@ -17,6 +17,7 @@ import stat
 import subprocess
 import tarfile
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,16 @@ from ducc.convert import Converter
 from ducc.model.digest import Digest
 from ducc.podman.committer import DirectoryCommitter
 from ducc.podman.diff import build_diff
-from ducc.podman.metadata import IMAGES_INDEX, LAYERS_INDEX, LOCKS, layer_dir, link_path
+from ducc.podman.metadata import (
+    IMAGES_INDEX,
+    LAYERS_INDEX,
+    LOCKS,
+    Indexes,
+    big_data_file,
+    layer_dir,
+    link_path,
+    names_of,
+)
 from ducc.podman.store import PodmanStore, store_name
 from ducc.podman.whiteout import OPAQUE_XATTR
 from ducc.publish.directory import DirectoryPublisher
@@ -298,6 +308,67 @@ def test_a_layer_deeper_than_path_max_becomes_a_diff_without_recursion(tmp_path)
     assert stat.S_ISCHR(bottom[0].st.st_mode)
     remove_tree(tmp_path / "diff")
     remove_tree(layerfs)  # pytest cannot delete a tree this deep
+
+
+
+class WatchedCommitter(DirectoryCommitter):
+    """The directory committer, checking after every index write what a reader would find then: every
+    image's layers listed, each with its tree, and the image's big data."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.states = 0
+
+    def write(self, relative, data):
+        super().write(relative, data)
+        if relative not in (LAYERS_INDEX, IMAGES_INDEX):
+            return
+        self.states += 1
+        indexes = PodmanStore(self).indexes()
+        for image in indexes.images.values():
+            chain = indexes.chain(image.id)
+            assert chain and chain[0] == image.layer and indexes.layers[chain[-1]].parent is None
+            for layer_id in chain:
+                assert (self.root / layer_dir(layer_id) / "diff").is_dir()
+                assert os.readlink(self.root / link_path(layer_id)) == f"../{layer_id}/diff"
+            for big in image.big_data:
+                assert (self.root / "overlay-images" / image.id / big_data_file(big.key)).is_file()
+
+
+def test_a_reader_finds_whole_images_in_every_state_of_the_indexes(client, unique_ref, root, podman):
+    refs = unique_ref("a"), unique_ref("b")
+    for i, ref in enumerate(refs):
+        converted(client, root, ref, image(f"first {i}".encode()))
+    committer = WatchedCommitter(root / "podmanStore")
+    store = PodmanStore(committer)
+    for ref in refs:
+        store.add(store_name(ref), record_of(root, ref), root)
+    converted(client, root, refs[0], image(b"moved"))
+    store.add(store_name(refs[0]), record_of(root, refs[0]), root)  # old image and its top layer go
+    store.remove([store_name(refs[1])])
+    store.gc(keep=set())
+    assert committer.states >= 8 and store.indexes() == Indexes()
+    assert podman.images() == {}
+
+
+def test_adding_an_image_again_writes_nothing(two_images, root):
+    store, refs, _ = two_images
+    before = {p: p.stat().st_mtime_ns for p in store.root.rglob("*.json")}
+    store.add(store_name(refs[0]), record_of(root, refs[0]), root)
+    assert {p: p.stat().st_mtime_ns for p in store.root.rglob("*.json")} == before
+
+
+def test_one_writer_at_a_time_changes_the_store(two_images, root):
+    store, refs, _ = two_images
+    done = threading.Event()
+    committer = DirectoryCommitter(store.root)
+    with committer.exclusive():
+        writer = threading.Thread(target=lambda: (store.remove([store_name(refs[0])]), done.set()))
+        writer.start()
+        assert not done.wait(0.5)
+        assert store_name(refs[0]) in names_of(store.indexes().images.values())
+    writer.join(30)
+    assert done.is_set() and store_name(refs[0]) not in names_of(store.indexes().images.values())
 
 
 # -- what CernVM-FS keeps of a store's overlay whiteouts (the real cvmfs_server 2.12) ------------------
