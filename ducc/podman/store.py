@@ -89,8 +89,9 @@ class PodmanStore:
                 return known  # already there: nothing to write
             self._locks()
             ids = [layer.id for layer in entry.layers]
+            layerfs = [repository / layout.layerfs(layer.digest) for layer in entry.layers]
             for index, layer in enumerate(entry.layers):
-                self._layer(layer, list(reversed(ids[:index])), repository / layout.layerfs(layer.digest))
+                self._layer(layer, list(reversed(ids[:index])), layerfs[index], layerfs[:index])
             for key, data in entry.files.items():
                 self._committer.write(image_dir(entry.image.id) / big_data_file(key), data)
             after = current.with_entry(entry)
@@ -131,13 +132,14 @@ class PodmanStore:
             if not (self.root / lock).exists():
                 self._committer.write(lock, b"")
 
-    def _layer(self, layer: StoreLayer, parents: Sequence[str], layerfs: Path) -> None:
-        """Write ``overlay/<id>`` (diff, link, lower) and ``overlay/l/<link>`` unless they are there."""
+    def _layer(self, layer: StoreLayer, parents: Sequence[str], layerfs: Path, lowers: Sequence[Path]) -> None:
+        """Write ``overlay/<id>`` (diff, link, lower) and ``overlay/l/<link>`` unless they are there. The
+        layers below (``lowers``) are the same whichever image brings the layer: its id says which."""
         if not (self.root / layer_dir(layer.id)).is_dir():
             with self._committer.staging() as area:
                 tree = area / "layer"
                 tree.mkdir()
-                build_diff(layerfs, tree / "diff")
+                build_diff(layerfs, tree / "diff", lowers)
                 (tree / "link").write_text(link_name(layer.id))
                 if parents:
                     (tree / "lower").write_text(lower(parents))

@@ -42,7 +42,7 @@ from ducc.podman.whiteout import OPAQUE_XATTR
 from ducc.publish.directory import DirectoryPublisher
 from ducc.record import FILES, Record
 from ducc.tree import Event, remove_tree, walk
-from tests.support.images import Dir, File, Hardlink, ImageSpec, Layer, Opaque, Symlink, Whiteout, push_image
+from tests.support.images import Dir, File, Hardlink, ImageSpec, Layer, Opaque, Raw, Symlink, Whiteout, push_image
 from tests.support.mounts import tmpfs
 from tests.support.trees import snapshot
 
@@ -73,6 +73,7 @@ class Podman:
     """The real podman, on a private store whose additional image store is ``store`` (if one is given)."""
 
     def __init__(self, work: Path, store: Path | None) -> None:
+        self.work = work
         self.conf = work / "storage.conf"
         self.conf.write_text(
             "[storage]\n"
@@ -103,6 +104,13 @@ class Podman:
         for container in self.containers:
             subprocess.run(["podman", "rm", "-f", container], capture_output=True, timeout=120,
                            env={**os.environ, "CONTAINERS_STORAGE_CONF": str(self.conf)})
+        self.containers.clear()
+        # podman's overlay driver may leave its graph root's ``overlay`` bind-mounted on itself: only
+        # mounts under this podman's own directory are undone.
+        for line in reversed(Path("/proc/self/mounts").read_text().splitlines()):
+            point = line.split()[1].encode().decode("unicode_escape")
+            if point.startswith(f"{self.work}/"):
+                subprocess.run(["umount", "-l", point], capture_output=True, timeout=60)
 
 
 @pytest.fixture
@@ -176,6 +184,24 @@ def test_a_container_of_a_store_image_has_the_flat_root_entry_by_entry(two_image
         assert entries(mounted) == entries(flat, skip=flat_additions(flat))
         assert not (mounted / "old").exists() and not (mounted / "opq" / "lower").exists()
         assert not (mounted / "replaced" / "lower").exists() and (mounted / "keep" / "lower").exists()
+
+
+def test_whiteouts_of_nothing_show_nothing_as_in_the_flat_root(client, unique_ref, root, podman):
+    """Directories a layer brings holding only whiteouts of things that never were: ducc's flat root does
+    not show them, nor does the store (overlayfs would show them as empty directories). A whiteout
+    marker that is a directory (``.wh.usr/child``) deletes ``usr`` as ducc's flat root does."""
+    ref = unique_ref()
+    top = Layer([
+        Whiteout("newdir/nothing"), Dir("only"), Whiteout("only/none"), Whiteout("secret/inside"),
+        Whiteout("etc/os-release"), Raw(".wh.usr/child", content=b"c"),
+    ])
+    converted(client, root, ref, ImageSpec(layers=[BASE, top], cmd=["/app"]))
+    store = PodmanStore(DirectoryCommitter(root / "podmanStore"))
+    store.add(store_name(ref), record_of(root, ref), root)
+    flat = (root / layout.tag_link(ref)).resolve()
+    mounted = podman.root_of(store_name(ref))
+    assert entries(mounted) == entries(flat, skip=flat_additions(flat))
+    assert not (mounted / "secret").exists() and (mounted / "etc").is_dir() and not (mounted / "usr").exists()
 
 
 def test_whiteouts_are_in_overlay_form_and_the_base_layer_is_shared(two_images, root):
@@ -281,7 +307,6 @@ def test_a_store_on_another_filesystem_gets_copies_that_keep_hardlinks(client, u
         tool, again = os.stat(base / "diff/usr/bin/tool"), os.stat(base / "diff/usr/bin/tool-again")
         assert tool.st_ino == again.st_ino and tool.st_dev != os.stat(root / layout.LAYERS).st_dev
         podman.close()
-        podman.containers.clear()
 
 
 
