@@ -41,8 +41,9 @@ def build_diff(layerfs: Path, dest: Path, lowers: Sequence[Path] = ()) -> DiffRe
     (it is always staged).
 
     A directory this layer brings where the layers below have none, holding whiteouts and nothing else
-    at any depth, deletes nothing: ducc's flat root does not show it (``ducc.unpack.flatten``), so the
-    diff does not hold it either (a whiteout takes its place if the layers below have a file there)."""
+    at any depth, deletes nothing: ducc's flat root does not show it (``ducc.unpack.flatten``,
+    docs/design.md §5), so the diff does not hold it either (a whiteout takes its place if the layers
+    below have a file there)."""
     top = os.lstat(layerfs)
     os.mkdir(dest, 0o700)
     builder = _Builder(os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), lowers)
