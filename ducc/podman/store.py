@@ -172,13 +172,15 @@ class PodmanStore:
                 self._committer.remove(layer_dir(layer_id))
 
     def _debris(self, indexes: Indexes) -> list[str]:
-        """Remove the trees under ``overlay``, ``overlay/l`` and ``overlay-images`` that no index names,
-        and the staging area."""
+        """Remove what no index names under ``overlay``, ``overlay/l``, ``overlay-images`` and
+        ``overlay-layers`` (trees and the temporary files of interrupted writes), and the staging area."""
         links = {link_name(i) for i in indexes.layers}
+        index_files = (LAYERS_INDEX, IMAGES_INDEX, *LOCKS)
         wanted = {
             OVERLAY: set(indexes.layers) | {LINKS.name},
             LINKS: links,
-            IMAGES: set(indexes.images) | {p.name for p in (IMAGES_INDEX, *LOCKS) if p.parent == IMAGES},
+            IMAGES: set(indexes.images) | {p.name for p in index_files if p.parent == IMAGES},
+            LAYERS_INDEX.parent: {p.name for p in index_files if p.parent == LAYERS_INDEX.parent},
         }
         removed = []
         for directory, names in wanted.items():

@@ -273,9 +273,11 @@ def test_gc_keeps_the_published_names_and_clears_debris(two_images, podman):
     store, refs, built = two_images
     (store.root / "overlay" / ("f" * 64)).mkdir()  # what a crash between a place and an index leaves
     (store.root / "overlay-images" / ("e" * 64)).mkdir()
+    (store.root / "overlay-layers" / ".layers.json.0123abcd").write_bytes(b"[")  # an interrupted write
     collected = store.gc(keep={store_name(refs[1])})
     assert collected.images == [built[0].config_digest.hex] and len(collected.layers) == 1
-    assert sorted(collected.debris) == ["overlay-images/" + "e" * 64, "overlay/" + "f" * 64]
+    assert sorted(collected.debris) == ["overlay-images/" + "e" * 64, "overlay-layers/.layers.json.0123abcd",
+                                        "overlay/" + "f" * 64]
     assert podman.images() == {store_name(refs[1]): str(built[1].digest)}
     assert store.gc(keep={store_name(refs[1])}) == type(collected)()  # nothing left to do
 
