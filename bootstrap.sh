@@ -8,8 +8,9 @@ cd "$(dirname "$0")"
 # docker-registry: the real registry the tests run; skopeo + umoci: independent oracles;
 # charliecloud + bubblewrap: run flat roots unprivileged; redis-server: the queue;
 # debootstrap: builds the real Debian images of the benchmarks; wrk: the webhook load benchmark;
-# buildah: builds the service image from the Containerfile (tests/integration/test_container_image.py).
-APT_PACKAGES="docker-registry skopeo umoci charliecloud bubblewrap redis-server debootstrap python3-venv wrk curl buildah"
+# buildah: builds the service image from the Containerfile (tests/integration/test_container_image.py);
+# podman: reads the podman store ducc writes, as an additional image store (tests/integration/test_podman_store.py).
+APT_PACKAGES="docker-registry skopeo umoci charliecloud bubblewrap redis-server debootstrap python3-venv wrk curl buildah podman"
 missing=()
 for pkg in $APT_PACKAGES; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
