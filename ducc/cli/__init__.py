@@ -1,4 +1,4 @@
-"""The ``ducc`` command: a thin layer over the library (``ducc.services`` wires it from settings).
+"""The ``ducc`` command: a thin layer over the library (``ducc.wiring`` wires it from settings).
 
 One module per verb group registers its own sub-commands (``register(sub)``): ``conversion``
 (convert, sync, check-wishlist), ``processes`` (serve, worker, beat, web), ``jobs`` (submit, status,

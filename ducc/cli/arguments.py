@@ -1,5 +1,5 @@
 """What the verbs share: argument types, the options that name the repository, and the collaborators a
-command builds from its arguments and settings (through the composition root, ``ducc.services``)."""
+command builds from its arguments and settings (through the composition root, ``ducc.wiring``)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from ducc.cli.progress_line import progress_for
 from ducc.errors import DuccError
 from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
-from ducc.services import Services
 from ducc.settings import Settings, parse_duration
+from ducc.wiring import Services
 
 
 def platform_arg(text: str) -> Platform:

@@ -19,9 +19,9 @@ from ducc.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_PENDING, fail
 from ducc.errors import ServiceUnavailable
 from ducc.model.reference import Reference
 from ducc.model.request import ConversionRequest
-from ducc.services import Services
 from ducc.settings import Settings
 from ducc.terminal import printable
+from ducc.wiring import Services
 
 JOB_ID = re.compile(r"^[0-9a-f]{8,16}-[0-9a-f]{10}$")
 

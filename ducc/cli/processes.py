@@ -11,8 +11,8 @@ from pathlib import Path
 from ducc.cli.arguments import seconds_arg, with_cvmfs, with_repository
 from ducc.cli.exits import redis_location
 from ducc.errors import ServiceUnavailable
-from ducc.services import Services
 from ducc.settings import Settings
+from ducc.wiring import Services
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

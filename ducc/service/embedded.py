@@ -182,10 +182,11 @@ def preflight(settings: Settings, *, root: Path, wishlist: Path | None, web: boo
 def queue_first_sync(settings: Settings, env: dict[str, str], wishlist: Path) -> None:
     """Queue the wishlist sync once now; the worker runs it as soon as it is ready."""
     from ducc.schedule import next_sync
+    from ducc.service.broker import create_celery
     from ducc.service.queue import SYNC_TASK
-    from ducc.services import Services
 
-    Services(Settings.from_env(env)).celery().send_task(SYNC_TASK)
+    children = Settings.from_env(env)  # as the children: DUCC_REDIS_URL is the given or the embedded Redis
+    create_celery(children, env["DUCC_REDIS_URL"], children.redis_password).send_task(SYNC_TASK)
     upcoming = next_sync(settings.sync_schedule, datetime.now(UTC)).strftime("%Y-%m-%d %H:%M UTC")
     log.info("wishlist %s: first sync queued; then on DUCC_SYNC_SCHEDULE %r (next %s)", wishlist,
              settings.sync_schedule, upcoming)

@@ -7,6 +7,10 @@ the web process, which asks only for the light ones (Redis, jobs, queue, the
 repository view), never imports the converter: the heavy builders import it
 inside themselves (the import contract ``The web process never touches the
 converter`` and ``tests/test_architecture.py`` check both).
+
+Imports run one way: this module builds from ``ducc.service`` (Redis, jobs, the queue, locks), and
+the service package never imports it back: the task bodies receive a ``Services`` as their
+``Collaborators`` (the import contract ``One way down`` checks it).
 """
 
 from __future__ import annotations
