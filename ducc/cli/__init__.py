@@ -21,6 +21,7 @@ from ducc import __version__
 from ducc.cli import conversion, jobs, processes, repository
 from ducc.cli.exits import EXIT_INTERRUPTED, EXIT_USAGE, fail, failure, one_line, reader_gone
 from ducc.logs import setup_logging
+from ducc.publish import backends
 from ducc.settings import Settings
 
 log = logging.getLogger("ducc")
@@ -102,8 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         return fail(exc, EXIT_USAGE)
     setup_logging(logging.DEBUG if args.verbose else logging.WARNING if args.quiet else settings.log_level)
-    if getattr(args, "cvmfs_repo", None):
-        settings = settings.with_cvmfs_repo(args.cvmfs_repo)
+    settings = backends.apply_options(args, settings)  # --root, --cvmfs-repo: they choose the backend
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, _interrupted)  # the service's processes put their own in place
     try:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 
 from ducc.cli.progress_line import progress_for
 from ducc.errors import DuccError
 from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
+from ducc.publish import backends
 from ducc.settings import Settings, parse_duration
 from ducc.wiring import Services
 
@@ -51,16 +51,9 @@ def duration_arg(text: str) -> int:
 
 
 def with_repository(parser: argparse.ArgumentParser) -> None:
-    """``--root`` or ``--cvmfs-repo``: where the command reads or publishes (one of them)."""
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("--root", type=Path, help="directory repository root (default: $DUCC_ROOT)")
-    with_cvmfs(where)
-
-
-def with_cvmfs(parser: argparse.ArgumentParser | argparse._MutuallyExclusiveGroup) -> None:
-    parser.add_argument("--cvmfs-repo", metavar="REPO[/SUBDIR]",
-                        help="publish into this CVMFS repository through cvmfs_server, on its publisher "
-                        "(default: $DUCC_CVMFS_REPO; read from $DUCC_CVMFS_MOUNT or /cvmfs/REPO)")
+    """The options naming where the command reads or publishes, one per backend (``--root``,
+    ``--cvmfs-repo``; at most one of them); ``main`` applies the one given to the settings."""
+    backends.add_options(parser)
 
 
 def platform_of(args: argparse.Namespace, settings: Settings) -> Platform:
@@ -69,7 +62,7 @@ def platform_of(args: argparse.Namespace, settings: Settings) -> Platform:
 
 def services(args: argparse.Namespace, settings: Settings) -> Services:
     """The collaborators of a command that converts or reads the repository in the foreground."""
-    return Services(settings, root=getattr(args, "root", None), progress=progress_for(args.quiet))
+    return Services(settings, progress=progress_for(args.quiet))
 
 
 def thin_target(output: str | None, ref: Reference, thin_of: dict[Reference, Reference]) -> Reference | None:

@@ -15,6 +15,7 @@ from ducc.errors import DuccError
 from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
 from ducc.model.request import ConversionRequest
+from ducc.publish import backends
 from ducc.settings import Settings
 
 log = logging.getLogger("ducc")
@@ -72,9 +73,9 @@ def _load_wishlist(path: str | Path):  # type: ignore[no-untyped-def]
 
 
 def _wishlist_repository(settings: Settings, repo: str) -> Settings:
-    """The wishlist's ``cvmfs_repo``, where neither ``--cvmfs-repo``/``DUCC_CVMFS_REPO`` nor a directory
-    root (``--root``/``DUCC_ROOT``/``DUCC_PUBLISHER=directory``) was asked for, and this machine is its publisher."""
-    if "DUCC_ROOT" in settings.env or "DUCC_PUBLISHER" in settings.env:
+    """The wishlist's ``cvmfs_repo``, where no backend was asked for (``--root``/``DUCC_ROOT``,
+    ``--cvmfs-repo``/``DUCC_CVMFS_REPO``, ``DUCC_PUBLISHER``) and this machine is its publisher."""
+    if backends.asked_for(settings):
         return settings
     repository = repo.partition("/")[0]
     mount = settings.cvmfs_mount or Path("/cvmfs") / repository
@@ -91,7 +92,7 @@ def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
     from ducc.wishlist import wishlist_origin
 
     wishes = _load_wishlist(args.wishlist)
-    if wishes.cvmfs_repo and args.root is None and settings.publisher == "directory":
+    if wishes.cvmfs_repo:
         settings = _wishlist_repository(settings, wishes.cvmfs_repo)
     built = services(args, settings)
     built.publisher  # noqa: B018  # a root that cannot be created or written: one error, before any work

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from ducc.cli.arguments import seconds_arg, with_cvmfs, with_repository
+from ducc.cli.arguments import seconds_arg, with_repository
 from ducc.cli.exits import redis_location
 from ducc.errors import ServiceUnavailable
 from ducc.settings import Settings
@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--ping", action="store_true", help="do not run a worker: ask the running worker --name "
                    "to answer Celery's ping (a liveness probe); exit 0 if it does, 1 if not")
     p.add_argument("--timeout", type=seconds_arg, default=10.0, metavar="SECONDS", help="how long --ping waits")
-    with_cvmfs(p)
+    with_repository(p)
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("beat", help="run the scheduler: wishlist sync on DUCC_SYNC_SCHEDULE, reconciliation")
@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from ducc.service.embedded import serve
 
-    return serve(settings, root=args.root or settings.root, wishlist=args.wishlist or settings.wishlist,
+    return serve(settings, root=settings.root, wishlist=args.wishlist or settings.wishlist,
                  web=not args.no_web, initial_sync=not args.no_initial_sync)
 
 

@@ -7,11 +7,11 @@ import json
 import sys
 
 from ducc import layout
-from ducc.cli.arguments import duration_arg, platform_arg, platform_of, services, with_cvmfs, with_repository
+from ducc.cli.arguments import duration_arg, platform_arg, platform_of, services, with_repository
 from ducc.cli.exits import EXIT_FAILED, EXIT_OK
 from ducc.errors import NotFound
 from ducc.model.reference import Reference
-from ducc.publish import RepositoryView
+from ducc.publish import RepositoryView, backends
 from ducc.settings import Settings
 from ducc.terminal import printable
 
@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("doctor", help="check a CVMFS publisher: the command, the mount, the revision, a transaction",
                        description="One line per check: cvmfs_server found, the repository mounted, its revision "
                        "readable, a throw-away transaction opened and aborted. Exit status 0 only when all hold.")
-    with_cvmfs(p)
+    backends.add_options(p, [backend for backend in backends.BACKENDS if backend.doctor])
     p.set_defaults(func=cmd_doctor)
 
 
@@ -146,16 +146,12 @@ def cmd_gc(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
-    """Check this publisher's CVMFS repository: one line per check, exit 0 only when every one holds."""
-    from ducc.publish.cvmfs_server import CvmfsServer, diagnose
-    from ducc.publish.cvmfs_view import split_repository
-
-    if not settings.cvmfs_repo:
-        raise ValueError("ducc doctor checks a CVMFS repository: --cvmfs-repo REPO or DUCC_CVMFS_REPO")
-    repository, _ = split_repository(settings.cvmfs_repo)
-    server = CvmfsServer(repository, binary=settings.cvmfs_server, mount=settings.cvmfs_mount,
-                         gateway=settings.cvmfs_gateway, env=dict(settings.env) or None, timeout=300)
-    results = diagnose(server)
+    """Check this publisher's repository as its backend's doctor does: one line per check, exit 0 only when
+    every one holds."""
+    doctor = backends.of(settings).doctor
+    if doctor is None:
+        raise ValueError(backends.DOCTOR_USAGE)
+    results = doctor(settings)
     for what, wrong in results:
         print(f"ok    {what}" if wrong is None else f"FAIL  {what}: {' '.join(wrong.split())}")
     return EXIT_OK if all(wrong is None for _, wrong in results) and len(results) == 4 else EXIT_FAILED

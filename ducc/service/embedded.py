@@ -45,6 +45,7 @@ from pathlib import Path
 import redis
 
 from ducc.errors import ServiceUnavailable, StateDirectoryInUse
+from ducc.publish import backends
 from ducc.settings import Settings
 
 log = logging.getLogger("ducc.serve")
@@ -156,17 +157,15 @@ def state_directory(state: Path) -> Iterator[None]:
 
 
 def preflight(settings: Settings, *, root: Path, wishlist: Path | None, web: bool) -> None:
-    """What must hold before anything starts: readable DUCC_SYNC_SCHEDULE and DUCC_GC_SCHEDULE, a usable
-    root and a valid wishlist (errors), a webhook token (a warning: without one the web app refuses every
+    """What must hold before anything starts: readable DUCC_SYNC_SCHEDULE and DUCC_GC_SCHEDULE, what the
+    repository backend checks (``ducc.publish.backends``: a usable root, a named CVMFS repository) and a
+    valid wishlist (errors), a webhook token (a warning: without one the web app refuses every
     webhook and API request)."""
     from ducc.service.broker import parse_cron
 
     parse_cron(settings.sync_schedule)  # ValueError for a schedule beat could not read
     parse_cron(settings.gc_schedule, "DUCC_GC_SCHEDULE")
-    if settings.publisher == "directory":
-        from ducc.publish.directory import DirectoryPublisher
-
-        DirectoryPublisher(root)  # RepositoryUnusable if it cannot be created or written
+    backends.of(settings).preflight(settings, root)  # RepositoryUnusable for a root that cannot be written, say
     if wishlist is not None:
         from ducc.wishlist import read
 

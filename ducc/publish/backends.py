@@ -1,0 +1,192 @@
+"""The repository backends, one row each: everything ducc knows about a backend outside its own modules.
+
+A row says what the backend is called (``DUCC_PUBLISHER``), which ``DUCC_*`` settings it reads,
+the command-line option that names its repository (and the variable that option overrides), how
+to build its read-only view and its publisher from the settings, what ``ducc serve`` checks before
+it starts, and what ``ducc doctor`` checks. The composition root (``ducc.wiring``), ``ducc serve``
+and the CLI ask the row of ``settings.publisher`` (``of``) and never compare backend names
+(docs/publishing.md describes the backends; docs/design.md "Where things go").
+
+The factories import what writes (``ducc.publish.cvmfs``, ``cvmfs_server``) inside themselves: the
+web process builds only views, and never loads them (``tests/test_architecture.py`` checks it).
+
+A new backend is one row here plus its module(s); its name also goes into ``settings.PUBLISHERS``,
+which ``DUCC_PUBLISHER`` is checked against (settings stay below the publishers, so the names are
+kept there and this table has exactly one row per name: ``tests/unit/test_backends.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ducc.errors import PublishError
+from ducc.publish import Publisher, RepositoryLock, RepositoryView
+from ducc.publish.cvmfs_view import CvmfsView, split_repository
+from ducc.publish.directory import DirectoryPublisher, DirectoryView
+from ducc.settings import PUBLISHERS, Settings
+
+if TYPE_CHECKING:
+    from ducc.publish.cvmfs_server import CvmfsServer
+
+# One line per check a doctor made: what was checked, and None if it holds, else what is wrong.
+Checks = list[tuple[str, str | None]]
+
+
+@dataclass(frozen=True)
+class Option:
+    """The command-line option that names a backend's repository; it overrides ``env`` and chooses
+    the backend (``apply``), for the command and for the processes ``ducc serve`` starts."""
+
+    flag: str
+    env: str
+    metavar: str
+    help: str
+    apply: Callable[[Settings, str], Settings]
+
+    @property
+    def dest(self) -> str:
+        return self.flag.removeprefix("--").replace("-", "_")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One repository backend. ``root`` is the directory root of ``--root``/``DUCC_ROOT`` (absolute)."""
+
+    name: str
+    settings: tuple[str, ...]
+    option: Option
+    view: Callable[[Settings, Path], RepositoryView]
+    publisher: Callable[[Settings, Path, RepositoryLock | None], Publisher]
+    preflight: Callable[[Settings, Path], None]
+    doctor: Callable[[Settings], Checks] | None = None
+
+
+# -- directory: a tree on a local or shared filesystem ----------------------------------------------
+
+
+def _with_root(settings: Settings, root: str) -> Settings:
+    return Settings.from_env({**settings.env, "DUCC_ROOT": root, "DUCC_PUBLISHER": "directory"})
+
+
+def _directory_view(settings: Settings, root: Path) -> RepositoryView:
+    return DirectoryView(root, settings.repository)
+
+
+def _directory_publisher(settings: Settings, root: Path, lock: RepositoryLock | None) -> Publisher:
+    return DirectoryPublisher(root, name=settings.repository, durable=settings.fsync, lock=lock)
+
+
+def _directory_preflight(settings: Settings, root: Path) -> None:
+    DirectoryPublisher(root)  # RepositoryUnusable if it cannot be created or written
+
+
+DIRECTORY = Backend(
+    name="directory",
+    settings=("DUCC_ROOT", "DUCC_REPOSITORY", "DUCC_FSYNC"),
+    option=Option("--root", "DUCC_ROOT", "ROOT", "directory repository root (default: $DUCC_ROOT)", _with_root),
+    view=_directory_view,
+    publisher=_directory_publisher,
+    preflight=_directory_preflight,
+)
+
+
+# -- cvmfs: a CernVM-FS repository, written through cvmfs_server on its publisher -------------------
+
+
+def _cvmfs_repository(settings: Settings) -> tuple[str, str]:
+    if not settings.cvmfs_repo:
+        raise PublishError("the cvmfs publisher needs a repository: --cvmfs-repo REPO[/subdir] or DUCC_CVMFS_REPO")
+    return split_repository(settings.cvmfs_repo)
+
+
+def _with_cvmfs_repo(settings: Settings, repo: str) -> Settings:
+    return settings.with_cvmfs_repo(repo)
+
+
+def _cvmfs_view(settings: Settings, root: Path) -> RepositoryView:
+    repository, subdir = _cvmfs_repository(settings)
+    return CvmfsView(repository, subdir=subdir, mount=settings.cvmfs_mount)
+
+
+def _cvmfs_server(settings: Settings, repository: str, timeout: float = 3600.0) -> CvmfsServer:
+    from ducc.publish.cvmfs_server import CvmfsServer
+
+    return CvmfsServer(repository, binary=settings.cvmfs_server, mount=settings.cvmfs_mount,
+                       gateway=settings.cvmfs_gateway, env=dict(settings.env) or None, timeout=timeout)
+
+
+def _cvmfs_publisher(settings: Settings, root: Path, lock: RepositoryLock | None) -> Publisher:
+    from ducc.publish.cvmfs import CvmfsPublisher
+
+    repository, subdir = _cvmfs_repository(settings)
+    return CvmfsPublisher(_cvmfs_server(settings, repository), subdir=subdir, lock=lock,
+                          staging_root=settings.state_dir / "cvmfs-staging" / repository,
+                          gc_dir=settings.state_dir / "gc")
+
+
+def _cvmfs_preflight(settings: Settings, root: Path) -> None:
+    _cvmfs_repository(settings)  # named, and well formed; ducc doctor checks the server itself
+
+
+def _cvmfs_doctor(settings: Settings) -> Checks:
+    """The command found, the repository mounted, its revision readable, a throw-away transaction."""
+    from ducc.publish.cvmfs_server import diagnose
+
+    if not settings.cvmfs_repo:
+        raise ValueError(DOCTOR_USAGE)
+    repository, _ = split_repository(settings.cvmfs_repo)
+    return diagnose(_cvmfs_server(settings, repository, timeout=300))
+
+
+CVMFS = Backend(
+    name="cvmfs",
+    settings=("DUCC_CVMFS_REPO", "DUCC_CVMFS_SERVER", "DUCC_CVMFS_MOUNT", "DUCC_CVMFS_GATEWAY",
+              "DUCC_STRATUM1_URLS", "DUCC_STRATUM1_TIMEOUT"),
+    option=Option("--cvmfs-repo", "DUCC_CVMFS_REPO", "REPO[/SUBDIR]",
+                  "publish into this CVMFS repository through cvmfs_server, on its publisher "
+                  "(default: $DUCC_CVMFS_REPO; read from $DUCC_CVMFS_MOUNT or /cvmfs/REPO)", _with_cvmfs_repo),
+    view=_cvmfs_view,
+    publisher=_cvmfs_publisher,
+    preflight=_cvmfs_preflight,
+    doctor=_cvmfs_doctor,
+)
+
+# -- the table ---------------------------------------------------------------------------------------
+
+BACKENDS: tuple[Backend, ...] = (DIRECTORY, CVMFS)
+
+DOCTOR_USAGE = "ducc doctor checks a CVMFS repository: --cvmfs-repo REPO or DUCC_CVMFS_REPO"
+
+
+def of(settings: Settings) -> Backend:
+    """The row of ``settings.publisher`` (``DUCC_PUBLISHER``, checked against ``PUBLISHERS`` when read)."""
+    for backend in BACKENDS:
+        if backend.name == settings.publisher:
+            return backend
+    raise ValueError(f"DUCC_PUBLISHER: unknown publisher {settings.publisher!r} (one of {', '.join(PUBLISHERS)})")
+
+
+def add_options(parser: argparse.ArgumentParser, rows: Sequence[Backend] = BACKENDS) -> None:
+    """The options naming a repository, one per row of ``rows``; a command takes at most one of them."""
+    where = parser.add_mutually_exclusive_group()
+    for backend in rows:
+        option = backend.option
+        where.add_argument(option.flag, dest=option.dest, metavar=option.metavar, help=option.help)
+
+
+def apply_options(args: argparse.Namespace, settings: Settings) -> Settings:
+    """``settings`` with the repository option the command was given, if any (it chooses the backend)."""
+    for backend in BACKENDS:
+        value = getattr(args, backend.option.dest, None)
+        if value:
+            settings = backend.option.apply(settings, value)
+    return settings
+
+
+def asked_for(settings: Settings) -> bool:
+    """Whether a backend was chosen: by ``DUCC_PUBLISHER``, or by a repository option or variable."""
+    return "DUCC_PUBLISHER" in settings.env or any(settings.env.get(b.option.env) for b in BACKENDS)
