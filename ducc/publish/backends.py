@@ -5,7 +5,7 @@ the command-line option that names its repository (and the variable that option 
 to build its read-only view and its publisher from the settings, what ``ducc serve`` checks before
 it starts, and what ``ducc doctor`` checks. The composition root (``ducc.wiring``), ``ducc serve``
 and the CLI ask the row of ``settings.publisher`` (``of``) and never compare backend names
-(docs/publishing.md describes the backends; docs/design.md "Where things go").
+(docs/design.md §8 and §13; docs/publishing.md for the contract every backend keeps).
 
 The factories import what writes (``ducc.publish.cvmfs``, ``cvmfs_server``) inside themselves: the
 web process builds only views, and never loads them (``tests/test_architecture.py`` checks it).
