@@ -111,7 +111,10 @@ class Services:
     @cached_property
     def publisher(self) -> Publisher:
         lock = self._repository_lock if self.shared_locks else None
-        return backends.of(self.settings).publisher(self.settings, self.root, lock)
+        publisher = backends.of(self.settings).publisher(self.settings, self.root, lock)
+        for store in backends.stores(self.settings):  # written beside the repository, following its publisher
+            publisher = store.wrap(self.settings, publisher)
+        return publisher
 
     def _repository_lock(self, name: str) -> AbstractContextManager[StillHeld]:
         # Writes into one repository are serialised across hosts by a Redis lease on its name; the

@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("doctor", help="check a CVMFS publisher: the command, the mount, the revision, a transaction",
                        description="One line per check: cvmfs_server found, the repository mounted, its revision "
                        "readable, a throw-away transaction opened and aborted. Exit status 0 only when all hold.")
-    backends.add_options(p, [backend for backend in backends.BACKENDS if backend.doctor])
+    backends.add_options(p, [backend for backend in backends.BACKENDS if backend.doctor], beside=())
     p.set_defaults(func=cmd_doctor)
 
 

@@ -13,6 +13,15 @@ web process builds only views, and never loads them (``tests/test_architecture.p
 A new backend is one row here plus its module(s); its name also goes into ``settings.PUBLISHERS``,
 which ``DUCC_PUBLISHER`` is checked against (settings stay below the publishers, so the names are
 kept there and this table has exactly one row per name: ``tests/unit/test_backends.py``).
+
+A store written beside the repository, whichever backend publishes it (podman's additional image
+store), is a ``Store`` row of ``STORES`` plus its module: its option and variable, its preflight, and
+``wrap``, which hands it the repository's publisher to follow.
+
+Every consumer reads a row's fields only: the CLI adds each row's ``option`` (``add_options``) and
+applies those given (``apply_options``), ``ducc serve`` runs the ``preflight`` of every row in use
+(``in_use``), ``ducc doctor`` offers the options of the rows that have a ``doctor``, and the
+composition root calls the factories.
 """
 
 from __future__ import annotations
@@ -38,8 +47,8 @@ Checks = list[tuple[str, str | None]]
 
 @dataclass(frozen=True)
 class Option:
-    """The command-line option that names a backend's repository; it overrides ``env`` and chooses
-    the backend (``apply``), for the command and for the processes ``ducc serve`` starts."""
+    """The command-line option that names where a row writes. ``apply`` makes it override ``env`` (and,
+    for a backend, choose it), for the command and for the processes ``ducc serve`` starts."""
 
     flag: str
     env: str
@@ -63,6 +72,20 @@ class Backend:
     publisher: Callable[[Settings, Path, RepositoryLock | None], Publisher]
     preflight: Callable[[Settings, Path], None]
     doctor: Callable[[Settings], Checks] | None = None
+
+
+@dataclass(frozen=True)
+class Store:
+    """A store written beside the repository, whichever backend publishes it (for example podman's
+    additional image store: ``--podman-store DIR``, ``DUCC_PODMAN_STORE``). It is in use wherever its
+    option or variable names it; ``wrap`` gives it the repository's publisher to follow (what is
+    published, unpublished or collected there is then written into the store too)."""
+
+    name: str
+    settings: tuple[str, ...]
+    option: Option
+    wrap: Callable[[Settings, Publisher], Publisher]
+    preflight: Callable[[Settings, Path], None]
 
 
 # -- directory: a tree on a local or shared filesystem ----------------------------------------------
@@ -157,7 +180,8 @@ CVMFS = Backend(
 
 # -- the table ---------------------------------------------------------------------------------------
 
-BACKENDS: tuple[Backend, ...] = (DIRECTORY, CVMFS)
+BACKENDS: tuple[Backend, ...] = (DIRECTORY, CVMFS)  # one of them publishes the repository (DUCC_PUBLISHER)
+STORES: tuple[Store, ...] = ()  # any of them is written beside it
 
 DOCTOR_USAGE = "ducc doctor checks a CVMFS repository: --cvmfs-repo REPO or DUCC_CVMFS_REPO"
 
@@ -170,23 +194,42 @@ def of(settings: Settings) -> Backend:
     raise ValueError(f"DUCC_PUBLISHER: unknown publisher {settings.publisher!r} (one of {', '.join(PUBLISHERS)})")
 
 
-def add_options(parser: argparse.ArgumentParser, rows: Sequence[Backend] = BACKENDS) -> None:
-    """The options naming a repository, one per row of ``rows``; a command takes at most one of them."""
+def stores(settings: Settings) -> tuple[Store, ...]:
+    """The stores in use: those whose option or variable names them."""
+    return tuple(store for store in STORES if settings.env.get(store.option.env))
+
+
+def in_use(settings: Settings) -> tuple[Backend | Store, ...]:
+    """The backend that publishes the repository, then every store written beside it."""
+    return (of(settings), *stores(settings))
+
+
+def add_options(parser: argparse.ArgumentParser, rows: Sequence[Backend] | None = None,
+                beside: Sequence[Store] | None = None) -> None:
+    """The options naming a repository, one per row of ``rows`` (a command takes at most one of them),
+    and those naming a store beside it (any of them); every row of the tables unless given."""
     where = parser.add_mutually_exclusive_group()
-    for backend in rows:
-        option = backend.option
-        where.add_argument(option.flag, dest=option.dest, metavar=option.metavar, help=option.help)
+    for backend in BACKENDS if rows is None else rows:
+        _add(where, backend.option)
+    for store in STORES if beside is None else beside:
+        _add(parser, store.option)
+
+
+def _add(parser: argparse.ArgumentParser | argparse._MutuallyExclusiveGroup, option: Option) -> None:
+    parser.add_argument(option.flag, dest=option.dest, metavar=option.metavar, help=option.help)
 
 
 def apply_options(args: argparse.Namespace, settings: Settings) -> Settings:
-    """``settings`` with the repository option the command was given, if any (it chooses the backend)."""
-    for backend in BACKENDS:
-        value = getattr(args, backend.option.dest, None)
+    """``settings`` with the repository and store options the command was given (a repository option
+    chooses the backend)."""
+    for option in (*(backend.option for backend in BACKENDS), *(store.option for store in STORES)):
+        value = getattr(args, option.dest, None)
         if value:
-            settings = backend.option.apply(settings, value)
+            settings = option.apply(settings, value)
     return settings
 
 
 def asked_for(settings: Settings) -> bool:
-    """Whether a backend was chosen: by ``DUCC_PUBLISHER``, or by a repository option or variable."""
+    """Whether a backend was chosen: by ``DUCC_PUBLISHER``, or by a repository option or variable (a
+    store's says nothing about the repository)."""
     return "DUCC_PUBLISHER" in settings.env or any(settings.env.get(b.option.env) for b in BACKENDS)

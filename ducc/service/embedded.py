@@ -165,7 +165,8 @@ def preflight(settings: Settings, *, root: Path, wishlist: Path | None, web: boo
 
     parse_cron(settings.sync_schedule)  # ValueError for a schedule beat could not read
     parse_cron(settings.gc_schedule, "DUCC_GC_SCHEDULE")
-    backends.of(settings).preflight(settings, root)  # RepositoryUnusable for a root that cannot be written, say
+    for backend in backends.in_use(settings):  # the repository's backend, and any store beside it
+        backend.preflight(settings, root)  # RepositoryUnusable for a root that cannot be written, say
     if wishlist is not None:
         from ducc.wishlist import read
 
