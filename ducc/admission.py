@@ -8,7 +8,7 @@ written to the repository. A policy that refuses raises ``ImageRefused`` naming 
 conversion stops there, publishes nothing (no layer, no flat root, no tag, no record, no thin image),
 and the refusal is permanent: the queue does not retry it.
 
-Policies are built from settings by the composition root (``ducc.services``), so ``ducc convert``,
+Policies are built from settings by the composition root (``ducc.wiring``), so ``ducc convert``,
 ``ducc sync`` and the service's workers all apply the same ones. A new policy (a signature check, a
 registry allow-list, a label rule) is a class with an ``admit`` method added to that list.
 

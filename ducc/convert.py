@@ -239,7 +239,7 @@ class LocalLocks:
 
 
 class Converter:
-    """Converts references into one repository. Collaborators are passed in (see ``ducc.services``);
+    """Converts references into one repository. Collaborators are passed in (see ``ducc.wiring``);
     ``policies`` are the admission policies every image must pass before a layer of it is fetched."""
 
     def __init__(

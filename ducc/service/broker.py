@@ -3,7 +3,7 @@
 Light on purpose: nothing here imports what converts (``ducc.service.tasks``
 registers the task bodies in worker processes only), and Celery is imported only by
 the functions that build a Celery object, so the web app, which needs a Redis client,
-never loads it. ``ducc.services`` calls these.
+never loads it. ``ducc.wiring`` calls these.
 """
 
 from __future__ import annotations

@@ -45,6 +45,7 @@ from pathlib import Path
 import redis
 
 from ducc.errors import ServiceUnavailable, StateDirectoryInUse
+from ducc.publish import backends
 from ducc.settings import Settings
 
 log = logging.getLogger("ducc.serve")
@@ -156,17 +157,16 @@ def state_directory(state: Path) -> Iterator[None]:
 
 
 def preflight(settings: Settings, *, root: Path, wishlist: Path | None, web: bool) -> None:
-    """What must hold before anything starts: readable DUCC_SYNC_SCHEDULE and DUCC_GC_SCHEDULE, a usable
-    root and a valid wishlist (errors), a webhook token (a warning: without one the web app refuses every
+    """What must hold before anything starts: readable DUCC_SYNC_SCHEDULE and DUCC_GC_SCHEDULE, what the
+    repository backend checks (``ducc.publish.backends``: a usable root, a named CVMFS repository) and a
+    valid wishlist (errors), a webhook token (a warning: without one the web app refuses every
     webhook and API request)."""
     from ducc.service.broker import parse_cron
 
     parse_cron(settings.sync.schedule)  # ValueError for a schedule beat could not read
     parse_cron(settings.gc.schedule, "DUCC_GC_SCHEDULE")
-    if settings.publisher == "directory":
-        from ducc.publish.directory import DirectoryPublisher
-
-        DirectoryPublisher(root)  # RepositoryUnusable if it cannot be created or written
+    for backend in backends.in_use(settings):  # the repository's backend, and any store beside it
+        backend.preflight(settings, root)  # RepositoryUnusable for a root that cannot be written, say
     if wishlist is not None:
         from ducc.wishlist import read
 
@@ -182,10 +182,11 @@ def preflight(settings: Settings, *, root: Path, wishlist: Path | None, web: boo
 def queue_first_sync(settings: Settings, env: dict[str, str], wishlist: Path) -> None:
     """Queue the wishlist sync once now; the worker runs it as soon as it is ready."""
     from ducc.schedule import next_sync
+    from ducc.service.broker import create_celery
     from ducc.service.queue import SYNC_TASK
-    from ducc.services import Services
 
-    Services(Settings.from_env(env)).celery().send_task(SYNC_TASK)
+    children = Settings.from_env(env)  # as the children: DUCC_REDIS_URL is the given or the embedded Redis
+    create_celery(children, env["DUCC_REDIS_URL"], children.redis.password).send_task(SYNC_TASK)
     upcoming = next_sync(settings.sync.schedule, datetime.now(UTC)).strftime("%Y-%m-%d %H:%M UTC")
     log.info("wishlist %s: first sync queued; then on DUCC_SYNC_SCHEDULE %r (next %s)", wishlist,
              settings.sync.schedule, upcoming)

@@ -166,7 +166,7 @@ class Job:
 
 
 class JobStore:
-    """Reads and writes job records; one instance per process, built by ``ducc.services``."""
+    """Reads and writes job records; one instance per process, built by ``ducc.wiring``."""
 
     def __init__(self, client: redis.Redis, *, ttl: int = 14 * 86400, recent: int = keys.RECENT_JOBS) -> None:
         self.redis = client

@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from celery import Celery, Task
 from celery.signals import worker_ready
@@ -50,15 +50,42 @@ from ducc.service.queue import (
     SYNC_TASK,
     UNPUBLISH_TASK,
     Dispatcher,
+    Queue,
 )
 from ducc.service.running import heartbeat, running
-from ducc.services import Services
 from ducc.settings import Settings
 
 if TYPE_CHECKING:
+    import redis
+
+    from ducc.convert import Converter
+    from ducc.publish import Publisher, RepositoryView
+    from ducc.registry.client import RegistryClient
     from ducc.sync import SyncReport
 
 log = logging.getLogger(__name__)
+
+
+class Collaborators(Protocol):
+    """What the task bodies use, passed in by whoever starts the worker (the composition root,
+    ``ducc.wiring.Services``, built with shared locks): the service package never imports it."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def redis(self) -> redis.Redis: ...
+    @property
+    def jobs(self) -> JobStore: ...
+    @property
+    def queue(self) -> Queue: ...
+    @property
+    def view(self) -> RepositoryView: ...
+    @property
+    def client(self) -> RegistryClient: ...
+    @property
+    def publisher(self) -> Publisher: ...
+    @property
+    def converter(self) -> Converter: ...
 
 
 def _runnable(jobs: JobStore, job_id: str) -> Job | str:
@@ -83,7 +110,7 @@ def _retry_delay(settings: Settings, attempts: int) -> int:
     return int(min(settings.jobs.retry_base * 2 ** (attempts - 1), 3600))
 
 
-def run_conversion(services: Services, job_id: str, task: Task) -> str:
+def run_conversion(services: Collaborators, job_id: str, task: Task) -> str:
     jobs, settings = services.jobs, services.settings
     job = _runnable(jobs, job_id)
     if isinstance(job, str):
@@ -226,7 +253,7 @@ def _grown(jobs: JobStore, job_id: str, request: ConversionRequest) -> Conversio
     return now if isinstance(now, ConversionRequest) and now.key == request.key else request
 
 
-def run_unpublish(services: Services, job_id: str, task: Task) -> str:
+def run_unpublish(services: Collaborators, job_id: str, task: Task) -> str:
     """Unpublish the job's tag (``ducc.unpublish``): a registry error never unpublishes; a temporary one
     is retried like a conversion's, with doubling delays; a permanent one fails the job, tag kept."""
     from ducc.unpublish import unpublish, unpublish_if_gone
@@ -277,7 +304,7 @@ def run_unpublish(services: Services, job_id: str, task: Task) -> str:
     return JobState.DONE
 
 
-def run_gc(services: Services, job_id: str | None = None, tick: str | None = None) -> str:
+def run_gc(services: Collaborators, job_id: str | None = None, tick: str | None = None) -> str:
     """Garbage collection of the repository as a job (``ducc.gc``): the job of the schedule's ``tick``
     (the id of beat's message: a message redelivered after its worker died finds the job it created),
     or ``job_id`` (a requeued one). One worker runs a job at a time: it claims the job's lease first.
@@ -332,7 +359,7 @@ def run_gc(services: Services, job_id: str | None = None, tick: str | None = Non
 PROPAGATION_POLL = 5.0
 
 
-def run_propagation(services: Services, job_id: str, revision: int, pending: list[str], deadline: float,
+def run_propagation(services: Collaborators, job_id: str, revision: int, pending: list[str], deadline: float,
                     task: Task) -> list[str]:
     """Record "visible on <host> at <time>" for each stratum 1 in ``pending`` that serves ``revision``;
     poll the others again later, until ``deadline``. Returns those still pending (none at the end)."""
@@ -372,7 +399,7 @@ def _job_result(result: ConversionResult, changed: bool) -> dict[str, Any]:
     return out
 
 
-def run_sync(services: Services) -> dict[str, Any]:
+def run_sync(services: Collaborators) -> dict[str, Any]:
     """Queue a conversion for every wishlist image whose tag moved; the checks are manifest HEADs only.
     What became of each image is recorded for the status page (``ducc.service.lastsync``)."""
     from ducc.sync import check_all
@@ -421,7 +448,7 @@ def run_sync(services: Services) -> dict[str, Any]:
     return summary
 
 
-def queue_removed_wishes(services: Services, origin: str, report: SyncReport) -> int:
+def queue_removed_wishes(services: Collaborators, origin: str, report: SyncReport) -> int:
     """Queue the unpublishing of every tag this wishlist published that its expansion no longer lists
     (DUCC_UNPUBLISH_REMOVED_WISHES). Nothing when a wish could not be expanded: its tags would look removed."""
     from ducc.sync import removed_wishes
@@ -440,7 +467,7 @@ def queue_removed_wishes(services: Services, origin: str, report: SyncReport) ->
     return len(removed)
 
 
-def run_reconcile(services: Services) -> int:
+def run_reconcile(services: Collaborators) -> int:
     """Requeue jobs whose worker died and jobs a dispatcher dropped; returns how many."""
     settings, client = services.settings, services.redis
     if not try_lease(client, keys.RECONCILE_LEASE, max(1, settings.jobs.lease // 3)):
@@ -474,7 +501,7 @@ def run_reconcile(services: Services) -> int:
     return requeued
 
 
-def start_dispatcher(services: Services, app: Celery) -> threading.Event:
+def start_dispatcher(services: Collaborators, app: Celery) -> threading.Event:
     """Run a dispatcher thread in this (worker main) process; set the returned event to stop it."""
     stop = threading.Event()
     dispatcher = Dispatcher(services.redis, lambda name, args: app.send_task(name, args=args))
@@ -482,7 +509,7 @@ def start_dispatcher(services: Services, app: Celery) -> threading.Event:
     return stop
 
 
-def register(app: Celery, services: Services) -> Celery:
+def register(app: Celery, services: Collaborators) -> Celery:
     """Add the task bodies to ``app`` (worker processes only)."""
 
     @app.task(name=CONVERT_TASK, bind=True, max_retries=None)  # type: ignore[untyped-decorator]

@@ -2,7 +2,7 @@
 
 ``create_app(settings, ...)`` is the factory (as the Flask docs shape it): it
 takes the few collaborators the app needs (Redis, the queue, the job store, a
-maker of the read-only repository view; ``ducc.services`` builds any not
+maker of the read-only repository view; ``ducc.wiring`` builds any not
 given) and registers three blueprints: receivers
 (``ducc.web.receivers``, one route per sender of ``ducc.web.senders``), the
 REST API (``ducc.web.api``) and the pages (``ducc.web.pages``). The app never
@@ -23,7 +23,6 @@ from werkzeug.exceptions import HTTPException
 from ducc.publish import RepositoryView
 from ducc.service.jobs import JobStore
 from ducc.service.queue import Queue
-from ducc.services import Services
 from ducc.settings import Settings
 from ducc.web.api import api
 from ducc.web.http import BadRequest, Web
@@ -32,6 +31,7 @@ from ducc.web.policy import Policy
 from ducc.web.receivers import receivers
 from ducc.web.security import Tokens
 from ducc.web.senders import TOKEN_SOURCES
+from ducc.wiring import Services
 
 log = logging.getLogger("ducc.web")
 

@@ -82,7 +82,7 @@ def workers(tmp_path, redis_server, cvmfs):
 
 
 def submit(redis_server, tmp_path, cvmfs, ref: Reference) -> tuple[str, JobStore, Settings]:
-    from ducc.services import Services
+    from ducc.wiring import Services
 
     settings = Settings.from_env(cvmfs.ducc_env(tmp_path / "state", DUCC_REDIS_URL=redis_server.url,
                                                 DUCC_CVMFS_REPO=cvmfs.repository))

@@ -18,9 +18,9 @@ from ducc.model.request import ConversionRequest, UnpublishRequest
 from ducc.publish.directory import DirectoryPublisher
 from ducc.service.jobs import JobStore
 from ducc.service.queue import GC_TASK, SYNC_TASK
-from ducc.services import Services
 from ducc.settings import Settings
 from ducc.web import create_app
+from ducc.wiring import Services
 from tests.integration.test_service import queue_for, service, settings_for, wait_finished  # noqa: F401
 from tests.support.images import File, ImageSpec, Layer, push_image
 from tests.support.processes import free_port, start_registry, wait_for_port

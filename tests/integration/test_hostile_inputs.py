@@ -211,7 +211,7 @@ def test_status_and_jobs_print_a_reason_from_outside_escaped(redis_server, tmp_p
     from ducc.model.reference import Reference
     from ducc.model.request import ConversionRequest
     from ducc.service.jobs import JobState
-    from ducc.services import Services
+    from ducc.wiring import Services
 
     env = {"DUCC_REDIS_URL": redis_server.url, "DUCC_ROOT": str(tmp_path / "root"),
            "DUCC_STATE_DIR": str(tmp_path / "state")}
@@ -330,7 +330,7 @@ def five_megabyte_wishlist(path: Path) -> int:
 def synced_every_image(app_settings: Settings, wishlist: Path, n: int) -> None:
     """Record a sync that found every image current, through the store the worker uses."""
     from ducc.service import lastsync
-    from ducc.services import Services
+    from ducc.wiring import Services
 
     outcomes = tuple(lastsync.ImageOutcome(f"registry.example.org/team/image{i}:1.{i}", "linux/amd64", "unchanged")
                      for i in range(n))

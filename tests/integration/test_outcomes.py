@@ -25,8 +25,8 @@ from ducc.publish.directory import DirectoryPublisher
 from ducc.service import keys
 from ducc.service.jobs import JobStore
 from ducc.service.queue import GC_TASK
-from ducc.services import Services
 from ducc.web import create_app
+from ducc.wiring import Services
 from tests.integration.test_service import queue_for, settings_for, wait_finished, wait_state
 from tests.support.images import File, ImageSpec, Layer, push_image
 from tests.support.proxy import via

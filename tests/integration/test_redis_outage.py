@@ -57,8 +57,8 @@ def test_a_task_sent_while_redis_is_frozen_fails_instead_of_waiting_forever(redi
     waits forever on a silent broker unless told otherwise."""
     import threading
 
-    from ducc.services import Services
     from ducc.settings import Settings
+    from ducc.wiring import Services
 
     app = Services(Settings.from_env(service_env(root, redis_server.url, tmp_path / "state"))).celery()
     app.send_task("ducc.test-nothing")  # connected while Redis answers
@@ -94,8 +94,8 @@ def test_a_writer_whose_lease_lapsed_while_redis_was_frozen_stops_before_its_nex
     from ducc.model.reference import Reference
     from ducc.service import keys
     from ducc.service.locks import Lease
-    from ducc.services import Services
     from ducc.settings import Settings
+    from ducc.wiring import Services
 
     seconds = 3
     settings = Settings.from_env(service_env(root, redis_server.url, root.parent / "state",
@@ -162,8 +162,8 @@ def test_a_cvmfs_writer_whose_lease_lapsed_while_redis_was_frozen_publishes_noth
     from ducc.model.digest import Digest
     from ducc.service import keys
     from ducc.service.locks import Lease
-    from ducc.services import Services
     from ducc.settings import Settings
+    from ducc.wiring import Services
 
     seconds = 3
     settings = Settings.from_env(cvmfs.ducc_env(tmp_path / "state", DUCC_CVMFS_REPO=cvmfs.repository,

@@ -90,8 +90,8 @@ def test_no_initial_sync_waits_for_the_schedule(client, unique_ref, tmp_path):
         # order, so once it has run the probe it has taken every message serve queued: none was a sync.
         serve.wait_for_log("no sync now (--no-initial-sync)")
         from ducc.service.queue import RECONCILE_TASK
-        from ducc.services import Services
         from ducc.settings import Settings
+        from ducc.wiring import Services
 
         probe = Services(Settings.from_env(env)).celery().send_task(RECONCILE_TASK)
         serve.wait_for_log(f"Task {RECONCILE_TASK}[{probe.id}] succeeded")

@@ -48,7 +48,7 @@ def settings_for(redis_server: RedisServer, root: Path) -> Settings:
 
 
 def queue_for(redis_server: RedisServer, root: Path) -> Queue:
-    from ducc.services import Services
+    from ducc.wiring import Services
 
     return Services(settings_for(redis_server, root)).queue
 
@@ -222,7 +222,7 @@ def test_sync_task_queues_exactly_the_image_whose_tag_moved(client, unique_ref, 
     wishlist = tmp_path / "wishlist.yaml"
     wishlist.write_text("version: 1\ninput:\n" + "".join(f"  - '{r}'\n" for r in refs))
     service(DUCC_WISHLIST=str(wishlist))
-    from ducc.services import Services
+    from ducc.wiring import Services
 
     app = Services(settings_for(redis_server, root)).celery()
 
@@ -291,7 +291,7 @@ def test_sigkill_of_the_whole_service_mid_conversion_loses_nothing(client, uniqu
 def test_reconciliation_finds_an_interrupted_job_behind_a_thousand_newer_ones(redis_server, root):
     from ducc.service.keys import INCOMING
     from ducc.service.tasks import run_reconcile
-    from ducc.services import Services
+    from ducc.wiring import Services
 
     rt = Services(settings_for(redis_server, root), shared_locks=True)
     interrupted = rt.queue.submit(ConversionRequest(Reference.parse("127.0.0.1:1/lost/image:1")), "test").job_id
@@ -372,7 +372,7 @@ def second_mount(tmp_path, root):
 
 def test_two_roots_naming_one_directory_are_serialised_by_one_repository_lease(redis_server, root, second_mount):
     from ducc.service import keys
-    from ducc.services import Services
+    from ducc.wiring import Services
 
     settings = settings_for(redis_server, root)
     here = Services(settings, root=root, shared_locks=True).publisher
@@ -404,7 +404,7 @@ def test_two_roots_naming_one_directory_are_serialised_by_one_repository_lease(r
 
 
 def test_a_repository_named_in_the_settings_keeps_that_name(redis_server, root):
-    from ducc.services import Services
+    from ducc.wiring import Services
 
     settings = Settings.from_env({"DUCC_REDIS_URL": redis_server.url, "DUCC_ROOT": str(root), "DUCC_REPOSITORY": "unpacked.example.org"})
     publisher = Services(settings, shared_locks=True).publisher

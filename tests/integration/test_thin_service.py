@@ -40,7 +40,7 @@ def test_a_wishlist_sync_with_output_format_pushes_each_thin_image_as_a_job_stag
     wishlist.write_text(f"version: 1\noutput_format: '$(scheme)://{registry.host}/thin/$(image)'\n"
                         f"input:\n  - 'http://{source}'\n")
     service(DUCC_WISHLIST=str(wishlist), DUCC_THIN_CVMFS_REPO=REPO, DOCKER_CONFIG=str(tmp_path))
-    from ducc.services import Services
+    from ducc.wiring import Services
 
     Services(settings_for(redis_server, root)).celery().send_task("ducc.sync")
     jobs = JobStore(redis_server.client())
@@ -123,7 +123,7 @@ def test_a_second_sync_finds_the_thin_image_current_and_pushes_nothing(
     wishlist.write_text(f"version: 1\noutput_format: '$(scheme)://{thin_host}/thin/$(image)'\n"
                         f"input:\n  - 'http://{source}'\n")
     service(DUCC_WISHLIST=str(wishlist), DUCC_THIN_CVMFS_REPO=REPO, DOCKER_CONFIG=str(tmp_path))
-    from ducc.services import Services
+    from ducc.wiring import Services
 
     celery = Services(settings_for(redis_server, root)).celery()
     jobs = JobStore(redis_server.client())

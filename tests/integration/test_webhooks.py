@@ -304,7 +304,7 @@ def test_the_wishlist_table_shows_what_a_job_did_not_where_its_revision_became_v
     from ducc.model.request import ConversionRequest
     from ducc.service import lastsync
     from ducc.service.jobs import PROPAGATION, JobState
-    from ducc.services import Services
+    from ducc.wiring import Services
 
     wishlist = tmp_path / "wishlist.yaml"
     wishlist.write_text("version: 1\ninput:\n  - '127.0.0.1:5000/allowed/app:row'\n")

@@ -1,6 +1,6 @@
 import io
 
-from ducc.cli import TerminalProgress
+from ducc.cli.progress_line import TerminalProgress
 from ducc.model.digest import Digest
 from ducc.model.reference import Reference
 

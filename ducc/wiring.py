@@ -7,6 +7,10 @@ the web process, which asks only for the light ones (Redis, jobs, queue, the
 repository view), never imports the converter: the heavy builders import it
 inside themselves (the import contract ``The web process never touches the
 converter`` and ``tests/test_architecture.py`` check both).
+
+Imports run one way: this module builds from ``ducc.service`` (Redis, jobs, the queue, locks), and
+the service package never imports it back: the task bodies receive a ``Services`` as their
+``Collaborators`` (the import contract ``One way down`` checks it).
 """
 
 from __future__ import annotations
@@ -20,11 +24,9 @@ from typing import TYPE_CHECKING
 
 import redis
 
-from ducc.errors import PublishError, ServiceUnavailable
+from ducc.errors import ServiceUnavailable
 from ducc.progress import LogProgress, Progress
-from ducc.publish import Publisher, RepositoryView, StillHeld
-from ducc.publish.cvmfs_view import CvmfsView, split_repository
-from ducc.publish.directory import DirectoryPublisher, DirectoryView
+from ducc.publish import Publisher, RepositoryView, StillHeld, backends
 from ducc.service import keys
 from ducc.service.broker import build_redis
 from ducc.service.jobs import JobStore
@@ -102,37 +104,17 @@ class Services:
     @cached_property
     def view(self) -> RepositoryView:
         """The repository, read only; never creates it."""
-        if self.settings.publisher == "cvmfs":
-            repository, subdir = self._cvmfs_repo
-            return CvmfsView(repository, subdir=subdir, mount=self.settings.cvmfs.mount)
-        if self.settings.publisher == "directory":
-            return DirectoryView(self.root, self.settings.repository)
-        raise ValueError(f"unknown publisher {self.settings.publisher!r}")
-
-    @property
-    def _cvmfs_repo(self) -> tuple[str, str]:
-        if not self.settings.cvmfs.repo:
-            raise PublishError("the cvmfs publisher needs a repository: --cvmfs-repo REPO[/subdir] or DUCC_CVMFS_REPO")
-        return split_repository(self.settings.cvmfs.repo)
+        return backends.of(self.settings).view(self.settings, self.root)
 
     # -- heavy: what converts (workers, the CLI) -----------------------------------------
 
     @cached_property
     def publisher(self) -> Publisher:
         lock = self._repository_lock if self.shared_locks else None
-        if self.settings.publisher == "cvmfs":
-            from ducc.publish.cvmfs import CvmfsPublisher
-            from ducc.publish.cvmfs_server import CvmfsServer
-
-            repository, subdir = self._cvmfs_repo
-            server = CvmfsServer(repository, binary=self.settings.cvmfs.server, mount=self.settings.cvmfs.mount,
-                                 gateway=self.settings.cvmfs.gateway, env=dict(self.settings.env) or None)
-            return CvmfsPublisher(server, subdir=subdir, lock=lock,
-                                  staging_root=self.settings.state_dir / "cvmfs-staging" / repository,
-                                  gc_dir=self.settings.state_dir / "gc")
-        if self.settings.publisher != "directory":
-            raise ValueError(f"unknown publisher {self.settings.publisher!r}")
-        return DirectoryPublisher(self.root, name=self.settings.repository, durable=self.settings.fsync, lock=lock)
+        publisher = backends.of(self.settings).publisher(self.settings, self.root, lock)
+        for store in backends.stores(self.settings):  # written beside the repository, following its publisher
+            publisher = store.wrap(self.settings, publisher)
+        return publisher
 
     def _repository_lock(self, name: str) -> AbstractContextManager[StillHeld]:
         # Writes into one repository are serialised across hosts by a Redis lease on its name; the
@@ -205,8 +187,8 @@ class Services:
         from ducc.convert import Converter
         from ducc.model.limits import Limits
 
-        limits = Limits(self.settings.limits.max_image_bytes, self.settings.limits.max_layer_entries,
-                        self.settings.limits.max_path_depth, self.settings.limits.max_path_bytes)
+        limits = Limits(self.settings.limits.max_image_bytes, self.settings.limits.max_layer_entries, self.settings.limits.max_path_depth,
+                        self.settings.limits.max_path_bytes)
         return Converter(self.client, self.publisher, cache=self.cache, progress=self.progress,
                          parallel_layers=self.settings.parallel_layers,
                          layer_lock=self._layer_lock if self.shared_locks else None, thin_client=self.thin_client,
