@@ -597,11 +597,11 @@ def test_the_layers_of_one_transaction_are_one_ingest_that_keeps_the_shards_othe
         (tree / "which").write_text(digest.hex)
         return stage / digest.hex
 
-    with publisher.staging() as stage:
+    with publisher.reservations.directory() as stage:
         with publisher.transaction() as txn:
             txn.add_layer(earlier, staged(stage, earlier))
     before = len(cvmfs.publishing_calls())
-    with publisher.staging() as stage:
+    with publisher.reservations.directory() as stage:
         with publisher.transaction() as txn:
             for digest in (joining, other):
                 source = txn.add_layer(digest, staged(stage, digest))
