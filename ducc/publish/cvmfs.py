@@ -23,7 +23,7 @@ and so are the promises (``ducc.publish``); only how a change becomes visible di
   any), the record last: an image counts as converted only once its record is in a published
   revision. If the body fails, none are written and an open ``transaction`` is aborted.
   A tag published for a second platform gets the variant link of ``ducc.layout`` in the same
-  transaction (``tag_links``). The transaction then carries the revision, read while still held.
+  transaction (``ducc.publish.links.tag_links``). The transaction then carries the revision, read while still held.
 
 Costs, in publishing calls: a new image = 1 (its new layers) + 1 (flat, tag and record); a tag that
 moved onto a published flat = 1; an unchanged tag = 0 (the converter stops before writing). On a

@@ -107,6 +107,54 @@ def test_nothing_is_visible_before_it_is_published_and_everything_after(backend)
     assert [path for path, _ in publisher.published()] == [str(layout.tag_link(REF, DEFAULT_PLATFORM))]
 
 
+def test_reads_neither_wait_for_a_writer_holding_the_repository_nor_change_anything(backend):
+    """While another writer holds the repository (on CVMFS with a transaction open, its mount writable),
+    every read answers at once from the published state and leaves the repository as it was."""
+    publisher = backend()
+    manifest, config = an_image()
+    publish_all(publisher, manifest, config)
+    layer = manifest.layers[0].digest
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        writer = backend()
+        with writer.transaction():
+            server = getattr(writer, "server", None)
+            if server is not None:  # CVMFS: a transaction open under the writer, as while it grafts
+                server.transaction()
+            try:
+                holding.set()
+                release.wait(120)
+            finally:
+                if server is not None:
+                    server.abort()
+
+    answers: list[object] = []
+
+    def read() -> None:
+        reader = backend()
+        answers.extend([reader.has_layer(layer), reader.has_flat(config.digest), reader.is_published(REF, DEFAULT_PLATFORM),
+                        reader.read_record(REF, DEFAULT_PLATFORM), sorted(reader.layers()), sorted(reader.flats()),
+                        [path for path, _ in reader.published()], reader.reservations.reserved()])
+
+    writer = threading.Thread(target=hold)
+    writer.start()
+    try:
+        assert holding.wait(120)
+        before = sorted(str(p) for p in publisher.location.rglob("*") if layout.STAGING.name not in p.parts)
+        reads = threading.Thread(target=read)
+        reads.start()
+        reads.join(60)
+        assert not reads.is_alive(), "a read waited for the writer"
+        after = sorted(str(p) for p in publisher.location.rglob("*") if layout.STAGING.name not in p.parts)
+    finally:
+        release.set()
+        writer.join(120)
+    assert answers == [True, True, True, record_of(manifest, config), [layer], [config.digest],
+                       [str(layout.tag_link(REF, DEFAULT_PLATFORM))], frozenset()]
+    assert after == before
+
+
 def test_a_reader_never_sees_a_record_without_the_rest_of_it(backend):
     """A reader polling all along sees either no record or a complete one (config, details, manifest)."""
     publisher = backend()
