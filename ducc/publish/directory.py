@@ -98,6 +98,7 @@ class DirectoryTransaction:
 
     def point_tag(self, ref: Reference, platform: Platform, config_digest: Digest) -> None:
         self._fence(f"pointing {ref} at its flat root")
+        # Readers of a directory root are not CVMFS clients: one link per platform, never a variant link.
         write_links(self.root, links.tag_links(PresentLinks(), ref, platform, config_digest, variants=False))
 
     def write_record(self, ref: Reference, platform: Platform, record: Record) -> None:
@@ -136,7 +137,8 @@ class DirectoryTransaction:
             log.info("removed flat root %s", config_digest.short)
 
     def remove_tag(self, ref: Reference, platform: Platform) -> None:
-        remove_tag_files(self.root, ref, platform, self._to_trash)
+        _, link = links.tag_removal(PresentLinks(), ref, platform)  # no variant links in a directory root
+        remove_tag_files(self.root, ref, platform, self._to_trash, link_path=link)
 
 
 class DirectoryView(ReadThrough):
