@@ -229,7 +229,7 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-# -- reading and removing (through the Publisher protocol) -------------------------------------------
+# -- reading and removing (through the protocols of ducc.publish) ------------------------------------
 
 
 def survey(view: TreeReader, reserved: Iterable[Digest] = ()) -> Survey:
