@@ -12,7 +12,8 @@
 
 What each step promises:
 
-0. sweep     staging left by a crashed run (never a live one's), in every run.
+0. recover   what a crashed writer left (``Committer.recover``), in every run: its
+             staging (never a live one's), and on CVMFS a transaction it left open.
 1. resolve   the tag's current digest (one HEAD). If the record in ``.metadata``
              matches it and its flat root exists, stop: nothing to do (no policy is
              asked again about an image already published).
@@ -57,7 +58,7 @@ image stays published and a cancel only skips the thin push.
 
 Beside garbage collection: before it looks whether any layer or the flat root
 exists, the conversion reserves them all in its staging directory
-(``Publisher.reserve``), so a sweep keeps them while it runs; and in its final
+(``Reservations.reserve``), so a sweep keeps them while it runs; and in its final
 transaction, before the tag moves, it checks that every layer and the flat
 root are there (a sweep on a host that cannot see its reservations could have
 removed them): if one is missing it stops with a temporary error, and the
@@ -171,7 +172,7 @@ class Resolved:
 class StagedLayers:
     """Every layer of an image, published: ``sources`` says where the layers this run published can be
     read while its staging lasts (the publisher's word: see ``Transaction.add_layer``); the others are
-    read where ``Publisher.layer_source`` says. The counts are what the run did to get there."""
+    read where ``TreeReader.layer_source`` says. The counts are what the run did to get there."""
 
     sources: dict[Digest, Path] = field(default_factory=dict)
     unpacked: int = 0
@@ -260,6 +261,7 @@ class Converter:
     ) -> None:
         self.client = client
         self.publisher = publisher
+        self.reader = publisher.reader  # reads have no side effects: no lock, no recovery
         self.cache = cache
         self.progress = progress or LogProgress()
         self.parallel_layers = max(1, parallel_layers)
@@ -286,8 +288,8 @@ class Converter:
     def _current_record(self, ref: Reference, platform: Platform) -> tuple[Record | None, Digest]:
         """The record of ``ref`` if it matches what the registry serves now, and that digest."""
         tag_digest = self.client.resolve(ref)
-        record = self.publisher.read_record(ref, platform)
-        if record is None or record.tag_digest != tag_digest or not self.publisher.has_flat(record.config_digest):
+        record = self.reader.read_record(ref, platform)
+        if record is None or record.tag_digest != tag_digest or not self.reader.has_flat(record.config_digest):
             return None, tag_digest
         return record, tag_digest
 
@@ -312,15 +314,15 @@ class Converter:
         (``ConversionResult.thin_error``)."""
         run = Conversion(request, progress or self.progress, cancel, time.monotonic(),
                          self._thin_repo(request) if request.thin is not None else "")
-        self._sweep()
+        self._recover()
         resolved = self.resolve(run)
         if resolved.record is not None and not force:
             return self._unchanged(run, resolved, resolved.record)
         image = self.fetch(resolved)
         self.admit(image)
-        with self.publisher.staging() as stage:
+        with self.publisher.reservations.directory() as stage:
             # Reserved before anything is looked at: garbage collection keeps them while this runs.
-            self.publisher.reserve(stage, [d.digest for d, _ in image.layers] + [image.config.digest])
+            self.publisher.reservations.reserve(stage, [d.digest for d, _ in image.layers] + [image.config.digest])
             layers = self.unpack(run, image, stage)
             flat = self.flatten(run, image, layers, stage)
             published = self.commit(run, image, flat)
@@ -352,7 +354,7 @@ class Converter:
         staged = StagedLayers()
         missing: dict[Digest, tuple[Descriptor, Digest]] = {}
         for descriptor, diff_id in image.layers:
-            if self.publisher.has_layer(descriptor.digest):
+            if self.reader.has_layer(descriptor.digest):
                 staged.reused += 1
             elif descriptor.digest not in missing:
                 missing[descriptor.digest] = (descriptor, diff_id)
@@ -368,26 +370,26 @@ class Converter:
         with self.publisher.transaction() as txn:  # one transaction: a publisher may publish them together
             for descriptor, _ in image.layers:
                 report = reports.pop(descriptor.digest, None)  # a layer listed twice is published once
-                if report is not None and not self.publisher.has_layer(descriptor.digest):
+                if report is not None and not self.reader.has_layer(descriptor.digest):
                     if report.pending:
                         resolve_lower_links(stage / descriptor.digest.hex / "layerfs", report.pending, lowers)
                     staged.sources[descriptor.digest] = self._commit_layer(image.reference, descriptor.digest, stage,
                                                                            report, txn)
-                lowers.append(staged.sources.get(descriptor.digest) or self.publisher.layer_source(descriptor.digest))
+                lowers.append(staged.sources.get(descriptor.digest) or self.reader.layer_source(descriptor.digest))
         return staged
 
     def flatten(self, run: Conversion, image: Image, layers: StagedLayers, stage: Path) -> StagedFlat:
         """Merge the layers into a flat root in ``stage`` and apply the flat hooks, unless a flat root with
         this config digest is published already. Built outside the repository lock: only ``commit`` is
         serialised."""
-        if self.publisher.has_flat(image.config.digest):
+        if self.reader.has_flat(image.config.digest):
             return StagedFlat(None)
         run.cancel("flattening")
         run.progress.stage(image.reference, "flattening")
         flat = stage / "flat"
         flat.mkdir()
         try:
-            merge_layers([layers.sources.get(d.digest) or self.publisher.layer_source(d.digest)
+            merge_layers([layers.sources.get(d.digest) or self.reader.layer_source(d.digest)
                           for d, _ in image.layers], flat)
             for hook in self.flat_hooks:
                 hook(flat, image.config)
@@ -468,7 +470,7 @@ class Converter:
             image.reference, "published",
             f"{layers.unpacked} layers unpacked, {layers.reused} reused, "
             f"flat {'reused' if flat.reused else 'built'}, {seconds:.1f}s"
-            + (f", revision {revision} of {self.publisher.name}" if revision is not None else ""),
+            + (f", revision {revision} of {self.reader.name}" if revision is not None else ""),
         )
         return ConversionResult(
             run.request, "published", str(layout.tag_link(image.reference, image.platform)),
@@ -478,18 +480,20 @@ class Converter:
             revision=revision,
         )
 
-    def _sweep(self) -> None:
-        """Staging an earlier crash left behind goes now, whatever this run turns out to do (a run that
-        finds its tag current takes no lock and builds nothing, and would otherwise never clean it)."""
+    def _recover(self) -> None:
+        """What an earlier crash left goes now, whatever this run turns out to do (a run that finds its
+        tag current builds nothing, and would otherwise never clean up): staging debris, and on CVMFS a
+        transaction a dead writer left open. A failure to abort that transaction stops the run (the
+        next writer could not open its own); a local cleanup that fails is only logged."""
         try:
-            self.publisher.sweep_staging()
-        except OSError as exc:  # cleaning up is never worth failing a conversion for
+            self.publisher.recover()
+        except OSError as exc:  # cleaning up staging is never worth failing a conversion for
             log.warning("could not sweep staging debris: %s", exc)
 
     def _check_present(self, image: Image) -> None:
         """Every layer and the flat root are published: the record about to be written lists them."""
-        missing = [f"layer {d.digest}" for d, _ in image.layers if not self.publisher.has_layer(d.digest)]
-        if not self.publisher.has_flat(image.config.digest):
+        missing = [f"layer {d.digest}" for d, _ in image.layers if not self.reader.has_layer(d.digest)]
+        if not self.reader.has_flat(image.config.digest):
             missing.append(f"flat root {image.config.digest}")
         if missing:
             raise TreeMissing(f"{image.reference}: {', '.join(missing)} removed during the conversion "
@@ -567,7 +571,7 @@ class Converter:
         if failed.is_set():
             raise _SiblingFailed()
         with self.layer_lock(digest):
-            if self.publisher.has_layer(digest):
+            if self.reader.has_layer(digest):
                 return None, 0
             return self._unpack(run, descriptor, diff_id, stage, budget, failed)
 

@@ -10,13 +10,15 @@ reserved by a conversion in progress, loses its entry (its life starts over); wh
 unreferenced again it gets a new time.
 
 Safe beside conversions: a conversion reserves the layers and the flat root it is going to reuse or
-publish before it looks whether they exist (``Publisher.reserve``). The sweep reads reachability,
-reservations and the state again while it holds the repository transaction, which also stops new
-reservations until its removals are done; so whatever a conversion is about to use is either seen
-as reserved, or found missing by that conversion and built again.
+publish before it looks whether they exist (``Reservations.reserve``). The sweep reads reachability,
+reservations and the state again while it holds the repository transaction, and holds the
+reservations frozen (``Reservations.frozen``) from then until the transaction, and so its removals,
+have ended; so whatever a conversion is about to use is either seen as reserved, or found missing by
+that conversion and built again.
 
 The planning is pure (``plan``, ``Collection.lines``); ``survey`` and ``collect`` do the reading
-and removing, through the ``Publisher`` protocol only: nothing here knows the backend. Sizes are
+and removing, through the protocols of ``ducc.publish`` only (``survey`` needs a ``TreeReader``,
+``collect`` a whole ``Publisher``): nothing here knows the backend. Sizes are
 those of the files under each tree as readers see them (on a directory root a file that a flat root
 hardlinks from a layer frees its space only when the last of them goes). A tree's content never
 changes, so its size is measured once and kept in the state.
@@ -29,6 +31,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import PurePosixPath
@@ -36,7 +39,7 @@ from pathlib import PurePosixPath
 from ducc import layout
 from ducc.errors import InvalidDigest
 from ducc.model.digest import Digest
-from ducc.publish import Publisher, RepositoryView
+from ducc.publish import Publisher, TreeReader
 from ducc.tree import TreeSize
 
 log = logging.getLogger(__name__)
@@ -226,10 +229,10 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-# -- reading and removing (through the Publisher protocol) -------------------------------------------
+# -- reading and removing (through the protocols of ducc.publish) ------------------------------------
 
 
-def survey(view: RepositoryView, reserved: Iterable[Digest] = ()) -> Survey:
+def survey(view: TreeReader, reserved: Iterable[Digest] = ()) -> Survey:
     """Read what the repository holds and what of it is reachable; ``reserved`` are the digests
     conversions in progress reserved (a digest reserves the layer or flat root it names)."""
     present = {Item(Kind.LAYER, d) for d in view.layers()} | {Item(Kind.FLAT, d) for d in view.flats()}
@@ -246,7 +249,7 @@ def survey(view: RepositoryView, reserved: Iterable[Digest] = ()) -> Survey:
     return Survey(frozenset(present), frozenset(reachable), frozenset(in_use))
 
 
-def measure_missing(view: RepositoryView, items: Iterable[Item], known: Mapping[Item, TreeSize]) -> dict[Item, TreeSize]:
+def measure_missing(view: TreeReader, items: Iterable[Item], known: Mapping[Item, TreeSize]) -> dict[Item, TreeSize]:
     """``known`` plus the size of every item in ``items`` not in it."""
     sizes = dict(known)
     for item in items:
@@ -260,24 +263,29 @@ def collect(
 ) -> Collection:
     """Run garbage collection on ``publisher``'s repository (``dry_run``: plan only, change nothing).
 
-    Trees not measured before are measured first, outside the repository transaction; then, holding
-    it (the lease, and no new reservations), reachability, reservations and the state are read
-    again, the plan is made, its removals are done and the new state is written.
+    A dry run reads the published state only (no lock, no recovery). Otherwise what a dead writer left
+    is cleared first (``recover``); trees not measured before are measured, outside the repository
+    transaction; then, holding it (the lease), the reservations are frozen, reachability, reservations
+    and the state are read again, the plan is made, its removals are done and the new state is
+    written; the reservations thaw once the transaction has ended.
     """
-    state = GcState.parse(publisher.read_gc_state())
+    view, reservations, store = publisher.reader, publisher.reservations, publisher.gc_state
+    state = GcState.parse(store.read_gc_state())
     if dry_run:
-        found = survey(publisher, publisher.reserved())
-        sizes = measure_missing(publisher, found.present, state.sizes)
+        found = survey(view, reservations.reserved())
+        sizes = measure_missing(view, found.present, state.sizes)
         return Collection(plan(found, replace(state, sizes=sizes), clock(), grace), sizes, found.present, True)
-    present = [Item(Kind.LAYER, d) for d in publisher.layers()] + [Item(Kind.FLAT, d) for d in publisher.flats()]
-    sizes = measure_missing(publisher, present, state.sizes)
-    log.info("gc of %s: %d layers and %d flat roots present; taking the repository", publisher.name,
+    publisher.recover()
+    present = [Item(Kind.LAYER, d) for d in view.layers()] + [Item(Kind.FLAT, d) for d in view.flats()]
+    sizes = measure_missing(view, present, state.sizes)
+    log.info("gc of %s: %d layers and %d flat roots present; taking the repository", view.name,
              sum(1 for i in present if i.kind == Kind.LAYER), sum(1 for i in present if i.kind == Kind.FLAT))
-    with publisher.transaction() as txn:
-        reserved = txn.reserved()  # from here until the removals are done, nothing can be reserved
-        state = GcState.parse(publisher.read_gc_state())
-        found = survey(publisher, reserved)
-        sizes = measure_missing(publisher, found.present, sizes)
+    with ExitStack() as thawed_after, publisher.transaction() as txn:
+        # From here until the transaction has ended (its removals done), nothing can be reserved.
+        reserved = thawed_after.enter_context(reservations.frozen())
+        state = GcState.parse(store.read_gc_state())
+        found = survey(view, reserved)
+        sizes = measure_missing(view, found.present, sizes)
         decided = plan(found, replace(state, sizes={i: s for i, s in sizes.items() if i in found.present}),
                        clock(), grace)
         for item, _ in decided.delete:
@@ -286,5 +294,5 @@ def collect(
         for item, _ in decided.delete:  # then the layers
             if item.kind == Kind.LAYER:
                 txn.remove_layer(item.digest)
-        txn.write_gc_state(decided.state.dump())
+        store.write_gc_state(decided.state.dump())
     return Collection(decided, sizes, found.present)

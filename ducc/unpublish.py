@@ -41,12 +41,15 @@ class Unpublished:
 
 
 def unpublish(publisher: Publisher, targets: Sequence[tuple[Reference, Platform]]) -> list[Unpublished]:
-    """Unpublish every (reference, platform) in one transaction; one that is not published is reported so."""
+    """Unpublish every (reference, platform) in one transaction; one that is not published is reported so.
+    What a dead writer left is cleared first (``recover``)."""
     out = []
+    view = publisher.reader
+    publisher.recover()
     with publisher.transaction() as txn:
         for ref, platform in targets:
-            path = publisher.public_path(ref, platform)
-            if not publisher.is_published(ref, platform):
+            path = view.public_path(ref, platform)
+            if not view.is_published(ref, platform):
                 out.append(Unpublished(ref, platform, path, "not published"))
                 continue
             txn.remove_tag(ref, platform)
@@ -61,18 +64,21 @@ def unpublish_if_gone(client: RegistryClient, publisher: Publisher, ref: Referen
 
     The registry is asked outside the repository transaction (its retries may take a while); under it,
     the record is compared with the one seen before asking, so an image converted meanwhile (a push
-    after the delete) is kept.
+    after the delete) is kept. Reading takes no lock; what a dead writer left is cleared (``recover``)
+    only before an unpublishing.
     """
-    path = publisher.public_path(ref, platform)
-    before = publisher.read_record(ref, platform)
+    view = publisher.reader
+    path = view.public_path(ref, platform)
+    before = view.read_record(ref, platform)
     if before is None and not path.is_symlink():
         return Unpublished(ref, platform, path, "not published")
     served = client.served(ref)  # raises on anything but a clean answer
     if served is not None:
         log.info("%s (%s) kept: the registry still serves it (%s)", ref, platform, served.short)
         return Unpublished(ref, platform, path, "kept", f"the registry still serves it at {served}", served)
+    publisher.recover()
     with publisher.transaction() as txn:
-        now = publisher.read_record(ref, platform)
+        now = view.read_record(ref, platform)
         if (now is None) != (before is None) or (now is not None and before is not None
                                                  and now.files() != before.files()):
             log.info("%s (%s) kept: converted again while the registry was asked", ref, platform)

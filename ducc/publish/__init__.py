@@ -1,11 +1,23 @@
-"""Publishing into a repository: the read-only ``RepositoryView`` and the ``Publisher`` protocol.
+"""Publishing into a repository: small protocols at the seams, one per concern (docs/publishing.md).
 
-Everyone who reads a repository (the converter, the web app, the CLI, garbage
-collection) goes through a ``RepositoryView``; nobody else joins repository
-paths. The converter builds trees in a staging directory the publisher hands
-out, then asks it to make them visible in this order: layers, flat root, tag
-link, record. Each step is all-or-nothing; an image counts as converted only
-once its record is written, and a reader never sees a half-written tree.
+- ``TreeReader`` / ``RepositoryView``: the published state, read only. Everyone who reads a repository
+  (the converter, the web app, the CLI, garbage collection) goes through one; nobody else joins
+  repository paths. Reads never lock, never write and never abort anything.
+- ``Committer``: makes a staged tree, a link or a record visible, or removes one, inside a
+  ``Transaction`` (rename for a directory root, ``cvmfs_server`` for CVMFS); ``recover`` is the one
+  explicit step that clears what a dead writer left (on CVMFS, its open transaction).
+- ``Reservations``: staging directories and what live conversions reserve in them.
+- ``GcStateStore``: the garbage-collection state.
+- ``Publisher``: a repository that images are published into, the composition of the four (each a
+  member, no inheritance between backends).
+
+A new backend implements these four and composes ``ducc.publish.reader.MountedTree`` for its reads
+if its readers see ducc's layout under a mounted root; ``ducc.publish.links`` plans the tag links.
+
+The converter builds trees in a staging directory ``Reservations`` hands out, then asks the
+committer to make them visible in this order: layers, flat root, tag link, record. Each step is
+all-or-nothing; an image counts as converted only once its record is written, and a reader never
+sees a half-written tree.
 
 What every backend promises (``tests/integration/test_publisher_contract.py``
 checks each, for every backend):
@@ -21,10 +33,13 @@ checks each, for every backend):
   remover left behind is never visible at a layer, flat or tag path, and the
   next remover finishes deleting it;
 - reservations hold: a digest that a live staging directory reserved
-  (``reserve``) is reported by ``Transaction.reserved``, and no reservation
-  can be made from that call until the transaction has ended.
+  (``Reservations.reserve``) is reported by ``Reservations.frozen``, and no reservation
+  can be made while that block lasts;
+- reads have no side effects: a read outside a transaction sees the published state, even while a
+  dead writer's transaction is open, and never clears it (``Committer.recover`` does).
 
-Garbage collection (``ducc.gc``) is written against these protocols only.
+Garbage collection (``ducc.gc``), unpublishing (``ducc.unpublish``) and conversion (``ducc.convert``)
+are written against these protocols only.
 """
 
 from __future__ import annotations
@@ -49,13 +64,8 @@ StillHeld = Callable[[], bool]
 RepositoryLock = Callable[[str], AbstractContextManager[StillHeld | None]]
 
 
-class RepositoryView(Protocol):
-    """A repository's published state, read only."""
-
-    @property
-    def name(self) -> str:
-        """The repository's name (what serialises its writers across hosts)."""
-        ...
+class TreeReader(Protocol):
+    """ducc's layout in a repository, read only (``ducc.publish.reader.MountedTree`` is the one implementation)."""
 
     @property
     def location(self) -> Path:
@@ -63,7 +73,7 @@ class RepositoryView(Protocol):
         ...
 
     def exists(self) -> bool:
-        """Whether the repository is there at all (a view never creates it)."""
+        """Whether the repository is there at all (a reader never creates it)."""
         ...
 
     def has_layer(self, digest: Digest) -> bool: ...
@@ -100,10 +110,6 @@ class RepositoryView(Protocol):
         platform's own link under ``.multiarch/<platform>/`` is reported as well."""
         ...
 
-    def revision(self) -> int | None:
-        """The repository's published revision (CVMFS); None for a backend without revisions."""
-        ...
-
     def read_record_at(self, link: str) -> Record | None:
         """The record of the image published at ``link`` (a path as ``published`` gives it); None if none."""
         ...
@@ -121,9 +127,22 @@ class RepositoryView(Protocol):
     def flat_size(self, config_digest: Digest) -> TreeSize: ...
 
 
+class RepositoryView(TreeReader, Protocol):
+    """A named repository's published state, read only: what the web app and the CLI hold."""
+
+    @property
+    def name(self) -> str:
+        """The repository's name (what serialises its writers across hosts)."""
+        ...
+
+    def revision(self) -> int | None:
+        """The repository's published revision (CVMFS); None for a backend without revisions."""
+        ...
+
+
 class Transaction(Protocol):
     """Changes to one repository; each method makes one complete thing visible (at once or when the
-    transaction ends), or nothing.
+    transaction ends), or removes one whole, or nothing.
 
     ``revision`` is set when the transaction has ended without error: the repository revision that
     holds its changes, read while the writer still held the repository (None for a backend without
@@ -147,7 +166,8 @@ class Transaction(Protocol):
         was built from: a backend may take their published content instead of reading it again."""
 
     def point_tag(self, ref: Reference, platform: Platform, config_digest: Digest) -> None:
-        """Make the public path of ``ref`` lead to the flat root, replacing any older target."""
+        """Make the public path of ``ref`` lead to the flat root, replacing any older target (the links
+        ``ducc.publish.links.tag_links`` plans)."""
 
     def write_record(self, ref: Reference, platform: Platform, record: Record) -> None:
         """Write the ``.metadata`` files; ``manifest.json`` last, the mark of a finished conversion."""
@@ -162,43 +182,77 @@ class Transaction(Protocol):
     def remove_flat(self, config_digest: Digest) -> None:
         """Remove the flat root, whole; nothing there is no error."""
 
-    def reserved(self) -> frozenset[Digest]:
-        """The digests live conversions reserved (``Publisher.reserve``). From this call until the
-        transaction has ended (its removals done), no conversion can reserve anything."""
+
+class Committer(Protocol):
+    """What makes changes visible in one repository."""
+
+    def transaction(self) -> AbstractContextManager[Transaction]:
+        """Exclusive write access to the repository (serialised with other writers, on every host).
+        Holding it, what a dead writer left is cleared first (``recover``'s step); the changes become
+        visible as each ``Transaction`` method says, and all of them once the block ends without error."""
         ...
 
-    def write_gc_state(self, data: bytes) -> None:
-        """Replace the garbage-collection state (``Publisher.read_gc_state``), atomically."""
+    def recover(self) -> None:
+        """The one explicit step that clears what a writer that died left behind: staging debris, and on
+        CVMFS a transaction it left open (aborted while holding the repository: holding it, an open
+        transaction can only be a dead writer's). Cheap when there is nothing to clear. Use cases call
+        it where they start (a conversion's first step, garbage collection, unpublishing)."""
+        ...
 
 
-class Publisher(RepositoryView, Protocol):
-    """A repository that images are published into."""
+class Reservations(Protocol):
+    """Staging directories, and what the conversions staging in them reserve (``ducc.publish.staging``)."""
 
-    def staging(self) -> AbstractContextManager[Path]:
+    def directory(self) -> AbstractContextManager[Path]:
         """A private scratch directory, removed on exit, on the filesystem where trees get built.
         Staging left by crashed writers is swept first."""
         ...
 
-    def transaction(self) -> AbstractContextManager[Transaction]:
-        """Exclusive write access to the repository (serialised with other writers, on every host).
-        Staging left by crashed writers is swept while it is held."""
-        ...
-
-    def sweep_staging(self) -> int:
-        """Remove staging left by crashed writers (never a live one's); returns how many directories.
-        Every conversion calls it first, so a run that finds nothing to do cleans up too."""
+    def sweep(self) -> int:
+        """Remove staging left by crashed writers (never a live one's); returns how many directories."""
         ...
 
     def reserve(self, stage: Path, digests: Iterable[Digest]) -> None:
         """Declare that the conversion staging in ``stage`` is going to reuse or publish these layers and
         flat root: garbage collection keeps them while ``stage`` lives. Call it before looking whether
-        they exist; it waits while a sweep is removing things."""
+        they exist; it waits while a sweep holds the reservations (``frozen``)."""
         ...
 
     def reserved(self) -> frozenset[Digest]:
         """What live conversions reserve now: a snapshot, for a plan that removes nothing."""
         ...
 
-    def read_gc_state(self) -> bytes | None:
-        """The garbage-collection state last written (``Transaction.write_gc_state``); None if none."""
+    def frozen(self) -> AbstractContextManager[frozenset[Digest]]:
+        """What live conversions reserve; no reservation can be made until the block ends (garbage
+        collection holds it until its transaction, and so its removals, have ended)."""
         ...
+
+
+class GcStateStore(Protocol):
+    """The garbage-collection state (``ducc.gc.GcState``), an opaque document."""
+
+    def read_gc_state(self) -> bytes | None:
+        """The state last written; None if none."""
+        ...
+
+    def write_gc_state(self, data: bytes) -> None:
+        """Replace the state, atomically. Written while holding the repository's transaction; a writer
+        whose lease has lapsed stops (``LeaseLost``) where the state lives in the repository."""
+        ...
+
+
+class Publisher(Committer, Protocol):
+    """A repository that images are published into: a committer with its reader, its reservations and
+    its gc state."""
+
+    @property
+    def reader(self) -> RepositoryView:
+        """The repository, read as this writer should: the published state, and inside its own
+        transaction what the transaction wrote so far."""
+        ...
+
+    @property
+    def reservations(self) -> Reservations: ...
+
+    @property
+    def gc_state(self) -> GcStateStore: ...

@@ -23,7 +23,7 @@ and so are the promises (``ducc.publish``); only how a change becomes visible di
   any), the record last: an image counts as converted only once its record is in a published
   revision. If the body fails, none are written and an open ``transaction`` is aborted.
   A tag published for a second platform gets the variant link of ``ducc.layout`` in the same
-  transaction (``tag_links``). The transaction then carries the revision, read while still held.
+  transaction (``ducc.publish.links.tag_links``). The transaction then carries the revision, read while still held.
 
 Costs, in publishing calls: a new image = 1 (its new layers) + 1 (flat, tag and record); a tag that
 moved onto a published flat = 1; an unchanged tag = 0 (the converter stops before writing). On a
@@ -42,10 +42,21 @@ Any failure of a command aborts the transaction where one is open, and the comma
 in the error. One writer per repository: the repository lease (Redis, in the service) and an flock
 among this host's writers. A writer that died with a transaction open leaves it to the next, which
 aborts it before starting: holding the lease, the open transaction can only be a dead writer's.
-Until then ``/cvmfs/<repo>`` is writable and shows that transaction's unpublished changes, so the
-reads that decide what to write (``read_record``, ``has_layer``, ``has_flat``) first settle a
-writable mount the same way. On a gateway (``gateway=True``) every publisher node has its own transaction: the lease is then
-per node, and a busy sub-path (another node's lease) is retried until ``busy_timeout``.
+That is one explicit step (``recover``, which ``transaction`` takes too); use cases call ``recover``
+where they start. On a gateway (``gateway=True``) every publisher node has its own transaction: the
+lease is then per node, and a busy sub-path (another node's lease) is retried until ``busy_timeout``.
+
+Reads never lock and never abort. While a transaction is open ``/cvmfs/<repo>`` is writable and shows
+its unpublished changes; the published state stays readable, side-effect free, at
+``/var/spool/cvmfs/<repo>/rdonly``, the read-only lower layer of the union mount (the ``cvmfs2``
+client of the published revision). So the publisher reads there, and only inside its own
+transaction (this thread's) reads the union mount, which holds what the transaction wrote so far.
+Where the spool has no such mount (a gateway publisher set up otherwise) it reads the union mount.
+
+Seams (``ducc.publish``): the reads are a ``ducc.publish.reader.MountedTree``; the publisher is the
+``Committer``; its ``Staging`` the ``Reservations``; a ``GcStateFile`` the ``GcStateStore``; the links of
+several platforms are planned by ``ducc.publish.links`` (``variants=True``). It shares no class with
+the directory backend.
 """
 
 from __future__ import annotations
@@ -56,21 +67,23 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, TypeVar
 
 from ducc import layout
 from ducc.errors import CvmfsError, LeaseLost, PublishError
 from ducc.model.digest import Digest
-from ducc.model.manifest import DEFAULT_PLATFORM, Platform
+from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
-from ducc.publish import RepositoryLock
+from ducc.publish import RepositoryLock, links
 from ducc.publish.cvmfs_server import CvmfsServer
 from ducc.publish.cvmfs_view import CvmfsView
-from ducc.publish.directory import remove_tag_files, write_atomic, write_link, write_record_files
-from ducc.publish.staging import Reservations, Staging
+from ducc.publish.gcstate import GcStateFile
+from ducc.publish.reader import MountedTree, ReadThrough
+from ducc.publish.staging import Staging
+from ducc.publish.writer import remove_tag_files, write_links, write_record_files
 from ducc.record import Record
 
 log = logging.getLogger(__name__)
@@ -83,10 +96,9 @@ DELETE_BATCH = 64  # paths per ``ingest --delete``: one revision each, command l
 class CvmfsTransaction:
     """Layers and flat roots are ingested at once; tags and records wait for ``commit``."""
 
-    def __init__(self, publisher: CvmfsPublisher, reservations: Reservations) -> None:
+    def __init__(self, publisher: CvmfsPublisher) -> None:
         self.publisher = publisher
         self.revision: int | None = None  # set by the publisher once the transaction is committed
-        self._reservations = reservations  # frozen from the first read until after ``commit``
         self._small: list[tuple[list[PurePosixPath], Callable[[Path], None]]] = []  # (paths it writes, change)
         self._deletes: list[PurePosixPath] = []
         self._batch: Path | None = None  # the staged layers of the next ingest (``_ingest_layers``)
@@ -146,12 +158,17 @@ class CvmfsTransaction:
         log.info("published flat root %s in %s", config_digest.short, self.publisher.name)
 
     def point_tag(self, ref: Reference, platform: Platform, config_digest: Digest) -> None:
-        planned = tag_links(self.publisher.root, ref, platform, config_digest)
-        if all(_readlink(self.publisher.root / link) == target for link, target in planned):
+        tree = self.publisher.tree()
+        planned = links.tag_links(tree.present_links(ref), ref, platform, config_digest, variants=True)
+        if all(tree.readlink(link) == target for link, target in planned):
             return
-        # Planned again when written: an earlier change of this transaction may have moved the links.
-        self._small.append(([link for link, _ in planned],
-                            lambda root: _write_links(root, tag_links(root, ref, platform, config_digest))))
+
+        def change(root: Path) -> None:
+            # Planned again when written: an earlier change of this transaction may have moved the links.
+            present = MountedTree(root).present_links(ref)
+            write_links(root, links.tag_links(present, ref, platform, config_digest, variants=True))
+
+        self._small.append(([link for link, _ in planned], change))
 
     def write_record(self, ref: Reference, platform: Platform, record: Record) -> None:
         directory = self.publisher.root / layout.metadata_dir(ref, platform)
@@ -162,7 +179,7 @@ class CvmfsTransaction:
 
     def remove_tag(self, ref: Reference, platform: Platform) -> None:
         root = self.publisher.root
-        paths = tag_removal(root, ref, platform)
+        paths = links.tag_removal(self.publisher.tree().present_links(ref), ref, platform)
         if not any(os.path.lexists(root / path) for path in paths):
             return
         # Every path names the change, so that on a gateway the lease covers the record and the links.
@@ -175,12 +192,6 @@ class CvmfsTransaction:
     def remove_flat(self, config_digest: Digest) -> None:
         if (self.publisher.root / layout.flat_dir(config_digest)).exists():
             self._deletes.append(layout.flat_dir(config_digest))
-
-    def reserved(self) -> frozenset[Digest]:
-        return self._reservations()
-
-    def write_gc_state(self, data: bytes) -> None:
-        self.publisher.write_gc_state(data)
 
     def commit(self) -> None:
         """Write the small changes in one transaction … publish, in the order they were asked for;
@@ -202,9 +213,13 @@ class CvmfsTransaction:
             self._deletes.clear()
 
 
-class CvmfsPublisher(CvmfsView):
+class CvmfsPublisher(ReadThrough):
     """Publishes into a CVMFS repository through ``server``; trees are staged under ``staging_root``
-    (a local directory outside the mount). ``lock(name)`` is the cross-host lease (the service's)."""
+    (a local directory outside the mount). ``lock(name)`` is the cross-host lease (the service's).
+
+    A ``Publisher`` (``ducc.publish``): ``reader`` (itself: the published state at the spool's ``rdonly``
+    mount, this thread's open transaction inside it), ``reservations`` (the staging root), ``gc_state``
+    (a local file under ``gc_dir``), ``transaction`` and ``recover``."""
 
     def __init__(
         self,
@@ -217,7 +232,8 @@ class CvmfsPublisher(CvmfsView):
         host: str | None = None,
         gc_dir: Path | None = None,
     ) -> None:
-        super().__init__(server.repository, subdir=subdir, mount=server.mount)
+        self.view = CvmfsView(server.repository, subdir=subdir, mount=server.mount)
+        self.repository, self.subdir, self.mount, self.root = server.repository, subdir, self.view.mount, self.view.root
         mount = os.path.realpath(self.mount)
         if os.path.realpath(staging_root).startswith(mount + "/"):
             raise PublishError(f"the staging directory {staging_root} must be outside {self.mount}")
@@ -227,40 +243,47 @@ class CvmfsPublisher(CvmfsView):
         self._lock = lock
         self._staging = Staging(staging_root)
         self._holder = threading.local()  # whether this thread holds the repository
+        # The published revision, as the server mounts it under its spool directory (read-only, never
+        # showing an open transaction): where reads go outside this thread's own transaction.
+        rdonly = server.spool / "rdonly"
+        self._rdonly = rdonly
+        self._published = MountedTree(rdonly / subdir if subdir else rdonly, settle_on=rdonly, variants=True)
         # The gc state is this host's own record, one per repository and sub-directory.
         gc_name = self.repository + (f"@{self.subdir.replace('/', '@')}" if self.subdir else "")
-        self.gc_state = (gc_dir if gc_dir is not None else staging_root.parent / "gc") / f"{gc_name}.json"
+        self._gc_state = GcStateFile((gc_dir if gc_dir is not None else staging_root.parent / "gc") / f"{gc_name}.json")
         self.lease_name = f"cvmfs:{self.repository}" + (f"@{host or socket.gethostname()}" if self.gateway else "")
+
+    @property
+    def name(self) -> str:
+        return self.view.name
 
     def revision(self) -> int | None:
         return self.server.revision()
 
-    def staging(self) -> AbstractContextManager[Path]:
-        return self._staging.directory()
+    @property
+    def reader(self) -> CvmfsPublisher:
+        return self
 
-    def sweep_staging(self) -> int:
-        return self._staging.sweep()
+    @property
+    def reservations(self) -> Staging:
+        return self._staging
 
-    def reserve(self, stage: Path, digests: Iterable[Digest]) -> None:
-        self._staging.reserve(stage, digests)
+    @property
+    def gc_state(self) -> GcStateFile:
+        return self._gc_state
 
-    def reserved(self) -> frozenset[Digest]:
-        return self._staging.reserved()
-
-    def read_gc_state(self) -> bytes | None:
-        try:
-            return self.gc_state.read_bytes()
-        except FileNotFoundError:
-            return None
-
-    def write_gc_state(self, data: bytes) -> None:
-        self.gc_state.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.gc_state, data)
+    def tree(self) -> MountedTree:
+        """Inside this thread's transaction the union mount (what the transaction wrote so far); else the
+        published revision at the spool's ``rdonly`` mount, where the server has one; else the mount."""
+        if getattr(self._holder, "active", False) or not os.path.ismount(self._rdonly):
+            return self.view.tree()
+        return self._published
 
     @contextmanager
     def transaction(self) -> Iterator[CvmfsTransaction]:
-        with self._held(), ExitStack() as held:
-            txn = CvmfsTransaction(self, Reservations(self._staging, held))
+        with self._held():
+            self._clear_dead_writer()
+            txn = CvmfsTransaction(self)
             self._holder.transaction = txn
             try:
                 yield txn
@@ -276,16 +299,28 @@ class CvmfsPublisher(CvmfsView):
             # another node may have published a later one, which holds these changes too).
             txn.revision = self.server.revision()
 
+    def recover(self) -> None:
+        """Staging debris goes; a transaction left open (the mount is writable) is aborted once this writer
+        holds the repository, unless a live writer published it meanwhile. Takes the repository only then."""
+        self._staging.sweep()
+        if getattr(self._holder, "active", False) or not _writable(self.mount):
+            return
+        with self._held():
+            self._clear_dead_writer()
+
+    def _clear_dead_writer(self) -> None:
+        """Holding the repository: an open transaction can only be a dead writer's; ``abort -f`` it."""
+        if self.server.abort(missing_ok=True):
+            log.warning("aborted the transaction an interrupted writer left open on %s", self.repository)
+
     @contextmanager
     def _held(self) -> Iterator[None]:
-        """The repository, exclusively: the lease, this host's flock, and no transaction left open."""
+        """The repository, exclusively: the lease and this host's flock."""
         with self._lock(self.lease_name) if self._lock else nullcontext() as still_held, \
                 self._staging.writer() as lock_fd, self.server.holding(lock_fd):
             self._holder.active = True
             self._holder.still_held = still_held
             try:
-                if self.server.abort(missing_ok=True):
-                    log.warning("aborted the transaction an interrupted writer left open on %s", self.repository)
                 yield
             finally:
                 self._holder.active = False
@@ -299,30 +334,6 @@ class CvmfsPublisher(CvmfsView):
         if still_held is not None and not still_held():
             raise LeaseLost(f"lost the lease on repository {self.name} (Redis did not renew it in time); "
                             f"stopped before {change}, a retry publishes it again")
-
-    # -- reads that decide what to write ------------------------------------------------------------
-
-    # While a transaction is open, /cvmfs/<repo> is writable and shows its unpublished changes. One left
-    # open by a dead writer would make its record look published ("unchanged") or its layers present.
-    # Outside this writer's own transaction the published state is what counts: a writable mount is
-    # first settled by taking the repository (waiting for a live writer, aborting a dead one's).
-    def _published_state(self) -> None:
-        if getattr(self._holder, "active", False) or not _writable(self.mount):
-            return
-        with self._held():
-            pass
-
-    def read_record(self, ref: Reference, platform: Platform) -> Record | None:
-        self._published_state()
-        return super().read_record(ref, platform)
-
-    def has_layer(self, digest: Digest) -> bool:
-        self._published_state()
-        return super().has_layer(digest)
-
-    def has_flat(self, config_digest: Digest) -> bool:
-        self._published_state()
-        return super().has_flat(config_digest)
 
     # -- the two kinds of write ----------------------------------------------------------------
 
@@ -482,62 +493,6 @@ class CvmfsPublisher(CvmfsView):
                 delay = min(delay * 2, 15.0)
 
 
-def tag_links(root: Path, ref: Reference, platform: Platform, config_digest: Digest) -> list[tuple[PurePosixPath, str]]:
-    """The links (path, target) that make ``ref`` on ``platform`` lead to its flat root in the repository
-    at ``root``, the public path last.
-
-    A tag published for one platform has the directory publisher's one link. Once it is published for
-    a second, every platform's link lives under ``.multiarch/<platform>/`` (the default platform's
-    moves there), the public path becomes the variant link ``.multiarch/$(CVMFS_ARCH:-amd64)/…``, and
-    ``.multiarch/<uname -m>`` aliases (``x86_64 → amd64``) lead clients' architecture names there.
-    """
-    name = layout.platform_name(platform)
-    public = layout.tag_link(ref)
-    public_target = _readlink(root / public)
-    default_single = public_target is not None and not layout.is_variant(public_target)
-    present = _platform_dirs(root)
-    others = _other_platforms(root, public, name, present)
-    if default_single and not layout.is_default(platform):
-        others.append(layout.VARIANT_DEFAULT)
-    if not others:
-        return [(layout.tag_link(ref, platform), layout.link_target(ref, platform, config_digest))]
-    links = [(layout.multiarch_link(ref, platform), layout.multiarch_link_target(ref, platform, config_digest))]
-    if default_single and not layout.is_default(platform):
-        assert public_target is not None
-        moved = layout.multiarch_link(ref, DEFAULT_PLATFORM)
-        links.append((moved, layout.moved_link_target(public, public_target, moved)))
-    for alias, target in sorted(layout.arch_aliases({name, *others, *present}).items()):
-        links.append((layout.alias_link(alias), target))
-    links.append((public, layout.variant_link_target(ref)))
-    return links
-
-
-def _write_links(root: Path, links: list[tuple[PurePosixPath, str]]) -> None:
-    for relative, target in links:
-        write_link(root / relative, target)
-
-
-def _platform_dirs(root: Path) -> list[str]:
-    """The platforms with a directory under ``.multiarch`` (aliases, which are links, left out)."""
-    try:
-        with os.scandir(root / layout.MULTIARCH) as entries:
-            return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-
-
-def _other_platforms(root: Path, public: PurePosixPath, name: str, present: list[str]) -> list[str]:
-    """The platforms of ``present`` other than ``name`` that have their own link for the tag at ``public``."""
-    return [p for p in present if p != name and os.path.lexists(root / layout.MULTIARCH / p / public)]
-
-
-def _readlink(path: Path) -> str | None:
-    try:
-        return os.readlink(path)
-    except OSError:
-        return None
-
-
 def _writable(path: Path) -> bool:
     """Whether ``path``'s filesystem is mounted read-write (``/cvmfs/<repo>`` is, only in a transaction)."""
     try:
@@ -546,26 +501,10 @@ def _writable(path: Path) -> bool:
         return False
 
 
-def tag_removal(root: Path, ref: Reference, platform: Platform) -> list[PurePosixPath]:
-    """The paths that unpublishing ``ref`` on ``platform`` removes from the repository at ``root``: its
-    record, its own link, and the variant link with the aliases' targets left alone (they serve other
-    tags) once no platform of the tag is left.
-
-    Without a variant link this is the directory publisher's pair (the tag link, the record).
-    """
-    metadata = layout.metadata_dir(ref, platform)
-    public = layout.tag_link(ref)
-    if not layout.is_variant(_readlink(root / public) or ""):
-        return [metadata / layout.RECORD_MANIFEST, layout.tag_link(ref, platform)]
-    own = layout.multiarch_link(ref, platform)
-    others = _other_platforms(root, public, layout.platform_name(platform), _platform_dirs(root))
-    return [metadata / layout.RECORD_MANIFEST, own, *([] if others else [public])]
-
-
 def _remove_tag(root: Path, ref: Reference, platform: Platform) -> None:
     """Unpublish ``ref`` on ``platform`` under ``root`` (inside a transaction): the record first, then the
-    links ``tag_removal`` names."""
-    _, own, *public = tag_removal(root, ref, platform)
+    links ``ducc.publish.links.tag_removal`` names."""
+    _, own, *public = links.tag_removal(MountedTree(root).present_links(ref), ref, platform)
     remove_tag_files(root, ref, platform, link_path=own)
     for path in public:  # the variant link, once no platform of the tag is left
         if (root / path).is_symlink():

@@ -12,7 +12,12 @@ transaction is held, and that directory is deleted once the transaction has
 ended (so the lock is not held while large trees are deleted). A crash leaves
 only trash, which the next transaction deletes; nothing half-deleted is ever
 at a layer, flat or tag path. The garbage-collection state is
-``<root>/.ducc-gc.json``, replaced atomically.
+``<root>/.ducc-gc.json``, replaced atomically (``ducc.publish.gcstate``).
+
+Seams (``ducc.publish``): ``DirectoryView`` and the publisher read through a ``MountedTree`` of the
+root (``ducc.publish.reader``); the publisher is the ``Committer``, its ``Staging`` the
+``Reservations``, a ``GcStateFile`` its ``GcStateStore``. Nothing here is shared with the CVMFS
+backend but those and the layout writers (``ducc.publish.writer``).
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ import errno
 import logging
 import os
 import secrets
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path, PurePosixPath
 
 from ducc import layout
@@ -30,43 +36,28 @@ from ducc.errors import LeaseLost, PublishError, RepositoryUnusable
 from ducc.model.digest import Digest
 from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
-from ducc.publish import RepositoryLock, StillHeld
-from ducc.publish.staging import Reservations, Staging
-from ducc.record import FILES, Record
-from ducc.tree import TreeSize, measure, remove_tree
+from ducc.publish import RepositoryLock, links
+from ducc.publish.gcstate import GcStateFile
+from ducc.publish.links import PresentLinks
+from ducc.publish.reader import MountedTree, ReadThrough
+from ducc.publish.staging import Staging
+from ducc.publish.writer import remove_tag_files, write_links, write_record_files
+from ducc.record import Record
 
 log = logging.getLogger(__name__)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with a file (mode 0644) holding ``data``: readers see the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
 class DirectoryTransaction:
+    """Renames into place, and into the trash; a lease that can lapse is checked before every visible change."""
+
     revision: int | None = None  # a plain tree has no revisions
 
-    def __init__(
-        self, publisher: DirectoryPublisher, reservations: Reservations, after: ExitStack,
-        still_held: StillHeld | None = None,
-    ) -> None:
+    def __init__(self, publisher: DirectoryPublisher, after: ExitStack) -> None:
         self.publisher = publisher
         self.root = publisher.root
-        self._reservations = reservations  # frozen from the first read until the transaction ends
         self._after = after  # unwound once the transaction's locks are released
         self._trash: Path | None = None
-        self._still_held = still_held
-
-    def _fence(self, change: str) -> None:
-        """Before every visible change: LeaseLost unless the repository's lease is still ours. Once it
-        has lapsed another host may be writing the same root; this writer stops and a retry starts over."""
-        if self._still_held is not None and not self._still_held():
-            raise LeaseLost(f"lost the lease on repository {self.publisher.ensure_name()} (Redis did not renew it "
-                            f"in time); stopped before {change}, a retry publishes it again")
+        self._fence = publisher.fence
 
     def _markers(self, *relative: PurePosixPath) -> None:
         for marker in relative:
@@ -107,7 +98,8 @@ class DirectoryTransaction:
 
     def point_tag(self, ref: Reference, platform: Platform, config_digest: Digest) -> None:
         self._fence(f"pointing {ref} at its flat root")
-        write_tag_link(self.root, ref, platform, config_digest)
+        # Readers of a directory root are not CVMFS clients: one link per platform, never a variant link.
+        write_links(self.root, links.tag_links(PresentLinks(), ref, platform, config_digest, variants=False))
 
     def write_record(self, ref: Reference, platform: Platform, record: Record) -> None:
         if self.publisher.durable:
@@ -145,79 +137,11 @@ class DirectoryTransaction:
             log.info("removed flat root %s", config_digest.short)
 
     def remove_tag(self, ref: Reference, platform: Platform) -> None:
-        remove_tag_files(self.root, ref, platform, self._to_trash)
-
-    def reserved(self) -> frozenset[Digest]:
-        return self._reservations()
-
-    def write_gc_state(self, data: bytes) -> None:
-        self._fence("writing the garbage-collection state")
-        write_atomic(self.root / layout.GC_STATE, data)
+        _, link = links.tag_removal(PresentLinks(), ref, platform)  # no variant links in a directory root
+        remove_tag_files(self.root, ref, platform, self._to_trash, link_path=link)
 
 
-def write_tag_link(root: Path, ref: Reference, platform: Platform, config_digest: Digest) -> None:
-    """Point the tag link under ``root`` at the flat root."""
-    write_link(root / layout.tag_link(ref, platform), layout.link_target(ref, platform, config_digest))
-
-
-def write_link(link: Path, target: str) -> None:
-    """Make ``link`` a symlink to ``target`` (symlink + rename: never missing, never torn); PublishError if
-    something other than a symlink is there."""
-    link.parent.mkdir(parents=True, exist_ok=True)
-    if link.is_symlink() and os.readlink(link) == target:
-        return
-    if os.path.lexists(link) and not link.is_symlink():
-        raise PublishError(f"{link} exists and is not a symlink; refusing to replace it")
-    tmp = link.with_name(f".{link.name}.{secrets.token_hex(4)}.tmp")
-    os.symlink(target, tmp)
-    os.replace(tmp, link)
-
-
-def remove_tag_files(root: Path, ref: Reference, platform: Platform,
-                     discard: Callable[[Path, str], bool] | None = None, link_path: PurePosixPath | None = None) -> bool:
-    """Unpublish ``ref`` under ``root``: the record first (its directory at once, so ``manifest.json``
-    goes with it), then the tag link (``link_path``, default ``tag_link``); parent directories left
-    empty go too. ``discard(path, name)`` moves a record directory away atomically (default: delete
-    it, ``manifest.json`` first). Returns whether anything was there."""
-    link = root / (link_path or layout.tag_link(ref, platform))
-    metadata = root / layout.metadata_dir(ref, platform)
-    found = False
-    if metadata.is_dir():
-        if discard is not None:
-            found = discard(metadata, f"record-{secrets.token_hex(6)}")
-        else:
-            (metadata / layout.RECORD_MANIFEST).unlink(missing_ok=True)
-            remove_tree(metadata)
-            found = True
-    if link.is_symlink():
-        link.unlink()
-        found = True
-    elif link.exists():
-        raise PublishError(f"{link} exists and is not a symlink; refusing to remove it")
-    _prune_empty(link.parent, root)
-    _prune_empty(metadata.parent, root / layout.platform_prefix(platform) / layout.METADATA)
-    return found
-
-
-def _prune_empty(directory: Path, stop: Path) -> None:
-    """Remove ``directory`` and its parents while they are empty, up to (not including) ``stop``."""
-    while directory != stop and stop in directory.parents:
-        try:
-            directory.rmdir()
-        except OSError:
-            return
-        directory = directory.parent
-
-
-def write_record_files(root: Path, ref: Reference, platform: Platform, record: Record) -> None:
-    """Write the record's ``.metadata`` files under ``root``, each atomically, ``manifest.json`` last."""
-    directory = root / layout.metadata_dir(ref, platform)
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, data in record.files().items():
-        write_atomic(directory / name, data)
-
-
-class DirectoryView:
+class DirectoryView(ReadThrough):
     """A directory root, read only: what the web app, ``ducc list`` and ``ducc inspect`` see.
 
     It never creates anything; a missing root is an empty repository (``exists()`` says so).
@@ -226,6 +150,10 @@ class DirectoryView:
     def __init__(self, root: Path, name: str | None = None) -> None:
         self.root = root.resolve()
         self._name = name
+        self._tree = MountedTree(self.root)
+
+    def tree(self) -> MountedTree:
+        return self._tree
 
     @property
     def name(self) -> str:
@@ -237,119 +165,8 @@ class DirectoryView:
         except OSError:
             return str(self.root)
 
-    @property
-    def location(self) -> Path:
-        return self.root
-
-    def exists(self) -> bool:
-        return self.root.is_dir()
-
-    def has_layer(self, digest: Digest) -> bool:
-        return (self.root / layout.layerfs(digest)).is_dir()
-
-    def layer_source(self, digest: Digest) -> Path:
-        return self.root / layout.layerfs(digest)
-
-    def has_flat(self, config_digest: Digest) -> bool:
-        return (self.root / layout.flat_dir(config_digest)).is_dir()
-
-    def flat_path(self, config_digest: Digest) -> Path:
-        return self.root / layout.flat_dir(config_digest)
-
-    def public_path(self, ref: Reference, platform: Platform) -> Path:
-        return self.root / layout.tag_link(ref, platform)
-
-    def read_record(self, ref: Reference, platform: Platform) -> Record | None:
-        return self._read_record(self.root / layout.metadata_dir(ref, platform))
-
-    def is_published(self, ref: Reference, platform: Platform) -> bool:
-        return self.public_path(ref, platform).is_symlink() or self.read_record(ref, platform) is not None
-
-    def read_record_at(self, link: str) -> Record | None:
-        return self._read_record(self.root / layout.metadata_for_link(PurePosixPath(link)))
-
-    def _read_record(self, directory: Path) -> Record | None:
-        files: dict[str, bytes] = {}
-        # manifest.json first: it is written last, so once it is there the other files are too.
-        for name in reversed(FILES):
-            try:
-                files[name] = (directory / name).read_bytes()
-            except FileNotFoundError:
-                if name == layout.RECORD_MANIFEST:
-                    return None
-        try:
-            return Record.parse(files)
-        except ValueError as exc:
-            log.warning("ignoring unreadable record %s: %s", directory, exc)
-            return None
-
-    def read_flat_file(self, config_digest: Digest, relative: str) -> bytes | None:
-        try:
-            return (self.flat_path(config_digest) / relative).read_bytes()
-        except OSError:
-            return None
-
     def revision(self) -> int | None:
         return None  # a plain tree has no revisions
-
-    def layers(self) -> Iterator[Digest]:
-        return self._trees(layout.LAYERS)
-
-    def flats(self) -> Iterator[Digest]:
-        return self._trees(layout.FLAT)
-
-    def _trees(self, top: PurePosixPath) -> Iterator[Digest]:
-        """Every ``<top>/xx/<hex>`` directory (markers and anything else left aside)."""
-        base = self.root / top
-        try:
-            shards = sorted(os.listdir(base))
-        except (FileNotFoundError, NotADirectoryError):
-            return
-        for shard in shards:
-            try:
-                names = sorted(os.listdir(base / shard))
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            for name in names:
-                digest = layout.tree_digest(top / shard / name, top)
-                if digest is not None and (base / shard / name).is_dir():
-                    yield digest
-
-    def layer_size(self, digest: Digest) -> TreeSize:
-        return measure(self.root / layout.layer_dir(digest))
-
-    def flat_size(self, config_digest: Digest) -> TreeSize:
-        return measure(self.root / layout.flat_dir(config_digest))
-
-    def published(self) -> Iterator[tuple[str, Path]]:
-        """Symlinks under the registries' directories, and under ``.multiarch/<platform>/`` the same
-        (an alias of a platform, itself a link to the platform's directory, is not walked twice)."""
-        if not self.root.is_dir():
-            return
-        tops = [(self.root, entry) for entry in sorted(os.listdir(self.root)) if layout.is_public(entry)]
-        multiarch = self.root / layout.MULTIARCH
-        if multiarch.is_dir():
-            for platform in sorted(os.listdir(multiarch)):
-                base = multiarch / platform
-                if base.is_dir() and not base.is_symlink():
-                    tops += [(base, e) for e in sorted(os.listdir(base)) if layout.is_public(e)]
-        for base, entry in tops:
-            yield from self._links(base / entry)
-
-    def _links(self, top: Path) -> Iterator[tuple[str, Path]]:
-        if top.is_symlink():
-            yield os.path.relpath(top, self.root), self._leads_to(top)
-            return
-        for dirpath, dirnames, filenames in os.walk(top):
-            for name in sorted(dirnames + filenames):
-                path = Path(dirpath) / name
-                if path.is_symlink():
-                    yield os.path.relpath(path, self.root), self._leads_to(path)
-            dirnames[:] = [d for d in dirnames if not (Path(dirpath) / d).is_symlink()]
-
-    def _leads_to(self, link: Path) -> Path:
-        """Where a public link leads (its flat root, if it is not dangling)."""
-        return link.resolve()
 
 
 def _check_writable(root: Path, staging: Path) -> None:
@@ -366,7 +183,8 @@ def _check_writable(root: Path, staging: Path) -> None:
         raise RepositoryUnusable(f"repository root {root} is not writable: {reason}")
 
 
-class DirectoryPublisher(DirectoryView):
+
+class DirectoryPublisher(ReadThrough):
     """Publishes into the directory ``root`` (created if missing; RepositoryUnusable if it cannot be
     created or written: checked here, before any work, by creating the staging directory in it).
 
@@ -374,6 +192,10 @@ class DirectoryPublisher(DirectoryView):
     makes it safe against a power loss: the filesystem is flushed before each record.
     ``lock(name)`` is the cross-host lease of the repository ``name`` (the service passes
     a Redis lease); writers on one host are serialised by an flock in any case.
+
+    A ``Publisher`` (``ducc.publish``): ``reader`` (itself, through ``view``), ``reservations`` (the
+    staging root), ``gc_state`` (``<root>/.ducc-gc.json``), ``transaction`` and ``recover``. The reads
+    of ``DirectoryView`` are forwarded too, for callers that hold the publisher only.
     """
 
     def __init__(
@@ -394,10 +216,36 @@ class DirectoryPublisher(DirectoryView):
             raise RepositoryUnusable(f"repository root {root} cannot be created: {exc.strerror or exc}") from exc
         if not root.is_dir():
             raise RepositoryUnusable(f"repository root {root} is not a directory")
-        super().__init__(root, name)
+        self.view = DirectoryView(root, name)
+        self.root = self.view.root
+        self._name = name
         self._staging = Staging(self.root / layout.STAGING)
         self._trash = Staging(self.root / layout.TRASH)
+        self._gc_state = GcStateFile(self.root / layout.GC_STATE, fence=self.fence)
+        self._holder = threading.local()  # the lease this thread's transaction holds
         _check_writable(self.root, self._staging.root)
+
+    def tree(self) -> MountedTree:
+        return self.view.tree()
+
+    @property
+    def name(self) -> str:
+        return self.view.name
+
+    def revision(self) -> int | None:
+        return None
+
+    @property
+    def reader(self) -> DirectoryPublisher:
+        return self
+
+    @property
+    def reservations(self) -> Staging:
+        return self._staging
+
+    @property
+    def gc_state(self) -> GcStateFile:
+        return self._gc_state
 
     def ensure_name(self) -> str:
         """The repository's name, stored inside the root on first use unless ``DUCC_REPOSITORY`` gives it:
@@ -422,24 +270,18 @@ class DirectoryPublisher(DirectoryView):
             tmp.unlink()
         return path.read_text(encoding="utf-8").strip()
 
-    def sweep_staging(self) -> int:
-        """Remove staging directories left by crashed runs; returns how many."""
-        return self._staging.sweep()
+    def recover(self) -> None:
+        """Staging debris of crashed writers goes. A dead writer leaves nothing else visible (trash is
+        swept by the next transaction), so this takes no lock."""
+        self._staging.sweep()
 
-    def staging(self) -> AbstractContextManager[Path]:
-        return self._staging.directory()
-
-    def reserve(self, stage: Path, digests: Iterable[Digest]) -> None:
-        self._staging.reserve(stage, digests)
-
-    def reserved(self) -> frozenset[Digest]:
-        return self._staging.reserved()
-
-    def read_gc_state(self) -> bytes | None:
-        try:
-            return (self.root / layout.GC_STATE).read_bytes()
-        except FileNotFoundError:
-            return None
+    def fence(self, change: str) -> None:
+        """Before every visible change: LeaseLost unless the repository's lease is still ours. Once it
+        has lapsed another host may be writing the same root; this writer stops and a retry starts over."""
+        still_held = getattr(self._holder, "still_held", None)
+        if still_held is not None and not still_held():
+            raise LeaseLost(f"lost the lease on repository {self.ensure_name()} (Redis did not renew it "
+                            f"in time); stopped before {change}, a retry publishes it again")
 
     @contextmanager
     def transaction(self) -> Iterator[DirectoryTransaction]:
@@ -449,6 +291,10 @@ class DirectoryPublisher(DirectoryView):
         lapse is checked before every visible change (``LeaseLost``: nothing more is written)."""
         with ExitStack() as after:
             with self._lock(self.ensure_name()) if self._lock else nullcontext() as still_held, \
-                    self._staging.writer(), ExitStack() as held:
+                    self._staging.writer():
                 self._trash.sweep()
-                yield DirectoryTransaction(self, Reservations(self._staging, held), after, still_held)
+                self._holder.still_held = still_held
+                try:
+                    yield DirectoryTransaction(self, after)
+                finally:
+                    self._holder.still_held = None

@@ -12,6 +12,9 @@ exclusive: a reservation is written under it shared, and a sweep holds it exclus
 moment it reads the reservations until its removals are done. So a reservation is either seen
 by the sweep, or made after it, when the conversion finds the removed trees gone and builds them
 again; there is no moment in between.
+
+``Staging`` is the ``Reservations`` of both backends (``ducc.publish``): garbage collection holds
+``frozen`` from inside its transaction until that transaction, and so its removals, have ended.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import logging
 import os
 import secrets
 from collections.abc import Iterable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 
 from ducc.errors import InvalidDigest
@@ -147,23 +150,6 @@ class Staging:
             yield self.reserved()
         finally:
             os.close(fd)
-
-
-class Reservations:
-    """The reservations as one transaction reads them (``Transaction.reserved``): the first read takes
-    ``Staging.frozen`` until the transaction's ``held`` stack unwinds, so no reservation can be added
-    until its removals are done; a later read is a snapshot (the lock is this transaction's already)."""
-
-    def __init__(self, staging: Staging, held: ExitStack) -> None:
-        self._staging = staging
-        self._held = held
-        self._frozen = False
-
-    def __call__(self) -> frozenset[Digest]:
-        if self._frozen:
-            return self._staging.reserved()
-        self._frozen = True
-        return self._held.enter_context(self._staging.frozen())
 
 
 def _read_reserved(path: Path) -> list[Digest]:

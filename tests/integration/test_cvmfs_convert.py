@@ -22,8 +22,9 @@ import pytest
 from ducc import layout
 from ducc.convert import Converter
 from ducc.errors import CvmfsError, UnsafeLayer
-from ducc.model.manifest import Platform
+from ducc.model.manifest import DEFAULT_PLATFORM, Platform
 from ducc.publish.directory import DirectoryPublisher
+from ducc.tree import remove_tree
 from tests.integration.test_hostile_layers import HOSTILE
 from tests.support.images import (
     Dir,
@@ -365,6 +366,43 @@ def test_a_transaction_a_dead_writer_left_open_is_aborted_by_the_next_writer(cvm
     assert not (cvmfs.client / "half-written").exists()
     assert (cvmfs.client / layout.tag_link(ref) / "usr" / "app").read_bytes() == b"v1"
     assert not cvmfs.in_transaction()
+
+
+def test_reads_beside_a_dead_writers_open_transaction_see_the_published_state_and_clear_nothing(
+        cvmfs, client, unique_ref, converter_into):
+    """On the real server: while a transaction a dead writer left is open (its changes visible under
+    /cvmfs/<repo>), the publisher's reads see the published revision (the spool's rdonly mount), take no
+    lock and abort nothing; ``recover`` is the one step that aborts it."""
+    ref, gone = unique_ref(), unique_ref()
+    built = push_image(client, ref, ImageSpec(layers=[APP]))
+    converter = converter_into()
+    converter.convert(ref)
+    publisher = converter.publisher.reader
+    record = publisher.read_record(ref, DEFAULT_PLATFORM)
+    assert record is not None
+    assert cvmfs.run("transaction", cvmfs.repository).returncode == 0
+    (cvmfs.mount / layout.metadata_dir(ref) / layout.RECORD_MANIFEST).unlink()  # the dead writer's changes
+    remove_tree(cvmfs.mount / layout.layer_dir(built.layer_digests[0]))
+    (cvmfs.mount / layout.metadata_dir(gone)).mkdir(parents=True)
+    (cvmfs.mount / layout.metadata_dir(gone) / layout.RECORD_MANIFEST).write_bytes(
+        record.files()[layout.RECORD_MANIFEST])
+    calls = len(cvmfs.calls())
+
+    assert publisher.read_record(ref, DEFAULT_PLATFORM) == record
+    assert publisher.read_record(gone, DEFAULT_PLATFORM) is None
+    assert publisher.has_layer(built.layer_digests[0]) and publisher.has_flat(built.config_digest)
+    assert [path for path, _ in publisher.published()] == [str(layout.tag_link(ref))]
+    assert converter.is_current(ref)[0]
+    assert cvmfs.in_transaction() and len(cvmfs.calls()) == calls  # nothing run, nothing aborted
+
+    converter.publisher.recover()
+    assert [(c.command, c.rc) for c in cvmfs.calls()[calls:]] == [("abort", 0)]
+    assert not cvmfs.in_transaction()
+    assert (cvmfs.mount / layout.layerfs(built.layer_digests[0])).is_dir()
+    assert publisher.read_record(ref, DEFAULT_PLATFORM) == record
+    assert publisher.has_layer(built.layer_digests[0])
+    converter.publisher.recover()  # nothing open: nothing run
+    assert len(cvmfs.calls()) == calls + 1
 
 
 def test_a_failed_publish_whose_abort_failed_too_is_recovered_by_the_next_conversion(cvmfs, client, unique_ref,

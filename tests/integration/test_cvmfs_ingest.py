@@ -492,7 +492,7 @@ def test_a_writer_killed_while_ingest_commits_keeps_the_repository_until_ingest_
     writer = subprocess.run([sys.executable, "-c", KILLED_AFTER_THE_END_FRAME, str(project), str(cvmfs.state.parent),
                              str(tmp_path / "staging"), str(source)], capture_output=True, text=True, timeout=300)
     assert writer.returncode == -9, writer.stderr
-    with cvmfs.publisher(tmp_path / "staging")._held():
+    with cvmfs.publisher(tmp_path / "staging").transaction():  # the next writer: it clears a dead one's first
         pass
     [ingest] = cvmfs.calls("ingest")
     abort = cvmfs.calls("abort")[-1]  # the next writer's, once it held the repository
@@ -597,11 +597,11 @@ def test_the_layers_of_one_transaction_are_one_ingest_that_keeps_the_shards_othe
         (tree / "which").write_text(digest.hex)
         return stage / digest.hex
 
-    with publisher.staging() as stage:
+    with publisher.reservations.directory() as stage:
         with publisher.transaction() as txn:
             txn.add_layer(earlier, staged(stage, earlier))
     before = len(cvmfs.publishing_calls())
-    with publisher.staging() as stage:
+    with publisher.reservations.directory() as stage:
         with publisher.transaction() as txn:
             for digest in (joining, other):
                 source = txn.add_layer(digest, staged(stage, digest))

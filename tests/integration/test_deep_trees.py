@@ -225,7 +225,7 @@ def test_debris_that_cannot_be_deleted_is_left_aside_and_the_conversion_succeeds
         warnings = [r.getMessage() for r in caplog.records if "leaving it aside" in r.getMessage()]
         assert warnings and all(str(debris) in w for w in warnings), warnings
         assert debris.is_dir()
-    assert DirectoryPublisher(root).sweep_staging() == 1  # unmounted: deletable again
+    assert DirectoryPublisher(root).reservations.sweep() == 1  # unmounted: deletable again
 
 
 # -- the walker itself, on trees far beyond PATH_MAX ------------------------------------------------------

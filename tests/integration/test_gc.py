@@ -140,7 +140,7 @@ def test_the_grace_is_counted_from_when_gc_first_saw_a_tree_unreferenced_not_fro
     first = ok(ducc("gc", "--grace", "3s", root=root))
     assert "deleted 0 flat roots" in first  # a year-old mtime does not count: first seen now
     publisher = DirectoryPublisher(root)
-    since = GcState.parse(publisher.read_gc_state()).unreferenced[flat]
+    since = GcState.parse(publisher.gc_state.read_gc_state()).unreferenced[flat]
     assert before <= since <= time.time()
     # the later runs read the clock ducc is given: the grace ends at exactly since + 3 s, with no waiting
     assert collect(publisher, grace=3, clock=lambda: since + 2.9).deleted == ()
@@ -255,7 +255,7 @@ def test_a_sweep_that_started_earlier_never_takes_the_flat_root_a_conversion_reu
         while not blocked_on_a_lock(os.getpid()):  # reserved, everything found, waiting to publish
             assert time.monotonic() < deadline and conversion.is_alive(), result
             time.sleep(0.02)
-        assert holder.reserved() >= {old.config_digest, *old.layer_digests}
+        assert holder.reservations.reserved() >= {old.config_digest, *old.layer_digests}
     out = sweep.finish()
     conversion.join(120)
     assert "error" not in result, result
@@ -299,9 +299,9 @@ def test_a_conversion_reserves_every_layer_and_its_flat_root_while_it_runs(clien
     built = push_image(client, ref, ImageSpec(layers=[Layer([File("a", b"1")]), Layer([File("b", b"2")])]))
     publisher = DirectoryPublisher(root)
     seen: list[frozenset] = []
-    Converter(client, publisher, flat_hooks=[lambda flat, config: seen.append(publisher.reserved())]).convert(ref)
+    Converter(client, publisher, flat_hooks=[lambda flat, config: seen.append(publisher.reservations.reserved())]).convert(ref)
     assert seen == [frozenset({*built.layer_digests, built.config_digest})]
-    assert publisher.reserved() == frozenset()  # gone with its staging
+    assert publisher.reservations.reserved() == frozenset()  # gone with its staging
 
 
 # -- a sweep killed midway ---------------------------------------------------------------------------
@@ -314,7 +314,7 @@ def test_a_sweep_killed_midway_leaves_nothing_half_deleted_and_the_next_one_fini
     Converter(client, publisher).convert(ref)
     image_before = snapshot((root / layout.tag_link(ref)).resolve())
     candidates = []
-    with publisher.staging() as stage:
+    with publisher.reservations.directory() as stage:
         for n in range(40):
             tree = stage / f"flat{n}"
             for d in range(20):

@@ -1,4 +1,4 @@
-"""The Publisher protocol's promises (ducc/publish/__init__.py), checked for every backend.
+"""The promises of the publishing protocols (ducc/publish/__init__.py), checked for every backend.
 
 Each test takes a ``backend`` fixture parametrised by backend name: a new backend (the CVMFS one) adds
 its name to ``BACKENDS`` and a branch to ``make_publisher``, and must pass the same suite unchanged.
@@ -72,7 +72,7 @@ def staged_tree(stage: Path, name: str, files: dict[str, bytes]) -> Path:
 
 def publish_all(publisher: Publisher, manifest: Manifest, config: ImageConfig) -> None:
     layer = manifest.layers[0].digest
-    with publisher.staging() as stage:
+    with publisher.reservations.directory() as stage:
         staged = staged_tree(stage, layer.hex, {"layerfs/hello": b"hello"})
         with publisher.transaction() as txn:
             txn.add_layer(layer, staged)
@@ -87,7 +87,7 @@ def test_nothing_is_visible_before_it_is_published_and_everything_after(backend)
     publisher = backend()
     manifest, config = an_image()
     layer = manifest.layers[0].digest
-    with publisher.staging() as stage:
+    with publisher.reservations.directory() as stage:
         staged = staged_tree(stage, layer.hex, {"layerfs/a/b/c": b"deep", "layerfs/hello": b"hello"})
         assert not publisher.has_layer(layer)
         with publisher.transaction() as txn:
@@ -105,6 +105,54 @@ def test_nothing_is_visible_before_it_is_published_and_everything_after(backend)
     assert record is not None and record.config_digest == config.digest and record.tag_digest == manifest.digest
     assert (publisher.public_path(REF, DEFAULT_PLATFORM) / "hello").read_bytes() == b"hello"
     assert [path for path, _ in publisher.published()] == [str(layout.tag_link(REF, DEFAULT_PLATFORM))]
+
+
+def test_reads_neither_wait_for_a_writer_holding_the_repository_nor_change_anything(backend):
+    """While another writer holds the repository (on CVMFS with a transaction open, its mount writable),
+    every read answers at once from the published state and leaves the repository as it was."""
+    publisher = backend()
+    manifest, config = an_image()
+    publish_all(publisher, manifest, config)
+    layer = manifest.layers[0].digest
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        writer = backend()
+        with writer.transaction():
+            server = getattr(writer, "server", None)
+            if server is not None:  # CVMFS: a transaction open under the writer, as while it grafts
+                server.transaction()
+            try:
+                holding.set()
+                release.wait(120)
+            finally:
+                if server is not None:
+                    server.abort()
+
+    answers: list[object] = []
+
+    def read() -> None:
+        reader = backend()
+        answers.extend([reader.has_layer(layer), reader.has_flat(config.digest), reader.is_published(REF, DEFAULT_PLATFORM),
+                        reader.read_record(REF, DEFAULT_PLATFORM), sorted(reader.layers()), sorted(reader.flats()),
+                        [path for path, _ in reader.published()], reader.reservations.reserved()])
+
+    writer = threading.Thread(target=hold)
+    writer.start()
+    try:
+        assert holding.wait(120)
+        before = sorted(str(p) for p in publisher.location.rglob("*") if layout.STAGING.name not in p.parts)
+        reads = threading.Thread(target=read)
+        reads.start()
+        reads.join(60)
+        assert not reads.is_alive(), "a read waited for the writer"
+        after = sorted(str(p) for p in publisher.location.rglob("*") if layout.STAGING.name not in p.parts)
+    finally:
+        release.set()
+        writer.join(120)
+    assert answers == [True, True, True, record_of(manifest, config), [layer], [config.digest],
+                       [str(layout.tag_link(REF, DEFAULT_PLATFORM))], frozenset()]
+    assert after == before
 
 
 def test_a_reader_never_sees_a_record_without_the_rest_of_it(backend):
@@ -148,7 +196,7 @@ def test_a_moved_tag_leads_to_the_new_flat_root_at_once(backend):
     first, first_config = an_image(b"one")
     second, second_config = an_image(b"two")
     publish_all(publisher, first, first_config)
-    with publisher.staging() as stage:
+    with publisher.reservations.directory() as stage:
         flat = staged_tree(stage, "flat", {"hello": b"two"})
         with publisher.transaction() as txn:
             txn.add_flat(second_config.digest, flat)
@@ -166,7 +214,7 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[3])
 from tests.integration.test_publisher_contract import make_publisher
 publisher = make_publisher(sys.argv[1], Path(sys.argv[2]))
-with publisher.staging() as stage:
+with publisher.reservations.directory() as stage:
     tree = stage / "half" / "layerfs"
     tree.mkdir(parents=True)
     (tree / "data").write_bytes(b"x" * 100000)
@@ -258,37 +306,37 @@ def test_an_unpublished_tag_loses_its_link_and_record_together_and_keeps_its_fla
 
 def test_the_gc_state_is_read_back_as_written(backend):
     publisher = backend()
-    assert publisher.read_gc_state() is None
-    with publisher.transaction() as txn:
-        txn.write_gc_state(b'{"first": 1}')
-    with publisher.transaction() as txn:
-        txn.write_gc_state(b'{"second": 2}')
-    assert publisher.read_gc_state() == b'{"second": 2}'
-    assert backend().read_gc_state() == b'{"second": 2}'  # another writer of the same repository
+    assert publisher.gc_state.read_gc_state() is None
+    with publisher.transaction():
+        publisher.gc_state.write_gc_state(b'{"first": 1}')
+    with publisher.transaction():
+        publisher.gc_state.write_gc_state(b'{"second": 2}')
+    assert publisher.gc_state.read_gc_state() == b'{"second": 2}'
+    assert backend().gc_state.read_gc_state() == b'{"second": 2}'  # another writer of the same repository
 
 
 def test_reservations_last_as_long_as_their_staging_and_wait_for_a_sweep(backend):
     publisher = backend()
     manifest, config = an_image()
     layer = manifest.layers[0].digest
-    with publisher.staging() as stage:
-        publisher.reserve(stage, [layer])
-        publisher.reserve(stage, [config.digest])
-        assert publisher.reserved() == {layer, config.digest}
+    with publisher.reservations.directory() as stage:
+        publisher.reservations.reserve(stage, [layer])
+        publisher.reservations.reserve(stage, [config.digest])
+        assert publisher.reservations.reserved() == {layer, config.digest}
         other = backend()
-        assert other.reserved() == {layer, config.digest}  # any writer of the repository sees them
+        assert other.reservations.reserved() == {layer, config.digest}  # any writer of the repository sees them
         late = Digest.of(b"late")
         reserved_later = threading.Event()
-        waiter = threading.Thread(target=lambda: (publisher.reserve(stage, [late]), reserved_later.set()))
-        with other.transaction() as txn:
-            assert txn.reserved() == {layer, config.digest}
-            # A reservation made while a transaction holds the reservations waits for its end.
+        waiter = threading.Thread(target=lambda: (publisher.reservations.reserve(stage, [late]), reserved_later.set()))
+        with other.transaction(), other.reservations.frozen() as reserved:
+            assert reserved == {layer, config.digest}
+            # A reservation made while the reservations are frozen waits for the block's end.
             waiter.start()
             assert not reserved_later.wait(0.5)
-            txn.write_gc_state(b"{}")
+            other.gc_state.write_gc_state(b"{}")
         waiter.join(30)
-        assert reserved_later.is_set() and publisher.reserved() == {layer, config.digest, late}
-    assert publisher.reserved() == frozenset()
+        assert reserved_later.is_set() and publisher.reservations.reserved() == {layer, config.digest, late}
+    assert publisher.reservations.reserved() == frozenset()
 
 
 CRASHING_REMOVER = """
@@ -310,7 +358,7 @@ def test_a_killed_remover_leaves_the_tree_whole_or_gone_and_the_next_writer_fini
     publisher = backend()
     manifest, config = an_image()
     publish_all(publisher, manifest, config)
-    with publisher.staging() as stage:
+    with publisher.reservations.directory() as stage:
         big = staged_tree(stage, "flat", {f"d{i}/f{j}": b"x" * 100 for i in range(20) for j in range(50)})
         other = Digest.of(b"other flat")
         with publisher.transaction() as txn:

@@ -102,7 +102,7 @@ def test_a_writer_whose_lease_lapsed_while_redis_was_frozen_stops_before_its_nex
                                              DUCC_REPOSITORY="shared-export", DUCC_JOB_LEASE=str(seconds)))
     first = Services(settings, shared_locks=True).publisher  # as a worker builds it
     digest = Digest.of(b"a layer the first writer unpacked")
-    with first.staging() as stage:
+    with first.reservations.directory() as stage:
         (stage / digest.hex / "layerfs").mkdir(parents=True)
         (stage / digest.hex / "layerfs" / "file").write_bytes(b"content")
         with first.transaction() as txn:
@@ -172,7 +172,7 @@ def test_a_cvmfs_writer_whose_lease_lapsed_while_redis_was_frozen_publishes_noth
     revision = cvmfs.revision()
     digest = Digest.of(b"a layer the first writer unpacked")
     second = Lease(redis_server.client(), keys.publish_lease(first.lease_name), seconds=30)
-    with first.staging() as stage:
+    with first.reservations.directory() as stage:
         (stage / digest.hex / "layerfs").mkdir(parents=True)
         (stage / digest.hex / "layerfs" / "file").write_bytes(b"content")
         with pytest.raises(LeaseLost) as lost, first.transaction() as txn:
