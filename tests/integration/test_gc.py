@@ -23,6 +23,7 @@ from ducc.model.manifest import DEFAULT_PLATFORM
 from ducc.publish.directory import DirectoryPublisher
 from tests.integration.test_runtimes import PROGRAMS, run_in, world_root  # noqa: F401  (a fixture)
 from tests.support.images import Dir, File, ImageSpec, Layer, host_programs_layer, push_image
+from tests.support.processes import blocked_on_a_lock
 from tests.support.trees import snapshot
 
 DAY = 86400
@@ -149,15 +150,6 @@ def test_the_grace_is_counted_from_when_gc_first_saw_a_tree_unreferenced_not_fro
 
 
 # -- beside conversions ------------------------------------------------------------------------------
-
-
-def blocked_on_a_lock(pid: int) -> bool:
-    """Whether a thread of process ``pid`` waits for an flock (the kernel lists waiters with ``->``)."""
-    with open("/proc/locks") as fh:  # "2: -> FLOCK  ADVISORY  WRITE <pid> <dev:inode> 0 EOF"
-        for fields in (line.split() for line in fh):
-            if "->" in fields and "FLOCK" in fields and fields[fields.index("FLOCK") + 3] == str(pid):
-                return True
-    return False
 
 
 class Sweep:

@@ -6,10 +6,12 @@ its name to ``BACKENDS`` and a branch to ``make_publisher``, and must pass the s
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from ducc.publish.directory import DirectoryPublisher
 from ducc.record import Record
 from tests.support.cvmfs import attach
 from tests.support.images import File, ImageSpec, Layer, build
+from tests.support.processes import blocked_on_a_lock
 
 BACKENDS = ["directory", "cvmfs"]
 
@@ -332,7 +335,11 @@ def test_reservations_last_as_long_as_their_staging_and_wait_for_a_sweep(backend
             assert reserved == {layer, config.digest}
             # A reservation made while the reservations are frozen waits for the block's end.
             waiter.start()
-            assert not reserved_later.wait(0.5)
+            deadline = time.monotonic() + 30
+            while not blocked_on_a_lock(os.getpid()):  # the waiter has reached the frozen reservations' lock
+                assert waiter.is_alive() and time.monotonic() < deadline, "the reservation neither waited nor ended"
+                time.sleep(0.01)
+            assert not reserved_later.is_set()
             other.gc_state.write_gc_state(b"{}")
         waiter.join(30)
         assert reserved_later.is_set() and publisher.reservations.reserved() == {layer, config.digest, late}

@@ -147,3 +147,12 @@ def start_registry(directory: Path, *, username: str | None = None, password: st
         time.sleep(0.05)
     registry.stop()
     raise TimeoutError("registry did not answer /v2/")
+
+
+def blocked_on_a_lock(pid: int) -> bool:
+    """Whether a thread of process ``pid`` waits for an flock (the kernel lists waiters with ``->``)."""
+    with open("/proc/locks") as fh:  # "2: -> FLOCK  ADVISORY  WRITE <pid> <dev:inode> 0 EOF"
+        for fields in (line.split() for line in fh):
+            if "->" in fields and "FLOCK" in fields and fields[fields.index("FLOCK") + 3] == str(pid):
+                return True
+    return False
