@@ -39,7 +39,7 @@ from ducc.podman.metadata import (
 )
 from ducc.podman.store import PodmanStore, store_name
 from ducc.podman.whiteout import OPAQUE_XATTR
-from ducc.publish.directory import DirectoryPublisher
+from ducc.publish.directory import DirectoryPublisher, DirectoryView
 from ducc.record import FILES, Record
 from ducc.tree import Event, remove_tree, walk
 from tests.support.images import Dir, File, Hardlink, ImageSpec, Layer, Opaque, Raw, Symlink, Whiteout, push_image
@@ -127,6 +127,11 @@ def record_of(root: Path, ref) -> Record:
     return Record.parse({name: (directory / name).read_bytes() for name in FILES if (directory / name).exists()})
 
 
+def layers_in(root: Path):
+    """Where the store reads each published layer of the directory repository at ``root``."""
+    return DirectoryView(root).layer_source
+
+
 def converted(client, root: Path, ref, spec: ImageSpec):
     built = push_image(client, ref, spec)
     assert Converter(client, DirectoryPublisher(root)).convert(ref).state == "published"
@@ -158,7 +163,7 @@ def two_images(client, unique_ref, root):
     built = [converted(client, root, ref, image(f"#!/bin/sh\necho {i}\n".encode())) for i, ref in enumerate(refs)]
     store = PodmanStore(DirectoryCommitter(root / "podmanStore"))
     for ref in refs:
-        store.add(store_name(ref), record_of(root, ref), root)
+        store.add(store_name(ref), record_of(root, ref), layers_in(root))
     return store, refs, built
 
 
@@ -197,7 +202,7 @@ def test_whiteouts_of_nothing_show_nothing_as_in_the_flat_root(client, unique_re
     ])
     converted(client, root, ref, ImageSpec(layers=[BASE, top], cmd=["/app"]))
     store = PodmanStore(DirectoryCommitter(root / "podmanStore"))
-    store.add(store_name(ref), record_of(root, ref), root)
+    store.add(store_name(ref), record_of(root, ref), layers_in(root))
     flat = (root / layout.tag_link(ref)).resolve()
     mounted = podman.root_of(store_name(ref))
     assert entries(mounted) == entries(flat, skip=flat_additions(flat))
@@ -286,9 +291,9 @@ def test_a_moved_tag_takes_its_name_to_the_new_image_and_drops_the_old(client, u
     ref = unique_ref()
     store = PodmanStore(DirectoryCommitter(root / "podmanStore"))
     first = converted(client, root, ref, image(b"one"))
-    store.add(store_name(ref), record_of(root, ref), root)
+    store.add(store_name(ref), record_of(root, ref), layers_in(root))
     second = converted(client, root, ref, image(b"two"))
-    store.add(store_name(ref), record_of(root, ref), root)
+    store.add(store_name(ref), record_of(root, ref), layers_in(root))
     assert podman.images() == {store_name(ref): str(second.digest)}
     assert list(store.indexes().images) == [second.config_digest.hex]
     assert not (store.root / "overlay-images" / first.config_digest.hex).exists()
@@ -301,7 +306,7 @@ def test_a_store_on_another_filesystem_gets_copies_that_keep_hardlinks(client, u
     converted(client, root, ref, image(b"copied"))
     with tmpfs(root / "podmanStore", "size=20m") as mount:
         store = PodmanStore(DirectoryCommitter(mount))
-        store.add(store_name(ref), record_of(root, ref), root)
+        store.add(store_name(ref), record_of(root, ref), layers_in(root))
         flat = (root / layout.tag_link(ref)).resolve()
         mounted = podman.root_of(store_name(ref))
         assert entries(mounted) == entries(flat, skip=flat_additions(flat))
@@ -369,9 +374,9 @@ def test_a_reader_finds_whole_images_in_every_state_of_the_indexes(client, uniqu
     committer = WatchedCommitter(root / "podmanStore")
     store = PodmanStore(committer)
     for ref in refs:
-        store.add(store_name(ref), record_of(root, ref), root)
+        store.add(store_name(ref), record_of(root, ref), layers_in(root))
     converted(client, root, refs[0], image(b"moved"))
-    store.add(store_name(refs[0]), record_of(root, refs[0]), root)  # old image and its top layer go
+    store.add(store_name(refs[0]), record_of(root, refs[0]), layers_in(root))  # old image and its top layer go
     store.remove([store_name(refs[1])])
     store.gc(keep=set())
     assert committer.states >= 8 and store.indexes() == Indexes()
@@ -381,7 +386,7 @@ def test_a_reader_finds_whole_images_in_every_state_of_the_indexes(client, uniqu
 def test_adding_an_image_again_writes_nothing(two_images, root):
     store, refs, _ = two_images
     before = {p: p.stat().st_mtime_ns for p in store.root.rglob("*.json")}
-    store.add(store_name(refs[0]), record_of(root, refs[0]), root)
+    store.add(store_name(refs[0]), record_of(root, refs[0]), layers_in(root))
     assert {p: p.stat().st_mtime_ns for p in store.root.rglob("*.json")} == before
 
 

@@ -1,0 +1,78 @@
+"""The store following the repository: the ``ImageSink`` (``ducc.publish.sinks``) of podman's store.
+
+One image per name: the store holds the images published for one platform (``DUCC_PLATFORM``, the
+one podman runs on the nodes), under ``store_name`` of their reference; what is published for any
+other platform is not its business. The repository is written first and the store told afterwards;
+an image the store misses (a crash in between, a failure of the store) or holds under another
+manifest is added the next time the image is converted or found unchanged (docs/podman.md).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from ducc.errors import RepositoryUnusable
+from ducc.model.manifest import Platform
+from ducc.model.reference import Reference
+from ducc.podman.committer import DirectoryCommitter
+from ducc.podman.metadata import names_of
+from ducc.podman.store import PodmanStore, store_name
+from ducc.publish import RepositoryView
+from ducc.publish.sinks import Published
+from ducc.record import Record
+
+
+class Mirror:
+    """Podman's store in the directory ``path``, holding what the repository publishes for ``platform``."""
+
+    def __init__(self, path: Path, platform: Platform) -> None:
+        self.store = PodmanStore(DirectoryCommitter(path))
+        self.platform = platform
+
+    @property
+    def name(self) -> str:
+        return f"podman store {self.store.root}"
+
+    def published(self, ref: Reference, platform: Platform, record: Record, view: RepositoryView) -> str | None:
+        if platform != self.platform:
+            return None
+        name = store_name(ref)
+        if self.store.holds(name, record):
+            return None
+        image = self.store.add(name, record, view.layer_source)
+        return f"added {name} as image {image.id[:12]}"
+
+    def unpublished(self, ref: Reference, platform: Platform) -> str | None:
+        name = store_name(ref)
+        if platform != self.platform or name not in names_of(self.store.indexes().images.values()):
+            return None
+        gone = self.store.remove([name])
+        return f"removed {name}" + (f" (image {gone[0][:12]} with it)" if gone else "")
+
+    def collect(self, published: Published) -> str | None:
+        def keep() -> set[str]:
+            return {store_name(ref) for ref, platform in published() if platform == self.platform}
+
+        collected = self.store.gc(keep)
+        if not (collected.images or collected.layers or collected.debris):
+            return None
+        return (f"dropped {len(collected.images)} images and {len(collected.layers)} layers no longer published, "
+                f"{len(collected.debris)} leftovers")
+
+
+def check(path: Path) -> None:
+    """The store can be written here: ``path`` can be created and written, and the process is root (its
+    whiteouts are 0/0 character devices and ``trusted.*`` attributes). RepositoryUnusable otherwise,
+    one line."""
+    if os.geteuid() != 0:
+        raise RepositoryUnusable(f"podman store {path}: writing it takes root (its whiteouts are 0/0 character "
+                                 "devices and trusted.* attributes); unset DUCC_PODMAN_STORE or run as root")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise RepositoryUnusable(f"podman store {path}: cannot be created or written: "
+                                 f"{exc.strerror or exc}") from exc
