@@ -116,7 +116,7 @@ from ducc.model.reference import Reference
 from ducc.model.request import ConversionRequest, ConversionResult
 from ducc.progress import LogProgress, Progress
 from ducc.publish import Publisher, Transaction
-from ducc.publish.sinks import ImageSink, tell
+from ducc.publish.sinks import ImageSink, holding, tell
 from ducc.record import Record
 from ducc.registry.client import RegistryClient
 from ducc.registry.push import push_thin_image
@@ -285,9 +285,11 @@ class Converter:
         self, ref: Reference, platform: Platform = DEFAULT_PLATFORM, *, thin: Reference | None = None
     ) -> tuple[bool, Digest]:
         """Whether ``ref`` is published at the digest the registry serves now (one manifest HEAD), and,
-        if ``thin`` is given, its record says that thin image was pushed there."""
+        if ``thin`` is given, its record says that thin image was pushed there, and every store beside
+        the repository holds it (one that missed it is filled in by converting it again: ``_unchanged``)."""
         record, tag_digest = self._current_record(ref, platform)
-        return record is not None and (thin is None or _has_thin(record, thin)), tag_digest
+        return (record is not None and (thin is None or _has_thin(record, thin))
+                and holding(self.sinks, ref, platform, record)), tag_digest
 
     def _current_record(self, ref: Reference, platform: Platform) -> tuple[Record | None, Digest]:
         """The record of ``ref`` if it matches what the registry serves now, and that digest."""

@@ -35,12 +35,13 @@ class Mirror:
     def name(self) -> str:
         return f"podman store {self.store.root}"
 
+    def holds(self, ref: Reference, platform: Platform, record: Record) -> bool:
+        return platform != self.platform or self.store.holds(store_name(ref), record)
+
     def published(self, ref: Reference, platform: Platform, record: Record, view: RepositoryView) -> str | None:
-        if platform != self.platform:
+        if self.holds(ref, platform, record):
             return None
         name = store_name(ref)
-        if self.store.holds(name, record):
-            return None
         image = self.store.add(name, record, view.layer_source)
         return f"added {name} as image {image.id[:12]}"
 

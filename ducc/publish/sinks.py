@@ -4,7 +4,8 @@ A sink follows the repository: the converter tells it what it published (and wha
 published), ``ducc rm`` what it unpublished, ``ducc gc`` what is still published. The repository is
 the truth and is always written first; a sink is told afterwards, so a crash in between leaves the
 sink behind, never ahead: the next conversion of the image (even one that finds it unchanged) tells
-it again, and the sink adds what it misses. A sink's failure never undoes or fails the repository's
+it again, and the sink adds what it misses; a sync that finds the image current asks the sinks too
+(``holding``), so one that misses it gets a conversion that fills it in. A sink's failure never undoes or fails the repository's
 change: ``tell`` logs it and returns it as a line for the caller's report (docs/design.md §8 and §13,
 docs/podman.md).
 
@@ -36,6 +37,11 @@ class ImageSink(Protocol):
     @property
     def name(self) -> str:
         """How reports name it (``podman store /srv/podmanStore``)."""
+        ...
+
+    def holds(self, ref: Reference, platform: Platform, record: Record) -> bool:
+        """Whether the sink holds ``ref`` on ``platform`` as ``record`` says, or has no business with it (a
+        cheap look: a sync asks it of every image it finds current)."""
         ...
 
     def published(self, ref: Reference, platform: Platform, record: Record, view: RepositoryView) -> str | None:
@@ -70,3 +76,16 @@ def tell(sinks: Sequence[ImageSink], what: str, call: Callable[[ImageSink], str 
             log.info("%s: %s", sink.name, done)
             lines.append(f"{sink.name}: {done}")
     return lines
+
+
+def holding(sinks: Sequence[ImageSink], ref: Reference, platform: Platform, record: Record) -> bool:
+    """Whether every sink holds ``ref`` as ``record`` says. A sink that cannot tell (it fails) counts as
+    holding it: it is logged, and the next conversion of the image reports it, rather than every sync
+    converting the image again for it."""
+    for sink in sinks:
+        try:
+            if not sink.holds(ref, platform, record):
+                return False
+        except Exception as exc:  # a broken store is reported where the image is converted, not here
+            log.warning("%s: cannot tell whether it holds %s: %s", sink.name, ref, " ".join(str(exc).split()))
+    return True

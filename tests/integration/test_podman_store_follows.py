@@ -21,6 +21,8 @@ from ducc.model.reference import Reference
 from ducc.podman.metadata import LAYERS_INDEX, Indexes, layer_dir
 from ducc.podman.store import store_name
 from ducc.service.jobs import JobStore
+from ducc.settings import Settings
+from ducc.wiring import Services
 from tests.support.images import Dir, File, ImageSpec, Layer, push_image
 from tests.support.podman import Podman
 from tests.support.service import DuccProcess, ducc_cli, service_env
@@ -106,6 +108,20 @@ def test_an_image_the_store_missed_or_holds_at_another_manifest_is_added_when_fo
     done = ducc("convert", "--root", str(root), "--podman-store", str(store), str(missed), str(moved))
     assert [line.split("\t")[0] for line in done.stdout.splitlines()] == ["unchanged", "unchanged"]
     assert podman.images() == {store_name(missed): str(first.digest), store_name(moved): str(now.digest)}
+
+
+def test_a_sync_does_not_count_as_current_an_image_the_store_misses(client, unique_ref, ducc, store, root, tmp_path):
+    """The service's sync converts only what is not current: an image the store missed (a crash after
+    its record) is not, so a job is queued, finds it unchanged and fills the store in."""
+    ref = unique_ref()
+    push_image(client, ref, spec(b"v1"))
+    ducc("convert", "--root", str(root), str(ref))  # the store never told
+    env = service_env(root, None, tmp_path / "state")
+    with_store = Services(Settings.from_env({**env, "DUCC_PODMAN_STORE": str(store)})).converter
+    assert Services(Settings.from_env(env)).converter.is_current(ref)[0] is True
+    assert with_store.is_current(ref)[0] is False
+    assert with_store.convert(ref).state == "unchanged"
+    assert with_store.is_current(ref)[0] is True
 
 
 def test_ducc_rm_takes_the_image_out_of_podmans_list(client, unique_ref, ducc, store, podman, root):
