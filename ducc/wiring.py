@@ -121,7 +121,7 @@ class Services:
         found = []
         for store in backends.stores(self.settings):
             store.preflight(self.settings, self.root)
-            found.append(store.sink(self.settings))
+            found.append(store.sink(self.settings, self.publisher))
         return tuple(found)
 
     def _repository_lock(self, name: str) -> AbstractContextManager[StillHeld]:

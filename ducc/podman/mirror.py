@@ -16,7 +16,7 @@ from pathlib import Path
 from ducc.errors import RepositoryUnusable
 from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
-from ducc.podman.committer import DirectoryCommitter
+from ducc.podman.committer import Committer
 from ducc.podman.metadata import names_of
 from ducc.podman.store import PodmanStore, store_name
 from ducc.publish import RepositoryView
@@ -25,10 +25,11 @@ from ducc.record import Record
 
 
 class Mirror:
-    """Podman's store in the directory ``path``, holding what the repository publishes for ``platform``."""
+    """Podman's store, written through ``committer`` (a directory, or a CVMFS repository), holding what the
+    repository publishes for ``platform``."""
 
-    def __init__(self, path: Path, platform: Platform) -> None:
-        self.store = PodmanStore(DirectoryCommitter(path))
+    def __init__(self, committer: Committer, platform: Platform) -> None:
+        self.store = PodmanStore(committer)
         self.platform = platform
 
     @property
@@ -77,3 +78,22 @@ def check(path: Path) -> None:
     except OSError as exc:
         raise RepositoryUnusable(f"podman store {path}: cannot be created or written: "
                                  f"{exc.strerror or exc}") from exc
+
+
+def check_cvmfs(path: Path, repository: str) -> None:
+    """The store can be written inside the CVMFS repository ``repository``: the process is root, and the
+    repository keeps extended attributes (``CVMFS_INCLUDE_XATTRS=true`` in its ``server.conf``, where that
+    file is on this machine): without them the opaque directories of the layers would reach no client,
+    and the lower layers would show through. RepositoryUnusable otherwise, one line."""
+    if os.geteuid() != 0:
+        raise RepositoryUnusable(f"podman store {path}: writing it takes root (its whiteouts are 0/0 character "
+                                 "devices and trusted.* attributes); unset DUCC_PODMAN_STORE or run as root")
+    conf = Path("/etc/cvmfs/repositories.d") / repository / "server.conf"
+    try:
+        text = conf.read_text()
+    except OSError:
+        return  # a gateway publisher keeps it elsewhere: ducc doctor's business
+    settings = dict(line.strip().partition("=")[::2] for line in text.splitlines() if "=" in line)
+    if settings.get("CVMFS_INCLUDE_XATTRS", "").strip().strip("\"'").lower() != "true":
+        raise RepositoryUnusable(f"podman store {path}: {repository} must keep extended attributes for the "
+                                 f"layers' opaque directories: set CVMFS_INCLUDE_XATTRS=true in {conf}")

@@ -30,7 +30,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from ducc.errors import PublishError
@@ -87,7 +87,7 @@ class Store:
     name: str
     settings: tuple[str, ...]
     option: Option
-    sink: Callable[[Settings], ImageSink]
+    sink: Callable[[Settings, Publisher], ImageSink]
     preflight: Callable[[Settings, Path], None]
 
 
@@ -194,16 +194,42 @@ def _podman_store(settings: Settings) -> Path:
     return settings.podman.store.absolute()
 
 
-def _podman_sink(settings: Settings) -> ImageSink:
+def _podman_in_cvmfs(settings: Settings, store: Path) -> tuple[str, PurePosixPath] | None:
+    """(repository, the store's path in it) when the store is inside the CVMFS repository published into
+    (``/cvmfs/<repo>/podmanStore``): it is then written through ``cvmfs_server``; None: a directory."""
+    if not settings.cvmfs.repo:
+        return None
+    repository, _ = _cvmfs_repository(settings)
+    mount = (settings.cvmfs.mount or Path("/cvmfs") / repository).absolute()
+    if not store.is_relative_to(mount) or store == mount:
+        return None
+    return repository, PurePosixPath(store.relative_to(mount).as_posix())
+
+
+def _podman_sink(settings: Settings, publisher: Publisher) -> ImageSink:
+    from ducc.podman.committer import Committer, DirectoryCommitter
+    from ducc.podman.cvmfs_committer import CvmfsCommitter
     from ducc.podman.mirror import Mirror
 
-    return Mirror(_podman_store(settings), settings.platform)
+    store = _podman_store(settings)
+    inside = _podman_in_cvmfs(settings, store)
+    committer: Committer = DirectoryCommitter(store)
+    if inside is not None:
+        repository, relative = inside
+        committer = CvmfsCommitter(publisher, _cvmfs_server(settings, repository), relative,
+                                   settings.state_dir / "podman-staging" / repository)
+    return Mirror(committer, settings.platform)
 
 
 def _podman_preflight(settings: Settings, root: Path) -> None:
-    from ducc.podman.mirror import check
+    from ducc.podman.mirror import check, check_cvmfs
 
-    check(_podman_store(settings))
+    store = _podman_store(settings)
+    inside = _podman_in_cvmfs(settings, store)
+    if inside is None:
+        check(store)
+    else:
+        check_cvmfs(store, inside[0])
 
 
 PODMAN = Store(
@@ -211,7 +237,8 @@ PODMAN = Store(
     settings=("DUCC_PODMAN_STORE",),
     option=Option("--podman-store", "DUCC_PODMAN_STORE", "DIR",
                   "also write the images converted for DUCC_PLATFORM (one image per name) into podman's "
-                  "additional image store in DIR, as root (default: $DUCC_PODMAN_STORE)", _with_podman_store),
+                  "additional image store in DIR, as root; a DIR inside the CVMFS repository published into "
+                  "is written through cvmfs_server (default: $DUCC_PODMAN_STORE)", _with_podman_store),
     sink=_podman_sink,
     preflight=_podman_preflight,
 )

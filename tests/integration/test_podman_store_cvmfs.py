@@ -18,7 +18,9 @@ from ducc.podman.metadata import IMAGES_INDEX, Indexes, layer_dir
 from ducc.podman.store import PodmanStore, store_name
 from ducc.podman.whiteout import OPAQUE_XATTR
 from tests.integration.test_podman_store import converted, entries, flat_additions, image, layers_in, record_of
+from tests.support.images import push_image
 from tests.support.podman import Podman
+from tests.support.service import ducc_cli
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("podman") is None, reason="podman is not installed: run ./bootstrap.sh"),
@@ -28,10 +30,14 @@ pytestmark = [
 STORE = PurePosixPath("podmanStore")
 
 
-@pytest.fixture
-def cvmfs_store(cvmfs, tmp_path):
+def include_xattrs(cvmfs) -> None:
     conf = Path("/etc/cvmfs/repositories.d") / cvmfs.repository / "server.conf"
     conf.write_text(conf.read_text() + "CVMFS_INCLUDE_XATTRS=true\n")
+
+
+@pytest.fixture
+def cvmfs_store(cvmfs, tmp_path):
+    include_xattrs(cvmfs)
     committer = CvmfsCommitter(cvmfs.publisher(tmp_path / "staging"), cvmfs.server(), STORE, tmp_path / "podman-staging")
     return PodmanStore(committer), cvmfs.client / STORE
 
@@ -81,3 +87,25 @@ def test_a_moved_tag_and_gc_through_cvmfs_leave_only_the_published_image(client,
     assert podman.images() == {}
     assert set(os.listdir(published / "overlay-images")) == {"images.json", "images.lock"}
     assert [p for p in os.listdir(published / "overlay") if p != "l"] == []
+
+
+def test_ducc_convert_and_rm_with_a_store_inside_the_cvmfs_repository(client, unique_ref, cvmfs, tmp_path, podman):
+    """``--podman-store /cvmfs/<repo>/podmanStore`` beside ``--cvmfs-repo <repo>``: the store is written
+    through cvmfs_server, once the repository keeps extended attributes (refused in one line before)."""
+    ref = unique_ref()
+    built = push_image(client, ref, image(b"#!/bin/sh\necho cli\n"))
+    env = cvmfs.ducc_env(tmp_path / "state")
+    where = ["--cvmfs-repo", cvmfs.repository, "--podman-store", str(cvmfs.mount / STORE)]
+    refused = ducc_cli("convert", str(ref), *where, env=env, cwd=tmp_path)
+    assert refused.returncode != 0 and len(refused.stderr.splitlines()) == 1, refused.stderr
+    assert "CVMFS_INCLUDE_XATTRS=true" in refused.stderr
+    include_xattrs(cvmfs)
+    done = ducc_cli("convert", str(ref), *where, env=env, cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.startswith("published"), done.stderr
+    assert f"podman store {cvmfs.mount / STORE}: added {store_name(ref)}" in done.stderr
+    assert podman.images() == {store_name(ref): str(built.digest)}
+    assert (podman.root_of(store_name(ref)) / "app").read_bytes() == b"#!/bin/sh\necho cli\n"
+    podman.close()  # its container holds the image's layers mounted
+    removed = ducc_cli("rm", str(ref), *where, env=env, cwd=tmp_path)
+    assert removed.returncode == 0 and f"removed {store_name(ref)}" in removed.stderr, removed.stderr
+    assert podman.images() == {}
