@@ -57,6 +57,15 @@ def _holds(indexes: Indexes, entry: Entry) -> bool:
     return known is not None and entry.image.names[0] in known.names and entry.image.digest in known.digests
 
 
+def _identity(path: Path) -> tuple[int, ...]:
+    """What changes when ``path`` is replaced or written (inode, size, mtime); empty if it is missing."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return ()
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def store_name(ref: Reference) -> str:
     """The name podman lists an image under: ``<registry>/<repository>:<tag>`` (or ``@<digest>``)."""
     return f"{ref.registry}/{layout.image_name(ref)}"
@@ -74,6 +83,7 @@ class Collected:
 class PodmanStore:
     def __init__(self, committer: Committer) -> None:
         self._committer = committer
+        self._cached: tuple[tuple[tuple[int, ...], ...], Indexes] | None = None  # for ``holds``
 
     @property
     def root(self) -> Path:
@@ -85,8 +95,16 @@ class PodmanStore:
 
     def holds(self, name: str, record: Record) -> bool:
         """Whether ``name`` is the image ``record`` describes, with its manifest digest (read without the
-        writer lock: a cheap look before ``add``, which looks again under it)."""
-        return _holds(self.indexes(), entry_of(name, record))
+        writer lock: a cheap look before ``add``, which looks again under it). The indexes are parsed
+        again only when one of their files changed (a sync asks this of every image it checks)."""
+        return _holds(self._latest(), entry_of(name, record))
+
+    def _latest(self) -> Indexes:
+        key = tuple(_identity(self.root / index) for index in (LAYERS_INDEX, IMAGES_INDEX))
+        cached = self._cached
+        if cached is None or cached[0] != key:
+            cached = self._cached = (key, self.indexes())
+        return cached[1]
 
     def add(self, name: str, record: Record, layerfs: Callable[[Digest], Path]) -> StoreImage:
         """Put the image ``record`` describes into the store under ``name`` (``store_name``), each layer
