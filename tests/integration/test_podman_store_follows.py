@@ -25,6 +25,7 @@ from ducc.settings import Settings
 from ducc.wiring import Services
 from tests.support.images import Dir, File, ImageSpec, Layer, push_image
 from tests.support.podman import Podman
+from tests.support.processes import free_port
 from tests.support.service import DuccProcess, ducc_cli, service_env
 
 pytestmark = [
@@ -178,6 +179,14 @@ def test_a_store_that_cannot_be_written_is_refused_in_one_line_before_any_work(d
     assert done.returncode != 0 and done.stdout == ""
     assert len(done.stderr.splitlines()) == 1 and "cannot be created or written" in done.stderr
     assert not (root / layout.tag_link(Reference.parse("registry.invalid/never/fetched:1"))).exists()
+
+
+def test_ducc_serve_refuses_a_store_it_cannot_write_in_one_line_before_anything_starts(tmp_path):
+    env = service_env(tmp_path / "root", None, tmp_path / "state", DUCC_LISTEN=f"127.0.0.1:{free_port()}")
+    done = ducc_cli("serve", "--podman-store", "/proc/x/store", env=env, timeout=120)
+    assert done.returncode == 2 and done.stderr.splitlines() == [
+        "ducc: podman store /proc/x/store: cannot be created or written: No such file or directory"], done.stderr
+    assert not (tmp_path / "state" / "redis").exists(), "nothing may start before the checks"
 
 
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare (util-linux) runs ducc as another user")
