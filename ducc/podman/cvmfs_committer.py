@@ -96,6 +96,7 @@ class CvmfsCommitter:
         """The repository's writer lock; the waiting changes are published in one transaction at the end
         (none waiting: no transaction). A failure aborts it and drops them."""
         with self._publisher.transaction():
+            self._sweep()
             self._changes = []
             try:
                 yield
@@ -105,6 +106,16 @@ class CvmfsCommitter:
                 self._changes = None
 
     # -- steps --------------------------------------------------------------------------------------
+
+    def _sweep(self) -> None:
+        """Staging a killed writer left: the store's trees are built only under ``exclusive``, which is held
+        now, so whatever is there is debris."""
+        try:
+            leftovers = os.listdir(self._staging_root)
+        except FileNotFoundError:
+            return
+        for name in leftovers:
+            discard_tree(self._staging_root / name, "podman store staging left by a killed writer")
 
     def _pending(self) -> list[Change]:
         if self._changes is None:

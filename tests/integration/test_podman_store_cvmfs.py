@@ -52,12 +52,15 @@ def podman(tmp_path, cvmfs):
 
 
 def test_an_image_added_through_cvmfs_runs_from_the_client_mount_as_its_flat_root(client, unique_ref, root, cvmfs,
-                                                                                   cvmfs_store, podman):
+                                                                                   cvmfs_store, podman, tmp_path):
     store, published = cvmfs_store
     ref = unique_ref()
     built = converted(client, root, ref, image(b"#!/bin/sh\necho cvmfs\n"))
+    leftover = tmp_path / "podman-staging" / "killed-writer"
+    (leftover / "layer" / "diff").mkdir(parents=True)
     before = cvmfs.revision()
     store.add(store_name(ref), record_of(root, ref), layers_in(root))
+    assert not leftover.exists()  # swept under the writer lock
     # one ingest per layer, then one transaction for the links, the opaque attributes and the indexes
     assert cvmfs.revision() == before + 3
     indexes = Indexes.parse((published / "overlay-layers/layers.json").read_bytes(),
