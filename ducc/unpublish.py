@@ -56,7 +56,7 @@ def unpublish(publisher: Publisher, targets: Sequence[tuple[Reference, Platform]
             out.append(Unpublished(ref, platform, path, "unpublished"))
     out = [_told(sinks, done) for done in out]
     for done in out:
-        log.info("%s (%s): %s", done.reference, done.platform, done.outcome)
+        log.info("%s (%s): %s%s", done.reference, done.platform, done.outcome, f" ({done.why})" if done.why else "")
     return out
 
 
@@ -92,5 +92,6 @@ def unpublish_if_gone(client: RegistryClient, publisher: Publisher, ref: Referen
             log.info("%s (%s) kept: converted again while the registry was asked", ref, platform)
             return Unpublished(ref, platform, path, "kept", "converted again while the registry was asked")
         txn.remove_tag(ref, platform)
-    log.info("%s (%s) unpublished: the registry answers 404 for its manifest", ref, platform)
-    return _told(sinks, Unpublished(ref, platform, path, "unpublished", "the registry answers 404 for its manifest"))
+    done = _told(sinks, Unpublished(ref, platform, path, "unpublished", "the registry answers 404 for its manifest"))
+    log.info("%s (%s) unpublished: %s", ref, platform, done.why)
+    return done

@@ -72,8 +72,8 @@ def tell(sinks: Sequence[ImageSink], what: str, call: Callable[[ImageSink], str 
             log.warning("%s; the repository is unchanged by it", line)
             lines.append(line)
             continue
-        if done:
-            log.info("%s: %s", sink.name, done)
+        if done:  # the caller reports it (a progress line, gc's output, the unpublish's why)
+            log.debug("%s: %s", sink.name, done)
             lines.append(f"{sink.name}: {done}")
     return lines
 
