@@ -23,7 +23,6 @@ from pathlib import Path
 import pytest
 
 from ducc import layout
-from ducc.convert import Converter
 from ducc.model.digest import Digest
 from ducc.podman.committer import DirectoryCommitter
 from ducc.podman.diff import build_diff
@@ -39,36 +38,24 @@ from ducc.podman.metadata import (
 )
 from ducc.podman.store import PodmanStore, store_name
 from ducc.podman.whiteout import OPAQUE_XATTR
-from ducc.publish.directory import DirectoryPublisher, DirectoryView
-from ducc.record import FILES, Record
 from ducc.tree import Event, remove_tree, walk
-from tests.support.images import Dir, File, Hardlink, ImageSpec, Layer, Opaque, Raw, Symlink, Whiteout, push_image
+from tests.support.images import Dir, ImageSpec, Layer, Raw, Whiteout
 from tests.support.mounts import tmpfs
-from tests.support.podman import Podman
-from tests.support.trees import snapshot
+from tests.support.podman import (
+    BASE,
+    Podman,
+    converted,
+    entries,
+    flat_additions,
+    image,
+    layers_in,
+    record_of,
+)
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("podman") is None, reason="podman is not installed: run ./bootstrap.sh"),
     pytest.mark.skipif(os.geteuid() != 0, reason="a store holds 0/0 devices and trusted.* attributes: root only"),
 ]
-
-BASE = Layer([
-    Dir("etc"), File("etc/os-release", b"ID=base\n"), Dir("usr"), Dir("usr/bin"),
-    File("usr/bin/tool", b"#!/bin/sh\necho tool\n", 0o755), Hardlink("usr/bin/tool-again", "usr/bin/tool"),
-    Symlink("usr/bin/sh-link", "/bin/sh"), File("old", b"deleted above"), Dir("opq"), File("opq/lower", b"hidden"),
-    Dir("keep"), File("keep/lower", b"kept"), Dir("replaced"), File("replaced/lower", b"hidden too"),
-    File("secret", b"s", 0o600),
-])
-
-
-def image(app: bytes) -> ImageSpec:
-    top = Layer([
-        Whiteout("old"), Opaque("opq"), File("opq/new", b"new"), File("keep/upper", b"added"),
-        Whiteout("replaced"), Dir("replaced"), File("replaced/upper", b"replacement"),
-        File("app", app, 0o755), Dir("srv", 0o750),
-    ])
-    return ImageSpec(layers=[BASE, top], cmd=["/app"], env=["PATH=/usr/bin", "FOO=bar"], labels={"from": "ducc"})
-
 
 @pytest.fixture
 def podman(tmp_path):
@@ -77,40 +64,6 @@ def podman(tmp_path):
     tool = Podman(work, tmp_path / "repo" / "podmanStore")
     yield tool
     tool.close()
-
-
-def record_of(root: Path, ref) -> Record:
-    directory = root / layout.metadata_dir(ref)
-    return Record.parse({name: (directory / name).read_bytes() for name in FILES if (directory / name).exists()})
-
-
-def layers_in(root: Path):
-    """Where the store reads each published layer of the directory repository at ``root``."""
-    return DirectoryView(root).layer_source
-
-
-def converted(client, root: Path, ref, spec: ImageSpec):
-    built = push_image(client, ref, spec)
-    assert Converter(client, DirectoryPublisher(root)).convert(ref).state == "published"
-    return built
-
-
-def flat_additions(flat: Path) -> frozenset[str]:
-    """What ducc's flat root holds beyond the image: its Singularity files and mount points, as the flat
-    root itself lists them (``.singularity.d/ducc.json``), that list, and the CVMFS catalog marker."""
-    added = json.loads((flat / layout.FLAT_ADDITIONS).read_text())["added"]
-    return frozenset({a.rstrip("/") for a in added} | {layout.FLAT_ADDITIONS, layout.CATALOG})
-
-
-def entries(root: Path, skip: frozenset[str] = frozenset()) -> dict[str, tuple]:
-    """``snapshot`` plus each entry's owner."""
-    out = {}
-    for rel, described in snapshot(root).items():
-        if rel in skip:
-            continue
-        st = os.lstat(root / rel)
-        out[rel] = (*described, st.st_uid, st.st_gid)
-    return out
 
 
 @pytest.fixture
@@ -314,14 +267,14 @@ class WatchedCommitter(DirectoryCommitter):
             return
         self.states += 1
         indexes = PodmanStore(self).indexes()
-        for image in indexes.images.values():
-            chain = indexes.chain(image.id)
-            assert chain and chain[0] == image.layer and indexes.layers[chain[-1]].parent is None
+        for entry in indexes.images.values():
+            chain = indexes.chain(entry.id)
+            assert chain and chain[0] == entry.layer and indexes.layers[chain[-1]].parent is None
             for layer_id in chain:
                 assert (self.root / layer_dir(layer_id) / "diff").is_dir()
                 assert os.readlink(self.root / link_path(layer_id)) == f"../{layer_id}/diff"
-            for big in image.big_data:
-                assert (self.root / "overlay-images" / image.id / big_data_file(big.key)).is_file()
+            for big in entry.big_data:
+                assert (self.root / "overlay-images" / entry.id / big_data_file(big.key)).is_file()
 
 
 def test_a_reader_finds_whole_images_in_every_state_of_the_indexes(client, unique_ref, root, podman):

@@ -17,9 +17,8 @@ from ducc.podman.cvmfs_committer import CvmfsCommitter
 from ducc.podman.metadata import IMAGES_INDEX, Indexes, layer_dir
 from ducc.podman.store import PodmanStore, store_name
 from ducc.podman.whiteout import OPAQUE_XATTR
-from tests.integration.test_podman_store import converted, entries, flat_additions, image, layers_in, record_of
 from tests.support.images import push_image
-from tests.support.podman import Podman
+from tests.support.podman import Podman, converted, entries, flat_additions, image, layers_in, record_of
 from tests.support.service import ducc_cli
 
 pytestmark = [

@@ -1,4 +1,6 @@
-"""The real podman (Debian's 4.3), on a private store of its own whose additional image store is ducc's.
+"""The real podman (Debian's 4.3), on a private store of its own whose additional image store is ducc's,
+and what the store's tests share: an image recipe with every kind of whiteout, converted into a
+directory root, and the comparison of a container's root with the flat root.
 
 Each ``Podman`` has its own ``storage.conf`` (``CONTAINERS_STORAGE_CONF``): ``graphroot`` and ``runroot``
 under the test's directory, ``additionalimagestores`` the store ducc wrote, so nothing outside the test
@@ -11,6 +13,13 @@ import json
 import os
 import subprocess
 from pathlib import Path
+
+from ducc import layout
+from ducc.convert import Converter
+from ducc.publish.directory import DirectoryPublisher, DirectoryView
+from ducc.record import FILES, Record
+from tests.support.images import Dir, File, Hardlink, ImageSpec, Layer, Opaque, Symlink, Whiteout, push_image
+from tests.support.trees import snapshot
 
 
 class Podman:
@@ -55,3 +64,55 @@ class Podman:
             point = line.split()[1].encode().decode("unicode_escape")
             if point.startswith(f"{self.work}/"):
                 subprocess.run(["umount", "-l", point], capture_output=True, timeout=60)
+
+
+BASE = Layer([
+    Dir("etc"), File("etc/os-release", b"ID=base\n"), Dir("usr"), Dir("usr/bin"),
+    File("usr/bin/tool", b"#!/bin/sh\necho tool\n", 0o755), Hardlink("usr/bin/tool-again", "usr/bin/tool"),
+    Symlink("usr/bin/sh-link", "/bin/sh"), File("old", b"deleted above"), Dir("opq"), File("opq/lower", b"hidden"),
+    Dir("keep"), File("keep/lower", b"kept"), Dir("replaced"), File("replaced/lower", b"hidden too"),
+    File("secret", b"s", 0o600),
+])
+
+
+def image(app: bytes) -> ImageSpec:
+    top = Layer([
+        Whiteout("old"), Opaque("opq"), File("opq/new", b"new"), File("keep/upper", b"added"),
+        Whiteout("replaced"), Dir("replaced"), File("replaced/upper", b"replacement"),
+        File("app", app, 0o755), Dir("srv", 0o750),
+    ])
+    return ImageSpec(layers=[BASE, top], cmd=["/app"], env=["PATH=/usr/bin", "FOO=bar"], labels={"from": "ducc"})
+
+
+def record_of(root: Path, ref) -> Record:
+    directory = root / layout.metadata_dir(ref)
+    return Record.parse({name: (directory / name).read_bytes() for name in FILES if (directory / name).exists()})
+
+
+def layers_in(root: Path):
+    """Where the store reads each published layer of the directory repository at ``root``."""
+    return DirectoryView(root).layer_source
+
+
+def converted(client, root: Path, ref, spec: ImageSpec):
+    built = push_image(client, ref, spec)
+    assert Converter(client, DirectoryPublisher(root)).convert(ref).state == "published"
+    return built
+
+
+def flat_additions(flat: Path) -> frozenset[str]:
+    """What ducc's flat root holds beyond the image: its Singularity files and mount points, as the flat
+    root itself lists them (``.singularity.d/ducc.json``), that list, and the CVMFS catalog marker."""
+    added = json.loads((flat / layout.FLAT_ADDITIONS).read_text())["added"]
+    return frozenset({a.rstrip("/") for a in added} | {layout.FLAT_ADDITIONS, layout.CATALOG})
+
+
+def entries(root: Path, skip: frozenset[str] = frozenset()) -> dict[str, tuple]:
+    """``snapshot`` plus each entry's owner."""
+    out = {}
+    for rel, described in snapshot(root).items():
+        if rel in skip:
+            continue
+        st = os.lstat(root / rel)
+        out[rel] = (*described, st.st_uid, st.st_gid)
+    return out
