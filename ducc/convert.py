@@ -36,6 +36,9 @@ What each step promises:
              Layers published by this conversion are read where their publisher
              says (the staged copy, for CVMFS), the others from the repository.
 6. commit    publish the flat root, point the tag at it, then write the record (last).
+             Then every store beside the repository (``sinks``) is told; a store that
+             fails is a progress line, never the conversion's failure, and is told
+             again whenever the image is found unchanged (docs/podman.md).
 7. thin      only if the request names a thin reference (docs/design.md §7): build the
              thin image from the verified manifest and config (its layer URLs
              name ``cvmfs_repo``, else the request's ``thin_repo``, else
@@ -114,6 +117,7 @@ from ducc.model.reference import Reference
 from ducc.model.request import ConversionRequest, ConversionResult
 from ducc.progress import LogProgress, Progress
 from ducc.publish import Publisher, Transaction
+from ducc.publish.sinks import ImageSink, holding, tell
 from ducc.record import Record
 from ducc.registry.client import RegistryClient
 from ducc.registry.push import push_thin_image
@@ -258,10 +262,12 @@ class Converter:
         cvmfs_repo: str | None = None,
         thin_cvmfs_repo: str | None = None,
         policies: Sequence[Policy] = (),
+        sinks: Sequence[ImageSink] = (),
     ) -> None:
         self.client = client
         self.publisher = publisher
         self.reader = publisher.reader  # reads have no side effects: no lock, no recovery
+        self.sinks = tuple(sinks)  # stores written beside the repository, told after it (ducc.publish.sinks)
         self.cache = cache
         self.progress = progress or LogProgress()
         self.parallel_layers = max(1, parallel_layers)
@@ -281,9 +287,11 @@ class Converter:
         self, ref: Reference, platform: Platform = DEFAULT_PLATFORM, *, thin: Reference | None = None
     ) -> tuple[bool, Digest]:
         """Whether ``ref`` is published at the digest the registry serves now (one manifest HEAD), and,
-        if ``thin`` is given, its record says that thin image was pushed there."""
+        if ``thin`` is given, its record says that thin image was pushed there, and every store beside
+        the repository holds it (one that missed it is filled in by converting it again: ``_unchanged``)."""
         record, tag_digest = self._current_record(ref, platform)
-        return record is not None and (thin is None or _has_thin(record, thin)), tag_digest
+        return (record is not None and (thin is None or _has_thin(record, thin))
+                and holding(self.sinks, ref, platform, record)), tag_digest
 
     def _current_record(self, ref: Reference, platform: Platform) -> tuple[Record | None, Digest]:
         """The record of ``ref`` if it matches what the registry serves now, and that digest."""
@@ -326,6 +334,7 @@ class Converter:
             layers = self.unpack(run, image, stage)
             flat = self.flatten(run, image, layers, stage)
             published = self.commit(run, image, flat)
+        self._tell_sinks(run, published.record)
         return self.thin(run, image, published.record, self._published(run, image, layers, flat, published))
 
     # -- the steps, in order -------------------------------------------------------------
@@ -446,6 +455,7 @@ class Converter:
         """The tag is current: nothing to do, unless the request asks for a thin image its record does
         not name (not asked for then, or its push failed): then fetch, admit and push only that."""
         request, ref = run.request, run.reference
+        self._tell_sinks(run, record)  # a store that missed it (a crash after the record was written) gets it now
         path = str(layout.tag_link(ref, request.platform))
         short = resolved.tag_digest.short
         if request.thin is None or _has_thin(record, request.thin):
@@ -479,6 +489,14 @@ class Converter:
             bytes_fetched=layers.bytes_fetched, seconds=seconds, skipped_entries=tuple(layers.skipped_entries),
             revision=revision,
         )
+
+    def _tell_sinks(self, run: Conversion, record: Record) -> None:
+        """Every store beside the repository holds the published image now; what one changed or failed
+        to do is a line of the run's progress (the image stays published either way)."""
+        ref, platform = run.reference, run.request.platform
+        for line in tell(self.sinks, f"adding {ref}",
+                         lambda sink: sink.published(ref, platform, record, self.reader)):
+            run.progress.stage(ref, "publishing", line)
 
     def _recover(self) -> None:
         """What an earlier crash left goes now, whatever this run turns out to do (a run that finds its

@@ -30,7 +30,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -39,7 +39,10 @@ from pathlib import PurePosixPath
 from ducc import layout
 from ducc.errors import InvalidDigest
 from ducc.model.digest import Digest
+from ducc.model.manifest import Platform
+from ducc.model.reference import Reference
 from ducc.publish import Publisher, TreeReader
+from ducc.publish.sinks import ImageSink, tell
 from ducc.tree import TreeSize
 
 log = logging.getLogger(__name__)
@@ -157,6 +160,7 @@ class Collection:
     sizes: Mapping[Item, TreeSize]
     present: frozenset[Item]
     dry_run: bool = False
+    beside: tuple[str, ...] = ()  # what the stores beside the repository dropped, or their failures
 
     @property
     def deleted(self) -> tuple[Item, ...]:
@@ -190,7 +194,7 @@ class Collection:
                        f"(unreferenced since {when(wait.since)})")
         for item in sorted(self.plan.in_use):
             out.append(f"in use   {item.kind:<5} {item.digest}  reserved by a conversion in progress")
-        return out
+        return out + list(self.beside)
 
     def summary(self) -> str:
         freed = self.freed
@@ -259,7 +263,8 @@ def measure_missing(view: TreeReader, items: Iterable[Item], known: Mapping[Item
 
 
 def collect(
-    publisher: Publisher, *, grace: int, dry_run: bool = False, clock: Callable[[], float] = time.time
+    publisher: Publisher, *, grace: int, dry_run: bool = False, clock: Callable[[], float] = time.time,
+    sinks: Sequence[ImageSink] = (),
 ) -> Collection:
     """Run garbage collection on ``publisher``'s repository (``dry_run``: plan only, change nothing).
 
@@ -267,7 +272,9 @@ def collect(
     is cleared first (``recover``); trees not measured before are measured, outside the repository
     transaction; then, holding it (the lease), the reservations are frozen, reachability, reservations
     and the state are read again, the plan is made, its removals are done and the new state is
-    written; the reservations thaw once the transaction has ended.
+    written; the reservations thaw once the transaction has ended. Last, each store beside the
+    repository (``sinks``) keeps only what is published (``Collection.beside`` says what they did; a
+    store's failure is a line there, never the collection's).
     """
     view, reservations, store = publisher.reader, publisher.reservations, publisher.gc_state
     state = GcState.parse(store.read_gc_state())
@@ -295,4 +302,15 @@ def collect(
             if item.kind == Kind.LAYER:
                 txn.remove_layer(item.digest)
         store.write_gc_state(decided.state.dump())
-    return Collection(decided, sizes, found.present)
+    beside = tell(sinks, "collecting", lambda sink: sink.collect(lambda: published_images(view)))
+    return Collection(decided, sizes, found.present, beside=tuple(beside))
+
+
+def published_images(view: TreeReader) -> Iterator[tuple[Reference, Platform]]:
+    """The reference and platform of every record a public path leads to (records without them, written
+    by CVMFS's DUCC, are left out)."""
+    for link, _ in view.published():
+        record = view.read_record_at(link)
+        details = record.details if record is not None else {}
+        if details.get("reference") and details.get("platform"):
+            yield Reference.parse(str(details["reference"])), Platform.parse(str(details["platform"]))

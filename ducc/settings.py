@@ -372,6 +372,15 @@ class CacheSettings:
 
 
 @dataclass(frozen=True)
+class PodmanSettings:
+    """Podman's additional image store: converted images that podman runs without pulling (docs/podman.md)."""
+
+    store: Path | None = setting(
+        "DUCC_PODMAN_STORE", "a directory: also write each image converted for `DUCC_PLATFORM` into podman's "
+        "additional image store there (`--podman-store`; root only); unset: no store", default=None, read=_path)
+
+
+@dataclass(frozen=True)
 class LimitSettings:
     """Limits: what one image may be and write; beyond them it is refused (admission: docs/design.md §1)."""
 
@@ -494,6 +503,7 @@ class Settings:
     registry: RegistrySettings = section(RegistrySettings)
     thin: ThinSettings = section(ThinSettings)
     cache: CacheSettings = section(CacheSettings)
+    podman: PodmanSettings = section(PodmanSettings)
     limits: LimitSettings = section(LimitSettings)
     sync: SyncSettings = section(SyncSettings)
     gc: GcSettings = section(GcSettings)

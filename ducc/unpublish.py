@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ducc.model.digest import Digest
 from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
 from ducc.publish import Publisher
+from ducc.publish.sinks import ImageSink, tell
 from ducc.registry.client import RegistryClient
 
 log = logging.getLogger(__name__)
@@ -40,9 +41,11 @@ class Unpublished:
     served: Digest | None = None
 
 
-def unpublish(publisher: Publisher, targets: Sequence[tuple[Reference, Platform]]) -> list[Unpublished]:
+def unpublish(publisher: Publisher, targets: Sequence[tuple[Reference, Platform]],
+              sinks: Sequence[ImageSink] = ()) -> list[Unpublished]:
     """Unpublish every (reference, platform) in one transaction; one that is not published is reported so.
-    What a dead writer left is cleared first (``recover``)."""
+    What a dead writer left is cleared first (``recover``). Then the stores beside the repository
+    (``sinks``) drop them; what they did is in ``why``."""
     out = []
     view = publisher.reader
     publisher.recover()
@@ -54,12 +57,23 @@ def unpublish(publisher: Publisher, targets: Sequence[tuple[Reference, Platform]
                 continue
             txn.remove_tag(ref, platform)
             out.append(Unpublished(ref, platform, path, "unpublished"))
+    out = [_told(sinks, done) for done in out]
     for done in out:
-        log.info("%s (%s): %s", done.reference, done.platform, done.outcome)
+        log.info("%s (%s): %s%s", done.reference, done.platform, done.outcome, f" ({done.why})" if done.why else "")
     return out
 
 
-def unpublish_if_gone(client: RegistryClient, publisher: Publisher, ref: Reference, platform: Platform) -> Unpublished:
+def _told(sinks: Sequence[ImageSink], done: Unpublished) -> Unpublished:
+    """``done``, once every store beside the repository dropped its tag (what they did added to ``why``;
+    a store's failure is reported there and logged, and never keeps the tag published)."""
+    if done.outcome != "unpublished":
+        return done
+    lines = tell(sinks, f"removing {done.reference}", lambda sink: sink.unpublished(done.reference, done.platform))
+    return replace(done, why="; ".join([done.why, *lines] if done.why else lines)) if lines else done
+
+
+def unpublish_if_gone(client: RegistryClient, publisher: Publisher, ref: Reference, platform: Platform,
+                      sinks: Sequence[ImageSink] = ()) -> Unpublished:
     """Unpublish ``ref`` only if the registry answers its manifest with 404; see the module docstring.
 
     The registry is asked outside the repository transaction (its retries may take a while); under it,
@@ -84,5 +98,6 @@ def unpublish_if_gone(client: RegistryClient, publisher: Publisher, ref: Referen
             log.info("%s (%s) kept: converted again while the registry was asked", ref, platform)
             return Unpublished(ref, platform, path, "kept", "converted again while the registry was asked")
         txn.remove_tag(ref, platform)
-    log.info("%s (%s) unpublished: the registry answers 404 for its manifest", ref, platform)
-    return Unpublished(ref, platform, path, "unpublished", "the registry answers 404 for its manifest")
+    done = _told(sinks, Unpublished(ref, platform, path, "unpublished", "the registry answers 404 for its manifest"))
+    log.info("%s (%s) unpublished: %s", ref, platform, done.why)
+    return done

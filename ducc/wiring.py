@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from ducc.cache import BlobCache
     from ducc.convert import Converter
     from ducc.model.reference import Reference
+    from ducc.publish.sinks import ImageSink
     from ducc.registry.auth import Keychain
     from ducc.registry.client import RegistryClient
 
@@ -111,10 +112,17 @@ class Services:
     @cached_property
     def publisher(self) -> Publisher:
         lock = self._repository_lock if self.shared_locks else None
-        publisher = backends.of(self.settings).publisher(self.settings, self.root, lock)
-        for store in backends.stores(self.settings):  # written beside the repository, following its publisher
-            publisher = store.wrap(self.settings, publisher)
-        return publisher
+        return backends.of(self.settings).publisher(self.settings, self.root, lock)
+
+    @cached_property
+    def sinks(self) -> tuple[ImageSink, ...]:
+        """The stores written beside the repository (``DUCC_PODMAN_STORE``…), each checked by its preflight
+        first: one that cannot be written is a ``RepositoryUnusable`` before any work."""
+        found = []
+        for store in backends.stores(self.settings):
+            store.preflight(self.settings, self.root)
+            found.append(store.sink(self.settings, self.publisher))
+        return tuple(found)
 
     def _repository_lock(self, name: str) -> AbstractContextManager[StillHeld]:
         # Writes into one repository are serialised across hosts by a Redis lease on its name; the
@@ -189,7 +197,7 @@ class Services:
 
         limits = Limits(self.settings.limits.max_image_bytes, self.settings.limits.max_layer_entries, self.settings.limits.max_path_depth,
                         self.settings.limits.max_path_bytes)
-        return Converter(self.client, self.publisher, cache=self.cache, progress=self.progress,
+        return Converter(self.client, self.publisher, sinks=self.sinks, cache=self.cache, progress=self.progress,
                          parallel_layers=self.settings.parallel_layers,
                          layer_lock=self._layer_lock if self.shared_locks else None, thin_client=self.thin_client,
                          limits=limits, cvmfs_repo=self.settings.cvmfs.repo,

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from ducc import layout
+from ducc.model.digest import Digest
 from ducc.model.reference import Reference
 from ducc.podman.committer import STAGING, Committer
 from ducc.podman.diff import build_diff
@@ -32,6 +33,7 @@ from ducc.podman.metadata import (
     LINKS,
     LOCKS,
     OVERLAY,
+    Entry,
     Indexes,
     StoreImage,
     StoreLayer,
@@ -48,6 +50,20 @@ from ducc.podman.metadata import (
 from ducc.record import Record
 
 log = logging.getLogger(__name__)
+
+
+def _holds(indexes: Indexes, entry: Entry) -> bool:
+    known = indexes.images.get(entry.image.id)
+    return known is not None and entry.image.names[0] in known.names and entry.image.digest in known.digests
+
+
+def _identity(path: Path) -> tuple[int, ...]:
+    """What changes when ``path`` is replaced or written (inode, size, mtime); empty if it is missing."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return ()
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def store_name(ref: Reference) -> str:
@@ -67,6 +83,7 @@ class Collected:
 class PodmanStore:
     def __init__(self, committer: Committer) -> None:
         self._committer = committer
+        self._cached: tuple[tuple[tuple[int, ...], ...], Indexes] | None = None  # for ``holds``
 
     @property
     def root(self) -> Path:
@@ -76,22 +93,35 @@ class PodmanStore:
         """The store's indexes as they are now (empty for a new store); ValueError if one does not parse."""
         return Indexes.parse(self._read(LAYERS_INDEX), self._read(IMAGES_INDEX))
 
-    def add(self, name: str, record: Record, repository: Path) -> StoreImage:
-        """Put the image ``record`` describes into the store under ``name`` (``store_name``), its layers
-        read from ``repository`` (the root holding ``.layers``). The name leaves any image that had it;
-        an image left without names goes, with the layers only it used. ValueError for a record the
-        store cannot take (no config: a record written by CVMFS's DUCC)."""
+    def holds(self, name: str, record: Record) -> bool:
+        """Whether ``name`` is the image ``record`` describes, with its manifest digest (read without the
+        writer lock: a cheap look before ``add``, which looks again under it). The indexes are parsed
+        again only when one of their files changed (a sync asks this of every image it checks)."""
+        return _holds(self._latest(), entry_of(name, record))
+
+    def _latest(self) -> Indexes:
+        key = tuple(_identity(self.root / index) for index in (LAYERS_INDEX, IMAGES_INDEX))
+        cached = self._cached
+        if cached is None or cached[0] != key:
+            cached = self._cached = (key, self.indexes())
+        return cached[1]
+
+    def add(self, name: str, record: Record, layerfs: Callable[[Digest], Path]) -> StoreImage:
+        """Put the image ``record`` describes into the store under ``name`` (``store_name``), each layer
+        read from ``layerfs(digest)`` (the published ``layerfs``: ``RepositoryView.layer_source``). The
+        name leaves any image that had it; an image left without names goes, with the layers only it
+        used. ValueError for a record the store cannot take (no config: a record written by CVMFS's
+        DUCC)."""
         entry = entry_of(name, record)
         with self._committer.exclusive():
             current = self.indexes()
-            known = current.images.get(entry.image.id)
-            if known is not None and name in known.names and entry.image.digest in known.digests:
-                return known  # already there: nothing to write
+            if _holds(current, entry):
+                return current.images[entry.image.id]  # already there: nothing to write
             self._locks()
             ids = [layer.id for layer in entry.layers]
-            layerfs = [repository / layout.layerfs(layer.digest) for layer in entry.layers]
+            sources = [layerfs(layer.digest) for layer in entry.layers]
             for index, layer in enumerate(entry.layers):
-                self._layer(layer, list(reversed(ids[:index])), layerfs[index], layerfs[:index])
+                self._layer(layer, list(reversed(ids[:index])), sources[index], sources[:index])
             for key, data in entry.files.items():
                 self._committer.write(image_dir(entry.image.id) / big_data_file(key), data)
             after = current.with_entry(entry)
@@ -107,12 +137,14 @@ class PodmanStore:
             self._commit(current, after)
         return [i for i in current.images if i not in after.images]
 
-    def gc(self, keep: Collection[str]) -> Collected:
+    def gc(self, keep: Collection[str] | Callable[[], Collection[str]]) -> Collected:
         """Keep only the names in ``keep`` (the images still published), drop the images and layers that
-        leaves unused, and delete trees no index names (what a crash left)."""
+        leaves unused, and delete trees no index names (what a crash left). ``keep`` may be a function,
+        called under the writer lock: an image added meanwhile (after its record was written) is then
+        among what it returns, or waits for the lock and is added after the collection."""
         with self._committer.exclusive():
             current = self.indexes()
-            after = current.keeping(keep)
+            after = current.keeping(keep() if callable(keep) else keep)
             self._commit(current, after)
             debris = self._debris(after)
         return Collected([i for i in current.images if i not in after.images],

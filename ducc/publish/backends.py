@@ -16,7 +16,8 @@ kept there and this table has exactly one row per name: ``tests/unit/test_backen
 
 A store written beside the repository, whichever backend publishes it (podman's additional image
 store), is a ``Store`` row of ``STORES`` plus its module: its option and variable, its preflight, and
-``wrap``, which hands it the repository's publisher to follow.
+``sink``, which builds its ``ImageSink`` (``ducc.publish.sinks``): the converter, ``ducc rm`` and
+``ducc gc`` tell every sink in use what they did to the repository, after doing it.
 
 Every consumer reads a row's fields only: the CLI adds each row's ``option`` (``add_options``) and
 applies those given (``apply_options``), ``ducc serve`` runs the ``preflight`` of every row in use
@@ -29,7 +30,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from ducc.errors import PublishError
@@ -40,6 +41,7 @@ from ducc.settings import PUBLISHERS, Settings
 
 if TYPE_CHECKING:
     from ducc.publish.cvmfs_server import CvmfsServer
+    from ducc.publish.sinks import ImageSink
 
 # One line per check a doctor made: what was checked, and None if it holds, else what is wrong.
 Checks = list[tuple[str, str | None]]
@@ -78,13 +80,14 @@ class Backend:
 class Store:
     """A store written beside the repository, whichever backend publishes it (for example podman's
     additional image store: ``--podman-store DIR``, ``DUCC_PODMAN_STORE``). It is in use wherever its
-    option or variable names it; ``wrap`` gives it the repository's publisher to follow (what is
-    published, unpublished or collected there is then written into the store too)."""
+    option or variable names it; ``sink`` builds what follows the repository (told what is published,
+    unpublished or collected there, after it was: ``ducc.publish.sinks``). ``preflight`` raises
+    ``RepositoryUnusable`` (one line) where the store cannot be written."""
 
     name: str
     settings: tuple[str, ...]
     option: Option
-    wrap: Callable[[Settings, Publisher], Publisher]
+    sink: Callable[[Settings, Publisher], ImageSink]
     preflight: Callable[[Settings, Path], None]
 
 
@@ -178,10 +181,72 @@ CVMFS = Backend(
     doctor=_cvmfs_doctor,
 )
 
+# -- podman: podman's additional image store, in a directory (docs/podman.md) ------------------------
+
+
+def _with_podman_store(settings: Settings, store: str) -> Settings:
+    return Settings.from_env({**settings.env, "DUCC_PODMAN_STORE": str(Path(store).absolute())})
+
+
+def _podman_store(settings: Settings) -> Path:
+    if settings.podman.store is None:
+        raise PublishError("podman's store needs a directory: --podman-store DIR or DUCC_PODMAN_STORE")
+    return settings.podman.store.absolute()
+
+
+def _podman_in_cvmfs(settings: Settings, store: Path) -> tuple[str, PurePosixPath] | None:
+    """(repository, the store's path in it) when the store is inside the CVMFS repository published into
+    (``/cvmfs/<repo>/podmanStore``): it is then written through ``cvmfs_server``; None: a directory."""
+    if not settings.cvmfs.repo:
+        return None
+    repository, _ = _cvmfs_repository(settings)
+    mount = (settings.cvmfs.mount or Path("/cvmfs") / repository).absolute()
+    if not store.is_relative_to(mount) or store == mount:
+        return None
+    return repository, PurePosixPath(store.relative_to(mount).as_posix())
+
+
+def _podman_sink(settings: Settings, publisher: Publisher) -> ImageSink:
+    from ducc.podman.committer import Committer, DirectoryCommitter
+    from ducc.podman.cvmfs_committer import CvmfsCommitter
+    from ducc.podman.mirror import Mirror
+
+    store = _podman_store(settings)
+    inside = _podman_in_cvmfs(settings, store)
+    committer: Committer = DirectoryCommitter(store)
+    if inside is not None:
+        repository, relative = inside
+        committer = CvmfsCommitter(publisher, _cvmfs_server(settings, repository), relative,
+                                   settings.state_dir / "podman-staging" / repository)
+    return Mirror(committer, settings.platform)
+
+
+def _podman_preflight(settings: Settings, root: Path) -> None:
+    from ducc.podman.mirror import check, check_cvmfs
+
+    store = _podman_store(settings)
+    inside = _podman_in_cvmfs(settings, store)
+    if inside is None:
+        check(store)
+    else:
+        check_cvmfs(store, inside[0])
+
+
+PODMAN = Store(
+    name="podman",
+    settings=("DUCC_PODMAN_STORE",),
+    option=Option("--podman-store", "DUCC_PODMAN_STORE", "DIR",
+                  "also write the images converted for DUCC_PLATFORM (one image per name) into podman's "
+                  "additional image store in DIR, as root; a DIR inside the CVMFS repository published into "
+                  "is written through cvmfs_server (default: $DUCC_PODMAN_STORE)", _with_podman_store),
+    sink=_podman_sink,
+    preflight=_podman_preflight,
+)
+
 # -- the table ---------------------------------------------------------------------------------------
 
 BACKENDS: tuple[Backend, ...] = (DIRECTORY, CVMFS)  # one of them publishes the repository (DUCC_PUBLISHER)
-STORES: tuple[Store, ...] = ()  # any of them is written beside it
+STORES: tuple[Store, ...] = (PODMAN,)  # any of them is written beside it
 
 DOCTOR_USAGE = "ducc doctor checks a CVMFS repository: --cvmfs-repo REPO or DUCC_CVMFS_REPO"
 

@@ -56,10 +56,13 @@ from ducc.service.running import heartbeat, running
 from ducc.settings import Settings
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import redis
 
     from ducc.convert import Converter
     from ducc.publish import Publisher, RepositoryView
+    from ducc.publish.sinks import ImageSink
     from ducc.registry.client import RegistryClient
     from ducc.sync import SyncReport
 
@@ -86,6 +89,8 @@ class Collaborators(Protocol):
     def publisher(self) -> Publisher: ...
     @property
     def converter(self) -> Converter: ...
+    @property
+    def sinks(self) -> Sequence[ImageSink]: ...
 
 
 def _runnable(jobs: JobStore, job_id: str) -> Job | str:
@@ -277,10 +282,10 @@ def run_unpublish(services: Collaborators, job_id: str, task: Task) -> str:
                 jobs.event(job_id, JobState.RESOLVING,
                            f"{request.reason + '; ' if request.reason else ''}asking {ref.registry} whether {ref} "
                            "is gone (only a 404 of its manifest says so)")
-                done = unpublish_if_gone(services.client, services.publisher, ref, platform)
+                done = unpublish_if_gone(services.client, services.publisher, ref, platform, services.sinks)
             else:
                 jobs.event(job_id, JobState.UNPUBLISHING, request.reason)
-                [done] = unpublish(services.publisher, [(ref, platform)])
+                [done] = unpublish(services.publisher, [(ref, platform)], services.sinks)
         except DuccError as exc:
             run.finish(recheck=False)
             if exc.temporary and attempts < settings.jobs.max_attempts:
@@ -327,7 +332,7 @@ def run_gc(services: Collaborators, job_id: str | None = None, tick: str | None 
         jobs.event(job_id, JobState.COLLECTING,
                    f"reading {services.view.name}; grace {settings.gc.grace}s (DUCC_GC_GRACE)")
         try:
-            collection = collect(services.publisher, grace=settings.gc.grace)
+            collection = collect(services.publisher, grace=settings.gc.grace, sinks=services.sinks)
         except DuccError as exc:
             log.error("job %s: garbage collection failed: %s", job_id, exc)
             jobs.event(job_id, JobState.FAILED, str(exc), error=str(exc), temporary=int(exc.temporary), attempts=1)

@@ -23,7 +23,6 @@ from pathlib import Path
 import pytest
 
 from ducc import layout
-from ducc.convert import Converter
 from ducc.model.digest import Digest
 from ducc.podman.committer import DirectoryCommitter
 from ducc.podman.diff import build_diff
@@ -39,79 +38,24 @@ from ducc.podman.metadata import (
 )
 from ducc.podman.store import PodmanStore, store_name
 from ducc.podman.whiteout import OPAQUE_XATTR
-from ducc.publish.directory import DirectoryPublisher
-from ducc.record import FILES, Record
 from ducc.tree import Event, remove_tree, walk
-from tests.support.images import Dir, File, Hardlink, ImageSpec, Layer, Opaque, Raw, Symlink, Whiteout, push_image
+from tests.support.images import Dir, ImageSpec, Layer, Raw, Whiteout
 from tests.support.mounts import tmpfs
-from tests.support.trees import snapshot
+from tests.support.podman import (
+    BASE,
+    Podman,
+    converted,
+    entries,
+    flat_additions,
+    image,
+    layers_in,
+    record_of,
+)
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("podman") is None, reason="podman is not installed: run ./bootstrap.sh"),
     pytest.mark.skipif(os.geteuid() != 0, reason="a store holds 0/0 devices and trusted.* attributes: root only"),
 ]
-
-BASE = Layer([
-    Dir("etc"), File("etc/os-release", b"ID=base\n"), Dir("usr"), Dir("usr/bin"),
-    File("usr/bin/tool", b"#!/bin/sh\necho tool\n", 0o755), Hardlink("usr/bin/tool-again", "usr/bin/tool"),
-    Symlink("usr/bin/sh-link", "/bin/sh"), File("old", b"deleted above"), Dir("opq"), File("opq/lower", b"hidden"),
-    Dir("keep"), File("keep/lower", b"kept"), Dir("replaced"), File("replaced/lower", b"hidden too"),
-    File("secret", b"s", 0o600),
-])
-
-
-def image(app: bytes) -> ImageSpec:
-    top = Layer([
-        Whiteout("old"), Opaque("opq"), File("opq/new", b"new"), File("keep/upper", b"added"),
-        Whiteout("replaced"), Dir("replaced"), File("replaced/upper", b"replacement"),
-        File("app", app, 0o755), Dir("srv", 0o750),
-    ])
-    return ImageSpec(layers=[BASE, top], cmd=["/app"], env=["PATH=/usr/bin", "FOO=bar"], labels={"from": "ducc"})
-
-
-class Podman:
-    """The real podman, on a private store whose additional image store is ``store`` (if one is given)."""
-
-    def __init__(self, work: Path, store: Path | None) -> None:
-        self.work = work
-        self.conf = work / "storage.conf"
-        self.conf.write_text(
-            "[storage]\n"
-            'driver = "overlay"\n'
-            f'graphroot = "{work / "graph"}"\n'
-            f'runroot = "{work / "run"}"\n'
-            + ("" if store is None else f'[storage.options]\nadditionalimagestores = [ "{store}" ]\n')
-        )
-        self.containers: list[str] = []
-
-    def __call__(self, *args: str) -> str:
-        done = subprocess.run(["podman", *args], capture_output=True, text=True, timeout=120,
-                              env={**os.environ, "CONTAINERS_STORAGE_CONF": str(self.conf)})
-        assert done.returncode == 0, f"podman {' '.join(args)}: {done.stderr}"
-        return done.stdout
-
-    def images(self) -> dict[str, str]:
-        """``{name: manifest digest}`` as ``podman images --digests`` lists them."""
-        rows = json.loads(self("images", "--digests", "--format", "json"))
-        return {name: row["Digest"] for row in rows for name in row.get("Names") or ()}
-
-    def root_of(self, name: str) -> Path:
-        container = self("create", "--pull", "never", name).strip()
-        self.containers.append(container)
-        return Path(self("mount", container).strip())
-
-    def close(self) -> None:
-        for container in self.containers:
-            subprocess.run(["podman", "rm", "-f", container], capture_output=True, timeout=120,
-                           env={**os.environ, "CONTAINERS_STORAGE_CONF": str(self.conf)})
-        self.containers.clear()
-        # podman's overlay driver may leave its graph root's ``overlay`` bind-mounted on itself: only
-        # mounts under this podman's own directory are undone.
-        for line in reversed(Path("/proc/self/mounts").read_text().splitlines()):
-            point = line.split()[1].encode().decode("unicode_escape")
-            if point.startswith(f"{self.work}/"):
-                subprocess.run(["umount", "-l", point], capture_output=True, timeout=60)
-
 
 @pytest.fixture
 def podman(tmp_path):
@@ -122,35 +66,6 @@ def podman(tmp_path):
     tool.close()
 
 
-def record_of(root: Path, ref) -> Record:
-    directory = root / layout.metadata_dir(ref)
-    return Record.parse({name: (directory / name).read_bytes() for name in FILES if (directory / name).exists()})
-
-
-def converted(client, root: Path, ref, spec: ImageSpec):
-    built = push_image(client, ref, spec)
-    assert Converter(client, DirectoryPublisher(root)).convert(ref).state == "published"
-    return built
-
-
-def flat_additions(flat: Path) -> frozenset[str]:
-    """What ducc's flat root holds beyond the image: its Singularity files and mount points, as the flat
-    root itself lists them (``.singularity.d/ducc.json``), that list, and the CVMFS catalog marker."""
-    added = json.loads((flat / layout.FLAT_ADDITIONS).read_text())["added"]
-    return frozenset({a.rstrip("/") for a in added} | {layout.FLAT_ADDITIONS, layout.CATALOG})
-
-
-def entries(root: Path, skip: frozenset[str] = frozenset()) -> dict[str, tuple]:
-    """``snapshot`` plus each entry's owner."""
-    out = {}
-    for rel, described in snapshot(root).items():
-        if rel in skip:
-            continue
-        st = os.lstat(root / rel)
-        out[rel] = (*described, st.st_uid, st.st_gid)
-    return out
-
-
 @pytest.fixture
 def two_images(client, unique_ref, root):
     """Two images converted into ``root`` that share their base layer, both added to the store."""
@@ -158,7 +73,7 @@ def two_images(client, unique_ref, root):
     built = [converted(client, root, ref, image(f"#!/bin/sh\necho {i}\n".encode())) for i, ref in enumerate(refs)]
     store = PodmanStore(DirectoryCommitter(root / "podmanStore"))
     for ref in refs:
-        store.add(store_name(ref), record_of(root, ref), root)
+        store.add(store_name(ref), record_of(root, ref), layers_in(root))
     return store, refs, built
 
 
@@ -197,7 +112,7 @@ def test_whiteouts_of_nothing_show_nothing_as_in_the_flat_root(client, unique_re
     ])
     converted(client, root, ref, ImageSpec(layers=[BASE, top], cmd=["/app"]))
     store = PodmanStore(DirectoryCommitter(root / "podmanStore"))
-    store.add(store_name(ref), record_of(root, ref), root)
+    store.add(store_name(ref), record_of(root, ref), layers_in(root))
     flat = (root / layout.tag_link(ref)).resolve()
     mounted = podman.root_of(store_name(ref))
     assert entries(mounted) == entries(flat, skip=flat_additions(flat))
@@ -286,9 +201,9 @@ def test_a_moved_tag_takes_its_name_to_the_new_image_and_drops_the_old(client, u
     ref = unique_ref()
     store = PodmanStore(DirectoryCommitter(root / "podmanStore"))
     first = converted(client, root, ref, image(b"one"))
-    store.add(store_name(ref), record_of(root, ref), root)
+    store.add(store_name(ref), record_of(root, ref), layers_in(root))
     second = converted(client, root, ref, image(b"two"))
-    store.add(store_name(ref), record_of(root, ref), root)
+    store.add(store_name(ref), record_of(root, ref), layers_in(root))
     assert podman.images() == {store_name(ref): str(second.digest)}
     assert list(store.indexes().images) == [second.config_digest.hex]
     assert not (store.root / "overlay-images" / first.config_digest.hex).exists()
@@ -301,7 +216,7 @@ def test_a_store_on_another_filesystem_gets_copies_that_keep_hardlinks(client, u
     converted(client, root, ref, image(b"copied"))
     with tmpfs(root / "podmanStore", "size=20m") as mount:
         store = PodmanStore(DirectoryCommitter(mount))
-        store.add(store_name(ref), record_of(root, ref), root)
+        store.add(store_name(ref), record_of(root, ref), layers_in(root))
         flat = (root / layout.tag_link(ref)).resolve()
         mounted = podman.root_of(store_name(ref))
         assert entries(mounted) == entries(flat, skip=flat_additions(flat))
@@ -352,14 +267,14 @@ class WatchedCommitter(DirectoryCommitter):
             return
         self.states += 1
         indexes = PodmanStore(self).indexes()
-        for image in indexes.images.values():
-            chain = indexes.chain(image.id)
-            assert chain and chain[0] == image.layer and indexes.layers[chain[-1]].parent is None
+        for entry in indexes.images.values():
+            chain = indexes.chain(entry.id)
+            assert chain and chain[0] == entry.layer and indexes.layers[chain[-1]].parent is None
             for layer_id in chain:
                 assert (self.root / layer_dir(layer_id) / "diff").is_dir()
                 assert os.readlink(self.root / link_path(layer_id)) == f"../{layer_id}/diff"
-            for big in image.big_data:
-                assert (self.root / "overlay-images" / image.id / big_data_file(big.key)).is_file()
+            for big in entry.big_data:
+                assert (self.root / "overlay-images" / entry.id / big_data_file(big.key)).is_file()
 
 
 def test_a_reader_finds_whole_images_in_every_state_of_the_indexes(client, unique_ref, root, podman):
@@ -369,9 +284,9 @@ def test_a_reader_finds_whole_images_in_every_state_of_the_indexes(client, uniqu
     committer = WatchedCommitter(root / "podmanStore")
     store = PodmanStore(committer)
     for ref in refs:
-        store.add(store_name(ref), record_of(root, ref), root)
+        store.add(store_name(ref), record_of(root, ref), layers_in(root))
     converted(client, root, refs[0], image(b"moved"))
-    store.add(store_name(refs[0]), record_of(root, refs[0]), root)  # old image and its top layer go
+    store.add(store_name(refs[0]), record_of(root, refs[0]), layers_in(root))  # old image and its top layer go
     store.remove([store_name(refs[1])])
     store.gc(keep=set())
     assert committer.states >= 8 and store.indexes() == Indexes()
@@ -381,7 +296,7 @@ def test_a_reader_finds_whole_images_in_every_state_of_the_indexes(client, uniqu
 def test_adding_an_image_again_writes_nothing(two_images, root):
     store, refs, _ = two_images
     before = {p: p.stat().st_mtime_ns for p in store.root.rglob("*.json")}
-    store.add(store_name(refs[0]), record_of(root, refs[0]), root)
+    store.add(store_name(refs[0]), record_of(root, refs[0]), layers_in(root))
     assert {p: p.stat().st_mtime_ns for p in store.root.rglob("*.json")} == before
 
 

@@ -4,7 +4,7 @@ and each row builds its view and checks its preflight from settings alone."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import os
 
 import pytest
 
@@ -82,33 +82,38 @@ def test_the_cvmfs_preflight_and_doctor_ask_for_a_repository(tmp_path):
     assert backends.DIRECTORY.doctor is None  # ducc doctor says what it checks instead
 
 
-def test_a_store_beside_the_repository_is_one_row_its_option_preflight_and_publisher_follow(tmp_path, monkeypatch):
-    """A ``Store`` row alone (as podman's additional image store will be) reaches the CLI's options, the
-    preflight of ``ducc serve`` and the composition root's publisher, next to whichever backend publishes."""
-    from ducc.publish.directory import DirectoryPublisher
+def test_podmans_store_is_one_row_its_option_preflight_and_sink_follow_the_repository(tmp_path, monkeypatch):
+    """The ``Store`` row of podman's store alone reaches the CLI's options, the preflight of ``ducc serve``
+    and the composition root's sinks, next to whichever backend publishes (a relative DIR is made absolute
+    for the processes ``ducc serve`` starts)."""
     from ducc.wiring import Services
 
-    followed = []
-
-    def wrap(settings, publisher):  # type: ignore[no-untyped-def]
-        followed.append(publisher)
-        return DirectoryPublisher(Path(settings.env["DUCC_TEST_STORE"]))  # a real publisher, into the store
-
-    store = backends.Store(
-        name="test-store", settings=("DUCC_TEST_STORE",),
-        option=backends.Option("--test-store", "DUCC_TEST_STORE", "DIR", "a store beside the repository",
-                               lambda settings, value: Settings.from_env({**settings.env, "DUCC_TEST_STORE": value})),
-        wrap=wrap, preflight=lambda settings, root: Path(settings.env["DUCC_TEST_STORE"]).mkdir(parents=True))
-    monkeypatch.setattr(backends, "STORES", (store,))
+    assert backends.STORES == (backends.PODMAN,)
+    assert backends.PODMAN.option.env in backends.PODMAN.settings
     plain = Settings.from_env({"HOME": str(tmp_path)})
     assert backends.in_use(parse(["--root", str(tmp_path / "root")], plain)) == (backends.DIRECTORY,)
-    settings = parse(["--root", str(tmp_path / "root"), "--test-store", str(tmp_path / "store")], plain)
-    assert backends.in_use(settings) == (backends.DIRECTORY, store)
-    assert not backends.asked_for(parse(["--test-store", str(tmp_path / "store")], plain))  # says nothing of the repository
-    for row in backends.in_use(settings):
-        row.preflight(settings, settings.root)
-    assert (tmp_path / "root").is_dir() and (tmp_path / "store").is_dir()
-    publisher = Services(settings).publisher
-    assert publisher.location == (tmp_path / "store").resolve()
-    (inner,) = followed
-    assert inner.location == (tmp_path / "root").resolve()
+    monkeypatch.chdir(tmp_path)
+    settings = parse(["--root", str(tmp_path / "root"), "--podman-store", "store"], plain)
+    assert settings.env["DUCC_PODMAN_STORE"] == str(tmp_path / "store") and settings.podman.store == tmp_path / "store"
+    assert backends.in_use(settings) == (backends.DIRECTORY, backends.PODMAN)
+    assert not backends.asked_for(parse(["--podman-store", str(tmp_path / "store")], plain))  # says nothing of the repository
+    if os.geteuid() == 0:
+        for row in backends.in_use(settings):
+            row.preflight(settings, settings.root)
+        assert (tmp_path / "root").is_dir() and (tmp_path / "store").is_dir()
+        built = Services(settings)
+        (sink,) = built.sinks
+        assert sink.name == f"podman store {tmp_path / 'store'}"
+        assert built.converter.sinks == (sink,)
+    assert Services(plain).sinks == ()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="as anyone else the refusal is that the store takes root")
+def test_the_podman_preflight_refuses_in_one_line_a_store_that_cannot_be_created(tmp_path):
+    (tmp_path / "file").write_text("in the way")
+    store = tmp_path / "file" / "store"
+    settings = Settings.from_env({"HOME": str(tmp_path), "DUCC_PODMAN_STORE": str(store)})
+    with pytest.raises(RepositoryUnusable) as refused:
+        backends.PODMAN.preflight(settings, settings.root)
+    message = str(refused.value)
+    assert "\n" not in message and str(store) in message and "cannot be created or written" in message
