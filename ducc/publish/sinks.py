@@ -5,9 +5,9 @@ published), ``ducc rm`` what it unpublished, ``ducc gc`` what is still published
 the truth and is always written first; a sink is told afterwards, so a crash in between leaves the
 sink behind, never ahead: the next conversion of the image (even one that finds it unchanged) tells
 it again, and the sink adds what it misses; a sync that finds the image current asks the sinks too
-(``holding``), so one that misses it gets a conversion that fills it in. A sink's failure never undoes or fails the repository's
-change: ``tell`` logs it and returns it as a line for the caller's report (docs/design.md §8 and §13,
-docs/podman.md).
+(``holding``), so one that misses it gets a conversion that fills it in. A sink's failure never
+undoes or fails the repository's change: ``tell`` logs it and returns it as a line for the caller's
+report (docs/design.md §8 and §13, docs/podman.md).
 
 Sinks are built by the composition root from the ``Store`` rows of ``ducc.publish.backends``; the
 use cases only call them through this protocol, whichever they are.
