@@ -277,8 +277,8 @@ class CvmfsSettings:
     server: str = setting("DUCC_CVMFS_SERVER", "the `cvmfs_server` command", default="cvmfs_server",
                           default_text="`cvmfs_server` on `PATH`")
     mount: Path | None = setting(
-        "DUCC_CVMFS_MOUNT", "where the repository is mounted on this publisher; ducc reads the published state "
-        "there", default=None, default_text="`/cvmfs/<repo>`", read=_path)
+        "DUCC_CVMFS_MOUNT", "where the repository is mounted on this publisher: the paths users are given, and "
+        "what a writer reads inside its own transaction (outside it, the spool's read-only mount)", default=None, default_text="`/cvmfs/<repo>`", read=_path)
     gateway: bool = setting(
         "DUCC_CVMFS_GATEWAY", "`1`: a gateway publisher (each node its own transaction, leases on sub-paths)",
         default=False, read=_flag)

@@ -84,7 +84,7 @@ def unpublish_if_gone(client: RegistryClient, publisher: Publisher, ref: Referen
     view = publisher.reader
     path = view.public_path(ref, platform)
     before = view.read_record(ref, platform)
-    if before is None and not path.is_symlink():
+    if before is None and not view.is_published(ref, platform):
         return Unpublished(ref, platform, path, "not published")
     served = client.served(ref)  # raises on anything but a clean answer
     if served is not None:

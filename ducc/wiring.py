@@ -114,15 +114,17 @@ class Services:
         lock = self._repository_lock if self.shared_locks else None
         return backends.of(self.settings).publisher(self.settings, self.root, lock)
 
-    @cached_property
-    def sinks(self) -> tuple[ImageSink, ...]:
-        """The stores written beside the repository (``DUCC_PODMAN_STORE``…), each checked by its preflight
-        first: one that cannot be written is a ``RepositoryUnusable`` before any work."""
-        found = []
+    def check_stores(self) -> None:
+        """Each store in use beside the repository (``DUCC_PODMAN_STORE``…) can be written here (its
+        preflight): a ``RepositoryUnusable``, one line, otherwise. Commands and ``ducc worker`` call it
+        before any work; a store that fails later is reported per image and never fails a conversion."""
         for store in backends.stores(self.settings):
             store.preflight(self.settings, self.root)
-            found.append(store.sink(self.settings, self.publisher))
-        return tuple(found)
+
+    @cached_property
+    def sinks(self) -> tuple[ImageSink, ...]:
+        """The stores written beside the repository, told after it (``ducc.publish.sinks``)."""
+        return tuple(store.sink(self.settings, self.publisher) for store in backends.stores(self.settings))
 
     def _repository_lock(self, name: str) -> AbstractContextManager[StillHeld]:
         # Writes into one repository are serialised across hosts by a Redis lease on its name; the

@@ -48,7 +48,7 @@ def cmd_convert(args: argparse.Namespace, settings: Settings) -> int:
     refs = [Reference.parse(text) for text in args.images]  # a bad one is a usage error, before any work
     built = services(args, settings)
     built.publisher  # noqa: B018  # a root that cannot be created or written: one error, before any work
-    built.sinks  # noqa: B018  # the same for a store beside it (--podman-store)
+    built.check_stores()  # the same for a store beside it (--podman-store)
     wanted = platform_of(args, settings)
     failures = []
     thin_of: dict[Reference, Reference] = {}  # thin target -> the image pushed there
@@ -97,7 +97,7 @@ def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
         settings = _wishlist_repository(settings, wishes.cvmfs_repo)
     built = services(args, settings)
     built.publisher  # noqa: B018  # a root that cannot be created or written: one error, before any work
-    built.sinks  # noqa: B018  # the same for a store beside it (--podman-store)
+    built.check_stores()  # the same for a store beside it (--podman-store)
     report = sync(wishes, built.client, built.converter.run, concurrency=settings.sync.concurrency,
                   per_registry=settings.sync.registry_concurrency, origin=wishlist_origin(args.wishlist))
     counts: dict[str, int] = {}

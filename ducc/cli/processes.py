@@ -61,6 +61,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     if args.ping:
         return _ping_worker(args, settings)
     services = Services(settings, shared_locks=True)
+    services.check_stores()  # a store it could not write: one line now, not a failure per image
     app = register(services.celery(), services)
     concurrency = args.concurrency or settings.jobs.worker_concurrency
     app.worker_main(["worker", f"--loglevel={settings.log_level}", f"--concurrency={concurrency}",

@@ -121,6 +121,7 @@ def cmd_rm(args: argparse.Namespace, settings: Settings) -> int:
     _existing(built.view)  # nothing to unpublish from a repository that is not there (never created)
     platform = platform_of(args, settings)
     targets = [(Reference.parse(text), platform) for text in args.images]  # all parsed before anything goes
+    built.check_stores()
     results = unpublish(built.publisher, targets, built.sinks)
     for result in results:
         print(f"{result.outcome}\t{result.path}")
@@ -138,7 +139,9 @@ def cmd_gc(args: argparse.Namespace, settings: Settings) -> int:
         print(f"nothing to collect: there is no repository at {built.view.location}")
         return 0
     grace = settings.gc.grace if args.grace is None else args.grace
-    collection = collect(built.publisher, grace=grace, dry_run=args.dry_run, sinks=built.sinks)
+    if not args.dry_run:  # a dry run changes nothing, in the repository or beside it
+        built.check_stores()
+    collection = collect(built.publisher, grace=grace, dry_run=args.dry_run, sinks=() if args.dry_run else built.sinks)
     for line in collection.lines():
         print(line)
     print(collection.summary())

@@ -37,7 +37,9 @@ class Mirror:
         return f"podman store {self.store.root}"
 
     def holds(self, ref: Reference, platform: Platform, record: Record) -> bool:
-        return platform != self.platform or self.store.holds(store_name(ref), record)
+        # Another platform's image, or a record without its config (written by CVMFS's DUCC: the store
+        # needs the diff ids), is none of the store's business; ducc's next conversion of the tag adds it.
+        return platform != self.platform or record.config is None or self.store.holds(store_name(ref), record)
 
     def published(self, ref: Reference, platform: Platform, record: Record, view: TreeReader) -> str | None:
         if self.holds(ref, platform, record):

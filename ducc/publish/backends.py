@@ -197,7 +197,7 @@ def _podman_store(settings: Settings) -> Path:
 def _podman_in_cvmfs(settings: Settings, store: Path) -> tuple[str, PurePosixPath] | None:
     """(repository, the store's path in it) when the store is inside the CVMFS repository published into
     (``/cvmfs/<repo>/podmanStore``): it is then written through ``cvmfs_server``; None: a directory."""
-    if not settings.cvmfs.repo:
+    if of(settings) is not CVMFS:  # a store under /cvmfs is written through the CVMFS publisher only
         return None
     repository, _ = _cvmfs_repository(settings)
     mount = (settings.cvmfs.mount or Path("/cvmfs") / repository).absolute()
@@ -210,13 +210,16 @@ def _podman_sink(settings: Settings, publisher: Publisher) -> ImageSink:
     from ducc.podman.committer import Committer, DirectoryCommitter
     from ducc.podman.cvmfs_committer import CvmfsCommitter
     from ducc.podman.mirror import Mirror
+    from ducc.publish.cvmfs import CvmfsPublisher
 
     store = _podman_store(settings)
     inside = _podman_in_cvmfs(settings, store)
     committer: Committer = DirectoryCommitter(store)
-    if inside is not None:
+    if inside is not None and isinstance(publisher, CvmfsPublisher):
         repository, relative = inside
-        committer = CvmfsCommitter(publisher, _cvmfs_server(settings, repository), relative,
+        # The publisher's own server: its commands run under the repository's flock (held by the
+        # publisher's transaction), so a next writer never aborts one still at work.
+        committer = CvmfsCommitter(publisher, publisher.server, relative,
                                    settings.state_dir / "podman-staging" / repository)
     return Mirror(committer, settings.platform)
 

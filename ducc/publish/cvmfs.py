@@ -247,7 +247,8 @@ class CvmfsPublisher(ReadThrough):
         # showing an open transaction): where reads go outside this thread's own transaction.
         rdonly = server.spool / "rdonly"
         self._rdonly = rdonly
-        self._published = MountedTree(rdonly / subdir if subdir else rdonly, settle_on=rdonly, variants=True)
+        published = Path(os.path.realpath(rdonly))  # resolved, as the targets of its links are
+        self._published = MountedTree(published / subdir if subdir else published, settle_on=rdonly, variants=True)
         # The gc state is this host's own record, one per repository and sub-directory.
         gc_name = self.repository + (f"@{self.subdir.replace('/', '@')}" if self.subdir else "")
         self._gc_state = GcStateFile((gc_dir if gc_dir is not None else staging_root.parent / "gc") / f"{gc_name}.json")
@@ -278,6 +279,10 @@ class CvmfsPublisher(ReadThrough):
         if getattr(self._holder, "active", False) or not os.path.ismount(self._rdonly):
             return self.view.tree()
         return self._published
+
+    def public_path(self, ref: Reference, platform: Platform) -> Path:
+        """Where users run the image from: under the mount, whichever tree this thread reads."""
+        return self.view.public_path(ref, platform)
 
     @contextmanager
     def transaction(self) -> Iterator[CvmfsTransaction]:

@@ -196,7 +196,7 @@ def test_a_duccs_record_is_understood(client, unique_ref, root):
           "Config": {k[0].upper() + k[1:]: v for k, v in manifest["config"].items()},
           "Layers": [{k[0].upper() + k[1:]: v for k, v in layer.items()} for layer in manifest["layers"]]}
     (record_dir / "manifest.json").write_text(json.dumps(go))
-    record = converter.publisher.read_record(ref, Platform("linux", "amd64"))
+    record = converter.reader.read_record(ref, Platform("linux", "amd64"))
     assert record is not None and record.config_digest == built.config_digest and record.tag_digest is None
     result = converter.convert(ref)
     assert result.state == "published" and result.flat_reused and result.layers_unpacked == 0
