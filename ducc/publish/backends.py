@@ -207,10 +207,10 @@ def _podman_in_cvmfs(settings: Settings, store: Path) -> tuple[str, PurePosixPat
 
 
 def _podman_sink(settings: Settings, publisher: Publisher) -> ImageSink:
-    from ducc.podman.committer import Committer, DirectoryCommitter
-    from ducc.podman.cvmfs_committer import CvmfsCommitter
-    from ducc.podman.mirror import Mirror
     from ducc.publish.cvmfs import CvmfsPublisher
+    from ducc.publish.podman.committer import Committer, DirectoryCommitter
+    from ducc.publish.podman.cvmfs_committer import CvmfsCommitter
+    from ducc.publish.podman.mirror import Mirror
 
     store = _podman_store(settings)
     inside = _podman_in_cvmfs(settings, store)
@@ -225,7 +225,7 @@ def _podman_sink(settings: Settings, publisher: Publisher) -> ImageSink:
 
 
 def _podman_preflight(settings: Settings, root: Path) -> None:
-    from ducc.podman.mirror import check, check_cvmfs
+    from ducc.publish.podman.mirror import check, check_cvmfs
 
     store = _podman_store(settings)
     inside = _podman_in_cvmfs(settings, store)

@@ -24,9 +24,9 @@ import pytest
 
 from ducc import layout
 from ducc.model.digest import Digest
-from ducc.podman.committer import DirectoryCommitter
-from ducc.podman.diff import build_diff
-from ducc.podman.metadata import (
+from ducc.publish.podman.committer import DirectoryCommitter
+from ducc.publish.podman.diff import build_diff
+from ducc.publish.podman.metadata import (
     IMAGES_INDEX,
     LAYERS_INDEX,
     LOCKS,
@@ -36,8 +36,8 @@ from ducc.podman.metadata import (
     link_path,
     names_of,
 )
-from ducc.podman.store import PodmanStore, store_name
-from ducc.podman.whiteout import OPAQUE_XATTR
+from ducc.publish.podman.store import PodmanStore, store_name
+from ducc.publish.podman.whiteout import OPAQUE_XATTR
 from ducc.tree import Event, remove_tree, walk
 from tests.support.images import Dir, ImageSpec, Layer, Raw, Whiteout
 from tests.support.mounts import tmpfs

@@ -1,4 +1,4 @@
-"""Podman's store inside a CernVM-FS repository (``ducc.podman.cvmfs_committer``), on the real
+"""Podman's store inside a CernVM-FS repository (``ducc.publish.podman.cvmfs_committer``), on the real
 CernVM-FS 2.12 server with ``CVMFS_INCLUDE_XATTRS=true``, read by the real podman from the client mount
 (the published revision): images converted into a directory root, then added, moved and collected
 through the CVMFS committer."""
@@ -13,10 +13,10 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from ducc import layout
-from ducc.podman.cvmfs_committer import CvmfsCommitter
-from ducc.podman.metadata import IMAGES_INDEX, Indexes, layer_dir
-from ducc.podman.store import PodmanStore, store_name
-from ducc.podman.whiteout import OPAQUE_XATTR
+from ducc.publish.podman.cvmfs_committer import CvmfsCommitter
+from ducc.publish.podman.metadata import IMAGES_INDEX, Indexes, layer_dir
+from ducc.publish.podman.store import PodmanStore, store_name
+from ducc.publish.podman.whiteout import OPAQUE_XATTR
 from tests.support.images import push_image
 from tests.support.podman import Podman, converted, entries, flat_additions, image, layers_in, record_of
 from tests.support.service import ducc_cli

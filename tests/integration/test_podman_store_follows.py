@@ -18,8 +18,8 @@ import pytest
 
 from ducc import layout
 from ducc.model.reference import Reference
-from ducc.podman.metadata import LAYERS_INDEX, Indexes, layer_dir
-from ducc.podman.store import store_name
+from ducc.publish.podman.metadata import LAYERS_INDEX, Indexes, layer_dir
+from ducc.publish.podman.store import store_name
 from ducc.service.jobs import JobStore
 from ducc.settings import Settings
 from ducc.wiring import Services

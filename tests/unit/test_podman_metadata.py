@@ -11,7 +11,7 @@ import pytest
 
 from ducc.model.digest import Digest
 from ducc.model.manifest import ImageConfig, Manifest, parse_manifest
-from ducc.podman.metadata import (
+from ducc.publish.podman.metadata import (
     Indexes,
     big_data_file,
     entry_of,
@@ -21,7 +21,7 @@ from ducc.podman.metadata import (
     timestamp,
     union,
 )
-from ducc.podman.whiteout import plan_directory
+from ducc.publish.podman.whiteout import plan_directory
 from ducc.record import Record
 
 

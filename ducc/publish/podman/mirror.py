@@ -16,10 +16,10 @@ from pathlib import Path
 from ducc.errors import RepositoryUnusable
 from ducc.model.manifest import Platform
 from ducc.model.reference import Reference
-from ducc.podman.committer import Committer
-from ducc.podman.metadata import names_of
-from ducc.podman.store import PodmanStore, store_name
 from ducc.publish import TreeReader
+from ducc.publish.podman.committer import Committer
+from ducc.publish.podman.metadata import names_of
+from ducc.publish.podman.store import PodmanStore, store_name
 from ducc.publish.sinks import Published
 from ducc.record import Record
 

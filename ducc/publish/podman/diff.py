@@ -4,7 +4,7 @@ One iterative walk of ``layerfs`` (``ducc.tree.walk``) while a ``Cursor`` follow
 no depth is too deep. Regular files are hard-linked from ``layerfs`` (the layers are immutable, so a
 shared inode is never written), copied when the store is on another filesystem (files that are one
 inode in ``layerfs`` stay one inode among the copies). Directories, symlinks and copies keep mode,
-owner and times. Whiteout markers become overlay's whiteouts (``ducc.podman.whiteout``): a 0/0
+owner and times. Whiteout markers become overlay's whiteouts (``ducc.publish.podman.whiteout``): a 0/0
 character device needs CAP_MKNOD and the opaque attribute CAP_SYS_ADMIN (``trusted.*``), so only root
 writes a store; anyone else gets a PermissionError that says so.
 """
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ducc.podman.whiteout import OPAQUE_VALUE, OPAQUE_XATTR, is_marker, plan_directory
+from ducc.publish.podman.whiteout import OPAQUE_VALUE, OPAQUE_XATTR, is_marker, plan_directory
 from ducc.tree import Cursor, Event, remove_at, walk
 from ducc.unpack.flatten import copy_file
 from ducc.unpack.policy import OPAQUE, WHITEOUT_PREFIX

@@ -3,7 +3,7 @@
 ``place`` puts a tree built in staging at a path of the store, ``write`` replaces a small file,
 ``remove`` deletes a path, ``exclusive`` keeps other writers out meanwhile; ``staging`` hands out the empty directories trees are built in, on the
 store's filesystem (so ``layerfs`` files can be hard-linked and ``place`` is a rename). The writer
-(``ducc.podman.store``) never touches the store otherwise, so a CernVM-FS committer (one transaction
+(``ducc.publish.podman.store``) never touches the store otherwise, so a CernVM-FS committer (one transaction
 around the writer's calls) can take the directory's place.
 """
 

@@ -15,7 +15,7 @@ The store is containers/storage's ``overlay`` layout, read-only to podman::
 A layer's id is containers/image's chain of diff ids: the base layer's diff id hex, then
 ``sha256(<parent id> + "+" + <diff id hex>)``; the same layers below give the same id, so images share
 them. ``Indexes`` holds both JSON lists and the operations ``add``/``remove``/``gc`` of the writer plan
-on them; the writer (``ducc.podman.store``) only commits the result.
+on them; the writer (``ducc.publish.podman.store``) only commits the result.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ garbage (docs/podman.md).
 
 ``add`` reads only what ducc already published: the image's record (manifest and config) and its
 layers' ``layerfs`` directories. Each layer is written once, whichever image brings it first (its id is
-the chain of diff ids, ``ducc.podman.metadata``), hard-linking the published files. The two JSON
+the chain of diff ids, ``ducc.publish.podman.metadata``), hard-linking the published files. The two JSON
 indexes are then replaced in an order that never shows a reader an image whose layers are missing:
 ``layers.json`` with the old and new layers, ``images.json``, then ``layers.json`` without the layers no
 image uses any more; only after that are dropped trees deleted. A crash leaves at most unreferenced
@@ -24,9 +24,9 @@ from pathlib import Path, PurePosixPath
 from ducc import layout
 from ducc.model.digest import Digest
 from ducc.model.reference import Reference
-from ducc.podman.committer import STAGING, Committer
-from ducc.podman.diff import build_diff
-from ducc.podman.metadata import (
+from ducc.publish.podman.committer import STAGING, Committer
+from ducc.publish.podman.diff import build_diff
+from ducc.publish.podman.metadata import (
     IMAGES,
     IMAGES_INDEX,
     LAYERS_INDEX,

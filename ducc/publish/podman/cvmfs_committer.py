@@ -1,4 +1,4 @@
-"""The store inside a CernVM-FS repository: a ``Committer`` (``ducc.podman.committer``) that writes
+"""The store inside a CernVM-FS repository: a ``Committer`` (``ducc.publish.podman.committer``) that writes
 through ``cvmfs_server`` (docs/podman.md, "CernVM-FS").
 
 What CernVM-FS 2.12 keeps decides the shape (``tests/integration/test_podman_store.py`` checks it on
@@ -31,8 +31,8 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, BinaryIO
 
 from ducc.errors import PublishError
-from ducc.podman.whiteout import OPAQUE_VALUE, OPAQUE_XATTR
 from ducc.publish import Publisher
+from ducc.publish.podman.whiteout import OPAQUE_VALUE, OPAQUE_XATTR
 from ducc.tree import Event, discard_tree, remove_tree, walk
 
 if TYPE_CHECKING:
