@@ -12,7 +12,6 @@ import os
 import re
 import signal
 import time
-from pathlib import Path
 
 import pytest
 
@@ -29,6 +28,7 @@ from ducc.web import create_app
 from ducc.wiring import Services
 from tests.integration.test_service import queue_for, settings_for, wait_finished, wait_state
 from tests.support.images import File, ImageSpec, Layer, push_image
+from tests.support.processes import children
 from tests.support.proxy import via
 from tests.support.service import DuccProcess, ducc_cli, service_env
 
@@ -239,18 +239,6 @@ def test_a_recheck_that_finds_the_tag_unchanged_keeps_the_jobs_real_outcome(
 
 
 # -- one garbage collection per schedule tick ----------------------------------------------------
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
 
 
 def spec(content: bytes) -> ImageSpec:

@@ -53,17 +53,28 @@ def bytes_written(pids: list[int]) -> int:
     return total
 
 
-def process_group(pgid: int) -> list[int]:
-    """The processes of process group ``pgid`` (a process started with ``start_new_session`` leads one)."""
+def _processes_where(field: int, value: int) -> list[int]:
+    """The pids whose ``/proc/PID/stat`` has ``value`` at ``field`` (counted after the command's name:
+    1 is the parent pid, 2 the process group)."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[2]) == pgid:
+        if int(fields[field]) == value:
             found.append(int(stat.parent.name))
     return found
+
+
+def process_group(pgid: int) -> list[int]:
+    """The processes of process group ``pgid`` (a process started with ``start_new_session`` leads one)."""
+    return _processes_where(2, pgid)
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of process ``pid``."""
+    return _processes_where(1, pid)
 
 
 def wait_for_port(port: int, timeout: float = 20.0, process: subprocess.Popen | None = None) -> None:

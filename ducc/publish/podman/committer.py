@@ -45,6 +45,19 @@ class Committer(Protocol):
         """Held around each change of the store: one writer at a time reads and replaces the indexes."""
 
 
+@contextmanager
+def scratch(area: Path) -> Iterator[Path]:
+    """A new empty directory under ``area`` (made if missing), discarded with what is left in it on exit:
+    the ``staging`` of every committer, each with its own ``area``."""
+    area.mkdir(parents=True, exist_ok=True)
+    path = area / secrets.token_hex(8)
+    path.mkdir(0o700)
+    try:
+        yield path
+    finally:
+        discard_tree(path, "podman store staging")
+
+
 class DirectoryCommitter:
     """The store as a plain directory: ``place`` and ``write`` are renames within it."""
 
@@ -55,16 +68,8 @@ class DirectoryCommitter:
     def root(self) -> Path:
         return self._root
 
-    @contextmanager
-    def staging(self) -> Iterator[Path]:
-        area = self._root / STAGING
-        area.mkdir(parents=True, exist_ok=True)
-        path = area / secrets.token_hex(8)
-        path.mkdir(0o700)
-        try:
-            yield path
-        finally:
-            discard_tree(path, "podman store staging")
+    def staging(self) -> AbstractContextManager[Path]:
+        return scratch(self._root / STAGING)
 
     def place(self, staged: Path, relative: PurePosixPath) -> None:
         target = self._root / relative

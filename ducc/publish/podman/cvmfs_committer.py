@@ -22,16 +22,16 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import stat
 import tarfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, BinaryIO
 
 from ducc.errors import PublishError
 from ducc.publish import Publisher
+from ducc.publish.podman.committer import scratch
 from ducc.publish.podman.whiteout import OPAQUE_VALUE, OPAQUE_XATTR
 from ducc.tree import Event, discard_tree, remove_tree, walk
 
@@ -61,15 +61,8 @@ class CvmfsCommitter:
         """The published store (the mount shows the published revision between transactions)."""
         return self._server.mount / self._store
 
-    @contextmanager
-    def staging(self) -> Iterator[Path]:
-        self._staging_root.mkdir(parents=True, exist_ok=True)
-        path = self._staging_root / secrets.token_hex(8)
-        path.mkdir(0o700)
-        try:
-            yield path
-        finally:
-            discard_tree(path, "podman store staging")
+    def staging(self) -> AbstractContextManager[Path]:
+        return scratch(self._staging_root)
 
     def place(self, staged: Path, relative: PurePosixPath) -> None:
         if os.path.lexists(self.root / relative):
